@@ -1,0 +1,225 @@
+"""Residual-stream extraction into the disk cache: bucketed, budgeted, resumable, checksummed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import save_file
+
+from assay.activations.batching import length_order, shard_plan, token_budget_batches
+from assay.activations.features import DEFAULT_FEATURES, Feature, pool_features
+from assay.activations.forward import residual_stream
+from assay.activations.store import (
+    MANIFEST, ActivationSet, activations_root, shard_name, verify_shard,
+)
+from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
+from assay.models.chat import FormattedPrompt, chat_affixes, format_prompts
+from assay.models.loading import LoadedModel, check_layer
+from assay.provenance import provenance
+from assay.runtime import dtype_name
+
+log = logging.getLogger(__name__)
+
+# Bump when a change to extraction changes the numbers it stores.
+EXTRACTION_VERSION = 1
+
+
+def default_token_budget(device: torch.device) -> int:
+    """Padded tokens per forward batch: bounds memory, and big enough to keep matmuls efficient."""
+    return 32768 if device.type == "cuda" else 4096
+
+
+def cache_spec(
+    lm: LoadedModel, layers: list[int], features: list[str], dataset: str, chat: bool,
+    max_tokens: int | None, store_tokens: bool,
+) -> dict[str, Any]:
+    """Everything that changes the stored numbers; its hash is the cache key."""
+    prefix, suffix = chat_affixes(lm.tokenizer) if chat else ("", "")
+    return {
+        "version": EXTRACTION_VERSION,
+        "model": lm.fingerprint | {"model": lm.fingerprint.get("model", lm.name)},
+        "dtype": dtype_name(lm.dtype),
+        "layers": sorted(set(layers)),
+        "features": list(features),
+        "dataset": dataset,
+        "chat_format": [prefix, suffix] if chat else None,
+        "max_tokens": max_tokens,
+        "store_tokens": store_tokens,
+    }
+
+
+def extract(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    layers: int | Sequence[int],
+    *,
+    dataset_fingerprint: str | None = None,
+    features: Sequence[str] = DEFAULT_FEATURES,
+    store_tokens: bool = True,
+    chat: bool = True,
+    max_tokens: int | None = None,
+    token_budget: int | None = None,
+    shard_tokens: int = 1 << 17,
+    root: str | Path | None = None,
+    progress: bool = True,
+) -> ActivationSet:
+    """Residual-stream activations of `texts` at `layers`, from the cache or extracted into it.
+
+    Runs the model only up to the deepest layer. An interrupted extraction resumes from its last
+    complete shard; a shard whose checksum fails is extracted again.
+    """
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    if not layers:
+        raise ValueError("no layers requested")
+    for layer in layers:
+        check_layer(layer, lm.n_layers)
+    parsed = [Feature.parse(f) for f in features]
+    max_tokens = max_tokens or lm.max_positions
+    prompts = format_prompts(lm.tokenizer, list(texts), max_tokens=max_tokens, chat=chat)
+    dataset = dataset_fingerprint or sha256_json(list(texts))
+    spec = cache_spec(lm, layers, list(features), dataset, chat, max_tokens, store_tokens)
+    path = activations_root(root) / sha256_json(spec)[:20]
+    lengths = [len(p.input_ids) for p in prompts]
+    plan = shard_plan(length_order(lengths), lengths, shard_tokens)
+
+    manifest = _load_or_start_manifest(path, spec, plan, len(prompts), lm)
+    todo = [s for s in range(len(plan)) if not _shard_ok(path, manifest, s)]
+    if todo:
+        budget = token_budget or default_token_budget(lm.device)
+        log.info("extracting %d/%d shards of %s into %s", len(todo), len(plan), lm.name, path)
+        with _progress(progress, sum(lengths[i] for s in todo for i in plan[s])) as bar:
+            for s in todo:
+                t0 = time.perf_counter()
+                tensors = _extract_shard(lm, prompts, plan[s], layers, parsed, store_tokens, budget, bar)
+                with atomic_path(path / shard_name(s)) as tmp:
+                    save_file(tensors, str(tmp))
+                manifest["shards"][s] = {
+                    "file": shard_name(s), "sha256": sha256_file(path / shard_name(s)),
+                    "n_examples": len(plan[s]), "seconds": round(time.perf_counter() - t0, 3),
+                }
+                write_json(path / MANIFEST, manifest)
+    manifest["complete"] = True
+    write_json(path / MANIFEST, manifest)
+    return ActivationSet(path)
+
+
+def _load_or_start_manifest(
+    path: Path, spec: dict[str, Any], plan: list[list[int]], n: int, lm: LoadedModel
+) -> dict[str, Any]:
+    plan_hash = sha256_json(plan)
+    if (path / MANIFEST).exists():
+        manifest = read_json(path / MANIFEST)
+        if manifest.get("plan") == plan_hash and manifest.get("spec") == spec:
+            return manifest
+        log.warning("cache entry %s has a different shard plan; starting it again", path.name)
+    path.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "spec": spec, "plan": plan_hash, "n_examples": n, "d_model": lm.d_model,
+        "n_truncated": None, "complete": False, "shards": [None] * len(plan),
+        "provenance": provenance(),
+    }
+    write_json(path / MANIFEST, manifest)
+    return manifest
+
+
+def _shard_ok(path: Path, manifest: dict[str, Any], s: int) -> bool:
+    info = manifest["shards"][s]
+    if info is None:
+        return False
+    if verify_shard(path / info["file"], info["sha256"]):
+        return True
+    log.warning("shard %s of %s failed its checksum: extracting it again", info["file"], path.name)
+    manifest["complete"] = False
+    return False
+
+
+def _extract_shard(
+    lm: LoadedModel, prompts: list[FormattedPrompt], members: list[int], layers: list[int],
+    features: list[Feature], store_tokens: bool, token_budget: int, bar: Any,
+) -> dict[str, torch.Tensor]:
+    lengths = [len(prompts[i].input_ids) for i in members]
+    position = {i: j for j, i in enumerate(members)}
+    pooled = {(L, f.name): torch.empty(len(members), lm.d_model) for L in layers for f in features}
+    per_example: dict[int, list[torch.Tensor]] = {L: [None] * len(members) for L in layers}  # type: ignore[misc]
+    for batch in token_budget_batches(members, {i: len(prompts[i].input_ids) for i in members}, token_budget):
+        ids, attn, roles, lens = _pad([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device)
+        acts = residual_stream(lm, ids, attn, layers)
+        rows = [position[i] for i in batch]
+        for L in layers:
+            for name, value in pool_features(acts[L], roles, lens, features).items():
+                pooled[(L, name)][rows] = value.cpu()
+            if store_tokens:
+                h = acts[L].cpu()
+                for j, r in enumerate(rows):
+                    per_example[L][r] = h[j, : lens[j]][roles[j, : lens[j]].cpu() > 0]
+        bar.advance(int(lens.sum()))
+    tensors: dict[str, torch.Tensor] = {"example_index": torch.tensor(members, dtype=torch.long)}
+    for (L, name), value in pooled.items():
+        tensors[f"pooled.L{L}.{name}"] = value.contiguous()
+    if store_tokens:
+        keep = [torch.tensor(prompts[i].roles) > 0 for i in members]
+        tensors["token_roles"] = torch.cat([torch.tensor(prompts[i].roles)[k] for i, k in zip(members, keep)]).to(torch.uint8)
+        tensors["token_ids"] = torch.cat([torch.tensor(prompts[i].input_ids)[k] for i, k in zip(members, keep)]).to(torch.int32)
+        counts = torch.tensor([int(k.sum()) for k in keep])
+        tensors["token_offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        for L in layers:
+            tensors[f"tokens.L{L}"] = torch.cat(per_example[L]).contiguous()
+    del lengths
+    return tensors
+
+
+def _pad(
+    prompts: list[FormattedPrompt], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right padding: real tokens keep the positions they have alone, so no position-id fix-up."""
+    longest = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    roles = torch.full((len(prompts), longest), -1, dtype=torch.long)
+    for j, p in enumerate(prompts):
+        ids[j, : len(p.input_ids)] = torch.tensor(p.input_ids)
+        roles[j, : len(p.roles)] = torch.tensor(p.roles)
+    lens = torch.tensor([len(p.input_ids) for p in prompts])
+    attn = (roles >= 0).long()
+    return ids.to(device), attn.to(device), roles.to(device), lens.to(device)
+
+
+class _NullBar:
+    def advance(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> "_NullBar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+class _progress:
+    """A rich progress bar over tokens, or nothing."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return _NullBar()
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn, TextColumn
+
+        self._p = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+                           TimeRemainingColumn(), transient=False)
+        self._p.__enter__()
+        task = self._p.add_task("extract", total=self.total)
+        p = self._p
+
+        class _Bar:
+            def advance(self, n: int) -> None:
+                p.advance(task, n)
+        return _Bar()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._p.__exit__(*exc)

@@ -1,0 +1,38 @@
+"""The forward pass up to the deepest requested layer: no later blocks, no final norm, no LM head."""
+
+from __future__ import annotations
+
+import torch
+
+from assay.models.loading import LoadedModel
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the deepest block so the blocks above it never run."""
+
+
+@torch.inference_mode()
+def residual_stream(
+    lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
+) -> dict[int, torch.Tensor]:
+    """Residual stream `[b, T, d]` after each block in `layers`, for a right-padded batch."""
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def hook_for(layer: int):
+        def hook(_module, _args, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == deepest:
+                raise _StopForward
+        return hook
+
+    handles = [lm.block(layer).register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
+    try:
+        # The base model has no LM head; the hook stops it after the deepest block anyway.
+        lm.base_model()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured

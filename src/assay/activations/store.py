@@ -1,0 +1,261 @@
+"""The on-disk activation cache: safetensors shards plus a JSON manifest, read memory-mapped.
+
+An entry is a directory `cache_dir()/activations/<key>/` where the key hashes everything that
+changes the numbers (see `extract.cache_spec`). Each shard holds a length-sorted run of examples:
+
+- `example_index [m]`: which examples (in the caller's order) the shard holds
+- `pooled.L{layer}.{feature} [m, d]` float32: pooled features
+- `tokens.L{layer} [t, d]` (extraction dtype), `token_roles [t]`, `token_ids [t]`,
+  `token_offsets [m + 1]`: per-token activations of every token but BOS, when stored
+
+The manifest lists each finished shard with its sha256; a shard is checked before its first use in
+a process, and one that fails is never read.
+"""
+
+from __future__ import annotations
+
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from safetensors import safe_open
+
+from assay.fileio import read_json, sha256_file
+from assay.models.chat import Role
+from assay.runtime import cache_dir
+
+MANIFEST = "manifest.json"
+
+
+class CacheCorruptError(RuntimeError):
+    """A shard's bytes do not match the checksum recorded when it was written."""
+
+
+def activations_root(root: str | Path | None = None) -> Path:
+    return Path(root) if root is not None else cache_dir() / "activations"
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
+_VERIFIED: set[tuple[str, float, int]] = set()
+
+
+def verify_shard(path: Path, sha256: str) -> bool:
+    """True if the file matches its recorded checksum (each file is hashed once per process)."""
+    if not path.exists():
+        return False
+    stat = path.stat()
+    tag = (str(path), stat.st_mtime, stat.st_size)
+    if tag in _VERIFIED:
+        return True
+    ok = sha256_file(path) == sha256
+    if ok:
+        _VERIFIED.add(tag)
+    return ok
+
+
+class ActivationSet:
+    """One cache entry: pooled features and per-token activations of a list of texts."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no activation cache entry at {self.path} (no {MANIFEST})")
+        self.manifest: dict[str, Any] = read_json(manifest_path)
+        if not self.manifest.get("complete"):
+            raise CacheCorruptError(
+                f"cache entry {self.path.name} is incomplete (an extraction was interrupted); "
+                "run the same extraction again to resume it"
+            )
+
+    # --- what it holds -------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.manifest["spec"]
+
+    @property
+    def n(self) -> int:
+        return int(self.manifest["n_examples"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["d_model"])
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.spec["layers"])
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.spec["features"])
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self.spec["store_tokens"])
+
+    def __repr__(self) -> str:
+        return f"ActivationSet({self.key}, n={self.n}, layers={self.layers}, model={self.spec['model']['model']})"
+
+    # --- shards --------------------------------------------------------------------------------
+    @property
+    def _shards(self) -> list[dict[str, Any]]:
+        return self.manifest["shards"]
+
+    def _open(self, i: int):
+        info = self._shards[i]
+        path = self.path / info["file"]
+        if not verify_shard(path, info["sha256"]):
+            raise CacheCorruptError(
+                f"{path} is missing, truncated or corrupt (checksum mismatch); run the extraction "
+                "again: it re-extracts the bad shard"
+            )
+        return safe_open(str(path), framework="pt")
+
+    @cached_property
+    def _index(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """For every example, (shard, row); and each shard's token offsets."""
+        where = torch.full((self.n, 2), -1, dtype=torch.long)
+        offsets, roles = [], []
+        for s in range(len(self._shards)):
+            with self._open(s) as f:
+                idx = f.get_tensor("example_index")
+                where[idx, 0] = s
+                where[idx, 1] = torch.arange(len(idx))
+                if self.has_tokens:
+                    offsets.append(f.get_tensor("token_offsets"))
+                    roles.append(f.get_tensor("token_roles"))
+        return where, offsets, roles
+
+    def _check(self, layer: int, feature: str | None = None) -> None:
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} not in this cache entry (layers {self.layers})")
+        if feature is not None and feature not in self.features:
+            raise KeyError(f"feature {feature!r} not in this cache entry ({', '.join(self.features)})")
+
+    # --- reads ---------------------------------------------------------------------------------
+    def pooled(self, layer: int, feature: str) -> torch.Tensor:
+        """Pooled features `[n, d]` (float32) in the order the texts were given."""
+        self._check(layer, feature)
+        out = torch.empty(self.n, self.d_model, dtype=torch.float32)
+        for s in range(len(self._shards)):
+            with self._open(s) as f:
+                out[f.get_tensor("example_index")] = f.get_tensor(f"pooled.L{layer}.{feature}")
+        return out
+
+    def example_tokens(self, layer: int, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token activations `[t, d]` float32, roles `[t]` and token ids `[t]` of example i (BOS dropped)."""
+        self._need_tokens(layer)
+        where, offsets, _ = self._index
+        s, row = where[i].tolist()
+        a, b = offsets[s][row].item(), offsets[s][row + 1].item()
+        with self._open(s) as f:
+            return (f.get_slice(f"tokens.L{layer}")[a:b].float(), f.get_slice("token_roles")[a:b],
+                    f.get_slice("token_ids")[a:b])
+
+    def token_batch(
+        self, layer: int, indices: Sequence[int], mask: str = "all"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded per-token activations `[b, T, d]` and their mask `[b, T]` (all or user tokens)."""
+        rows = []
+        for i in indices:
+            x, roles, _ = self.example_tokens(layer, int(i))
+            keep = _role_filter(roles, mask)
+            rows.append(x[keep])
+        longest = max(1, max(len(r) for r in rows))
+        x = torch.zeros(len(rows), longest, self.d_model)
+        m = torch.zeros(len(rows), longest, dtype=torch.bool)
+        for j, r in enumerate(rows):
+            x[j, : len(r)] = r
+            m[j, : len(r)] = True
+        return x, m
+
+    def iter_tokens(
+        self,
+        layer: int,
+        chunk_tokens: int = 8192,
+        mask: str = "all",
+        shuffle_seed: int | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Stream per-token activations `[m, d]` (float32), one memory-mapped slice at a time.
+
+        Only one chunk is in memory at once, so entries far bigger than RAM stream fine. With
+        `shuffle_seed`, shards and chunks come in a seeded random order (a trainer's shuffling
+        buffer mixes further). `indices` restricts to some examples (e.g. a training split).
+        """
+        self._need_tokens(layer)
+        where, offsets, roles = self._index
+        keep_example = None
+        if indices is not None:
+            keep_example = torch.zeros(self.n, dtype=torch.bool)
+            keep_example[torch.as_tensor(list(indices), dtype=torch.long)] = True
+        gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+        shard_order = torch.randperm(len(self._shards), generator=gen) if gen is not None else torch.arange(len(self._shards))
+        for s in shard_order.tolist():
+            keep = _role_filter(roles[s], mask)
+            if keep_example is not None:
+                with self._open(s) as f:
+                    idx = f.get_tensor("example_index")
+                counts = offsets[s].diff()
+                keep &= torch.repeat_interleave(keep_example[idx], counts)
+            total = len(keep)
+            starts = list(range(0, total, chunk_tokens))
+            if gen is not None:
+                starts = [starts[j] for j in torch.randperm(len(starts), generator=gen).tolist()]
+            with self._open(s) as f:
+                sl = f.get_slice(f"tokens.L{layer}")
+                for a in starts:
+                    b = min(a + chunk_tokens, total)
+                    k = keep[a:b]
+                    if k.any():
+                        chunk = sl[a:b][k].float()
+                        if gen is not None:
+                            chunk = chunk[torch.randperm(len(chunk), generator=gen)]
+                        yield chunk
+
+    def _need_tokens(self, layer: int) -> None:
+        self._check(layer)
+        if not self.has_tokens:
+            raise ValueError(f"cache entry {self.key} holds pooled features only; extract with store_tokens=True")
+
+
+def _role_filter(roles: torch.Tensor, mask: str) -> torch.Tensor:
+    if mask == "all":
+        return roles > Role.SPECIAL
+    if mask == "user":
+        return roles == Role.USER
+    raise ValueError(f"per-token mask must be 'all' or 'user', not {mask!r}")
+
+
+def list_entries(root: str | Path | None = None) -> list[dict[str, Any]]:
+    """Summary rows of every cache entry, complete or not."""
+    rows = []
+    base = activations_root(root)
+    for d in sorted(base.glob("*")) if base.exists() else []:
+        if not (d / MANIFEST).exists():
+            continue
+        m = read_json(d / MANIFEST)
+        size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+        rows.append({
+            "key": d.name, "model": m["spec"]["model"]["model"], "layers": m["spec"]["layers"],
+            "dtype": m["spec"]["dtype"], "n_examples": m["n_examples"], "dataset": m["spec"]["dataset"][:12],
+            "complete": m.get("complete", False), "bytes": size, "path": str(d),
+        })
+    return rows
+
+
+def remove_entry(key: str, root: str | Path | None = None) -> Path:
+    path = activations_root(root) / key
+    if not (path / MANIFEST).exists():
+        raise FileNotFoundError(f"no activation cache entry {key!r} under {activations_root(root)}")
+    shutil.rmtree(path)
+    return path

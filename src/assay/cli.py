@@ -1,0 +1,61 @@
+"""The `assay` command. Each part of the toolkit owns a sub-command group in its own `cli.py`."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+
+from assay.runtime import tune_malloc
+
+app = typer.Typer(
+    name="assay",
+    help=(
+        "Pragmatic interpretability: do SAEs beat a linear probe at detecting harmful intent?\n\n"
+        "Typical flow: `assay data build` -> `assay activations extract` -> `assay probe train` / "
+        "`assay sae train` -> `assay report`; or all of it at once with "
+        "`assay experiment harmful-intent`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# (sub-command, module holding a `typer.Typer` named `app`)
+_GROUPS = [
+    ("models", "assay.models.cli"),
+    ("activations", "assay.activations.cli"),
+    ("data", "assay.data.cli"),
+    ("probe", "assay.probes.cli"),
+    ("sae", "assay.sae.cli"),
+    ("report", "assay.eval.cli"),
+    ("experiment", "assay.experiment.cli"),
+    ("debug", "assay.debug.cli"),
+]
+
+for _name, _module in _GROUPS:
+    try:
+        _sub = importlib.import_module(_module).app
+    except ModuleNotFoundError as err:  # a part not built yet must not break the others
+        if err.name and err.name.startswith("assay"):
+            continue
+        raise
+    app.add_typer(_sub, name=_name)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    tune_malloc()
+    app()
+
+
+if __name__ == "__main__":
+    main()

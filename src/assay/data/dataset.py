@@ -1,0 +1,113 @@
+"""`Example` and `Dataset`: the rows every other part of assay consumes, and their fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+SPLITS = ("train", "val", "ood")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int  # 1 harmful, 0 benign
+    split: str  # "train" | "val" | "ood" | user-defined
+    source: str  # harmbench, advbench, donotanswer, sharegpt, templated_edgy, user
+    family: str = "none"  # jailbreak family, "none" if plain
+    transformation: str = "none"  # innocuous transformation, "none" if none
+    behaviour_id: str = ""  # the underlying request: one behaviour lives in one split
+    group: str = "none"  # row type, e.g. harmful_plain, benign_topic, transform_innocuous
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+FIELDS = tuple(f.name for f in fields(Example))
+
+
+def fingerprint(examples: Iterable[Example]) -> str:
+    """sha256 over the canonical rows (every field, in order): what the activation cache keys on."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps(e.to_row(), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class Dataset:
+    """An ordered list of examples with a content fingerprint."""
+
+    def __init__(self, examples: list[Example], path: Path | None = None, meta: dict | None = None):
+        self.examples = list(examples)
+        self.path = Path(path) if path is not None else None
+        self.meta = meta or {}
+        self.fingerprint = fingerprint(self.examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{s}={len(self.split(s))}" for s in self.splits)
+        return f"Dataset({len(self)} examples: {counts}; fingerprint {self.fingerprint[:12]})"
+
+    def split(self, name: str) -> "Dataset":
+        sub = [e for e in self.examples if e.split == name]
+        if not sub and name not in self.splits:
+            raise KeyError(f"no split {name!r}; splits are {self.splits}")
+        return Dataset(sub, self.path, self.meta)
+
+    @property
+    def splits(self) -> list[str]:
+        seen = dict.fromkeys(e.split for e in self.examples)
+        known = [s for s in SPLITS if s in seen]
+        return known + [s for s in seen if s not in SPLITS]
+
+    @property
+    def texts(self) -> list[str]:
+        return [e.text for e in self.examples]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([e.label for e in self.examples], dtype=np.int64)
+
+
+def read_jsonl_examples(path: Path) -> list[Example]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for ln in f:
+            if ln.strip():
+                row = json.loads(ln)
+                out.append(Example(**{k: row[k] for k in FIELDS}))
+    return out
+
+
+def write_jsonl_examples(path: Path, examples: Iterable[Example]) -> None:
+    from assay.fileio import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for e in examples:
+            f.write(json.dumps(e.to_row(), ensure_ascii=False) + "\n")
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """A benchmark directory (with `manifest.json`), or a user JSONL/CSV file (validated)."""
+    path = Path(path)
+    if path.is_dir():
+        from assay.data.benchmark import read_benchmark
+
+        return read_benchmark(path)
+    from assay.data.user import load_user_dataset
+
+    return load_user_dataset(path)

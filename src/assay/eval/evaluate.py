@@ -1,0 +1,99 @@
+"""Turn a method's scores on each split into `MethodResult`s, the one place metrics meet the schema.
+
+Protocol: the threshold comes from the benign examples of the calibration split (validation by
+default) at `target_fpr`, and is applied unchanged to every split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from assay.eval.bootstrap import bootstrap_auroc_ci, bootstrap_rate_ci
+from assay.eval.breakdown import _interval, _num, group_breakdown
+from assay.eval.metrics import auprc, auroc, fpr_at_threshold, recall_at_fpr, roc_curve, threshold_at_fpr
+from assay.eval.schema import MethodResult, RocCurve, ScoreHistogram
+
+
+@dataclass
+class SplitScores:
+    """A method's scores on one split, with labels and the group columns to break down by."""
+
+    scores: np.ndarray
+    y: np.ndarray
+    groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # e.g. {"family": [...]}
+
+
+def histograms(scores, y, groups: Sequence[str] | None, bins: int = 30) -> list[ScoreHistogram]:
+    """Score histograms per (group, label) on shared bin edges."""
+    s, yy = np.asarray(scores, np.float64), np.asarray(y).astype(int)
+    lo, hi = (float(s.min()), float(s.max())) if len(s) else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    g = np.asarray(list(groups) if groups is not None else ["all"] * len(s), dtype=object)
+    out = []
+    for name in sorted(set(g.tolist())):
+        for label in (1, 0):
+            sel = (g == name) & (yy == label)
+            if sel.any():
+                counts, _ = np.histogram(s[sel], bins=edges)
+                out.append(ScoreHistogram(group=str(name), label=label, bin_edges=edges.tolist(), counts=counts.tolist()))
+    return out
+
+
+def evaluate_split(
+    method: str,
+    split: str,
+    data: SplitScores,
+    threshold: float | None,
+    *,
+    features: str,
+    target_fpr: float = 0.01,
+    n_boot: int = 1000,
+    seed: int = 0,
+    hist_by: str = "family",
+    **fields: Any,
+) -> MethodResult:
+    """All metrics of one method on one split. `fields` fill the remaining `MethodResult` fields
+    (kind, sae, k, latents, model, layer, dataset_fingerprint, config)."""
+    s, y = np.asarray(data.scores, np.float64).ravel(), np.asarray(data.y).ravel().astype(int)
+    fpr, tpr = roc_curve(s, y)
+    res = MethodResult(
+        method=method, features=features, split=split, n_pos=int(y.sum()), n_neg=int((1 - y).sum()),
+        auroc=_num(auroc(s, y)), auroc_ci=_interval(bootstrap_auroc_ci(s, y, n_boot=n_boot, seed=seed)),
+        auprc=_num(auprc(s, y)), target_fpr=target_fpr, threshold=threshold,
+        roc=RocCurve(fpr=fpr.tolist(), tpr=tpr.tolist()),
+        histograms=histograms(s, y, data.groups.get(hist_by)), seed=seed, **fields,
+    )
+    if threshold is not None:
+        res.recall_at_fpr = _num(recall_at_fpr(s, y, threshold))
+        res.recall_ci = _interval(bootstrap_rate_ci(s[y == 1] > threshold, n_boot=n_boot, seed=seed))
+        res.fpr_reached = _num(fpr_at_threshold(s, y, threshold))
+    for by, g in data.groups.items():
+        res.breakdown += group_breakdown(s, y, g, threshold, by=by, n_boot=n_boot, seed=seed)
+    return res
+
+
+def evaluate_method(
+    method: str,
+    splits: Mapping[str, SplitScores],
+    *,
+    features: str,
+    calibrate_on: str = "val",
+    target_fpr: float = 0.01,
+    n_boot: int = 1000,
+    seed: int = 0,
+    **fields: Any,
+) -> list[MethodResult]:
+    """`MethodResult` for every split, with the threshold calibrated on `calibrate_on`'s benign
+    examples (no threshold metrics if that split is missing)."""
+    threshold = None
+    if calibrate_on in splits:
+        cal = splits[calibrate_on]
+        threshold = threshold_at_fpr(np.asarray(cal.scores)[np.asarray(cal.y) == 0], target_fpr)
+    return [
+        evaluate_split(method, name, data, threshold, features=features, target_fpr=target_fpr,
+                       n_boot=n_boot, seed=seed, **fields)
+        for name, data in splits.items()
+    ]

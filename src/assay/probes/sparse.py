@@ -1,0 +1,195 @@
+"""Probes on SAE latents `Z [n, d_sae]` (pooled like any feature): 1-sparse and k-sparse.
+
+- `OneSparseProbe`: the single latent whose AUROC is furthest from 0.5, with its sign.
+- `KSparseProbe(select="mean_diff")`: the k latents with the largest normalised class-mean gap
+  |mean_1 - mean_0| / std, then logistic regression on those k (C chosen on validation).
+- `KSparseProbe(select="l1")`: walk an L1-regularised logistic path from the smallest C with any
+  active latent upward until k latents are active, then refit on exactly those k with a very weak
+  L2 (an unregularised fit diverges on separable data).
+
+`latents` holds the chosen indices (for the debugger); `score` reads only those columns.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from assay.probes.base import Probe, as_labels, as_tensor
+from assay.probes.linear import DEFAULT_CS, LogisticConfig, LogisticProbe
+
+K_VALUES = (1, 2, 5, 10, 20, 50)
+
+
+def _np(Z) -> np.ndarray:
+    if isinstance(Z, torch.Tensor):
+        Z = Z.detach().cpu().numpy()
+    Z = np.asarray(Z, dtype=np.float32)
+    if Z.ndim != 2:
+        raise ValueError(f"SAE probes take pooled latents Z [n, d_sae]; got shape {Z.shape}")
+    return Z
+
+
+def latent_auroc(Z, y, chunk: int = 1024) -> np.ndarray:
+    """AUROC of every latent used alone as a score, ties (e.g. zeros) counting one half."""
+    Z, y = _np(Z), as_labels(y)
+    pos, n_pos, n_neg = y == 1, int(y.sum()), int((1 - y).sum())
+    out = np.empty(Z.shape[1])
+    for j in range(0, Z.shape[1], chunk):  # rank a block of columns at a time to bound memory
+        r = rankdata(Z[:, j : j + chunk], axis=0)
+        out[j : j + chunk] = (r[pos].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return out
+
+
+def mean_diff_scores(Z, y) -> np.ndarray:
+    """|mean_1 - mean_0| / std over all examples; dead (constant) latents score 0."""
+    Z, y = _np(Z).astype(np.float64), as_labels(y)
+    gap = np.abs(Z[y == 1].mean(0) - Z[y == 0].mean(0))
+    sd = Z.std(0)
+    return np.where(sd > 0, gap / np.where(sd > 0, sd, 1.0), 0.0)
+
+
+def l1_path_select(Z, y, k: int, *, grid_per_decade: int = 10, decades: float = 5.0, bisect: int = 12) -> tuple[np.ndarray, list[dict]]:
+    """The first k latents to become active on the L1 logistic path (liblinear, columns scaled
+    to unit std without centring so sparse latents stay sparse). Returns (indices, path)."""
+    from scipy.sparse import csr_matrix
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import l1_min_c
+
+    Z, y = _np(Z).astype(np.float64), as_labels(y)
+    sd = Z.std(0)
+    alive = np.nonzero(sd > 0)[0]
+    if len(alive) < k:
+        raise ValueError(f"only {len(alive)} latents vary on the training set; cannot pick k={k}")
+    Xs = csr_matrix(Z[:, alive] / sd[alive])
+    scale = 10.0  # liblinear penalises the intercept; a large intercept column makes that negligible
+    c0 = l1_min_c(Xs, y, loss="log", fit_intercept=True, intercept_scaling=scale)
+    path: list[dict] = []
+
+    def fit(C: float) -> np.ndarray:
+        clf = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", intercept_scaling=scale, tol=1e-6, max_iter=1000)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(Xs, y)
+        w = clf.coef_.ravel()
+        path.append({"C": float(C), "n_active": int(np.count_nonzero(w))})
+        return w
+
+    lo, w_lo, w = c0, np.zeros(len(alive)), None
+    for C in c0 * np.logspace(0, decades, int(decades * grid_per_decade) + 1):
+        w = fit(C)
+        if np.count_nonzero(w) >= k:
+            hi = C
+            break
+        lo, w_lo = C, w
+    else:
+        hi = None  # path ended before k were active: take the k largest of the last fit
+    if hi is not None and np.count_nonzero(w) > k:
+        # several latents entered in one grid step: bisect on log C towards exactly k
+        for _ in range(bisect):
+            mid = np.sqrt(lo * hi)
+            w_mid = fit(mid)
+            nnz = np.count_nonzero(w_mid)
+            if nnz >= k:
+                hi, w = mid, w_mid
+                if nnz == k:
+                    break
+            else:
+                lo, w_lo = mid, w_mid
+    # latents active at the lower C entered first; fill up with the largest of the rest
+    first = np.nonzero(w_lo)[0]
+    entered = set(first.tolist())
+    rest = [j for j in np.argsort(-np.abs(w), kind="stable") if j not in entered]
+    order = list(first[np.argsort(-np.abs(w_lo[first]), kind="stable")]) + rest
+    return np.asarray(alive[order[:k]], dtype=np.int64), path
+
+
+@dataclass(frozen=True)
+class OneSparseConfig:
+    select_on: str = "train"  # "train" or "val": which split's AUROC picks the latent
+
+
+class OneSparseProbe(Probe):
+    kind = "one_sparse"
+    Config = OneSparseConfig
+
+    def fit(self, X, y, X_val=None, y_val=None, *, mask=None, mask_val=None) -> Self:
+        Zs, ys = (X_val, y_val) if self.config.select_on == "val" and X_val is not None else (X, y)
+        auc = latent_auroc(Zs, ys)
+        j = int(np.argmax(np.abs(auc - 0.5)))
+        self.latents = np.array([j], dtype=np.int64)
+        self.sign = 1.0 if auc[j] >= 0.5 else -1.0
+        top = np.argsort(-np.abs(auc - 0.5))[:10]
+        self.meta = {"latents": self.latents.tolist(), "sign": self.sign, "auroc": float(auc[j]),
+                     "top10": [{"latent": int(i), "auroc": float(auc[i])} for i in top]}
+        return self
+
+    def score(self, X, mask=None) -> np.ndarray:
+        return self.sign * _np(X)[:, self.latents[0]].astype(np.float64)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"latents": torch.as_tensor(self.latents), "sign": torch.tensor([self.sign], dtype=torch.float64)}
+
+    def set_state(self, t: dict[str, torch.Tensor]) -> None:
+        self.latents, self.sign = t["latents"].numpy().astype(np.int64), float(t["sign"][0])
+
+
+@dataclass(frozen=True)
+class KSparseConfig:
+    k: int = 20
+    select: str = "mean_diff"  # "mean_diff" or "l1"
+    Cs: tuple[float, ...] = DEFAULT_CS  # refit grid for mean_diff (chosen on validation)
+    refit_C: float = 1e4  # the l1 refit: very weak L2, only so separable data stays finite
+    seed: int = 0
+    device: str | None = None
+
+
+class KSparseProbe(Probe):
+    kind = "k_sparse"
+    Config = KSparseConfig
+
+    def fit(self, X, y, X_val=None, y_val=None, *, mask=None, mask_val=None) -> Self:
+        cfg = self.config
+        Z = _np(X)
+        if cfg.select == "mean_diff":
+            ranking = mean_diff_scores(Z, y)
+            self.latents = np.argsort(-ranking, kind="stable")[: cfg.k].astype(np.int64)
+            path, Cs = None, cfg.Cs
+        elif cfg.select == "l1":
+            self.latents, path = l1_path_select(Z, y, cfg.k)
+            Cs = (cfg.refit_C,)
+        else:
+            raise ValueError(f"select must be 'mean_diff' or 'l1', got {cfg.select!r}")
+        self.head = LogisticProbe(LogisticConfig(Cs=Cs, seed=cfg.seed, device=cfg.device))
+        Zv = None if X_val is None else _np(X_val)[:, self.latents]
+        self.head.fit(Z[:, self.latents], y, Zv, y_val)
+        self.meta = {"latents": self.latents.tolist(), "head": self.head.meta, "l1_path": path}
+        return self
+
+    def coef_full(self, d_sae: int) -> np.ndarray:
+        """Raw-space weights over all `d_sae` latents (zero outside `latents`)."""
+        w = np.zeros(d_sae)
+        w[self.latents] = self.head.direction().cpu().numpy()
+        return w
+
+    def score(self, X, mask=None) -> np.ndarray:
+        return self.head.score(_np(X)[:, self.latents])
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"latents": torch.as_tensor(self.latents), **{f"head.{k}": v for k, v in self.head.state().items()}}
+
+    def set_state(self, t: dict[str, torch.Tensor]) -> None:
+        self.latents = t["latents"].numpy().astype(np.int64)
+        self.head = LogisticProbe(LogisticConfig(Cs=(self.meta.get("head", {}).get("C") or 1.0,), device=self.config.device))
+        self.head.meta = self.meta.get("head", {})
+        self.head.set_state({k.removeprefix("head."): v for k, v in t.items() if k.startswith("head.")})
+
+
+def fit_k_sweep(Z, y, Z_val=None, y_val=None, *, ks=K_VALUES, select: str = "mean_diff", **config) -> dict[int, KSparseProbe]:
+    """One k-sparse probe per k (the study's sparsity sweep)."""
+    return {k: KSparseProbe(KSparseConfig(k=k, select=select, **config)).fit(Z, y, Z_val, y_val) for k in ks}

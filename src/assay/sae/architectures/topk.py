@@ -1,0 +1,77 @@
+"""TopK SAE (Gao et al. 2024) with the AuxK dead-latent loss, trained through sparse kernels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from assay.sae.base import SAE, SAEConfig, register
+from assay.sae.sparse import densify, gather_encode, sparse_decode, topk_encode
+
+
+@dataclass
+class TopKConfig(SAEConfig):
+    k: int = 32
+    aux_k_coefficient: float = 1 / 32  # Gao et al.'s alpha
+    aux_k: int | None = None  # dead latents used by AuxK; None = d_in // 2 (their heuristic)
+
+
+def auxk_loss(sae: SAE, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor | None,
+              aux_k: int | None, coefficient: float) -> torch.Tensor | None:
+    """Dead latents (top `aux_k` of them by pre-activation) reconstruct the live latents' residual.
+
+    `pre` is detached; the selected pre-activations are recomputed differentiably through the
+    sparse kernel, so the dead latents' encoder columns learn too (not only their decoder rows).
+    """
+    if dead is None or coefficient == 0:
+        return None
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return None
+    k_aux = aux_k or x.shape[-1] // 2
+    scale = min(n_dead / k_aux, 1.0)  # smaller push when only a few latents are dead
+    with torch.no_grad():
+        _, idx = pre.masked_fill(~dead, float("-inf")).topk(min(k_aux, n_dead), dim=-1, sorted=False)
+    b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
+    vals = gather_encode(x.to(sae.W_enc.dtype), b_dec, sae.W_enc, sae.b_enc, idx, pre).relu()
+    residual = (x - x_hat).detach()
+    return coefficient * scale * SAE.mse(sparse_decode(vals, idx, sae.W_dec), residual)
+
+
+@register("topk")
+class TopKSAE(SAE):
+    config_class = TopKConfig
+    saelens_architecture = "topk"
+    unit_norm_decoder = True
+
+    def __init__(self, cfg: TopKConfig):
+        super().__init__(cfg)
+        self.b_enc = nn.Parameter(torch.zeros_like(self.W_enc[0]))
+
+    def encode_sparse(self, x: torch.Tensor):
+        """`(vals [n, k], idx [n, k], pre [n, d_sae] detached)`; differentiable in vals."""
+        b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        return topk_encode(x.to(self.W_enc.dtype), b_dec, self.W_enc, self.b_enc, self.cfg.k)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.centred(x) @ self.W_enc + self.b_enc
+        vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return densify(vals.relu(), idx, self.cfg.d_sae)
+
+    def loss(self, x, *, sparsity_scale=1.0, dead=None):
+        vals, idx, pre = self.encode_sparse(x)
+        x_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
+        terms = {"mse": self.mse(x_hat, x)}
+        aux = auxk_loss(self, x, x_hat, pre, dead, self.cfg.aux_k, self.cfg.aux_k_coefficient)
+        if aux is not None:
+            terms["auxk"] = aux
+        active = (vals > 0).detach()
+        fired = torch.zeros(self.cfg.d_sae, device=x.device, dtype=torch.long)
+        fired.index_add_(0, idx.reshape(-1), active.reshape(-1).long())
+        return self.with_total({**terms, "l0": active.sum(-1).float().mean(), "fired": fired})
+
+    def inference_state(self):
+        arch, _, tensors = super().inference_state()
+        return arch, {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}, tensors

@@ -1,0 +1,242 @@
+"""Train one or several SAEs on one stream of token activations.
+
+One pass over the data feeds every SAE in `saes` (dictionary_learning's trick: a sweep costs one
+pass of activation reading). Inputs are scaled to unit mean squared norm with a factor estimated
+on the first batches; the factor is folded into the weights when saving, so saved SAEs eat raw
+activations. The stream is any iterable of `[m, d]` tensors; SAEs are moved to its device.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from assay.fileio import atomic_path, write_json
+from assay.provenance import provenance
+from assay.sae.base import SAE, STAT_KEYS
+from assay.sae.buffer import shuffled_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    total_tokens: int
+    batch_size: int = 4096
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_warmup_steps: int = 100
+    lr_decay_fraction: float = 0.2  # linear decay to 0 over the last 20% of steps
+    sparsity_warmup_steps: int = 0  # linear warm-up of the sparsity coefficient
+    buffer_tokens: int = 1 << 16
+    scale_batches: int = 8  # batches used to estimate the input scale
+    normalize: bool = True
+    dead_after_tokens: int = 1_000_000  # a latent that has not fired in this many tokens is dead
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    log_every: int = 20
+    seed: int = 0
+    progress: bool = True
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.total_tokens // self.batch_size)
+
+    def lr_factor(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
+        decay_steps = int(self.total_steps * self.lr_decay_fraction)
+        left = self.total_steps - step
+        return warm * (min(1.0, left / decay_steps) if decay_steps else 1.0)
+
+    def sparsity_scale(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.sparsity_warmup_steps) if self.sparsity_warmup_steps else 1.0
+
+
+@dataclass
+class _State:
+    step: int = 0
+    tokens_seen: int = 0  # tokens trained on
+    tokens_drawn: int = 0  # tokens taken from the stream (for resuming)
+    scale: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """`Trainer({"topk": sae1, "jr": sae2}, TrainConfig(...), out_dir).fit(stream)`."""
+
+    def __init__(self, saes: dict[str, SAE], cfg: TrainConfig, out_dir: str | Path | None = None,
+                 metadata: dict[str, Any] | None = None):
+        self.saes = saes
+        self.cfg = cfg
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.metadata = metadata or {}
+        self.state = _State()
+        self.opts = {n: torch.optim.Adam(s.parameters(), lr=cfg.lr, betas=cfg.betas) for n, s in saes.items()}
+        self.since_fired = {n: torch.zeros(s.cfg.d_sae, dtype=torch.long) for n, s in saes.items()}
+
+    # --- the loop ------------------------------------------------------------------------
+    def fit(self, stream: Iterable[torch.Tensor], resume: bool = False) -> dict[str, SAE]:
+        torch.manual_seed(self.cfg.seed)
+        if resume:
+            self._load_checkpoint()
+        batches = shuffled_batches(self._counted(stream, skip=self.state.tokens_drawn), self.cfg.batch_size,
+                                   self.cfg.buffer_tokens, seed=self.cfg.seed + self.state.step)
+        batches = self._with_scale(batches)
+        for s in self.saes.values():
+            s.train()
+        with self._progress() as (bar, task):
+            for x in batches:
+                if self.state.step >= self.cfg.total_steps:
+                    break
+                self._step(x)
+                if bar is not None:
+                    bar.update(task, completed=self.state.step, description=self._describe())
+                if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        if self.state.step < self.cfg.total_steps:
+            log.warning("stream ended after %d of %d steps", self.state.step, self.cfg.total_steps)
+        if self.out_dir:
+            self.save(self.out_dir)
+        return self.saes
+
+    def _step(self, x: torch.Tensor) -> None:
+        cfg, st = self.cfg, self.state
+        x = x * st.scale
+        lr_f, sp = cfg.lr_factor(st.step), cfg.sparsity_scale(st.step)
+        record: dict[str, Any] = {"step": st.step + 1, "tokens": st.tokens_seen + len(x)}
+        var = (x - x.mean(0)).pow(2).sum()
+        for name, sae in self.saes.items():
+            dead = (self.since_fired[name] >= cfg.dead_after_tokens).to(x.device)
+            out = sae.loss(x, sparsity_scale=sp, dead=dead)
+            opt = self.opts[name]
+            opt.zero_grad(set_to_none=True)
+            out["total"].backward()
+            sae.before_optimizer_step()
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_f
+            opt.step()
+            sae.after_optimizer_step()
+            fired = out["fired"].cpu() > 0
+            self.since_fired[name] += len(x)
+            self.since_fired[name][fired] = 0
+            if (st.step + 1) % cfg.log_every == 0 or st.step + 1 == cfg.total_steps:
+                rec = {k: float(v) for k, v in out.items() if k != "fired"}
+                rec["fvu"] = float(out["mse"].detach() * len(x) / var)
+                rec["dead"] = int(dead.sum())
+                record[name] = rec
+            self._last = (name, out, var, len(x))
+        st.step += 1
+        st.tokens_seen += len(x)
+        if len(record) > 2:
+            st.history.append(record)
+
+    # --- input scale ----------------------------------------------------------------------
+    def _with_scale(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Estimate the scale on the first batches (unless resumed), move SAEs to the data."""
+        head = list(itertools.islice(batches, self.cfg.scale_batches))
+        if not head:
+            return iter(())
+        device = head[0].device
+        for s in self.saes.values():
+            s.to(device)
+        for opt in self.opts.values():  # optimizer state follows its parameters
+            for st in opt.state.values():
+                for k, v in st.items():
+                    if torch.is_tensor(v) and k != "step":
+                        st[k] = v.to(device)
+        if self.state.scale is None:
+            msq = torch.cat(head).float().pow(2).sum(-1).mean().item()
+            self.state.scale = 1.0 / math.sqrt(msq) if self.cfg.normalize and msq > 0 else 1.0
+            for s in self.saes.values():
+                if s.raw_space:  # e.g. a saved SAE being finetuned: move it into the scaled space
+                    s.fold_input_scale_(1.0 / self.state.scale)
+                    s.raw_space = False
+        return itertools.chain(head, batches)
+
+    def _counted(self, stream: Iterable[torch.Tensor], skip: int) -> Iterator[torch.Tensor]:
+        for chunk in stream:
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            chunk, skip = chunk[skip:], 0
+            self.state.tokens_drawn += len(chunk)
+            yield chunk
+
+    # --- saving ---------------------------------------------------------------------------
+    def folded(self, name: str) -> SAE:
+        """A copy of SAE `name` that eats raw activations (the input scale folded in)."""
+        sae = copy.deepcopy(self.saes[name]).eval()
+        if not sae.raw_space:
+            sae.fold_input_scale_(self.state.scale or 1.0)
+            sae.raw_space = True
+        return sae
+
+    def save(self, out_dir: str | Path) -> None:
+        from assay.sae.io import save_sae
+
+        out_dir = Path(out_dir)
+        for name in self.saes:
+            meta = {**self.metadata, "training_tokens": self.state.tokens_seen, "input_scale": self.state.scale}
+            save_sae(self.folded(name), out_dir / name if len(self.saes) > 1 else out_dir, metadata=meta)
+        write_json(out_dir / "training.json", provenance(
+            config=asdict(self.cfg), saes={n: {"architecture": s.architecture, **s.cfg.to_dict()} for n, s in self.saes.items()},
+            input_scale=self.state.scale, steps=self.state.step, tokens=self.state.tokens_seen,
+            metadata=self.metadata, history=self.state.history))
+
+    def save_checkpoint(self) -> None:
+        if not self.out_dir:
+            return
+        blob = {
+            "state": asdict(self.state),
+            "saes": {n: s.state_dict() for n, s in self.saes.items()},
+            "raw_space": {n: s.raw_space for n, s in self.saes.items()},
+            "opts": {n: o.state_dict() for n, o in self.opts.items()},
+            "since_fired": self.since_fired,
+            "rng": torch.get_rng_state(),
+        }
+        with atomic_path(self.out_dir / "checkpoint.pt") as tmp:
+            torch.save(blob, tmp)
+
+    def _load_checkpoint(self) -> None:
+        path = self.out_dir / "checkpoint.pt" if self.out_dir else None
+        if path is None or not path.exists():
+            return
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        self.state = _State(**blob["state"])
+        for n, s in self.saes.items():
+            s.load_state_dict(blob["saes"][n])
+            s.raw_space = blob["raw_space"][n]
+            self.opts[n].load_state_dict(blob["opts"][n])
+        self.since_fired = blob["since_fired"]
+        torch.set_rng_state(blob["rng"])
+        log.info("resumed at step %d (%d tokens)", self.state.step, self.state.tokens_seen)
+
+    # --- progress -------------------------------------------------------------------------
+    def _describe(self) -> str:
+        name, out, var, n = self._last
+        fvu = float(out["mse"].detach() * n / var)
+        return f"{name}: L0 {float(out['l0']):.1f} FVU {fvu:.3f}"
+
+    def _progress(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def ctx():
+            if not self.cfg.progress:
+                yield None, None
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeRemainingColumn(), transient=False) as bar:
+                task = bar.add_task("training SAEs", total=self.cfg.total_steps, completed=self.state.step)
+                yield bar, task
+
+        return ctx()
