@@ -63,7 +63,8 @@ class TextBaseline:
 
 
 def load_baseline(path: str | Path) -> TextBaseline:
-    import assay.baselines  # noqa: F401  (registers every kind)
+    import assay.baselines.embedding  # noqa: F401  (register every kind)
+    import assay.baselines.tfidf  # noqa: F401
 
     path = Path(path)
     spec = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))

@@ -53,7 +53,7 @@ BENIGN_CHARS = (20, 600)
 # Shares of each class's half of a split. The jailbreak and transformation shares are close across
 # classes so that neither "jailbreak present" nor "transformation present" predicts the label.
 HARMFUL_MIX = {"plain": 0.30, "jailbreak": 0.50, "comply": 0.20}
-BENIGN_MIX = {"plain": 0.12, "topic": 0.13, "jailbreak": 0.40, "innocuous": 0.20, "transform": 0.15}
+BENIGN_MIX = {"plain": 0.10, "topic": 0.10, "jailbreak": 0.45, "innocuous": 0.20, "transform": 0.15}
 
 _LEN_EDGES = (50, 75, 100, 130, 170, 230, 320, 450)
 
@@ -151,24 +151,27 @@ class MatchedSampler:
     reuses requests (least used first) only when the split's pool is exhausted.
     """
 
-    def __init__(self, pool: list[Request], rng: random.Random):
+    def __init__(self, pool: list[Request], rng: random.Random, used: Counter | None = None,
+                 cross_question: bool = False):
+        self.cross_question = cross_question
         self.rng = rng
         self.by_key: dict[tuple, list[Request]] = defaultdict(list)
         for r in pool:
             self.by_key[surface_key(r.text)].append(r)
         for v in self.by_key.values():
             rng.shuffle(v)
-        self.used: Counter = Counter()
+        self.used: Counter = Counter() if used is None else used
         self.pool = pool
         self.by_question = {q: [r for r in pool if surface_key(r.text)[0] == q] or pool for q in (False, True)}
 
     def draw(self, like: str) -> Request:
         q, wh, nl, b = surface_key(like)
-        for relax in range(3):
+        for relax in range(4 if self.cross_question else 3):
             for d in (0, -1, 1, -2, 2, -3, 3):
                 keys = [(q, wh, nl, b + d)] if relax == 0 else (
                     [(q, w, nl, b + d) for w in (wh, not wh)] if relax == 1 else
-                    [(q, w, n, b + d) for w in (wh, not wh) for n in (nl, not nl)])
+                    [(q, w, n, b + d) for w in (wh, not wh) for n in (nl, not nl)] if relax == 2 else
+                    [(x, w, n, b + d) for x in (q, not q) for w in (wh, not wh) for n in (nl, not nl)])
                 for k in keys:
                     cands = self.by_key.get(k)
                     while cands and self.used[cands[-1].behaviour_id]:
@@ -202,8 +205,8 @@ def compose_split(split: str, size: int, harmful: list[Request], benign: list[Re
     n_harm = size // 2
     n_ben = size - n_harm
     hm = _shares(n_harm, HARMFUL_MIX)
-    if hm["plain"] > len(harmful):  # each behaviour appears plain at most once
-        hm["jailbreak"] += hm["plain"] - len(harmful)
+    if hm["plain"] > len(harmful):  # each behaviour appears plain at most once; the rest go to the
+        hm["comply"] += hm["plain"] - len(harmful)  # comply frame, which evens "transformation present"
         hm["plain"] = len(harmful)
     bm = _shares(n_ben, BENIGN_MIX)
     rows: list[Example] = []
@@ -220,21 +223,24 @@ def compose_split(split: str, size: int, harmful: list[Request], benign: list[Re
     rng.shuffle(order)
     anchors = [r.text for r in order]  # what benign draws match, for this split
 
-    def fill(n: int, make) -> None:
-        """Add `n` rows from `make(i)` -> (text, label, request, family, transformation, group),
-        retrying on exact duplicates."""
+    def fill(n: int, make) -> int:
+        """Add up to `n` rows from `make(i)` -> (text, label, request, family, transformation, group),
+        retrying on exact duplicates; returns the shortfall."""
         made, tries = 0, 0
-        while made < n and tries < 50 * n + 50:
-            made += add(*make(made + tries))
+        while made < n and tries < 20 * n + 20:
+            made += add(*make(tries))  # one index per attempt: cycles advance one step
             tries += 1
+        return n - made
 
     def cyc(items: list):
         shuffled = items[:]
         rng.shuffle(shuffled)
         return lambda i: shuffled[i % len(shuffled)]
 
-    sampler = MatchedSampler(benign, rng)
-    topic_sampler = MatchedSampler(topic, rng) if topic else sampler
+    used: Counter = Counter()  # shared: a ShareGPT topic request sits in both pools
+    sampler = MatchedSampler(benign, rng, used)
+    # The topic pool is small: it may give up question-form matching before reusing a request.
+    topic_sampler = MatchedSampler(topic, rng, used, cross_question=True) if topic else sampler
 
     def benign_req(i: int, topic_share: float = 0.25) -> Request:
         # Benign requests inside jailbreaks/transformations over-sample sensitive topics too.
@@ -253,24 +259,24 @@ def compose_split(split: str, size: int, harmful: list[Request], benign: list[Re
         tr = tr_of(i)
         return tr.apply(req.text, mode or rng.choice((INNOCUOUS, COMPLY)), rng), label, req, "none", tr.name, group
 
-    # harmful half
-    fill(hm["plain"], lambda i: (harm(i).text, 1, harm(i), "none", "none", "harmful_plain"))
-    fill(hm["jailbreak"], lambda i: jailbreak(harm(i), i, 1, "harmful_jailbreak"))
-    fill(hm["comply"], lambda i: transform(harm(i), i, 1, COMPLY, "transform_comply"))
+    # harmful half; a shortfall (too few distinct rows) passes to the next row type
+    short = fill(hm["plain"], lambda i: (harm(i).text, 1, harm(i), "none", "none", "harmful_plain"))
+    short = fill(hm["jailbreak"] + short, lambda i: jailbreak(harm(i), i, 1, "harmful_jailbreak"))
+    short = fill(hm["comply"] + short, lambda i: transform(harm(i), i, 1, COMPLY, "transform_comply"))
+    if short:
+        fill(short, lambda i: jailbreak(harm(i), i, 1, "harmful_jailbreak"))
 
     # benign half: every benign request drawn to match a harmful request's surface
-    n_topic = min(bm["topic"], len(topic))  # a topic request appears plain at most once
-    bm["plain"] += bm["topic"] - n_topic
-
     def plain(s: MatchedSampler, group: str):
         r = s.draw(rng.choice(anchors))
         return r.text, 0, r, "none", "none", group
 
-    fill(n_topic, lambda i: plain(topic_sampler, "benign_topic"))
-    fill(bm["plain"], lambda i: plain(sampler, "benign_plain"))
-    fill(bm["jailbreak"], lambda i: jailbreak(benign_req(i), i, 0, "benign_jailbreak"))
-    fill(bm["innocuous"], lambda i: transform(harm(i), i, 0, INNOCUOUS, "transform_innocuous"))
-    fill(bm["transform"], lambda i: transform(benign_req(i), i, 0, None, "benign_transform"))
+    short = fill(min(bm["topic"], len(topic)), lambda i: plain(topic_sampler, "benign_topic"))
+    short = fill(bm["plain"] + bm["topic"] - min(bm["topic"], len(topic)) + short,
+                 lambda i: plain(sampler, "benign_plain"))
+    short = fill(bm["jailbreak"] + short, lambda i: jailbreak(benign_req(i), i, 0, "benign_jailbreak"))
+    short = fill(bm["innocuous"] + short, lambda i: transform(harm(i), i, 0, INNOCUOUS, "transform_innocuous"))
+    fill(bm["transform"] + short, lambda i: transform(benign_req(i), i, 0, None, "benign_transform"))
     if len(rows) != size:
         raise RuntimeError(f"{split}: built {len(rows)} rows, wanted {size}")
 

@@ -42,6 +42,15 @@ def histograms(scores, y, groups: Sequence[str] | None, bins: int = 30) -> list[
     return out
 
 
+def _hist_groups(groups: Mapping[str, Sequence[str]], by: str) -> list[str] | None:
+    """Histogram panels: the jailbreak family, except that plain examples show their innocuous
+    transformation, so hard negatives get their own panels instead of hiding among plain benign."""
+    fam, trans = groups.get(by), groups.get("transformation")
+    if fam is None or trans is None or by == "transformation":
+        return list(fam) if fam is not None else None
+    return [f if f != "none" else t for f, t in zip(fam, trans)]
+
+
 def evaluate_split(
     method: str,
     split: str,
@@ -64,7 +73,7 @@ def evaluate_split(
         auroc=_num(auroc(s, y)), auroc_ci=_interval(bootstrap_auroc_ci(s, y, n_boot=n_boot, seed=seed)),
         auprc=_num(auprc(s, y)), target_fpr=target_fpr, threshold=threshold,
         roc=RocCurve(fpr=fpr.tolist(), tpr=tpr.tolist()),
-        histograms=histograms(s, y, data.groups.get(hist_by)), seed=seed, **fields,
+        histograms=histograms(s, y, _hist_groups(data.groups, hist_by)), seed=seed, **fields,
     )
     if threshold is not None:
         res.recall_at_fpr = _num(recall_at_fpr(s, y, threshold))

@@ -55,9 +55,11 @@ def histogram_figure(result: MethodResult):
         ax.tick_params(labelsize=6)
     axes[0, 0].set_title(f"{row_label(result)}: scores on {result.split} (dashed: threshold)", fontsize=8)
     axes[-1, 0].set_xlabel("score (logit)")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles[:2], labels[:2], fontsize=6, loc="upper right")
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color="tab:red", alpha=0.6, label="harmful"),
+                        Patch(facecolor="none", edgecolor="tab:blue", hatch="//", label="benign")],
+               fontsize=6, loc="upper right")
     fig.tight_layout()
     return fig
 

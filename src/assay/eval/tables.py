@@ -41,7 +41,11 @@ def _kind(rows: dict[str, MethodResult]) -> str:
 def headline_tables(report: Report) -> list[Table]:
     """AUROC and recall at the target FPR, methods x splits, baselines beside the probes."""
     splits, methods = report.splits(), _by_label(report)
-    order = sorted(methods, key=lambda m: (_kind(methods[m]), m))
+    def key(m: str):  # group by kind, then method family, SAE, and k numerically (2 before 20)
+        r = next(iter(methods[m].values()))
+        return (r.kind, r.method.split("[")[0], r.sae or "", r.k or 0, m)
+
+    order = sorted(methods, key=key)
     auroc = Table(
         "AUROC", ["method", "kind"] + splits,
         [[m, _kind(methods[m])] + [fmt_ci(methods[m][s].auroc, methods[m][s].auroc_ci) if s in methods[m] else "–" for s in splits] for m in order],

@@ -4,22 +4,32 @@
     probe = LogisticProbe().fit(X_train, y_train, X_val, y_val)   # X: pooled [n, d]
     scores = probe.score(X_test)                                   # logits, higher = harmful
     probe.save("runs/probe"); load_probe("runs/probe").score(X_test)
+
+Names resolve lazily, so `assay --help` (which imports `assay.probes.cli`) stays fast.
 """
 
-from assay.probes.aggregation import Aggregation, pool_tokens
-from assay.probes.attention import AttentionConfig, AttentionProbe, RollingAttentionConfig, RollingAttentionProbe
-from assay.probes.base import Probe, load_probe, probe_kinds
-from assay.probes.linear import DiffMeanConfig, DiffMeanProbe, LogisticConfig, LogisticProbe
-from assay.probes.sae_features import sae_features
-from assay.probes.sparse import (
-    K_VALUES, KSparseConfig, KSparseProbe, OneSparseConfig, OneSparseProbe, fit_k_sweep, l1_path_select,
-    latent_auroc, mean_diff_scores,
-)
+from importlib import import_module
 
-__all__ = [
-    "Aggregation", "pool_tokens", "Probe", "load_probe", "probe_kinds",
-    "LogisticProbe", "LogisticConfig", "DiffMeanProbe", "DiffMeanConfig",
-    "AttentionProbe", "AttentionConfig", "RollingAttentionProbe", "RollingAttentionConfig",
-    "OneSparseProbe", "OneSparseConfig", "KSparseProbe", "KSparseConfig", "K_VALUES", "fit_k_sweep",
-    "l1_path_select", "latent_auroc", "mean_diff_scores", "sae_features",
-]
+_EXPORTS = {
+    "assay.probes.aggregation": ["Aggregation", "pool_tokens"],
+    "assay.probes.base": ["Probe", "load_probe", "probe_kinds"],
+    "assay.probes.linear": ["LogisticProbe", "LogisticConfig", "DiffMeanProbe", "DiffMeanConfig"],
+    "assay.probes.attention": ["AttentionProbe", "AttentionConfig", "RollingAttentionProbe", "RollingAttentionConfig"],
+    "assay.probes.sparse": ["OneSparseProbe", "OneSparseConfig", "KSparseProbe", "KSparseConfig", "K_VALUES",
+                            "fit_k_sweep", "l1_path_select", "latent_auroc", "mean_diff_scores"],
+    "assay.probes.sae_encode": ["sae_features"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'assay.probes' has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name]), name)
+
+
+def _register_all() -> None:
+    """Import every module that defines a probe kind (fills the registry)."""
+    for module in ("assay.probes.linear", "assay.probes.attention", "assay.probes.sparse"):
+        import_module(module)

@@ -98,8 +98,9 @@ def _config_from_dict(config_cls: type, d: dict[str, Any]) -> Any:
 
 def load_probe(path: str | Path, device: torch.device | str | None = None) -> Probe:
     """Load any probe saved by `Probe.save`, whatever its kind."""
-    import assay.probes  # noqa: F401  (registers every kind)
+    from assay.probes import _register_all
 
+    _register_all()
     path = Path(path)
     spec = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     try:
@@ -113,6 +114,7 @@ def load_probe(path: str | Path, device: torch.device | str | None = None) -> Pr
 
 
 def probe_kinds() -> list[str]:
-    import assay.probes  # noqa: F401
+    from assay.probes import _register_all
 
+    _register_all()
     return sorted(_REGISTRY)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from assay.probes.aggregation import Aggregation
-from assay.probes.sae_features import sae_features
+from assay.probes.sae_encode import sae_features
 
 TEXT_KINDS = ("tfidf", "embedding")
 

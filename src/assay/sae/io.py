@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from assay import __version__
 from assay.fileio import atomic_path, read_json, write_json
-from assay.runtime import dtype_name
+from assay.runtime import dtype_name, resolve_dtype
 from assay.sae.base import ARCHITECTURES, SAE, build_sae
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def load_sae(path: str | Path, device: str | torch.device | None = None, dtype: 
         raise NotImplementedError(f"normalize_activations={cfg['normalize_activations']!r} is not supported")
     arch = cfg.get("architecture", "standard")
     own = meta.get("assay")
-    if own and own.get("architecture") in ARCHITECTURES or own and _registered(own["architecture"]):
+    if own and _registered(own["architecture"]):
         sae = build_sae(own["architecture"], **{**own["config"], "device": "cpu"})
     else:
         if arch not in _FROM_SAELENS:
@@ -91,12 +91,10 @@ def load_sae(path: str | Path, device: str | torch.device | None = None, dtype: 
         sae = build_sae(_FROM_SAELENS[arch], **kw)
         tensors = _from_saelens_tensors(arch, cfg, tensors)
     target = dtype or cfg.get("dtype", "float32")
-    tensors = {k: (v if k == "threshold" and v.ndim == 0 else v.to(sae.W_enc.dtype)) for k, v in tensors.items()}
+    tensors = {k: v.to(sae.W_enc.dtype) for k, v in tensors.items()}
     sae.load_inference_state(tensors, cfg)
     sae.metadata = meta
     sae.raw_space = True
-    from assay.runtime import resolve_dtype
-
     sae.cfg.dtype = dtype_name(resolve_dtype(target))
     return sae.to(device=device or "cpu", dtype=resolve_dtype(target)).eval()
 

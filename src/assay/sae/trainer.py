@@ -12,7 +12,6 @@ import copy
 import itertools
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -21,7 +20,7 @@ import torch
 
 from assay.fileio import atomic_path, write_json
 from assay.provenance import provenance
-from assay.sae.base import SAE, STAT_KEYS
+from assay.sae.base import SAE
 from assay.sae.buffer import shuffled_batches
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ class Trainer:
             self.since_fired[name] += len(x)
             self.since_fired[name][fired] = 0
             if (st.step + 1) % cfg.log_every == 0 or st.step + 1 == cfg.total_steps:
-                rec = {k: float(v) for k, v in out.items() if k != "fired"}
+                rec = {k: float(v.detach()) for k, v in out.items() if k != "fired"}
                 rec["fvu"] = float(out["mse"].detach() * len(x) / var)
                 rec["dead"] = int(dead.sum())
                 record[name] = rec
@@ -154,6 +153,11 @@ class Trainer:
         if self.state.scale is None:
             msq = torch.cat(head).float().pow(2).sum(-1).mean().item()
             self.state.scale = 1.0 / math.sqrt(msq) if self.cfg.normalize and msq > 0 else 1.0
+            mean = torch.cat(head).float().mean(0) * self.state.scale
+            for s in self.saes.values():
+                if not s.raw_space:  # fresh SAE: start b_dec at the data mean (Gao et al., sparsify)
+                    with torch.no_grad():
+                        s.b_dec.copy_(mean.to(s.b_dec.dtype))
             for s in self.saes.values():
                 if s.raw_space:  # e.g. a saved SAE being finetuned: move it into the scaled space
                     s.fold_input_scale_(1.0 / self.state.scale)

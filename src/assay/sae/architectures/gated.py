@@ -25,6 +25,7 @@ class GatedConfig(SAEConfig):
 class GatedSAE(SAE):
     config_class = GatedConfig
     saelens_architecture = "gated"
+    unit_norm_decoder = True  # as in the paper; the L1 weight by decoder norm is then a no-op
 
     def __init__(self, cfg: GatedConfig):
         super().__init__(cfg)

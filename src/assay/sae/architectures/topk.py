@@ -32,8 +32,10 @@ def auxk_loss(sae: SAE, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
         return None
     k_aux = aux_k or x.shape[-1] // 2
     scale = min(n_dead / k_aux, 1.0)  # smaller push when only a few latents are dead
-    with torch.no_grad():
-        _, idx = pre.masked_fill(~dead, float("-inf")).topk(min(k_aux, n_dead), dim=-1, sorted=False)
+    with torch.no_grad():  # top-k among the dead columns only: cheap while few latents are dead
+        dead_idx = dead.nonzero().squeeze(1)
+        _, j = pre[:, dead_idx].topk(min(k_aux, n_dead), dim=-1, sorted=False)
+        idx = dead_idx[j]
     b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
     vals = gather_encode(x.to(sae.W_enc.dtype), b_dec, sae.W_enc, sae.b_enc, idx, pre).relu()
     residual = (x - x_hat).detach()

@@ -33,9 +33,12 @@ def sae_features(
     """`x [n, d]` (already pooled) -> `[n, d_sae | d]`; or `x [n, T, d]` + `mask` + `aggregation`
     -> encoded per token, then pooled. Batched over examples to bound memory."""
 
-    def transform(v: torch.Tensor) -> torch.Tensor:
-        z = sae.encode(v)
-        return z if what == "latents" else sae.decode(z)
+    params = getattr(sae, "parameters", None)
+    device = next(iter(params()), x).device if callable(params) else x.device
+
+    def transform(v: torch.Tensor) -> torch.Tensor:  # on the SAE's device, back on x's
+        z = sae.encode(v.to(device))
+        return (z if what == "latents" else sae.decode(z)).to(x.device)
 
     if x.ndim == 2:
         return torch.cat([transform(x[i : i + batch]).float() for i in range(0, len(x), batch)])

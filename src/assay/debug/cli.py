@@ -1,0 +1,64 @@
+"""`assay debug ...`: find spurious cues in a dataset through the SAE latents a sparse probe uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Dataset debugging: the SAE latents a sparse probe relies on, and the surface cues behind them.",
+                  no_args_is_help=True)
+
+
+@app.command("latents")
+def latents_cmd(
+    sae_dir: Path = typer.Argument(..., help="SAE directory (assay or SAELens format)."),
+    data: str = typer.Option("quick", help="Benchmark preset, benchmark directory, or user JSONL/CSV."),
+    model: str = typer.Option("gemma-3-270m", "--model", "-m"),
+    layer: int = typer.Option(9, "--layer", "-l"),
+    dtype: str = typer.Option("float32"),
+    k: int = typer.Option(10, help="Latents the sparse probe may use."),
+    select: str = typer.Option("mean_diff", help="mean_diff | l1"),
+    aggregation: str = typer.Option("all.max", help="How latents are pooled over a prompt's tokens."),
+    split: str = typer.Option("train", help="Split the probe is fitted and the latents are explained on."),
+    top: int = typer.Option(5, help="Top tokens and examples shown per latent."),
+    out: Optional[Path] = typer.Option(None, help="Write the full report as JSON here."),
+) -> None:
+    """Fit a k-sparse probe on SAE latents, then explain and flag each latent it uses."""
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from assay.activations import extract
+    from assay.data import load_or_build
+    from assay.debug import explain_latents, rank_probe_latents
+    from assay.experiment.study import pooled_sae_latents
+    from assay.fileio import write_json
+    from assay.models import load
+    from assay.probes import KSparseProbe
+    from assay.sae import load_sae
+
+    ds = load_or_build(data)
+    lm = load(model, dtype=dtype)
+    sae = load_sae(sae_dir, device=str(lm.device))
+    acts = extract(lm, ds.texts, [layer], dataset_fingerprint=ds.fingerprint, store_tokens=True)
+    idx = np.flatnonzero(np.array([e.split for e in ds.examples]) == split)
+    if not len(idx):
+        raise typer.BadParameter(f"split {split!r} is empty; splits: {ds.splits}")
+    y = ds.labels
+    Z = pooled_sae_latents(acts, sae, layer, [aggregation], idx.tolist())[0][aggregation]
+    probe = KSparseProbe(k=k, select=select).fit(Z, y[idx])
+    chosen = [int(i) for i in probe.meta["latents"]]
+    ranked = rank_probe_latents(Z, chosen, probe.head.direction().cpu().numpy())
+    reports = explain_latents(acts, sae, layer, ranked, ds.texts, y, lm.tokenizer, indices=idx.tolist(), top_n=top)
+    table = Table("rank", "latent", "weight", "mean harmful", "mean benign", "top tokens", "flags",
+                  title=f"{k}-sparse probe ({select}, {aggregation}) on {split}")
+    for r in reports:
+        toks = " ".join(repr(t["token"]) for t in r.top_tokens[:top])
+        table.add_row(str(r.rank), str(r.latent), f"{r.weight:+.3f}", f"{r.mean_harmful:.2f}", f"{r.mean_benign:.2f}",
+                      toks, "[red]" + ", ".join(r.flags) + "[/]" if r.flags else "")
+    Console().print(table)
+    if out:
+        write_json(out, [r.as_dict() for r in reports])
+        typer.echo(f"wrote {out}")

@@ -1,0 +1,155 @@
+"""`assay sae train | eval`: train SAEs on a model's residual stream, evaluate saved ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Sparse autoencoders: train (pretraining or chat data, or finetune), evaluate.",
+                  no_args_is_help=True)
+
+
+def _arch_kwargs(arch: str, k: float, l1: float | None, l0: float | None, omega: float) -> dict:
+    if arch == "topk":
+        return {"k": int(k)}
+    if arch in ("batchtopk", "matryoshka"):
+        return {"k": k}
+    if arch in ("relu", "gated"):
+        return {} if l1 is None else {"l1_coefficient": l1}
+    if arch in ("jumprelu", "qf_jumprelu"):
+        kw = {} if l0 is None else {"l0_coefficient": l0}
+        return {**kw, "omega_0": omega} if arch == "qf_jumprelu" else kw
+    raise typer.BadParameter(f"unknown architecture {arch!r}")
+
+
+@app.command("train")
+def train(
+    arch: str = typer.Option("topk", help="relu|topk|batchtopk|gated|jumprelu|qf_jumprelu|matryoshka; "
+                                          "comma-separated trains several on one pass over the data"),
+    k: float = typer.Option(32, help="active latents (TopK; average for BatchTopK/Matryoshka)"),
+    width: int = typer.Option(4096, help="number of latents (d_sae)"),
+    layer: int = typer.Option(9, help="residual stream after block LAYER (0-indexed)"),
+    corpus: str = typer.Option("wiki", help="wiki | chat | chat-user"),
+    tokens: float = typer.Option(2e6, help="training tokens"),
+    model: str = typer.Option("gemma-3-270m", help="model name, HF id or path"),
+    finetune_from: Optional[Path] = typer.Option(None, help="SAE directory to finetune (e.g. on chat data)"),
+    resample: float = typer.Option(0.0, help="fraction of latents to re-initialise before finetuning"),
+    resample_how: str = typer.Option("least_used", help="random | least_used"),
+    out: Optional[Path] = typer.Option(None, help="output directory (default: cache/sae/<run name>)"),
+    batch_size: int = typer.Option(4096),
+    lr: float = typer.Option(3e-4),
+    l1: Optional[float] = typer.Option(None, help="L1 coefficient (relu, gated)"),
+    l0_coeff: Optional[float] = typer.Option(None, help="L0 / QF coefficient lambda (jumprelu, qf_jumprelu)"),
+    omega: float = typer.Option(0.1, help="omega_0 of the quadratic-frequency penalty"),
+    sparsity_warmup: int = typer.Option(0, help="steps of linear warm-up of the sparsity coefficient"),
+    max_tokens: int = typer.Option(1024, help="tokens per document at most"),
+    dtype: str = typer.Option("float32", help="model dtype for extraction"),
+    device: Optional[str] = typer.Option(None),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt"),
+) -> None:
+    """Train SAEs on a model's residual-stream activations."""
+    import torch
+
+    from assay.models import load
+    from assay.runtime import cache_dir
+    from assay.sae.base import build_sae
+    from assay.sae.corpus import activation_stream
+    from assay.sae.io import load_sae
+    from assay.sae.metrics import reconstruction_stats
+    from assay.sae.resample import resample_latents_
+    from assay.sae.trainer import TrainConfig, Trainer
+
+    archs = [a.strip() for a in arch.split(",") if a.strip()]
+    n_tokens = int(tokens)
+    lm = load(model, dtype=dtype, device=device)
+    run = f"{Path(model).name}-L{layer}-{corpus}-{'+'.join(archs)}-w{width}-s{seed}" + ("-ft" if finetune_from else "")
+    out = out or cache_dir() / "sae" / run
+    typer.echo(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; writing to {out}")
+
+    def stream():
+        return activation_stream(lm, corpus, layer, n_tokens, seed=seed, max_tokens=max_tokens)
+
+    saes = {}
+    if finetune_from:
+        if len(archs) > 1:
+            raise typer.BadParameter("finetune one SAE at a time")
+        sae = load_sae(finetune_from, device=str(lm.device))
+        if resample > 0:
+            freq = None
+            if resample_how == "least_used":
+                sample = []
+                for chunk in stream():
+                    sample.append(chunk)
+                    if sum(len(c) for c in sample) >= 65536:
+                        break
+                freq = reconstruction_stats(sae, [c.to(lm.device) for c in sample])["freq"]
+            idx = resample_latents_(sae, resample, how=resample_how, freq=freq, seed=seed)
+            typer.echo(f"re-initialised {len(idx)} latents ({resample_how})")
+        saes[sae.architecture] = sae
+    else:
+        for a in archs:
+            saes[a] = build_sae(a, d_in=lm.d_model, d_sae=width, seed=seed, **_arch_kwargs(a, k, l1, l0_coeff, omega))
+    meta = {
+        "model_name": lm.name, "hook_name": f"blocks.{layer}.hook_resid_post", "hook_head_index": None,
+        "prepend_bos": True, "context_size": max_tokens, "dataset_path": f"assay:{corpus}",
+        "assay_layer": layer, "corpus": corpus, "model_fingerprint": lm.fingerprint,
+        "finetuned_from": str(finetune_from) if finetune_from else None, "resampled_fraction": resample,
+    }
+    cfg = TrainConfig(total_tokens=n_tokens, batch_size=batch_size, lr=lr, seed=seed,
+                      sparsity_warmup_steps=sparsity_warmup, checkpoint_every=200)
+    torch.manual_seed(seed)
+    trainer = Trainer(saes, cfg, out, metadata=meta)
+    trainer.fit((c.to(lm.device) for c in stream()), resume=resume)
+    for name in saes:
+        last = next((h[name] for h in reversed(trainer.state.history) if name in h), {})
+        typer.echo(f"{name}: L0 {last.get('l0', float('nan')):.1f}  FVU {last.get('fvu', float('nan')):.3f}  "
+                   f"dead {last.get('dead', 0)}  -> {out / name if len(saes) > 1 else out}")
+
+
+@app.command("eval")
+def evaluate(
+    dirs: list[Path] = typer.Argument(..., help="SAE directories (several: also a reconstruction-vs-L0 plot)"),
+    tokens: float = typer.Option(2e5, help="held-out tokens for L0/FVU/frequencies"),
+    ce_texts: int = typer.Option(32, help="held-out texts for CE loss recovered (0 = skip)"),
+    corpus: Optional[str] = typer.Option(None, help="evaluation corpus (default: the training corpus)"),
+    model: Optional[str] = typer.Option(None, help="model (default: the SAE's model_name)"),
+    device: Optional[str] = typer.Option(None),
+    seed: int = typer.Option(0),
+) -> None:
+    """L0, FVU, MSE, CE loss recovered, dead/dense latents and plots; writes DIR/eval.json."""
+    from assay.fileio import write_json
+    from assay.models import load
+    from assay.provenance import provenance
+    from assay.sae.corpus import activation_stream, held_out_texts
+    from assay.sae.io import load_sae
+    from assay.sae.metrics import ce_recovered, plot_frequency_histogram, plot_sweep, reconstruction_stats, text_batches
+
+    points, lms = [], {}
+    for d in dirs:
+        sae = load_sae(d)
+        meta = sae.metadata
+        name = model or meta.get("model_name") or "gemma-3-270m"
+        lm = lms.get(name) or lms.setdefault(name, load(name, device=device))
+        sae = sae.to(lm.device)
+        layer = int(meta.get("assay_layer", str(meta.get("hook_name", "blocks.9.")).split(".")[1]))
+        corp = corpus or meta.get("corpus") or "wiki"
+        texts = held_out_texts(corp, lm.tokenizer, 4000, seed=seed)
+        held = []
+        for chunk in activation_stream(lm, corp, layer, int(tokens), texts=texts[:2000], seed=seed, max_tokens=256):
+            held.append(chunk)
+            if sum(len(c) for c in held) >= tokens:
+                break
+        stats = reconstruction_stats(sae, [c.to(lm.device) for c in held])
+        freq = stats.pop("freq")
+        plot_frequency_histogram(freq, d / "freq_hist.png", title=f"{sae.architecture} L{layer}")
+        if ce_texts:
+            ce_src = [t for t in texts[2000:] if t.strip()][:ce_texts]
+            stats.update(ce_recovered(lm, sae, layer, text_batches(lm.tokenizer, ce_src, 128, 8, lm.device)))
+        write_json(d / "eval.json", provenance(sae=str(d), architecture=sae.architecture, layer=layer, corpus=corp, **stats))
+        typer.echo(f"{d}: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
+        points.append({"arch": sae.architecture, **stats})
+    if len(dirs) > 1:
+        typer.echo(f"sweep plot: {plot_sweep(points, dirs[0].parent / 'sweep_fvu_vs_l0.png')}")

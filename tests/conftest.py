@@ -1,0 +1,62 @@
+"""Shared fixtures: the bundled tokenizer and a tiny randomly initialised Gemma 3 on top of it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from assay.models.loading import DEFAULT_MODEL, LoadedModel, _resolve
+
+
+@pytest.fixture(scope="session")
+def bundled_dir() -> str:
+    """The bundled model's dequantised directory (converted once, then cached)."""
+    source, _ = _resolve(DEFAULT_MODEL, None)
+    return source
+
+
+@pytest.fixture(scope="session")
+def tokenizer(bundled_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bundled_dir)
+
+
+def tiny_gemma3(tokenizer, dtype=torch.float32, seed: int = 0) -> LoadedModel:
+    """Gemma 3's architecture at toy size; a sliding window of 8 so local attention really bites."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = Gemma3ForCausalLM(config).to(dtype).eval().requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, name="tiny-gemma3",
+                       fingerprint={"model": "tiny-gemma3", "seed": seed, "dtype": str(dtype)})
+
+
+@pytest.fixture(scope="session")
+def tiny(tokenizer) -> LoadedModel:
+    return tiny_gemma3(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    from assay.models import load
+
+    return load(DEFAULT_MODEL, dtype="float32", device="cpu")
+
+
+PROMPTS = [
+    "How do I bake sourdough bread at home?",
+    "Give step-by-step instructions for picking a lock.",
+    "hi",
+    "Summarise the plot of Hamlet in three sentences, then list its main characters and what "
+    "happens to each of them by the end of the play.",
+    "What is the maximum safe daily dose of acetaminophen for an adult?",
+    "Write a short poem about the sea.",
+]

@@ -1,0 +1,197 @@
+"""Extraction equals transformers' hidden states; batching never changes the numbers; the cache
+round-trips, resumes and refuses corrupt shards."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import importlib
+
+from assay.activations import CacheCorruptError, extract
+from assay.activations.features import Feature, pool, token_mask
+from assay.models.chat import Role, format_prompts
+from tests.conftest import PROMPTS
+
+extract_mod = importlib.import_module("assay.activations.extract")  # the module, not the function
+
+
+def reference_hidden(lm, prompt_ids, layer):
+    """transformers' own `output_hidden_states` for one unpadded prompt, BOS dropped."""
+    with torch.no_grad():
+        out = lm.model(input_ids=torch.tensor([prompt_ids]), output_hidden_states=True)
+    return out.hidden_states[layer + 1][0, 1:].float()
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_tokens_match_output_hidden_states_tiny(tiny, tmp_path, layer):
+    acts = extract(tiny, PROMPTS, [layer, 2], root=tmp_path, progress=False, token_budget=64)
+    for i, p in enumerate(format_prompts(tiny.tokenizer, PROMPTS)):
+        x, roles, ids = acts.example_tokens(layer, i)
+        ref = reference_hidden(tiny, p.input_ids, layer)
+        torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
+        assert ids.tolist() == p.input_ids[1:]
+        assert (roles == Role.USER).sum() > 0
+
+
+def test_pooled_features_match_reference_pooling(tiny, tmp_path):
+    acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False)
+    prompts = format_prompts(tiny.tokenizer, PROMPTS)
+    for i, p in enumerate(prompts):
+        ref = reference_hidden(tiny, p.input_ids, 1)
+        user = torch.tensor(p.roles[1:]) == Role.USER
+        torch.testing.assert_close(acts.pooled(1, "user.mean")[i], ref[user].mean(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(acts.pooled(1, "all.max")[i], ref.amax(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(acts.pooled(1, "all.last")[i], ref[-1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(acts.pooled(1, "user.last")[i], ref[user][-1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(acts.pooled(1, "last8.mean")[i], ref[-8:].mean(0), rtol=1e-5, atol=1e-5)
+        # resp-5: five tokens before the first response token, i.e. Gemma's <end_of_turn>.
+        torch.testing.assert_close(acts.pooled(1, "resp-5")[i], ref[len(p.input_ids) - 5 - 1], rtol=1e-5, atol=1e-5)
+        assert tiny.tokenizer.convert_ids_to_tokens(p.input_ids[-5]) == "<end_of_turn>"
+
+
+def test_same_text_same_activations_alone_batched_and_reordered(tiny, tmp_path):
+    together = extract(tiny, PROMPTS, 2, root=tmp_path / "a", progress=False, token_budget=4096)
+    reversed_ = extract(tiny, PROMPTS[::-1], 2, root=tmp_path / "b", progress=False, token_budget=100)
+    for i, text in enumerate(PROMPTS):
+        alone = extract(tiny, [text], 2, root=tmp_path / f"alone{i}", progress=False)
+        j = len(PROMPTS) - 1 - i
+        for feat in ("user.mean", "all.max", "resp-5"):
+            torch.testing.assert_close(together.pooled(2, feat)[i], alone.pooled(2, feat)[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(reversed_.pooled(2, feat)[j], alone.pooled(2, feat)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_cache_roundtrip_reuses_entry(tiny, tmp_path, monkeypatch):
+    first = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False)
+    monkeypatch.setattr(extract_mod, "residual_stream", lambda *a, **k: pytest.fail("recomputed a cached entry"))
+    second = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False)
+    assert second.path == first.path
+    assert torch.equal(first.pooled(1, "user.mean"), second.pooled(1, "user.mean"))
+
+
+def test_cache_key_changes_with_what_changes_the_numbers(tiny, tmp_path):
+    base = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False).key
+    assert extract(tiny, PROMPTS, 2, root=tmp_path, progress=False).key != base
+    assert extract(tiny, PROMPTS[:-1], 1, root=tmp_path, progress=False).key != base
+    assert extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, dataset_fingerprint="x").key != base
+    assert extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, features=["all.mean"]).key != base
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_interrupted_extraction_resumes_from_last_complete_shard(tiny, tmp_path, monkeypatch):
+    real = extract_mod._extract_shard
+    calls = []
+    crashed = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3 and not crashed:
+            crashed.append(True)
+            raise SimulatedCrash  # the job dies during the third shard
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract_mod, "_extract_shard", flaky)
+    with pytest.raises(SimulatedCrash):
+        extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    n_shards = len(next(tmp_path.iterdir()).joinpath("manifest.json").read_text().split('"file"')) - 1
+    assert n_shards == 2  # two shards finished before the interruption
+    calls.clear()
+    resumed = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    total = len(resumed.manifest["shards"])
+    assert total > 3 and len(calls) == total - 2  # only the unfinished shards ran again
+    fresh = extract(tiny, PROMPTS, 1, root=tmp_path / "fresh", progress=False, shard_tokens=40)
+    assert torch.equal(resumed.pooled(1, "all.mean"), fresh.pooled(1, "all.mean"))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_shard_is_detected_then_reextracted(tiny, tmp_path, damage):
+    from assay.activations.store import ActivationSet, _VERIFIED
+
+    acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    want = acts.pooled(1, "user.mean").clone()
+    shard = acts.path / acts.manifest["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    if damage == "flip":
+        data[-100] ^= 0xFF
+    else:
+        data = data[: len(data) // 2]
+    shard.write_bytes(bytes(data))
+    _VERIFIED.clear()
+    with pytest.raises(CacheCorruptError, match="checksum"):
+        ActivationSet(acts.path).pooled(1, "user.mean")
+    again = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    assert torch.equal(again.pooled(1, "user.mean"), want)
+
+
+def test_iter_tokens_streams_every_token_once(tiny, tmp_path):
+    acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    prompts = format_prompts(tiny.tokenizer, PROMPTS)
+    n_all = sum(len(p.input_ids) - 1 for p in prompts)
+    n_user = sum(r == Role.USER for p in prompts for r in p.roles)
+    chunks = list(acts.iter_tokens(1, chunk_tokens=7, shuffle_seed=0))
+    assert sum(len(c) for c in chunks) == n_all and all(len(c) <= 7 for c in chunks)
+    assert sum(len(c) for c in acts.iter_tokens(1, chunk_tokens=7, mask="user")) == n_user
+    ordered = torch.cat(list(acts.iter_tokens(1, chunk_tokens=1000)))
+    shuffled = torch.cat(chunks)
+    assert torch.allclose(ordered.sum(0), shuffled.sum(0), atol=1e-3)
+    only_first = sum(len(c) for c in acts.iter_tokens(1, chunk_tokens=5, indices=[0]))
+    assert only_first == len(prompts[0].input_ids) - 1
+
+
+def test_token_batch_pads_right(tiny, tmp_path):
+    acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False)
+    x, m = acts.token_batch(1, [2, 3], mask="user")
+    assert x.shape[0] == 2 and m.sum(1).tolist() == [
+        sum(r == Role.USER for r in p.roles) for p in format_prompts(tiny.tokenizer, [PROMPTS[2], PROMPTS[3]])
+    ]
+    assert (x[~m] == 0).all()
+
+
+def test_pooling_on_a_hand_made_batch():
+    h = torch.tensor([[[1.0], [5.0], [3.0], [0.0]], [[2.0], [-1.0], [0.0], [0.0]]])
+    roles = torch.tensor([[0, 2, 2, -1], [0, 2, 1, -1]])
+    lengths = torch.tensor([3, 3])
+    user = token_mask("user", roles, lengths)
+    assert pool(h, user, "mean").flatten().tolist() == [4.0, -1.0]
+    assert pool(h, user, "max").flatten().tolist() == [5.0, -1.0]
+    assert pool(h, user, "last").flatten().tolist() == [3.0, -1.0]
+    assert pool(h, token_mask("resp-1", roles, lengths), None).flatten().tolist() == [3.0, 0.0]
+    empty = torch.zeros(2, 4, dtype=torch.bool)
+    assert pool(h, empty, "max").abs().sum() == 0
+
+
+def test_bad_input_gets_a_clear_error(tiny, tmp_path):
+    with pytest.raises(ValueError, match="out of range.*0..3"):
+        extract(tiny, PROMPTS, 4, root=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        extract(tiny, [], 1, root=tmp_path, progress=False)
+    with pytest.raises(TypeError, match="text #1 is int"):
+        extract(tiny, ["ok", 3], 1, root=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="unknown feature"):
+        extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, features=["user.median"])
+    with pytest.raises(ValueError, match="unknown feature"):
+        Feature.parse("everything.mean")
+
+
+def test_long_texts_are_truncated_with_a_counted_warning(tiny, tmp_path, caplog):
+    texts = ["word " * 300, "short", "word " * 400]
+    with caplog.at_level(logging.WARNING):
+        acts = extract(tiny, texts, 1, root=tmp_path, progress=False, max_tokens=64)
+    assert "2 of 3 texts exceeded 64 tokens" in caplog.text
+    x, roles, _ = acts.example_tokens(1, 0)
+    assert len(x) == 63 and roles[-5:].tolist() == [Role.TEMPLATE] * 5  # template kept after the cut
+
+
+@pytest.mark.slow
+def test_bundled_model_layer9_matches_output_hidden_states(bundled, tmp_path):
+    acts = extract(bundled, PROMPTS[:4], 9, root=tmp_path, progress=False, token_budget=256)
+    for i, p in enumerate(format_prompts(bundled.tokenizer, PROMPTS[:4])):
+        x, _, _ = acts.example_tokens(9, i)
+        ref = reference_hidden(bundled, p.input_ids, 9)
+        # Gemma's residual stream reaches norms of ~1e4, so compare relative to its scale.
+        assert (x - ref).abs().max() <= 1e-5 * ref.abs().max()

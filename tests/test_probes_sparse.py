@@ -1,0 +1,125 @@
+"""SAE probes on synthetic sparse latents with known informative latents."""
+
+import numpy as np
+import pytest
+import torch
+
+from assay.eval.metrics import auroc
+from assay.probes import (KSparseProbe, LogisticProbe, OneSparseProbe, fit_k_sweep, l1_path_select,
+                          latent_auroc, load_probe, mean_diff_scores, sae_features)
+
+INFORMATIVE = [7, 42, 99, 150, 201]
+
+
+def latents(n=400, d_sae=256, seed=0):
+    """ReLU-sparse latents; harmful examples fire the INFORMATIVE latents more (each weakly, so
+    no single latent separates the classes but several together do)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    pre = rng.normal(-1.0, 1.0, size=(n, d_sae))
+    pre[:, INFORMATIVE] += 1.2 * y[:, None]
+    pre[:, 99] -= 2.4 * y  # one latent that fires on *benign*: the sign must be learned
+    return np.maximum(pre, 0).astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def zs():
+    return latents(seed=0), latents(n=300, seed=1)
+
+
+def test_latent_auroc_matches_per_column_auroc(zs):
+    (Z, y), _ = zs
+    fast = latent_auroc(Z, y, chunk=50)
+    for j in (0, 7, 99, 255):
+        assert fast[j] == pytest.approx(auroc(Z[:, j], y), abs=1e-12)
+
+
+def test_one_sparse_picks_an_informative_latent_with_sign(zs):
+    (Z, y), (Zv, yv) = zs
+    p = OneSparseProbe().fit(Z, y)
+    assert p.latents.tolist()[0] in INFORMATIVE
+    assert auroc(p.score(Zv), yv) > 0.6
+    p99 = OneSparseProbe().fit(Z[:, [99, 0]], y)  # only the benign-firing latent is informative
+    assert p99.latents[0] == 0 and p99.sign == -1.0 and auroc(p99.score(Z[:, [99, 0]]), y) > 0.55
+
+
+@pytest.mark.parametrize("select", ["mean_diff", "l1"])
+@pytest.mark.parametrize("k", [1, 2, 5, 10])
+def test_k_sparse_uses_exactly_k_latents(zs, select, k):
+    (Z, y), (Zv, yv) = zs
+    p = KSparseProbe(k=k, select=select, device="cpu").fit(Z, y, Zv, yv)
+    assert len(p.latents) == k == len(set(p.latents.tolist()))
+    assert np.count_nonzero(p.coef_full(Z.shape[1])) == k
+    # scores depend on the chosen latents only
+    Z2 = Zv.copy()
+    others = np.setdiff1d(np.arange(Z.shape[1]), p.latents)
+    Z2[:, others] = np.random.default_rng(0).random((len(Z2), len(others)))
+    np.testing.assert_array_equal(p.score(Z2), p.score(Zv))
+
+
+@pytest.mark.parametrize("select", ["mean_diff", "l1"])
+def test_k_sparse_finds_the_informative_latents(zs, select):
+    (Z, y), (Zv, yv) = zs
+    p = KSparseProbe(k=5, select=select, device="cpu").fit(Z, y, Zv, yv)
+    assert set(p.latents.tolist()) == set(INFORMATIVE)
+    one = OneSparseProbe().fit(Z, y)
+    assert auroc(p.score(Zv), yv) > auroc(one.score(Zv), yv) + 0.05
+
+
+def test_l1_path_reaches_k_and_records_path(zs):
+    (Z, y), _ = zs
+    chosen, path = l1_path_select(Z, y, 3)
+    assert len(chosen) == 3 and path[0]["n_active"] <= 1
+    assert max(r["n_active"] for r in path) >= 3
+
+
+def test_mean_diff_scores_dead_latents_zero():
+    Z = np.zeros((10, 3), np.float32)
+    Z[:, 1] = np.arange(10)
+    assert mean_diff_scores(Z, np.r_[np.zeros(5), np.ones(5)]).tolist()[0] == 0.0
+
+
+@pytest.mark.parametrize("make", [lambda: OneSparseProbe(), lambda: KSparseProbe(k=5, select="mean_diff", device="cpu"),
+                                  lambda: KSparseProbe(k=5, select="l1", device="cpu")])
+def test_sparse_save_load_identical_scores(zs, make, tmp_path):
+    (Z, y), (Zv, yv) = zs
+    p = make().fit(Z, y, Zv, yv)
+    p.save(tmp_path / "p")
+    q = load_probe(tmp_path / "p", device="cpu")
+    assert q.latents.tolist() == p.latents.tolist()
+    np.testing.assert_array_equal(q.score(Zv), p.score(Zv))
+
+
+def test_k_sweep_returns_one_probe_per_k(zs):
+    (Z, y), (Zv, yv) = zs
+    probes = fit_k_sweep(Z, y, Zv, yv, ks=(1, 2, 5), Cs=(1.0,), device="cpu")
+    assert {k: len(p.latents) for k, p in probes.items()} == {1: 1, 2: 2, 5: 5}
+
+
+class ToySAE:
+    """ReLU encoder / linear decoder, enough to check pooling order and the reconstruction path."""
+
+    def __init__(self, d=4, d_sae=6):
+        g = torch.Generator().manual_seed(0)
+        self.W_enc, self.W_dec = torch.randn(d, d_sae, generator=g), torch.randn(d_sae, d, generator=g)
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_enc)
+
+    def decode(self, z):
+        return z @ self.W_dec
+
+
+def test_sae_features_encode_tokens_then_pool():
+    sae, g = ToySAE(), torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 4, generator=g)
+    m = torch.ones(3, 5, dtype=torch.bool)
+    m[0, 3:] = False
+    z = sae_features(sae, x, m, "all.max")
+    expected = torch.stack([sae.encode(x[i][m[i]]).amax(0) for i in range(3)])
+    torch.testing.assert_close(z, expected)
+    rec = sae_features(sae, x, m, "all.mean", what="reconstruction")
+    torch.testing.assert_close(rec[0], sae.decode(sae.encode(x[0, :3])).mean(0))
+    # a reconstruction probe is a dense probe on these features
+    y = np.array([0, 1, 0])
+    assert LogisticProbe(Cs=(1.0,), device="cpu").fit(rec.numpy(), y).score(rec.numpy()).shape == (3,)

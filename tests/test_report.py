@@ -1,0 +1,95 @@
+"""Results schema, evaluation protocol and rendering (markdown, HTML, PNG) on synthetic results."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from assay.eval import Report, evaluate_method, load_report, report_json_schema
+from assay.eval.evaluate import SplitScores
+from assay.eval.metrics import threshold_at_fpr
+from assay.eval.render import render_html, render_markdown, write_report  # noqa: F401
+from assay.eval.synthetic import synthetic_report
+
+
+@pytest.fixture(scope="module")
+def report():
+    return synthetic_report(seed=0, n=300, n_boot=100)
+
+
+@pytest.fixture(scope="module")
+def written(report, tmp_path_factory):
+    """Figures are the slow part: render every format once for the tests below."""
+    out = tmp_path_factory.mktemp("report")
+    return out, write_report(report, out)
+
+
+def test_every_schema_field_describes_itself():
+    schema = report_json_schema()
+    missing = []
+    for name, model in schema["$defs"].items():
+        for field, spec in model["properties"].items():
+            if not spec.get("title") or not spec.get("description"):
+                missing.append(f"{name}.{field}")
+    assert not missing, missing
+
+
+def test_report_round_trips_through_json(report, tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(report.model_dump_json())
+    again = load_report(path)
+    assert again == report
+    assert again.provenance.git_commit == report.provenance.git_commit
+    assert again.provenance.model == "synthetic" and again.provenance.layer == 9
+
+
+def test_schema_rejects_bad_results(report):
+    bad = json.loads(report.model_dump_json())
+    bad["results"][0]["auroc"] = "high"
+    with pytest.raises(Exception):
+        Report.model_validate(bad)
+
+
+def test_evaluate_method_calibrates_on_benign_val():
+    rng = np.random.default_rng(0)
+    mk = lambda n, sep: SplitScores(np.r_[rng.normal(sep, 1, n), rng.normal(0, 1, n)], np.r_[np.ones(n), np.zeros(n)].astype(int),
+                                    {"family": ["x"] * n + ["none"] * n})
+    splits = {"val": mk(500, 3.0), "ood": mk(300, 1.0)}
+    res = {r.split: r for r in evaluate_method("m", splits, features="all.max", n_boot=100)}
+    t = threshold_at_fpr(splits["val"].scores[splits["val"].y == 0], 0.01)
+    assert res["val"].threshold == res["ood"].threshold == t
+    assert res["val"].fpr_reached <= 0.01
+    assert res["val"].auroc_ci.low <= res["val"].auroc <= res["val"].auroc_ci.high
+    assert res["ood"].recall_at_fpr < res["val"].recall_at_fpr
+    fam = {g.group: g for g in res["ood"].breakdown}
+    assert fam["x"].n_neg == 0 and fam["x"].recall == pytest.approx(res["ood"].recall_at_fpr)
+
+
+def test_markdown_has_tables_for_every_split(report):
+    md = render_markdown(report)
+    assert md.startswith("# assay report")
+    for title in ("### AUROC", "### Recall at 1% FPR", "### val: by family", "### ood: by transformation",
+                  "### SAE quality", "### Published (GDM)", "## Provenance"):
+        assert title in md
+    # k-sparse rows sort by k numerically
+    ks = [int(k) for k in re.findall(r"k_sparse\[l1,k=(\d+)\]", md.split("### Recall")[0])]
+    assert ks == sorted(ks)
+
+
+def test_html_is_self_contained(written):
+    page = written[1]["html"].read_text()
+    assert "<title>assay report (synthetic scores)</title>" in page
+    assert page.count("<table") >= 6 and page.count('src="data:image/png;base64,') >= 3
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing fetched from outside
+    assert "<script" not in page
+
+
+def test_write_report_writes_every_format(report, written):
+    tmp_path, written = written
+    assert load_report(written["json"]) == report
+    assert json.loads(written["schema"].read_text())["title"] == "Report"
+    pngs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert {"roc_val.png", "roc_ood.png", "k_sweep.png"} <= set(pngs)
+    assert all((tmp_path / "figures" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert "figures/roc_ood.png" in written["md"].read_text()

@@ -1,0 +1,92 @@
+"""Training on synthetic activations: dictionary recovery, the QF penalty, one stream for several
+SAEs, checkpoint/resume, finetuning with resampled latents."""
+
+import pytest
+import torch
+
+from assay.sae.base import build_sae
+from assay.sae.io import load_sae
+from assay.sae.metrics import reconstruction_stats
+from assay.sae.resample import resample_latents_
+from assay.sae.synthetic import PlantedDictionary, max_cosine
+from assay.sae.trainer import TrainConfig, Trainer
+
+
+def _cfg(tokens=60_000, **kw):
+    base = dict(total_tokens=tokens, batch_size=256, lr=3e-3, lr_warmup_steps=10, progress=False,
+                buffer_tokens=4096, dead_after_tokens=5000)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add overhead on shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+SPECS = {
+    "relu": {}, "topk": {"k": 3}, "batchtopk": {"k": 3}, "matryoshka": {"k": 3, "prefixes": (16, 64)},
+    "jumprelu": {}, "qf_jumprelu": {}, "gated": {},
+}
+
+
+@pytest.mark.parametrize("arch", list(SPECS))
+def test_recovers_planted_dictionary(arch):
+    data = PlantedDictionary(d_in=32, n_features=64, active=3)
+    sae = build_sae(arch, d_in=32, d_sae=128, **SPECS[arch])
+    Trainer({arch: sae}, _cfg()).fit(data.stream(70_000))
+    assert max_cosine(sae.W_dec, data.dictionary).mean() > 0.9
+
+
+def test_qf_penalty_removes_high_frequency_latents():
+    data = PlantedDictionary(d_in=32, n_features=64, always_on=1.0, seed=1)
+    saes = {
+        "jumprelu": build_sae("jumprelu", d_in=32, d_sae=128, l0_coefficient=2e-2),
+        "qf": build_sae("qf_jumprelu", d_in=32, d_sae=128, l0_coefficient=1e-3, omega_0=0.01),
+    }
+    trainer = Trainer(saes, _cfg(dead_after_tokens=1_000_000))
+    trainer.fit(data.stream(70_000))
+    jr, qf = (reconstruction_stats(trainer.folded(n), data.stream(8192)) for n in saes)
+    assert abs(jr["l0"] - qf["l0"]) / jr["l0"] < 0.3  # similar sparsity ...
+    assert qf["max_freq"] < 0.5 * jr["max_freq"]  # ... but no latent firing on most tokens
+    assert int((qf["freq"] > 0.3).sum()) == 0 < int((jr["freq"] > 0.3).sum())
+
+
+def test_several_saes_one_stream_and_resume(tmp_path):
+    data = PlantedDictionary(d_in=16, n_features=32, seed=3)
+    chunks = list(data.stream(20_000, chunk=500))
+
+    def make():
+        return {"topk": build_sae("topk", d_in=16, d_sae=48, k=3), "relu": build_sae("relu", d_in=16, d_sae=48)}
+
+    cfg = _cfg(tokens=10_240, checkpoint_every=20, buffer_tokens=2048)
+    full = Trainer(make(), cfg, tmp_path / "full")
+    full.fit(chunks)
+    assert full.state.step == 40 and full.state.tokens_seen == 10_240
+    # An interrupted run (stopped at step 20 of 40) resumes from its checkpoint to the same length.
+    part = Trainer(make(), TrainConfig(**{**cfg.__dict__, "total_tokens": 5_120}), tmp_path / "run")
+    part.fit(chunks)
+    resumed = Trainer(make(), cfg, tmp_path / "run")
+    resumed.fit(chunks, resume=True)
+    assert resumed.state.step == 40
+    for name in ("topk", "relu"):
+        sae = load_sae(tmp_path / "run" / name)  # raw space: works on unscaled activations
+        stats = reconstruction_stats(sae, [torch.cat(chunks[-4:])])
+        assert stats["fvu"] < 0.5, name
+    assert (tmp_path / "full" / "training.json").exists()
+
+
+def test_finetune_with_resampled_latents(tmp_path):
+    pretrain = PlantedDictionary(d_in=16, n_features=32, seed=4)
+    sae = build_sae("topk", d_in=16, d_sae=64, k=3)
+    Trainer({"sae": sae}, _cfg(tokens=20_000), tmp_path / "pre").fit(pretrain.stream(30_000))
+    loaded = load_sae(tmp_path / "pre")
+    chat = PlantedDictionary(d_in=16, n_features=32, seed=5)  # a shifted distribution
+    before = reconstruction_stats(loaded, chat.stream(4096))
+    idx = resample_latents_(loaded, 0.25, how="least_used", freq=before["freq"])
+    assert len(idx) == 16
+    Trainer({"sae": loaded}, _cfg(tokens=20_000), tmp_path / "ft").fit(chat.stream(30_000))
+    after = reconstruction_stats(load_sae(tmp_path / "ft"), chat.stream(4096))
+    assert after["fvu"] < before["fvu"]
