@@ -15,7 +15,7 @@ from assay.activations.features import Feature, pool, token_mask
 from assay.models.chat import Role, format_prompts
 from tests.conftest import PROMPTS
 
-extract_mod = importlib.import_module("assay.activations.extract")  # the module, not the function
+extract_mod = importlib.import_module("assay.activations.extraction")  # the module, not the function
 
 
 def reference_hidden(lm, prompt_ids, layer):

@@ -41,17 +41,18 @@ def test_recovers_planted_dictionary(arch):
 
 
 def test_qf_penalty_removes_high_frequency_latents():
-    data = PlantedDictionary(d_in=32, n_features=64, always_on=1.0, seed=1)
+    data = PlantedDictionary(d_in=32, n_features=64, always_on=2.0, seed=1)
     saes = {
         "jumprelu": build_sae("jumprelu", d_in=32, d_sae=128, l0_coefficient=2e-2),
-        "qf": build_sae("qf_jumprelu", d_in=32, d_sae=128, l0_coefficient=1e-3, omega_0=0.01),
+        "qf": build_sae("qf_jumprelu", d_in=32, d_sae=128, l0_coefficient=5e-3, omega_0=0.01),
     }
     trainer = Trainer(saes, _cfg(dead_after_tokens=1_000_000))
     trainer.fit(data.stream(70_000))
     jr, qf = (reconstruction_stats(trainer.folded(n), data.stream(8192)) for n in saes)
     assert abs(jr["l0"] - qf["l0"]) / jr["l0"] < 0.3  # similar sparsity ...
-    assert qf["max_freq"] < 0.5 * jr["max_freq"]  # ... but no latent firing on most tokens
-    assert int((qf["freq"] > 0.3).sum()) == 0 < int((jr["freq"] > 0.3).sum())
+    assert abs(jr["fvu"] - qf["fvu"]) < 0.05  # ... and reconstruction,
+    assert qf["max_freq"] < 0.8 * jr["max_freq"]  # but a lower top frequency
+    assert qf["dense"] * 2 < jr["dense"]  # and far fewer latents firing on > 10% of tokens
 
 
 def test_several_saes_one_stream_and_resume(tmp_path):

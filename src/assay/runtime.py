@@ -6,16 +6,16 @@ import ctypes
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily so `assay --help` stays fast
+    import torch
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
+# Accepted spellings of each dtype, by torch attribute name.
+DTYPES: dict[str, str] = {
+    "float32": "float32", "fp32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16",
 }
 
 
@@ -26,20 +26,24 @@ def cache_dir() -> Path:
     return root
 
 
-def default_device() -> torch.device:
+def default_device() -> "torch.device":
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(dtype: "str | torch.dtype") -> "torch.dtype":
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return DTYPES[dtype.lower()]
+        return getattr(torch, DTYPES[dtype.lower()])
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(set(DTYPES))}") from None
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: "torch.dtype") -> str:
     return str(dtype).removeprefix("torch.")
 
 

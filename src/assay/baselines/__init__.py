@@ -1,7 +1,9 @@
 """Text baselines a user would pick instead of an activation probe, run on the same splits."""
 
-from assay.baselines.base import TextBaseline, load_baseline
-from assay.baselines.embedding import EmbeddingBaseline, embed, minilm_path
-from assay.baselines.tfidf import TfidfBaseline
+from assay._lazy import lazy_exports
 
-__all__ = ["TextBaseline", "load_baseline", "TfidfBaseline", "EmbeddingBaseline", "embed", "minilm_path"]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "assay.baselines.base": ["TextBaseline", "load_baseline"],
+    "assay.baselines.embedding": ["EmbeddingBaseline", "embed", "minilm_path"],
+    "assay.baselines.tfidf": ["TfidfBaseline"],
+})

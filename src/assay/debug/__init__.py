@@ -1,5 +1,7 @@
 """Dataset debugging with SAEs: which latents a sparse probe relies on, and what explains them."""
 
-from assay.debug.latents import CUES, LatentReport, explain_latents, rank_probe_latents
+from assay._lazy import lazy_exports
 
-__all__ = ["CUES", "LatentReport", "explain_latents", "rank_probe_latents"]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "assay.debug.latents": ["CUES", "LatentReport", "explain_latents", "rank_probe_latents"],
+})

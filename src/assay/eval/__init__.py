@@ -3,6 +3,8 @@ rendering (markdown, HTML, PNG). Names resolve lazily, so `assay --help` stays f
 
 from importlib import import_module
 
+from assay._lazy import lazy_exports
+
 _EXPORTS = {
     "assay.eval.metrics": ["auroc", "auprc", "recall_at_fpr", "threshold_at_fpr", "fpr_at_threshold", "roc_curve"],
     "assay.eval.bootstrap": ["bootstrap_auroc_ci", "bootstrap_rate_ci", "bootstrap_ci"],
@@ -13,11 +15,5 @@ _EXPORTS = {
     "assay.eval.render": ["render_markdown", "render_html", "write_report"],
     "assay.eval.published": ["gdm_published"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = list(_WHERE)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'assay.eval' has no attribute {name!r}")
-    return getattr(import_module(_WHERE[name]), name)

@@ -98,6 +98,10 @@ class SAEQuality(BaseModel):
     d_sae: int | None = _f("Latents", "Number of SAE latents.", None)
     l0: float | None = _f("L0", "Mean number of active latents per token.", None)
     fvu: float | None = _f("FVU", "Fraction of variance unexplained by the reconstruction.", None)
+    ce_loss_recovered: float | None = _f(
+        "CE loss recovered",
+        "(L_zero - L_sae) / (L_zero - L_clean): next-token loss with the reconstruction spliced in at its layer, "
+        "against the clean model and zero ablation, on held-out text; 1 is perfect.", None)
     delta_lm_loss: float | None = _f("Delta LM loss", "Increase in next-token loss when the reconstruction replaces the activations.", None)
     dead_fraction: float | None = _f("Dead fraction", "Fraction of latents that never fire on the evaluation tokens.", None)
     dense_fraction: float | None = _f("Dense fraction", "Fraction of latents firing on more than 10% of tokens.", None)

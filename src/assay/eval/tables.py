@@ -104,7 +104,7 @@ def breakdown_tables(report: Report, split: str, max_methods: int = 8) -> list[T
 def sae_quality_table(report: Report) -> Table | None:
     if not report.sae_quality:
         return None
-    cols = ["sae", "architecture", "training_data", "d_sae", "l0", "fvu", "delta_lm_loss", "dead_fraction", "dense_fraction"]
+    cols = ["sae", "architecture", "training_data", "d_sae", "l0", "fvu", "ce_loss_recovered", "delta_lm_loss", "dead_fraction", "dense_fraction"]
     rows = [[fmt(v) if isinstance(v, float) else ("–" if v is None else str(v)) for v in (getattr(q, c) for c in cols)]
             for q in report.sae_quality]
     return Table("SAE quality", cols, rows, "Reconstruction quality of each SAE (independent of probing).", "table-sae")

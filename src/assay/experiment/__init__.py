@@ -1,6 +1,8 @@
 """Studies as code: a config in, one report (JSON + markdown + HTML + PNG) out."""
 
-from assay.experiment.config import SAESpec, StudyConfig
-from assay.experiment.study import Study, run_study
+from assay._lazy import lazy_exports
 
-__all__ = ["SAESpec", "Study", "StudyConfig", "run_study"]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "assay.experiment.config": ["SAESpec", "StudyConfig"],
+    "assay.experiment.study": ["Study", "run_study"],
+})

@@ -1,14 +1,8 @@
 """Load a causal LM and its tokenizer, and format prompts in its chat format."""
 
-from assay.models.chat import FormattedPrompt, Role, format_prompts
-from assay.models.loading import DEFAULT_MODEL, LoadedModel, ModelLoadError, load
+from assay._lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "FormattedPrompt",
-    "LoadedModel",
-    "ModelLoadError",
-    "Role",
-    "format_prompts",
-    "load",
-]
+__all__, __getattr__ = lazy_exports(__name__, {
+    "assay.models.chat": ["FormattedPrompt", "Role", "format_prompts"],
+    "assay.models.loading": ["DEFAULT_MODEL", "LoadedModel", "ModelLoadError", "load"],
+})

@@ -10,6 +10,8 @@ Names resolve lazily, so `assay --help` (which imports `assay.probes.cli`) stays
 
 from importlib import import_module
 
+from assay._lazy import lazy_exports
+
 _EXPORTS = {
     "assay.probes.aggregation": ["Aggregation", "pool_tokens"],
     "assay.probes.base": ["Probe", "load_probe", "probe_kinds"],
@@ -19,14 +21,7 @@ _EXPORTS = {
                             "fit_k_sweep", "l1_path_select", "latent_auroc", "mean_diff_scores"],
     "assay.probes.sae_encode": ["sae_features"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'assay.probes' has no attribute {name!r}")
-    return getattr(import_module(_WHERE[name]), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def _register_all() -> None:

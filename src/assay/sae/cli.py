@@ -136,17 +136,13 @@ def evaluate(
         sae = sae.to(lm.device)
         layer = int(meta.get("assay_layer", str(meta.get("hook_name", "blocks.9.")).split(".")[1]))
         corp = corpus or meta.get("corpus") or "wiki"
-        texts = held_out_texts(corp, lm.tokenizer, 4000, seed=seed)
-        held = []
-        for chunk in activation_stream(lm, corp, layer, int(tokens), texts=texts[:2000], seed=seed, max_tokens=256):
-            held.append(chunk)
-            if sum(len(c) for c in held) >= tokens:
-                break
+        texts = held_out_texts(corp, lm.tokenizer, int(tokens), 256, seed=seed)
+        held = list(activation_stream(lm, corp, layer, int(tokens), texts=texts, seed=seed, max_tokens=256))
         stats = reconstruction_stats(sae, [c.to(lm.device) for c in held])
         freq = stats.pop("freq")
         plot_frequency_histogram(freq, d / "freq_hist.png", title=f"{sae.architecture} L{layer}")
         if ce_texts:
-            ce_src = [t for t in texts[2000:] if t.strip()][:ce_texts]
+            ce_src = held_out_texts(corp, lm.tokenizer, ce_texts * 129, 128, seed=seed, skip=len(texts))[:ce_texts]
             stats.update(ce_recovered(lm, sae, layer, text_batches(lm.tokenizer, ce_src, 128, 8, lm.device)))
         write_json(d / "eval.json", provenance(sae=str(d), architecture=sae.architecture, layer=layer, corpus=corp, **stats))
         typer.echo(f"{d}: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))

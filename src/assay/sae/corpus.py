@@ -56,9 +56,7 @@ def _ordered(corpus: str, tokenizer: Any, seed: int) -> list[str]:
     return texts
 
 
-def training_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int = 1024, seed: int = 0) -> list[str]:
-    """Texts from the front of the seeded order holding about `n_tokens` tokens (each cut at max_tokens)."""
-    texts = _ordered(corpus, tokenizer, seed)
+def _take(texts: list[str], tokenizer: Any, n_tokens: int, max_tokens: int) -> list[str]:
     out, total = [], 0
     for start in range(0, len(texts), 256):
         batch = texts[start:start + 256]
@@ -70,8 +68,15 @@ def training_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int =
     return out
 
 
-def held_out_texts(corpus: str, tokenizer: Any, n: int, seed: int = 0) -> list[str]:
-    return _ordered(corpus, tokenizer, seed)[::-1][:n]
+def training_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int = 1024, seed: int = 0) -> list[str]:
+    """Texts from the front of the seeded order holding about `n_tokens` tokens (each cut at max_tokens)."""
+    return _take(_ordered(corpus, tokenizer, seed), tokenizer, n_tokens, max_tokens)
+
+
+def held_out_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int = 1024, seed: int = 0,
+                   skip: int = 0) -> list[str]:
+    """Texts from the back of the seeded order (never training text unless the corpus runs out)."""
+    return _take(_ordered(corpus, tokenizer, seed)[::-1][skip:], tokenizer, n_tokens, max_tokens)
 
 
 def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts: list[str] | None = None,
