@@ -195,3 +195,10 @@ def test_bundled_model_layer9_matches_output_hidden_states(bundled, tmp_path):
         ref = reference_hidden(bundled, p.input_ids, 9)
         # Gemma's residual stream reaches norms of ~1e4, so compare relative to its scale.
         assert (x - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_finished_entry_is_reused_whatever_its_shard_size(tiny, tmp_path, monkeypatch):
+    first = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    monkeypatch.setattr(extract_mod, "_extract_shard", lambda *a, **k: pytest.fail("re-extracted a finished entry"))
+    again = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=1 << 15)
+    assert again.path == first.path and torch.equal(again.pooled(1, "all.max"), first.pooled(1, "all.max"))

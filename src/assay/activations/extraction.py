@@ -63,7 +63,7 @@ def extract(
     chat: bool = True,
     max_tokens: int | None = None,
     token_budget: int | None = None,
-    shard_tokens: int = 1 << 17,
+    shard_tokens: int = 1 << 15,
     root: str | Path | None = None,
     progress: bool = True,
 ) -> ActivationSet:
@@ -86,7 +86,14 @@ def extract(
     lengths = [len(p.input_ids) for p in prompts]
     plan = shard_plan(length_order(lengths), lengths, shard_tokens)
 
-    manifest = _load_or_start_manifest(path, spec, plan, len(prompts), lm)
+    manifest = _load_or_start_manifest(path, spec, plan, prompts, lm)
+    if manifest["plan"] != sha256_json(plan):
+        # Made with another shard size: sharding never changes the numbers, so a finished, intact
+        # entry is reused as it is; anything else starts again under the current plan.
+        if manifest.get("complete") and all(_shard_ok(path, manifest, s) for s in range(len(manifest["shards"]))):
+            return ActivationSet(path)
+        (path / MANIFEST).unlink()
+        manifest = _load_or_start_manifest(path, spec, plan, prompts, lm)
     todo = [s for s in range(len(plan)) if not _shard_ok(path, manifest, s)]
     if todo:
         budget = token_budget or default_token_budget(lm.device)
@@ -108,18 +115,18 @@ def extract(
 
 
 def _load_or_start_manifest(
-    path: Path, spec: dict[str, Any], plan: list[list[int]], n: int, lm: LoadedModel
+    path: Path, spec: dict[str, Any], plan: list[list[int]], prompts: list[FormattedPrompt], lm: LoadedModel
 ) -> dict[str, Any]:
-    plan_hash = sha256_json(plan)
+    """The entry's manifest if it was made for the same spec, else a fresh one (written now)."""
     if (path / MANIFEST).exists():
         manifest = read_json(path / MANIFEST)
-        if manifest.get("plan") == plan_hash and manifest.get("spec") == spec:
+        if manifest.get("spec") == spec:
             return manifest
-        log.warning("cache entry %s has a different shard plan; starting it again", path.name)
+        log.warning("cache entry %s has an unreadable or foreign manifest; starting it again", path.name)
     path.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "spec": spec, "plan": plan_hash, "n_examples": n, "d_model": lm.d_model,
-        "n_truncated": None, "complete": False, "shards": [None] * len(plan),
+        "spec": spec, "plan": sha256_json(plan), "n_examples": len(prompts), "d_model": lm.d_model,
+        "n_truncated": sum(p.truncated for p in prompts), "complete": False, "shards": [None] * len(plan),
         "provenance": provenance(),
     }
     write_json(path / MANIFEST, manifest)

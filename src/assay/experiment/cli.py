@@ -17,6 +17,8 @@ def harmful_intent(
     layer: int = typer.Option(9, "--layer", "-l", help="Residual stream after this block (0-indexed)."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 for every forward pass."),
     seed: int = typer.Option(0),
+    data: Optional[str] = typer.Option(None, help="Benchmark directory or user JSONL/CSV (text,label,split) instead of the preset's."),
+    subsample: Optional[int] = typer.Option(None, help="At most N examples per split and class (a smoke run)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/harmful-intent-<preset>)."),
     no_attention: bool = typer.Option(False, "--no-attention", help="Skip the attention probes."),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the text baselines."),
@@ -34,7 +36,8 @@ def harmful_intent(
     from assay.experiment import StudyConfig, run_study
 
     cfg = StudyConfig.preset_config(preset, model=model, layer=layer, dtype=dtype, seed=seed,
-                                    attention_probes=not no_attention, baselines=not no_baselines)
+                                    attention_probes=not no_attention, baselines=not no_baselines,
+                                    data=data, subsample=subsample)
     if sae_width or sae_tokens:
         sae = cfg.sae.model_copy(update={k: v for k, v in {
             "width": sae_width, "pretrain_tokens": int(sae_tokens) if sae_tokens else None,

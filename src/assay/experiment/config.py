@@ -16,6 +16,7 @@ class SAESpec(BaseModel):
     pretrain_tokens: int = Field(300_000, description="Wikipedia tokens for the pretraining SAE.")
     chat_tokens: int = Field(300_000, description="ShareGPT chat tokens for the SAE trained on chat from scratch.")
     finetune_tokens: int = Field(100_000, description="ShareGPT chat tokens to finetune the pretraining SAE on.")
+    epochs: int = Field(1, description="Passes over each SAE's tokens (extraction costs far more than training).")
     resample_fraction: float = Field(0.0, description="Fraction of latents re-initialised before finetuning.")
     max_tokens: int = Field(512, description="Tokens per training document at most.")
     batch_size: int = Field(4096, description="Training batch (tokens).")
@@ -27,6 +28,8 @@ class StudyConfig(BaseModel):
     """`assay experiment harmful-intent`: every knob that changes the numbers."""
 
     preset: Literal["quick", "full"] = Field("quick", description="Benchmark size (data preset).")
+    data: str | None = Field(None, description="A benchmark directory or user JSONL/CSV to use instead of the preset's benchmark.")
+    subsample: int | None = Field(None, description="At most this many examples per split and class (smoke runs).")
     model: str = Field("gemma-3-270m", description="HF id, local path, .gguf file or the bundled default.")
     layer: int = Field(9, description="Residual stream after this block (0-indexed).")
     dtype: str = Field("float32", description="Model dtype for every forward pass.")

@@ -56,20 +56,25 @@ def findings(report: Any) -> list[str]:
         notes.append(" ".join(parts) + ".")
         if k20["ood"] and dense["ood"] and k20["ood"].auroc is not None:
             gap = dense["ood"].auroc - k20["ood"].auroc
-            notes.append(
-                f"OOD gap dense - 20-sparse ('{sae}'): {gap:+.3f} AUROC "
-                + ("(SAE probe worse, as GDM found)." if gap > 0.005 else "(no meaningful gap: differs from GDM's finding).")
-            )
+            noise = max(_ci_width(dense["ood"]), _ci_width(k20["ood"])) / 2
+            verdict = ("SAE probe worse, as GDM found" if gap > noise else
+                       "SAE probe better: differs from GDM's finding" if gap < -noise else
+                       "within the bootstrap noise: no clear gap, unlike GDM's finding")
+            notes.append(f"OOD gap dense - 20-sparse ('{sae}'): {gap:+.3f} AUROC ({verdict}; half-width of the wider "
+                         f"95% CI {noise:.3f}).")
     pre, ft = _k_row(report, "ood", "pretrain", 20), _k_row(report, "ood", "pretrain+chat-ft", 20)
     if pre and ft and dense["ood"] and None not in (pre.auroc, ft.auroc, dense["ood"].auroc):
         gap = dense["ood"].auroc - pre.auroc
-        if gap > 0.005:
+        # A share of a gap smaller than the AUROC's own sampling noise means nothing.
+        noise = max(_ci_width(dense["ood"]), _ci_width(pre)) / 2
+        if gap > max(0.02, noise):
             closed = (ft.auroc - pre.auroc) / gap
             notes.append(f"Finetuning the pretraining SAE on chat closes {closed:.0%} of its OOD gap to the dense probe "
-                         f"at k=20 (GDM: about half).")
+                         f"at k=20 ({pre.auroc:.3f} -> {ft.auroc:.3f}, dense {dense['ood'].auroc:.3f}; GDM: about half).")
         else:
-            notes.append("The pretraining SAE's 20-sparse probe has no OOD gap to close, so the chat-finetuning "
-                         "comparison is uninformative here.")
+            notes.append(f"The pretraining SAE's 20-sparse probe is within noise of the dense probe OOD ({pre.auroc:.3f} "
+                         f"vs {dense['ood'].auroc:.3f}), so there is no gap for chat finetuning to close "
+                         f"(finetuned: {ft.auroc:.3f}).")
     for name in ("tfidf_logreg", "minilm_logreg"):
         b = _get(report, "ood", method=name)
         if b:
@@ -77,6 +82,10 @@ def findings(report: Any) -> list[str]:
     notes.append("All SAE-probe rows use latents chosen on train only; thresholds are set on benign validation "
                  "examples and applied unchanged to OOD.")
     return notes
+
+
+def _ci_width(r: Any) -> float:
+    return (r.auroc_ci.high - r.auroc_ci.low) if r is not None and r.auroc_ci is not None else 0.0
 
 
 def _k_row(report: Any, split: str, sae: str, k: int) -> Any | None:

@@ -73,11 +73,11 @@ def study_saes(lm: LoadedModel, cfg: StudyConfig, progress: bool = True) -> dict
             "context_size": spec.max_tokens, "dataset_path": f"assay:{corpus}",
             "finetuned_from": str(out["pretrain"][1]) if finetune else None,
         }
-        train_cfg = TrainConfig(total_tokens=n_tokens, batch_size=spec.batch_size, lr=spec.lr, seed=cfg.seed,
+        train_cfg = TrainConfig(total_tokens=n_tokens * spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=cfg.seed,
                                 checkpoint_every=50, progress=progress,
                                 lr_warmup_steps=0 if finetune else 100)
         stream = activation_stream(lm, corpus, cfg.layer, n_tokens, seed=seed, max_tokens=spec.max_tokens,
-                                   progress=progress)
+                                   progress=progress, epochs=spec.epochs)
         trainer = Trainer({name: sae}, train_cfg, path, metadata=meta)
         log.info("training SAE %s (%s, %d latents) on %d %s tokens", name, spec.arch, spec.width, n_tokens, corpus)
         trainer.fit((c.to(lm.device) for c in stream), resume=(path / "checkpoint.pt").exists())

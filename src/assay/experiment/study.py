@@ -82,12 +82,16 @@ class Study:
     # --- the study -----------------------------------------------------------------------
     def run(self) -> Any:
         from assay.activations import extract
-        from assay.data import build_benchmark
+        from assay.data import load_or_build
         from assay.models import load
 
         cfg = self.cfg
         t_start = time.perf_counter()
-        self.ds = self.stage("data", lambda: build_benchmark(cfg.preset, cfg.seed))
+        self.ds = self.stage("data", lambda: subsample(load_or_build(cfg.data or cfg.preset, cfg.seed),
+                                                       cfg.subsample, cfg.seed))
+        missing = [s for s in SPLITS if s not in self.ds.splits]
+        if missing:
+            raise ValueError(f"the study needs splits {SPLITS}; the dataset lacks {missing}")
         ex = self.ds.examples
         self.y = np.array([e.label for e in ex])
         self.family = np.array([e.family for e in ex], dtype=object)
@@ -120,23 +124,16 @@ class Study:
             self.method(f"diffmean/{feat}", lambda: self.fit_eval("diff_of_means", DiffMeanProbe(), X, features=feat, kind="dense"))
 
     def _tokens(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token activations of all examples, right-aligned to the last N tokens."""
+        """Per-token activations `[n, T, d]` + mask of the examples, each cut to its last N tokens."""
         n_max = self.cfg.attention_max_tokens
-        xs, ms = [], []
+        rows: list[torch.Tensor] = []
         for start in range(0, len(indices), 256):
             x, m = self.acts.token_batch(self.cfg.layer, indices[start:start + 256].tolist(), mask="all")
-            xs.append(x[:, -n_max:] if x.shape[1] > n_max else x)
-            ms.append(m[:, -n_max:] if m.shape[1] > n_max else m)
-        T = max(x.shape[1] for x in xs)
-        X = torch.zeros(len(indices), T, self.lm.d_model)
-        M = torch.zeros(len(indices), T, dtype=torch.bool)
-        row = 0
-        for x, m in zip(xs, ms):
-            # keep the last n_max real tokens of each prompt (right padding: shift each row)
-            for j in range(len(x)):
-                keep = x[j][m[j]][-n_max:]
-                X[row, : len(keep)], M[row, : len(keep)] = keep, True
-                row += 1
+            rows += [x[j][m[j]][-n_max:] for j in range(len(x))]
+        X = torch.zeros(len(rows), max(len(r) for r in rows), self.lm.d_model)
+        M = torch.zeros(X.shape[:2], dtype=torch.bool)
+        for j, r in enumerate(rows):
+            X[j, : len(r)], M[j, : len(r)] = r, True
         return X, M
 
     def attention_probes(self) -> None:
@@ -266,6 +263,22 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     return obj
+
+
+def subsample(ds: Any, n: int | None, seed: int) -> Any:
+    """At most `n` examples per split and class, chosen by seed, in their original order."""
+    if not n:
+        return ds
+    from assay.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, e in enumerate(ds.examples):
+        groups.setdefault((e.split, e.label), []).append(i)
+    for members in groups.values():
+        keep += rng.permutation(members)[:n].tolist()
+    return Dataset([ds.examples[i] for i in sorted(keep)], ds.path, ds.meta)
 
 
 def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> Any:

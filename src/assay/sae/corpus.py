@@ -13,6 +13,7 @@ other end of the same order, so evaluation text is never training text.
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any, Iterator
 
@@ -81,8 +82,12 @@ def held_out_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int =
 
 def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts: list[str] | None = None,
                       seed: int = 0, max_tokens: int = 1024, chunk_tokens: int = 8192,
-                      progress: bool = True) -> Iterator[torch.Tensor]:
-    """Per-token activations `[m, d_model]` at `layer` (cached by the activations package)."""
+                      progress: bool = True, epochs: int = 1) -> Iterator[torch.Tensor]:
+    """Per-token activations `[m, d_model]` at `layer` (cached by the activations package).
+
+    With `epochs > 1` the same tokens come again, each pass in a new seeded order: on a CPU,
+    extraction costs far more than an SAE step, so reusing tokens buys training steps cheaply.
+    """
     from assay.activations import extract
 
     texts = texts if texts is not None else training_texts(corpus, lm.tokenizer, n_tokens, max_tokens, seed)
@@ -90,4 +95,6 @@ def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts:
     acts = extract(lm, texts, [layer], dataset_fingerprint=sha256_json([corpus, texts]), features=("all.mean",),
                    store_tokens=True, chat=chat, max_tokens=max_tokens, progress=progress)
     # "user" = the user's own words for one-turn chat prompts, and every token but BOS otherwise.
-    return acts.iter_tokens(layer, chunk_tokens, mask="user" if chat else "all", shuffle_seed=seed)
+    mask = "user" if chat else "all"
+    return itertools.chain.from_iterable(
+        acts.iter_tokens(layer, chunk_tokens, mask=mask, shuffle_seed=seed + epoch) for epoch in range(epochs))
