@@ -202,3 +202,10 @@ def test_finished_entry_is_reused_whatever_its_shard_size(tiny, tmp_path, monkey
     monkeypatch.setattr(extract_mod, "_extract_shard", lambda *a, **k: pytest.fail("re-extracted a finished entry"))
     again = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=1 << 15)
     assert again.path == first.path and torch.equal(again.pooled(1, "all.max"), first.pooled(1, "all.max"))
+
+
+def test_token_counts_match_the_prompts(tiny, tmp_path):
+    acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    prompts = format_prompts(tiny.tokenizer, PROMPTS)
+    assert acts.token_counts("all").tolist() == [len(p.input_ids) - 1 for p in prompts]
+    assert acts.token_counts("user").tolist() == [p.roles.count(Role.USER) for p in prompts]

@@ -151,6 +151,17 @@ class ActivationSet:
                 out[f.get_tensor("example_index")] = f.get_tensor(f"pooled.L{layer}.{feature}")
         return out
 
+    def token_counts(self, mask: str = "all") -> torch.Tensor:
+        """Tokens per example `[n]` under a per-token mask (`all` or `user`)."""
+        where, offsets, roles = self._index
+        out = torch.zeros(self.n, dtype=torch.long)
+        for s in range(len(offsets)):
+            kept = torch.cat([torch.zeros(1, dtype=torch.long), _role_filter(roles[s], mask).long().cumsum(0)])
+            per_row = kept[offsets[s][1:]] - kept[offsets[s][:-1]]
+            rows = (where[:, 0] == s).nonzero().flatten()
+            out[rows] = per_row[where[rows, 1]]
+        return out
+
     def example_tokens(self, layer: int, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-token activations `[t, d]` float32, roles `[t]` and token ids `[t]` of example i (BOS dropped)."""
         self._need_tokens(layer)

@@ -17,7 +17,8 @@ from assay.eval.schema import MethodResult, Report  # noqa: E402
 
 def row_label(r: MethodResult) -> str:
     """How a method is named in tables and legends: method, features, SAE."""
-    label = f"{r.method} [{r.features}]"
+    k = f" k={r.k}" if r.k is not None and r.method != "1-sparse" else ""
+    label = f"{r.method}{k} [{r.features}]"
     return f"{label} on {r.sae}" if r.sae else label
 
 
@@ -65,21 +66,43 @@ def histogram_figure(result: MethodResult):
 
 
 def k_sweep_figure(report: Report):
-    """AUROC vs k for k-sparse probes, one line per (selection, SAE, split); None if there are none."""
+    """AUROC vs k of the k-sparse SAE probes, one panel per split, one line per (SAE, selection,
+    aggregation), with the best dense probe (chosen on validation) as a dashed line; None if no
+    k-sparse results."""
     lines = defaultdict(list)
     for r in report.results:
-        if r.k is not None and r.auroc is not None:
-            lines[(r.method.split("[")[0], r.sae, r.split)].append((r.k, r.auroc))
+        if r.kind == "sae_sparse" and r.k is not None and r.auroc is not None and r.method != "1-sparse":
+            lines[(r.split, r.sae, r.method, r.features)].append((r.k, r.auroc))
     if not lines:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for (method, sae, split), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
-        pts.sort()
-        ax.plot([k for k, _ in pts], [a for _, a in pts], marker="o", lw=1.2, label=f"{method} {sae or ''} {split}")
-    ax.set_xscale("log")
-    ax.set(xlabel="k (latents)", ylabel="AUROC", title="Sparse SAE probes: AUROC vs k")
-    ax.legend(fontsize=6.5)
-    fig.tight_layout()
+    splits = [s for s in report.splits() if any(key[0] == s for key in lines)]
+    dense_val = [r for r in report.results if r.kind == "dense" and r.split == "val" and r.auroc is not None]
+    best = max(dense_val, key=lambda r: r.auroc) if dense_val else None
+    saes = sorted({key[1] for key in lines if key[1]})
+    colours = {sae: plt.cm.tab10(i) for i, sae in enumerate(saes)}
+    styles = ["-", "--", ":", "-."]
+    variants = sorted({(key[2], key[3]) for key in lines})
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.8), sharey=True, squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        for (s, sae, method, feats), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
+            if s != split:
+                continue
+            pts.sort()
+            ax.plot([k for k, _ in pts], [a for _, a in pts], marker="o", ms=3, lw=1.2, color=colours.get(sae),
+                    ls=styles[variants.index((method, feats)) % len(styles)], label=f"{sae}: {method} [{feats}]")
+        if best is not None:
+            dense = next((r for r in report.results if r.split == split and r.method == best.method
+                          and r.features == best.features and r.auroc is not None), None)
+            if dense is not None:
+                ax.axhline(dense.auroc, color="black", ls="--", lw=1, label=f"dense {best.method} [{best.features}]")
+        ax.set_xscale("log")
+        ax.set(xlabel="k (latents)", title=split)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("AUROC")
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=6.5, loc="lower center", ncol=2, frameon=False)
+    fig.suptitle("k-sparse SAE probes: AUROC vs k", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) + 1) // 2), 1, 1))
     return fig
 
 

@@ -52,11 +52,17 @@ class StudyConfig(BaseModel):
     @classmethod
     def preset_config(cls, preset: str, **overrides) -> "StudyConfig":
         if preset == "full":
-            sae = SAESpec(width=8192, k=32, pretrain_tokens=2_000_000, chat_tokens=2_000_000,
-                          finetune_tokens=500_000, max_tokens=1024, eval_texts=64)
-            base = cls(preset="full", sae=sae)
+            # GDM's data scale. The SAEs are sized for hours on a 2-core CPU, far below GDM's
+            # (Gemma Scope saw billions of tokens): raise the token counts where compute allows.
+            sae = SAESpec(width=4096, k=32, pretrain_tokens=600_000, chat_tokens=600_000, finetune_tokens=200_000,
+                          epochs=2, max_tokens=512, eval_texts=32)
+            base = cls(preset="full", sae=sae, attention_max_tokens=256)
         elif preset == "quick":
-            base = cls(preset="quick", n_boot=500)
+            # Sized for a 2-core CPU in about ten minutes: extraction dominates, so the SAEs see
+            # few unique tokens, several times over, and probes read max-pooled latents only.
+            sae = SAESpec(width=2048, k=32, pretrain_tokens=100_000, chat_tokens=100_000, finetune_tokens=50_000,
+                          epochs=3, max_tokens=256, batch_size=2048, eval_texts=16)
+            base = cls(preset="quick", n_boot=500, sae=sae, sae_features=["all.max"])
         else:
             raise ValueError(f"unknown preset {preset!r}: use quick or full")
         return base.model_copy(update=overrides)

@@ -21,6 +21,8 @@ from assay.fileio import read_json, sha256_json, write_json
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "ood")
+# Part of every cached method result's key: bump it when a change alters what a method reports.
+STUDY_VERSION = 2
 
 
 class Study:
@@ -45,7 +47,7 @@ class Study:
         """Run one method's fit+evaluation, or reuse its saved results (same config and data)."""
         from assay.eval.schema import MethodResult
 
-        key = sha256_json([method_id, self.cfg.model_dump(), self.ds.fingerprint])[:12]
+        key = sha256_json([STUDY_VERSION, method_id, self.cfg.model_dump(), self.ds.fingerprint])[:12]
         path = self.out / "parts" / f"{method_id.replace('/', '_')}-{key}.json"
         if path.exists():
             self.results += [MethodResult.model_validate(r) for r in read_json(path)]
@@ -124,41 +126,55 @@ class Study:
             self.method(f"diffmean/{feat}", lambda: self.fit_eval("diff_of_means", DiffMeanProbe(), X, features=feat, kind="dense"))
 
     def _tokens(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token activations `[n, T, d]` + mask of the examples, each cut to its last N tokens."""
+        """Per-token activations `[n, T, d]` + mask of the examples, each cut to its last N tokens.
+
+        Allocated once at its final size: at the full preset this is the largest tensor of the run.
+        """
         n_max = self.cfg.attention_max_tokens
-        rows: list[torch.Tensor] = []
+        counts = self.acts.token_counts("all")[indices].clamp(max=n_max)
+        X = torch.zeros(len(indices), int(counts.max()), self.lm.d_model)
+        M = torch.arange(X.shape[1])[None, :] < counts[:, None]
         for start in range(0, len(indices), 256):
             x, m = self.acts.token_batch(self.cfg.layer, indices[start:start + 256].tolist(), mask="all")
-            rows += [x[j][m[j]][-n_max:] for j in range(len(x))]
-        X = torch.zeros(len(rows), max(len(r) for r in rows), self.lm.d_model)
-        M = torch.zeros(X.shape[:2], dtype=torch.bool)
-        for j, r in enumerate(rows):
-            X[j, : len(r)], M[j, : len(r)] = r, True
+            for j in range(len(x)):
+                keep = x[j][m[j]][-n_max:]
+                X[start + j, : len(keep)] = keep
         return X, M
 
     def attention_probes(self) -> None:
         from assay.probes import AttentionProbe, RollingAttentionProbe
 
-        X, M = self._tokens(np.arange(len(self.y)))
         feat = f"tokens:all[-{self.cfg.attention_max_tokens}:]"
-        self.method("attention", lambda: self.fit_eval(
-            "attention", AttentionProbe(seed=self.cfg.seed), X, mask=M, features=feat, kind="attention"))
-        self.method("rolling_attention", lambda: self.fit_eval(
-            "max_rolling_attention", RollingAttentionProbe(seed=self.cfg.seed), X, mask=M, features=feat,
-            kind="attention"))
+        tokens: list[torch.Tensor] = []  # built on first need: a warm rerun never reads them
+
+        def fit(method: str, probe: Any) -> list[Any]:
+            if not tokens:
+                tokens.extend(self._tokens(np.arange(len(self.y))))
+            return self.fit_eval(method, probe, tokens[0], mask=tokens[1], features=feat, kind="attention")
+
+        self.method("attention", lambda: fit("attention", AttentionProbe(seed=self.cfg.seed)))
+        self.method("rolling_attention", lambda: fit("max_rolling_attention", RollingAttentionProbe(seed=self.cfg.seed)))
 
     def text_baselines(self) -> None:
-        from assay.baselines.embedding import EmbeddingBaseline
+        from assay.baselines.embedding import EmbeddingBaseline, embed
         from assay.baselines.tfidf import TfidfBaseline
 
         texts = np.array(self.ds.texts, dtype=object)
         tr, va = self.idx["train"], self.idx["val"]
-        for name, make in (("tfidf_logreg", TfidfBaseline), ("minilm_logreg", EmbeddingBaseline)):
-            def run(make=make, name=name):
-                model = make().fit(texts[tr].tolist(), self.y[tr], texts[va].tolist(), self.y[va])
-                return self.evaluate(name, np.asarray(model.score(texts.tolist())), features="text", kind="baseline",
-                                     config=_jsonable(getattr(model, "meta", {})))
-            self.method(name, run)
+
+        def tfidf() -> list[Any]:
+            model = TfidfBaseline().fit(texts[tr].tolist(), self.y[tr], texts[va].tolist(), self.y[va])
+            return self.evaluate("tfidf_logreg", np.asarray(model.score(texts.tolist())), features="text",
+                                 kind="baseline", config=_jsonable(model.meta))
+
+        def minilm() -> list[Any]:
+            E = embed(texts.tolist())  # once: fitting and scoring reuse the same embeddings
+            model = EmbeddingBaseline().fit(None, self.y[tr], None, self.y[va], E=E[tr], E_val=E[va])
+            return self.evaluate("minilm_logreg", np.asarray(model.score(E=E)), features="text", kind="baseline",
+                                 config=_jsonable(model.meta))
+
+        self.method("tfidf_logreg", tfidf)
+        self.method("minilm_logreg", minilm)
 
     def train_saes(self) -> dict[str, tuple[Any, Path]]:
         from assay.experiment.saes import study_saes
@@ -190,7 +206,7 @@ class Study:
                     for k in self.cfg.ks:
                         def run(k=k, select=select):
                             probe = KSparseProbe(k=k, select=select, seed=self.cfg.seed)
-                            rows = self.fit_eval(f"{k}-sparse[{select}]", probe, latents(agg, 0), features=agg,
+                            rows = self.fit_eval(f"k-sparse[{select}]", probe, latents(agg, 0), features=agg,
                                                  kind="sae_sparse", sae=name, k=k)
                             for r in rows:
                                 r.latents = [int(i) for i in probe.meta.get("latents", [])] or None
@@ -241,10 +257,10 @@ def pooled_sae_latents(
     dev = sae.W_enc.device
     for start in range(0, len(indices), batch):
         x, m = acts.token_batch(layer, indices[start:start + batch], mask="all")
-        n, T, d = x.shape
-        z = sae.encode(x.reshape(n * T, d).to(dev))
-        r = sae.decode(z).reshape(n, T, d).float().cpu()
-        z = z.reshape(n, T, -1).float().cpu()
+        z_real = sae.encode(x[m].to(dev))  # real tokens only: padding would be most of the work
+        z = torch.zeros(*m.shape, z_real.shape[-1])
+        r = torch.zeros_like(x)
+        z[m], r[m] = z_real.float().cpu(), sae.decode(z_real).float().cpu()
         for a in aggregations:
             Z[a].append(pool_tokens(z, m, a))
             R[a].append(pool_tokens(r, m, a))
