@@ -209,3 +209,13 @@ def test_token_counts_match_the_prompts(tiny, tmp_path):
     prompts = format_prompts(tiny.tokenizer, PROMPTS)
     assert acts.token_counts("all").tolist() == [len(p.input_ids) - 1 for p in prompts]
     assert acts.token_counts("user").tolist() == [p.roles.count(Role.USER) for p in prompts]
+
+
+def test_pooling_stored_tokens_matches_the_pooled_features(tiny, tmp_path):
+    """The probes' `pool_tokens` over cached tokens gives the features pooled during extraction."""
+    from assay.probes.aggregation import pool_tokens
+
+    acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False)
+    for feat in ("all.mean", "all.max", "all.last", "resp-5", "user.mean", "user.max"):
+        x, m = acts.token_batch(1, range(len(PROMPTS)), mask="user" if feat.startswith("user") else "all")
+        torch.testing.assert_close(pool_tokens(x, m, feat), acts.pooled(1, feat), rtol=1e-5, atol=1e-5)

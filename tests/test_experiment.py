@@ -22,7 +22,7 @@ def smoke_cfg() -> StudyConfig:
 def test_study_end_to_end_then_resumes_from_its_caches(smoke_cfg, tmp_path, monkeypatch):
     report = run_study(smoke_cfg, tmp_path / "run", progress=False)
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"results.json", "report.md", "report.html"} <= files
+    assert {"report.json", "report.md", "report.html", "report.schema.json", "figures"} <= files
     kinds = {r.kind for r in report.results}
     assert kinds == {"dense", "attention", "baseline", "sae_sparse", "sae_reconstruction"}
     assert {r.split for r in report.results} == {"train", "val", "ood"}
@@ -33,7 +33,7 @@ def test_study_end_to_end_then_resumes_from_its_caches(smoke_cfg, tmp_path, monk
         assert 0.0 <= r.auroc <= 1.0 and r.auroc_ci.low <= r.auroc <= r.auroc_ci.high
     assert len(report.sae_quality) == 3 and all(0 < q.l0 <= 16 for q in report.sae_quality)
     assert any("Dense linear probe" in n for n in report.notes)
-    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["provenance"]["dataset_fingerprint"] == report.provenance.dataset_fingerprint
 
     # A rerun reuses every stage's cache: no probe is fitted again and the numbers are identical.

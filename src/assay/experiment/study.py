@@ -249,21 +249,17 @@ def pooled_sae_latents(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """SAE latents and reconstructions of every token of the examples `indices`, each pooled by
     every aggregation: the SAE sees single tokens, as in training, and pooling comes after."""
-    from assay.probes.aggregation import pool_tokens
+    from assay.probes.sae_encode import encode_pooled
 
     indices = list(indices)
     Z: dict[str, list[torch.Tensor]] = {a: [] for a in aggregations}
     R: dict[str, list[torch.Tensor]] = {a: [] for a in aggregations}
-    dev = sae.W_enc.device
     for start in range(0, len(indices), batch):
         x, m = acts.token_batch(layer, indices[start:start + batch], mask="all")
-        z_real = sae.encode(x[m].to(dev))  # real tokens only: padding would be most of the work
-        z = torch.zeros(*m.shape, z_real.shape[-1])
-        r = torch.zeros_like(x)
-        z[m], r[m] = z_real.float().cpu(), sae.decode(z_real).float().cpu()
+        z, r = encode_pooled(sae, x, m, aggregations, reconstruction=True)
         for a in aggregations:
-            Z[a].append(pool_tokens(z, m, a))
-            R[a].append(pool_tokens(r, m, a))
+            Z[a].append(z[a])
+            R[a].append(r[a])
     return {a: torch.cat(v) for a, v in Z.items()}, {a: torch.cat(v) for a, v in R.items()}
 
 

@@ -10,15 +10,14 @@ encoded per token, then pooled).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
+from assay.activations.features import Feature, pool
+
 MASKS = ("all", "user", "lastN")
 POOLS = ("mean", "max", "last")
-_MASK = re.compile(r"^(all|user|last\d+)$")
-_RESP = re.compile(r"^resp-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -29,17 +28,11 @@ class Aggregation:
 
     @classmethod
     def parse(cls, name: str) -> "Aggregation":
-        if m := _RESP.match(name):
-            if int(m.group(1)) < 1:
-                raise ValueError(f"aggregation {name!r}: the offset must be at least 1")
-            return cls(mask="all", pool="offset", offset=-int(m.group(1)))
-        mask, _, pool = name.partition(".")
-        if not _MASK.match(mask) or pool not in POOLS:
-            raise ValueError(
-                f"unknown aggregation {name!r}: use '<mask>.<pool>' with mask in {MASKS} and pool in "
-                f"{POOLS}, or 'resp-K' (K tokens before the response)"
-            )
-        return cls(mask=mask, pool=pool)
+        """One grammar for the cache's feature names and the probes' aggregations."""
+        f = Feature.parse(name)
+        if f.pool is None:  # resp-K
+            return cls(mask="all", pool="offset", offset=-int(name.removeprefix("resp-")))
+        return cls(mask=f.mask, pool=f.pool)
 
     @property
     def pools_single_token(self) -> bool:
@@ -65,14 +58,9 @@ def pool_tokens(x: torch.Tensor, mask: torch.Tensor, agg: Aggregation | str) -> 
     """
     agg = Aggregation.parse(agg) if isinstance(agg, str) else agg
     m = mask.to(torch.bool)
-    count = m.sum(1)
-    if agg.pool == "mean":
-        return (x * m.unsqueeze(-1)).sum(1) / count.clamp(min=1).unsqueeze(-1).to(x.dtype)
-    if agg.pool == "max":
-        out = x.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(1)
-        return torch.where(count.unsqueeze(-1) > 0, out, torch.zeros_like(out))
+    if agg.pool != "offset":
+        return pool(x, m, agg.pool)
     # positions counted within the selected tokens, so right padding and a dropped BOS don't matter
     rank = m.cumsum(1) - 1
-    target = count - 1 if agg.pool == "last" else (count + agg.offset).clamp(min=0)
-    hit = m & (rank == target.unsqueeze(1))
-    return (x * hit.unsqueeze(-1)).sum(1)
+    target = (m.sum(1) + agg.offset).clamp(min=0)
+    return pool(x, m & (rank == target.unsqueeze(1)), "last")
