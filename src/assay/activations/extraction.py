@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -98,10 +99,10 @@ def extract(
     if todo:
         budget = token_budget or default_token_budget(lm.device)
         log.info("extracting %d/%d shards of %s into %s", len(todo), len(plan), lm.name, path)
-        with _progress(progress, sum(lengths[i] for s in todo for i in plan[s])) as bar:
+        with _progress(progress, sum(lengths[i] for s in todo for i in plan[s])) as advance:
             for s in todo:
                 t0 = time.perf_counter()
-                tensors = _extract_shard(lm, prompts, plan[s], layers, parsed, store_tokens, budget, bar)
+                tensors = _extract_shard(lm, prompts, plan[s], layers, parsed, store_tokens, budget, advance)
                 with atomic_path(path / shard_name(s)) as tmp:
                     save_file(tensors, str(tmp))
                 manifest["shards"][s] = {
@@ -146,12 +147,11 @@ def _shard_ok(path: Path, manifest: dict[str, Any], s: int) -> bool:
 
 def _extract_shard(
     lm: LoadedModel, prompts: list[FormattedPrompt], members: list[int], layers: list[int],
-    features: list[Feature], store_tokens: bool, token_budget: int, bar: Any,
+    features: list[Feature], store_tokens: bool, token_budget: int, advance: Callable[[int], None],
 ) -> dict[str, torch.Tensor]:
-    lengths = [len(prompts[i].input_ids) for i in members]
     position = {i: j for j, i in enumerate(members)}
     pooled = {(L, f.name): torch.empty(len(members), lm.d_model) for L in layers for f in features}
-    per_example: dict[int, list[torch.Tensor]] = {L: [None] * len(members) for L in layers}  # type: ignore[misc]
+    per_example: dict[int, list[torch.Tensor | None]] = {L: [None] * len(members) for L in layers}
     for batch in token_budget_batches(members, {i: len(prompts[i].input_ids) for i in members}, token_budget):
         ids, attn, roles, lens = _pad([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device)
         acts = residual_stream(lm, ids, attn, layers)
@@ -163,7 +163,7 @@ def _extract_shard(
                 h = acts[L].cpu()
                 for j, r in enumerate(rows):
                     per_example[L][r] = h[j, : lens[j]][roles[j, : lens[j]].cpu() > 0]
-        bar.advance(int(lens.sum()))
+        advance(int(lens.sum()))
     tensors: dict[str, torch.Tensor] = {"example_index": torch.tensor(members, dtype=torch.long)}
     for (L, name), value in pooled.items():
         tensors[f"pooled.L{L}.{name}"] = value.contiguous()
@@ -175,7 +175,6 @@ def _extract_shard(
         tensors["token_offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         for L in layers:
             tensors[f"tokens.L{L}"] = torch.cat(per_example[L]).contiguous()
-    del lengths
     return tensors
 
 
@@ -194,39 +193,15 @@ def _pad(
     return ids.to(device), attn.to(device), roles.to(device), lens.to(device)
 
 
-class _NullBar:
-    def advance(self, n: int) -> None:
-        pass
+@contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar over tokens; yields the function that advances it."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __enter__(self) -> "_NullBar":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
-class _progress:
-    """A rich progress bar over tokens, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return _NullBar()
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn, TextColumn
-
-        self._p = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-                           TimeRemainingColumn(), transient=False)
-        self._p.__enter__()
-        task = self._p.add_task("extract", total=self.total)
-        p = self._p
-
-        class _Bar:
-            def advance(self, n: int) -> None:
-                p.advance(task, n)
-        return _Bar()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self._p.__exit__(*exc)
+    with Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+                  TimeRemainingColumn()) as bar:
+        task = bar.add_task("extract", total=total)
+        yield lambda n: bar.advance(task, n)

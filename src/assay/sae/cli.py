@@ -32,7 +32,8 @@ def train(
     width: int = typer.Option(4096, help="number of latents (d_sae)"),
     layer: int = typer.Option(9, help="residual stream after block LAYER (0-indexed)"),
     corpus: str = typer.Option("wiki", help="wiki | chat | chat-user"),
-    tokens: float = typer.Option(2e6, help="training tokens"),
+    tokens: float = typer.Option(2e6, help="unique training tokens (extracted once, then cached)"),
+    epochs: int = typer.Option(1, help="passes over those tokens (extraction costs far more than training)"),
     model: str = typer.Option("gemma-3-270m", help="model name, HF id or path"),
     finetune_from: Optional[Path] = typer.Option(None, help="SAE directory to finetune (e.g. on chat data)"),
     resample: float = typer.Option(0.0, help="fraction of latents to re-initialise before finetuning"),
@@ -70,7 +71,7 @@ def train(
     typer.echo(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; writing to {out}")
 
     def stream():
-        return activation_stream(lm, corpus, layer, n_tokens, seed=seed, max_tokens=max_tokens)
+        return activation_stream(lm, corpus, layer, n_tokens, seed=seed, max_tokens=max_tokens, epochs=epochs)
 
     saes = {}
     if finetune_from:
@@ -98,7 +99,7 @@ def train(
         "assay_layer": layer, "corpus": corpus, "model_fingerprint": lm.fingerprint,
         "finetuned_from": str(finetune_from) if finetune_from else None, "resampled_fraction": resample,
     }
-    cfg = TrainConfig(total_tokens=n_tokens, batch_size=batch_size, lr=lr, seed=seed,
+    cfg = TrainConfig(total_tokens=n_tokens * epochs, batch_size=batch_size, lr=lr, seed=seed,
                       sparsity_warmup_steps=sparsity_warmup, checkpoint_every=200)
     torch.manual_seed(seed)
     trainer = Trainer(saes, cfg, out, metadata=meta)
