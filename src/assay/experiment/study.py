@@ -229,7 +229,8 @@ class Study:
                           activation_cache=self.acts.key)
         sae_rows = [SAEQuality(
             sae=q["sae"], architecture=q["architecture"], training_data=q["corpus"], d_sae=q["d_sae"], l0=q["l0"],
-            fvu=q["fvu"], ce_loss_recovered=q.get("ce_recovered"), dead_fraction=q["dead"] / q["d_sae"],
+            fvu=q["fvu"], ce_loss_recovered=q.get("ce_recovered"),
+            delta_lm_loss=q["ce_sae"] - q["ce_clean"] if "ce_sae" in q else None, dead_fraction=q["dead"] / q["d_sae"],
             dense_fraction=q["dense"] / q["d_sae"], eval_split="benchmark val tokens (L0, FVU); held-out corpus text (CE)",
         ) for q in quality]
         report = Report(
