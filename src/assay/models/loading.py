@@ -135,8 +135,14 @@ def load(
 def tokenizer_hash(tokenizer: Any) -> str:
     """Hash of everything in the tokenizer that changes token ids or the chat format."""
     h = hashlib.sha256()
+    saved = Path(str(getattr(tokenizer, "name_or_path", ""))) / "tokenizer.json"
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    if saved.is_file():  # hashing the file is ~10x faster than serialising the tokenizer again
+        h.update(sha256_file(saved).encode())
+    elif backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     h.update((getattr(tokenizer, "chat_template", None) or "").encode())
     return h.hexdigest()[:16]
 
