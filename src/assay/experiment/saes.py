@@ -27,10 +27,6 @@ STUDY_SAES = (
 )
 
 
-def _arch_kwargs(arch: str, k: int) -> dict[str, Any]:
-    return {"k": k} if arch in ("topk", "batchtopk", "matryoshka") else {}
-
-
 def sae_key(lm: LoadedModel, cfg: StudyConfig, name: str) -> str:
     spec = cfg.sae.model_dump()
     if name == "pretrain":
@@ -44,6 +40,7 @@ def sae_key(lm: LoadedModel, cfg: StudyConfig, name: str) -> str:
 def study_saes(lm: LoadedModel, cfg: StudyConfig, progress: bool = True) -> dict[str, tuple[Any, Path]]:
     """Train (or reuse) the three SAEs; returns name -> (SAE on lm's device, directory)."""
     from assay.sae import build_sae, load_sae
+    from assay.sae.base import sparsity_kwargs
     from assay.sae.corpus import activation_stream
     from assay.sae.resample import resample_latents_
     from assay.sae.trainer import TrainConfig, Trainer
@@ -66,7 +63,7 @@ def study_saes(lm: LoadedModel, cfg: StudyConfig, progress: bool = True) -> dict
                 resample_latents_(sae, spec.resample_fraction, how="random", seed=cfg.seed)
         else:
             sae = build_sae(spec.arch, d_in=lm.d_model, d_sae=spec.width, seed=cfg.seed,
-                            **_arch_kwargs(spec.arch, spec.k))
+                            **sparsity_kwargs(spec.arch, spec.k))
         meta = {
             "model_name": lm.name, "hook_name": f"blocks.{cfg.layer}.hook_resid_post", "assay_layer": cfg.layer,
             "corpus": corpus, "study_sae": name, "model_fingerprint": lm.fingerprint,

@@ -153,6 +153,22 @@ class SAE(nn.Module):
         self.load_state_dict(tensors)
 
 
+def sparsity_kwargs(arch: str, k: float = 32, l1: float | None = None, l0: float | None = None,
+                    omega: float = 0.1) -> dict[str, Any]:
+    """The sparsity settings `build_sae` takes for `arch`: k for the TopK family, the L1 or L0
+    coefficient (None keeps the architecture's default) otherwise, omega_0 for QF-JumpReLU."""
+    if arch == "topk":
+        return {"k": int(k)}
+    if arch in ("batchtopk", "matryoshka"):
+        return {"k": k}
+    if arch in ("relu", "gated"):
+        return {} if l1 is None else {"l1_coefficient": l1}
+    if arch in ("jumprelu", "qf_jumprelu"):
+        kw = {} if l0 is None else {"l0_coefficient": l0}
+        return {**kw, "omega_0": omega} if arch == "qf_jumprelu" else kw
+    raise ValueError(f"unknown SAE architecture {arch!r}")
+
+
 def build_sae(architecture: str, **cfg: Any) -> SAE:
     """Construct an SAE by registered name, e.g. `build_sae("topk", d_in=640, d_sae=4096, k=32)`."""
     import assay.sae.architectures  # noqa: F401  (registers every architecture)

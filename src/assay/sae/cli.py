@@ -12,16 +12,12 @@ app = typer.Typer(help="Sparse autoencoders: train (pretraining or chat data, or
 
 
 def _arch_kwargs(arch: str, k: float, l1: float | None, l0: float | None, omega: float) -> dict:
-    if arch == "topk":
-        return {"k": int(k)}
-    if arch in ("batchtopk", "matryoshka"):
-        return {"k": k}
-    if arch in ("relu", "gated"):
-        return {} if l1 is None else {"l1_coefficient": l1}
-    if arch in ("jumprelu", "qf_jumprelu"):
-        kw = {} if l0 is None else {"l0_coefficient": l0}
-        return {**kw, "omega_0": omega} if arch == "qf_jumprelu" else kw
-    raise typer.BadParameter(f"unknown architecture {arch!r}")
+    from assay.sae.base import sparsity_kwargs
+
+    try:
+        return sparsity_kwargs(arch, k, l1, l0, omega)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 @app.command("train")
