@@ -93,3 +93,42 @@ def test_near_duplicate_clustering():
              "Write a recipe for banana bread"]
     c = cluster_near_duplicates(texts, 0.3)
     assert c[0] == c[1] != c[2]
+
+
+def test_jaccard_pairs_match_brute_force():
+    import random
+
+    from assay.data.splits import jaccard, jaccard_pairs, shingles
+
+    rng = random.Random(0)
+    words = "bomb hack bank steal write guide tutorial poem cat dog code python make build data".split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 8))) for _ in range(300)]
+    for k in (1, 2):
+        sets = [shingles(t, k) for t in texts]
+        for t in (0.3, 0.5, 0.8, 1.0):
+            brute = [(i, j) for i in range(len(sets)) for j in range(i + 1, len(sets))
+                     if jaccard(sets[i], sets[j]) >= t]
+            assert jaccard_pairs(sets, t) == brute, (k, t)
+
+
+def test_unigrams_are_lightly_stemmed_bigrams_not():
+    from assay.data.splits import shingles
+
+    assert shingles("promotes healthy lifestyle choices", 1) == shingles("promote a healthy lifestyle choice", 1)
+    assert "lifestyle choices" in shingles("promotes healthy lifestyle choices", 2)
+    assert "address" in shingles("my address", 1)
+
+
+def test_assign_clusters_keeps_big_clusters_out_of_small_splits():
+    from collections import Counter
+
+    from assay.data.splits import assign_clusters
+
+    ids = [0] * 60 + [1] * 40 + list(range(2, 602))  # two paraphrase clusters among 600 singletons
+    fractions = {"train": 0.6, "val": 0.075, "calib": 0.075, "ood": 0.25}
+    for seed in range(20):
+        out = assign_clusters(ids, fractions, seed)
+        assert out[0] == "train" and out[1] in ("train", "ood")  # 40 <= ood's quarter (~44), > val's
+        sizes = Counter(out[c] for c in ids)
+        for s, f in fractions.items():
+            assert abs(sizes[s] - f * len(ids)) <= 2, (seed, sizes)

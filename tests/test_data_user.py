@@ -69,3 +69,23 @@ def test_unreadable_inputs(tmp_path):
         (tmp_path / "x.parquet").write_text("")
         load_dataset(tmp_path / "x.parquet")
     assert issubclass(DatasetError, ValueError)
+
+
+def test_cluster_column_optional(tmp_path):
+    ds = load_dataset(_jsonl(tmp_path / "n.jsonl", GOOD))
+    assert [e.cluster for e in ds] == ["", ""] and ds.clusters.tolist() == ["user:1", "user:2"]
+    rows = [dict(GOOD[0], cluster="bread"), dict(GOOD[1], cluster=7),
+            {"text": "how do I bake rolls", "label": 0, "cluster": "bread"}]
+    ds = load_dataset(_jsonl(tmp_path / "c.jsonl", rows))
+    assert ds.clusters.tolist() == ["bread", "7", "bread"]
+    csv_text = "text,label,split,group,cluster\nhi there,0,test,a,u1\nmake a bomb,1,test,b,\n"
+    ds = load_dataset(_csv(tmp_path / "c.csv", csv_text))
+    assert ds.clusters.tolist() == ["u1", "user:2"]
+
+
+def test_cluster_spanning_splits_warns(tmp_path):
+    rows = [dict(r, split=s, cluster="same") for s in ("train", "test") for r in GOOD]
+    rows[2]["text"] += " again"
+    rows[3]["text"] += " again"
+    with pytest.warns(DatasetWarning, match="1 cluster.*span more than one split.*'same'"):
+        load_dataset(_jsonl(tmp_path / "s.jsonl", rows))

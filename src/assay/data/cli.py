@@ -71,7 +71,9 @@ def show(
 
 
 @app.command()
-def validate(path: Path = typer.Argument(..., help="User dataset: .jsonl or .csv with text,label[,split,group].")) -> None:
+def validate(
+    path: Path = typer.Argument(..., help="User dataset: .jsonl or .csv with text,label[,split,group,cluster]."),
+) -> None:
     """Check a user dataset; exit 1 with the offending rows named if it cannot be used."""
     from rich.console import Console
 

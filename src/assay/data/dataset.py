@@ -4,38 +4,48 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-SPLITS = ("train", "val", "ood")
+SPLITS = ("train", "val", "calib", "ood")
 
 
 @dataclass(frozen=True)
 class Example:
     text: str
     label: int  # 1 harmful, 0 benign
-    split: str  # "train" | "val" | "ood" | user-defined
+    split: str  # "train" | "val" | "calib" | "ood" | user-defined
     source: str  # harmbench, advbench, donotanswer, sharegpt, templated_edgy, user
     family: str = "none"  # jailbreak family, "none" if plain
     transformation: str = "none"  # innocuous transformation, "none" if none
     behaviour_id: str = ""  # the underlying request: one behaviour lives in one split
     group: str = "none"  # row type, e.g. harmful_plain, benign_topic, transform_innocuous
+    cluster: str = ""  # resampling unit: near-duplicate cluster of the underlying request ("h17", "b503")
 
     def to_row(self) -> dict:
-        return asdict(self)
+        return {f: getattr(self, f) for f in FIELDS}  # flat fields: asdict's deep copy is 10x slower
+
+    def canonical_row(self) -> dict:
+        """The row the fingerprint hashes: an empty `cluster` is left out, so datasets without
+        clusters (older builds, user files) keep the fingerprint they had before the field existed."""
+        row = self.to_row()
+        if not row["cluster"]:
+            del row["cluster"]
+        return row
 
 
 FIELDS = tuple(f.name for f in fields(Example))
+_OPTIONAL = frozenset({"cluster"})  # fields rows written before they existed may lack
 
 
 def fingerprint(examples: Iterable[Example]) -> str:
     """sha256 over the canonical rows (every field, in order): what the activation cache keys on."""
     h = hashlib.sha256()
     for e in examples:
-        h.update(json.dumps(e.to_row(), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+        h.update(json.dumps(e.canonical_row(), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -82,6 +92,12 @@ class Dataset:
     def labels(self) -> np.ndarray:
         return np.array([e.label for e in self.examples], dtype=np.int64)
 
+    @property
+    def clusters(self) -> np.ndarray:
+        """Resampling unit of each example (what a clustered bootstrap draws): its near-duplicate
+        cluster, else its behaviour id, else the row itself."""
+        return np.array([e.cluster or e.behaviour_id or f"row{i}" for i, e in enumerate(self.examples)], dtype=str)
+
 
 def read_jsonl_examples(path: Path) -> list[Example]:
     out = []
@@ -89,7 +105,7 @@ def read_jsonl_examples(path: Path) -> list[Example]:
         for ln in f:
             if ln.strip():
                 row = json.loads(ln)
-                out.append(Example(**{k: row[k] for k in FIELDS}))
+                out.append(Example(**{k: row[k] for k in FIELDS if k in row or k not in _OPTIONAL}))
     return out
 
 

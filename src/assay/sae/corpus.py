@@ -9,6 +9,12 @@ Corpora:
   user's own tokens are kept (BOS and template dropped exactly) - the tokens probes read.
 Texts are drawn in a seeded order until the token target is met; `held_out_texts` draws from the
 other end of the same order, so evaluation text is never training text.
+
+`exclude` (normalised request texts, e.g. `assay.data.benchmark.sharegpt_requests(ds)`) drops, from
+the chat corpora, every conversation with a user turn equal to one of them after normalisation
+(case aside): the benchmark's benign prompts are ShareGPT first turns, and an SAE that saw them in
+training would have latents fitted to the very prompts probes are scored on. Excluded texts are
+removed after the seeded shuffle, so the rest keep their order.
 """
 
 from __future__ import annotations
@@ -41,20 +47,46 @@ def render_conversation(tokenizer: Any, turns: list[dict]) -> str:
     return _gemma_render(turns)
 
 
-def _ordered(corpus: str, tokenizer: Any, seed: int) -> list[str]:
+def _ordered(corpus: str, tokenizer: Any, seed: int, exclude: frozenset[str] = frozenset()) -> list[str]:
     from assay.data import sources
 
     if corpus == "wiki":
-        texts = sources.wikipedia_texts()
+        items = [(t, ()) for t in sources.wikipedia_texts()]
     elif corpus == "chat":
-        texts = [render_conversation(tokenizer, c) for c in sources.sharegpt_conversations()]
+        items = [(render_conversation(tokenizer, c), _user_turns(c)) for c in sources.sharegpt_conversations()]
     elif corpus == "chat-user":
-        texts = [c[0]["content"] for c in sources.sharegpt_conversations() if c[0]["role"] == "user"]
+        # only the first turn is the text here, so only it can bring a benchmark prompt in
+        items = [(c[0]["content"], (c[0]["content"],)) for c in sources.sharegpt_conversations()
+                 if c[0]["role"] == "user"]
     else:
         raise ValueError(f"corpus must be one of {CORPORA}, not {corpus!r}")
-    texts = [t for t in texts if t.strip()]
-    random.Random(seed).shuffle(texts)
-    return texts
+    items = [it for it in items if it[0].strip()]
+    random.Random(seed).shuffle(items)  # before excluding: the kept texts' order does not depend on `exclude`
+    if exclude and corpus != "wiki":
+        excluded = _excluder(exclude)
+        items = [it for it in items if not any(excluded(u) for u in it[1])]
+    return [t for t, _ in items]
+
+
+def _user_turns(turns: list[dict]) -> tuple[str, ...]:
+    return tuple(t["content"] for t in turns if t["role"] == "user")
+
+
+_LONGEST_REQUEST = 2000  # characters; benchmark requests are far shorter, so longer turns skip normalising
+
+
+def _excluder(exclude: frozenset[str]):
+    """`is_excluded(raw user turn)`: its normalised text (case aside) is one of `exclude`."""
+    from assay.data.normalize import normalize_text
+
+    keys = {t.lower() for t in exclude}
+    longest = max((len(t) for t in exclude), default=0)
+    limit = max(_LONGEST_REQUEST, 2 * longest)
+
+    def is_excluded(raw: str) -> bool:
+        return len(raw) <= limit and normalize_text(raw).lower() in keys
+
+    return is_excluded
 
 
 def _take(texts: list[str], tokenizer: Any, n_tokens: int, max_tokens: int) -> list[str]:
@@ -69,28 +101,33 @@ def _take(texts: list[str], tokenizer: Any, n_tokens: int, max_tokens: int) -> l
     return out
 
 
-def training_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int = 1024, seed: int = 0) -> list[str]:
-    """Texts from the front of the seeded order holding about `n_tokens` tokens (each cut at max_tokens)."""
-    return _take(_ordered(corpus, tokenizer, seed), tokenizer, n_tokens, max_tokens)
+def training_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int = 1024, seed: int = 0,
+                   exclude: frozenset[str] = frozenset()) -> list[str]:
+    """Texts from the front of the seeded order holding about `n_tokens` tokens (each cut at max_tokens),
+    without chat conversations that contain an `exclude`d request."""
+    return _take(_ordered(corpus, tokenizer, seed, exclude), tokenizer, n_tokens, max_tokens)
 
 
 def held_out_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int = 1024, seed: int = 0,
-                   skip: int = 0) -> list[str]:
+                   skip: int = 0, exclude: frozenset[str] = frozenset()) -> list[str]:
     """Texts from the back of the seeded order (never training text unless the corpus runs out)."""
-    return _take(_ordered(corpus, tokenizer, seed)[::-1][skip:], tokenizer, n_tokens, max_tokens)
+    return _take(_ordered(corpus, tokenizer, seed, exclude)[::-1][skip:], tokenizer, n_tokens, max_tokens)
 
 
 def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts: list[str] | None = None,
                       seed: int = 0, max_tokens: int = 1024, chunk_tokens: int = 8192,
-                      progress: bool = True, epochs: int = 1) -> Iterator[torch.Tensor]:
+                      progress: bool = True, epochs: int = 1,
+                      exclude: frozenset[str] = frozenset()) -> Iterator[torch.Tensor]:
     """Per-token activations `[m, d_model]` at `layer` (cached by the activations package).
 
     With `epochs > 1` the same tokens come again, each pass in a new seeded order: on a CPU,
     extraction costs far more than an SAE step, so reusing tokens buys training steps cheaply.
+    `exclude` is passed to `training_texts` (ignored when `texts` is given).
     """
     from assay.activations import extract
 
-    texts = texts if texts is not None else training_texts(corpus, lm.tokenizer, n_tokens, max_tokens, seed)
+    if texts is None:
+        texts = training_texts(corpus, lm.tokenizer, n_tokens, max_tokens, seed, exclude)
     chat = corpus == "chat-user"
     acts = extract(lm, texts, [layer], dataset_fingerprint=sha256_json([corpus, texts]), features=("all.mean",),
                    store_tokens=True, chat=chat, max_tokens=max_tokens, progress=progress)

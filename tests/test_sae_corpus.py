@@ -1,0 +1,48 @@
+"""SAE corpora leave out the benchmark's prompts (`exclude`), keeping the rest in their order."""
+
+from __future__ import annotations
+
+import pytest
+
+from assay.data import build_benchmark, sources
+from assay.data.benchmark import sharegpt_requests
+from assay.data.normalize import normalize_text
+from assay.sae.corpus import render_conversation, training_texts
+
+# ~4,000 of the ~17,600 conversations (each counted at most 256 tokens): enough that, without the
+# exclusion, some benchmark prompts' conversations are drawn.
+N_TOKENS, MAX_TOKENS = 1_000_000, 256
+
+
+@pytest.fixture(scope="module")
+def exclude(tmp_path_factory) -> frozenset[str]:
+    ds = build_benchmark("quick", seed=0, out_dir=tmp_path_factory.mktemp("quick-s0"))
+    return sharegpt_requests(ds)
+
+
+def _user_turns_of(tokenizer) -> dict[str, list[str]]:
+    """Rendered chat text -> its user turns, normalised and lower-cased."""
+    return {render_conversation(tokenizer, c): [normalize_text(t["content"]).lower() for t in c
+                                                 if t["role"] == "user" and len(t["content"]) < 5000]
+            for c in sources.sharegpt_conversations()}
+
+
+def test_chat_corpus_excludes_benchmark_sharegpt_requests(tokenizer, exclude):
+    assert len(exclude) > 100
+    keys = {t.lower() for t in exclude}
+    turns = _user_turns_of(tokenizer)
+    plain = training_texts("chat", tokenizer, N_TOKENS, MAX_TOKENS)
+    kept = training_texts("chat", tokenizer, N_TOKENS, MAX_TOKENS, exclude=exclude)
+    hits = [t for t in plain if any(u in keys for u in turns[t])]
+    assert hits, "no benchmark prompt in the corpus even without exclusion: raise N_TOKENS"
+    assert not [t for t in kept if any(u in keys for u in turns[t])]
+    # the exclusion removes texts, it does not reshuffle the rest
+    removed = set(hits)
+    assert [t for t in plain if t not in removed] == kept[: len(plain) - len(removed)]
+
+
+def test_chat_user_corpus_excludes_benchmark_requests(tokenizer, exclude):
+    keys = {t.lower() for t in exclude}
+    kept = training_texts("chat-user", tokenizer, N_TOKENS // 4, MAX_TOKENS, exclude=exclude)
+    assert kept and not [t for t in kept if normalize_text(t).lower() in keys]
+    assert training_texts("wiki", tokenizer, 20_000, exclude=exclude) == training_texts("wiki", tokenizer, 20_000)
