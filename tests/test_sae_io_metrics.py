@@ -98,6 +98,32 @@ def test_ce_recovered_is_one_for_perfect_and_zero_for_zero_ablation():
     assert half["ce_recovered"] == pytest.approx((half["ce_zero"] - half["ce_sae"]) / (half["ce_zero"] - half["ce_clean"]))
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_ce_splice_keeps_each_rows_first_real_token_under_padding(side):
+    """Padded batches give the numbers each document gives alone: the first *real* token (BOS) is
+    kept as is, and no loss is scored for predicting a real token from a pad."""
+    lm = _TinyLM()
+    gen = torch.Generator().manual_seed(1)
+    docs = [torch.randint(1, 64, (n,), generator=gen) for n in (12, 7, 4)]
+    perturb = lambda h: 0.5 * h + 0.1  # noqa: E731
+
+    def batch(rows):
+        T = max(len(r) for r in rows)
+        ids, mask = torch.zeros(len(rows), T, dtype=torch.long), torch.zeros(len(rows), T, dtype=torch.long)
+        for i, r in enumerate(rows):
+            sl = slice(T - len(r), T) if side == "left" else slice(0, len(r))
+            ids[i, sl], mask[i, sl] = r, 1
+        return ids, mask
+
+    alone = [ce_recovered(lm, perturb, 0, [batch([d])], n_boot=10) for d in docs]
+    together = ce_recovered(lm, perturb, 0, [batch(docs)], n_boot=10)
+    n = torch.tensor([len(d) - 1 for d in docs], dtype=torch.float64)
+    for key in ("ce_clean", "ce_sae", "ce_zero"):
+        want = float(sum(a[key] * k for a, k in zip(alone, n)) / n.sum())
+        assert together[key] == pytest.approx(want, rel=1e-4), key
+    assert together["ce_tokens"] == int(n.sum()) and together["ce_texts"] == 3
+
+
 def test_reconstruction_stats_counts():
     sae = build_sae("topk", d_in=8, d_sae=32, k=2).eval()
     stats = reconstruction_stats(sae, [torch.randn(100, 8), torch.randn(50, 8)])

@@ -91,3 +91,28 @@ def test_finetune_with_resampled_latents(tmp_path):
     Trainer({"sae": loaded}, _cfg(tokens=20_000), tmp_path / "ft").fit(chat.stream(30_000))
     after = reconstruction_stats(load_sae(tmp_path / "ft"), chat.stream(4096))
     assert after["fvu"] < before["fvu"]
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "relu"])
+def test_finetune_starts_from_the_saved_function(tmp_path, arch):
+    """One step at lr 0 on data of another norm must leave the SAE's reconstructions unchanged:
+    the trainer may not re-estimate the input scale and renormalise the decoder under a saved SAE."""
+    data = PlantedDictionary(d_in=16, n_features=32, seed=6)
+    sae = build_sae(arch, d_in=16, d_sae=64, **SPECS[arch])
+    Trainer({"sae": sae}, _cfg(tokens=5_000), tmp_path / "pre").fit(data.stream(8_000))
+    saved = load_sae(tmp_path / "pre")
+    x = data.sample(512)
+    before = saved(x)
+    shifted = (1.5 * c for c in data.stream(1_024, chunk=256))  # new corpus, 1.5x the norm
+    ft = Trainer({"sae": saved}, _cfg(tokens=256, lr=0.0, lr_warmup_steps=0), tmp_path / "ft")
+    ft.fit(shifted)
+    assert ft.state.step == 1
+    after = load_sae(tmp_path / "ft")(x)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_dead_window_scales_with_the_run():
+    assert TrainConfig(total_tokens=1_200_000, batch_size=4096).dead_window == 120_000
+    assert TrainConfig(total_tokens=10_000, batch_size=1024).dead_window == 4096
+    assert TrainConfig(total_tokens=10**9).dead_window == 10_000_000
+    assert TrainConfig(total_tokens=10**6, dead_after_tokens=7).dead_window == 7

@@ -52,19 +52,32 @@ def _replace_output(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> 
     return fn(output)
 
 
+def splice_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions whose residual stream an SAE replaces: every real token but each row's first.
+
+    The first real token is BOS, whose attention-sink activations (~100x the norm of the rest) no
+    SAE here is trained on. It is found per row, so left padding (Gemma's tokenizer pads on the
+    left) keeps BOS rather than a pad.
+    """
+    real = attention_mask.bool()
+    first = real.long().argmax(1)
+    keep = real.clone()
+    keep[torch.arange(len(real), device=real.device), first] = False
+    return keep
+
+
 @contextmanager
 def spliced(block: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor] | None,
-            keep_first: bool = True) -> Iterator[None]:
-    """Replace `block`'s output h by fn(h) (every position but the first when `keep_first`)."""
+            replace: torch.Tensor | None = None) -> Iterator[None]:
+    """Replace `block`'s output h by fn(h) at the positions where `replace [b, T]` is true
+    (every position when None)."""
     if fn is None:
         yield
         return
 
     def sub(h: torch.Tensor) -> torch.Tensor:
         new = fn(h.reshape(-1, h.shape[-1])).reshape(h.shape).to(h.dtype)
-        if keep_first:  # BOS: huge-norm activations that SAEs are not trained on
-            new = torch.cat([h[:, :1], new[:, 1:]], dim=1)
-        return new
+        return new if replace is None else torch.where(replace.unsqueeze(-1), new, h)
 
     handle = block.register_forward_hook(lambda _m, _i, out: _replace_output(out, sub))
     try:
@@ -74,34 +87,82 @@ def spliced(block: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor] |
 
 
 @torch.no_grad()
-def next_token_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> float:
+def token_losses(model: torch.nn.Module, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token losses `[b, T-1]` (float64) and which count: both the context token and the
+    target are real (so under left padding no loss is scored for predicting BOS from a pad)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
     target = input_ids[:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-    mask = torch.ones_like(target, dtype=torch.bool) if attention_mask is None else attention_mask[:, 1:].bool()
-    return float((loss * mask.reshape(-1)).sum() / mask.sum())
+    loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").double()
+    if attention_mask is None:
+        return loss, torch.ones_like(target, dtype=torch.bool)
+    real = attention_mask.bool()
+    return loss, real[:, 1:] & real[:, :-1]
+
+
+def next_token_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> float:
+    """Mean next-token loss over the real tokens of a batch."""
+    loss, valid = token_losses(model, input_ids, attention_mask)
+    return float((loss * valid).sum() / valid.sum())
 
 
 @torch.no_grad()
-def ce_recovered(lm: Any, reconstruct: Callable[[torch.Tensor], torch.Tensor], layer: int,
-                 batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], keep_first: bool = True) -> dict[str, float]:
-    """CE loss recovered = (L_zero - L_sae) / (L_zero - L_clean), splicing at block `layer`'s output.
+def ce_recovered(lm: Any, reconstruct: Callable[[torch.Tensor], torch.Tensor] | dict[str, Callable],
+                 layer: int, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+                 n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Delta LM loss and CE loss recovered of one or several reconstructions spliced in at the
+    output of block `layer`, on held-out text, with their spread over documents.
 
-    `lm` has `.model` and `.block(layer)` (assay's LoadedModel); `reconstruct` maps [n, d] -> [n, d]
-    (an SAE); `batches` yields (input_ids, attention_mask) of held-out text.
+    - `delta_lm_loss` = L_sae - L_clean (nats per token).
+    - `ce_recovered` = (L_zero - L_sae) / (L_zero - L_clean), against **zero ablation** of the
+      residual stream at the spliced positions (BOS kept).
+    Losses are token-weighted means over every scored token of every document. Intervals are
+    percentile bootstraps over documents (the unit that varies), 95%. `reconstruct` is an SAE /
+    function `[n, d] -> [n, d]`, or a dict of them (then a dict of results comes back; the clean
+    and zero passes are shared). `batches` yields `(input_ids, attention_mask)`; each row is one
+    document.
     """
+    fns = reconstruct if isinstance(reconstruct, dict) else {"sae": reconstruct}
     block = lm.block(layer)
-    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    n = 0
+    runs = {"clean": None, "zero": torch.zeros_like, **{f"sae:{k}": f for k, f in fns.items()}}
+    doc_loss: dict[str, list[torch.Tensor]] = {k: [] for k in runs}
+    doc_tokens: list[torch.Tensor] = []
     for ids, mask in batches:
-        for key, fn in (("clean", None), ("sae", reconstruct), ("zero", torch.zeros_like)):
-            with spliced(block, fn, keep_first):
-                totals[key] += next_token_loss(lm.model, ids, mask)
-        n += 1
-    ce = {f"ce_{k}": v / n for k, v in totals.items()}
-    denom = ce["ce_zero"] - ce["ce_clean"]
-    ce["ce_recovered"] = (ce["ce_zero"] - ce["ce_sae"]) / denom if denom else float("nan")
-    return ce
+        replace = splice_mask(mask if mask is not None else torch.ones_like(ids))
+        for key, fn in runs.items():
+            with spliced(block, fn, replace):
+                loss, valid = token_losses(lm.model, ids, mask)
+            doc_loss[key].append((loss * valid).sum(1).cpu())
+        doc_tokens.append(valid.sum(1).cpu().double())
+    if not doc_tokens:
+        raise ValueError("no held-out text to measure the LM loss on")
+    tok = torch.cat(doc_tokens).numpy()
+    sums = {k: torch.cat(v).numpy() for k, v in doc_loss.items()}
+    out = {k.removeprefix("sae:"): _ce_summary(sums[k], sums["clean"], sums["zero"], tok, n_boot, seed)
+           for k in runs if k.startswith("sae:")}
+    return out if isinstance(reconstruct, dict) else out["sae"]
+
+
+def _ce_summary(sae: Any, clean: Any, zero: Any, tokens: Any, n_boot: int, seed: int) -> dict[str, Any]:
+    import numpy as np
+
+    def stats(idx: Any) -> tuple[Any, Any, Any]:
+        n = tokens[idx].sum(-1)
+        l_sae, l_clean, l_zero = (a[idx].sum(-1) / n for a in (sae, clean, zero))
+        return l_sae - l_clean, (l_zero - l_sae) / (l_zero - l_clean), (l_sae, l_clean, l_zero)
+
+    all_docs = np.arange(len(tokens))
+    delta, rec, (l_sae, l_clean, l_zero) = stats(all_docs)
+    boot = np.random.default_rng(seed).integers(0, len(tokens), size=(n_boot, len(tokens)))
+    b_delta, b_rec, _ = stats(boot)
+    per_doc = (sae - clean) / np.maximum(tokens, 1)
+    return {
+        "ce_clean": float(l_clean), "ce_sae": float(l_sae), "ce_zero": float(l_zero),
+        "delta_lm_loss": float(delta), "delta_lm_loss_ci": [float(v) for v in np.quantile(b_delta, [0.025, 0.975])],
+        "delta_lm_loss_doc_sd": float(per_doc.std(ddof=1)) if len(per_doc) > 1 else 0.0,
+        "ce_recovered": float(rec), "ce_recovered_ci": [float(v) for v in np.quantile(b_rec, [0.025, 0.975])],
+        "ce_ablation": "zero", "ce_texts": int(len(tokens)), "ce_tokens": int(tokens.sum()),
+    }
 
 
 def text_batches(tokenizer: Any, texts: Sequence[str], max_tokens: int = 128, batch_size: int = 8,

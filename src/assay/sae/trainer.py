@@ -38,7 +38,10 @@ class TrainConfig:
     buffer_tokens: int = 1 << 16
     scale_batches: int = 8  # batches used to estimate the input scale
     normalize: bool = True
-    dead_after_tokens: int = 1_000_000  # a latent that has not fired in this many tokens is dead
+    # A latent that has not fired in this many tokens counts as dead (and AuxK revives it). None
+    # scales the window with the run (a tenth of it, at least 4 batches, at most 10M tokens): a
+    # fixed 1M-token window never fires in a 1.2M-token run, so AuxK would never act.
+    dead_after_tokens: int | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end
     log_every: int = 20
     seed: int = 0
@@ -47,6 +50,12 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return max(1, self.total_tokens // self.batch_size)
+
+    @property
+    def dead_window(self) -> int:
+        if self.dead_after_tokens is not None:
+            return self.dead_after_tokens
+        return min(10_000_000, max(4 * self.batch_size, self.total_tokens // 10))
 
     def lr_factor(self, step: int) -> float:
         warm = min(1.0, (step + 1) / self.lr_warmup_steps) if self.lr_warmup_steps else 1.0
@@ -112,7 +121,7 @@ class Trainer:
         record: dict[str, Any] = {"step": st.step + 1, "tokens": st.tokens_seen + len(x)}
         var = (x - x.mean(0)).pow(2).sum()
         for name, sae in self.saes.items():
-            dead = (self.since_fired[name] >= cfg.dead_after_tokens).to(x.device)
+            dead = (self.since_fired[name] >= cfg.dead_window).to(x.device)
             out = sae.loss(x, sparsity_scale=sp, dead=dead)
             opt = self.opts[name]
             opt.zero_grad(set_to_none=True)
@@ -151,8 +160,10 @@ class Trainer:
                     if torch.is_tensor(v) and k != "step":
                         st[k] = v.to(device)
         if self.state.scale is None:
-            msq = torch.cat(head).float().pow(2).sum(-1).mean().item()
-            self.state.scale = 1.0 / math.sqrt(msq) if self.cfg.normalize and msq > 0 else 1.0
+            self.state.scale = self._saved_scale()
+            if self.state.scale is None:
+                msq = torch.cat(head).float().pow(2).sum(-1).mean().item()
+                self.state.scale = 1.0 / math.sqrt(msq) if self.cfg.normalize and msq > 0 else 1.0
             mean = torch.cat(head).float().mean(0) * self.state.scale
             for s in self.saes.values():
                 if not s.raw_space:  # fresh SAE: start b_dec at the data mean (Gao et al., sparsify)
@@ -163,6 +174,35 @@ class Trainer:
                     s.fold_input_scale_(1.0 / self.state.scale)
                     s.raw_space = False
         return itertools.chain(head, batches)
+
+    def _saved_scale(self) -> float | None:
+        """The input scale a saved (raw-space) SAE must be trained at to keep its function.
+
+        Moving a raw SAE into the scaled space multiplies its decoder rows by the scale; a
+        unit-norm architecture then renormalises them, which would rescale every reconstruction
+        unless the scale is the one the SAE was trained at: 1 / (its decoder row norm). A finetune
+        therefore starts from exactly the saved function, whatever the norm of the new data.
+        """
+        scales = {}
+        for name, s in self.saes.items():
+            if not s.raw_space:
+                continue
+            if s.unit_norm_decoder:
+                norms = s.W_dec.detach().float().norm(dim=1)
+                alive = norms[norms > 0]
+                scales[name] = 1.0 / float(alive.median()) if len(alive) else 1.0
+                spread = float((alive / alive.median() - 1).abs().max()) if len(alive) else 0.0
+                if spread > 1e-3:
+                    log.warning("SAE %s: decoder rows differ in norm by up to %.1f%%; renormalising them "
+                                "changes its reconstructions", name, 100 * spread)
+            elif (saved := getattr(s, "metadata", {}).get("input_scale")) is not None:
+                scales[name] = float(saved)
+        if not scales:
+            return None
+        values = sorted(scales.values())
+        if values[-1] > values[0] * (1 + 1e-4):
+            raise ValueError(f"saved SAEs trained at different input scales {scales}: finetune them separately")
+        return values[0]
 
     def _counted(self, stream: Iterable[torch.Tensor], skip: int) -> Iterator[torch.Tensor]:
         for chunk in stream:
@@ -186,13 +226,20 @@ class Trainer:
         from assay.sae.io import save_sae
 
         out_dir = Path(out_dir)
+        dead = self.dead_in_training()
         for name in self.saes:
-            meta = {**self.metadata, "training_tokens": self.state.tokens_seen, "input_scale": self.state.scale}
+            meta = {**self.metadata, "training_tokens": self.state.tokens_seen, "input_scale": self.state.scale,
+                    "dead_in_training": dead[name], "dead_window_tokens": self.cfg.dead_window}
             save_sae(self.folded(name), out_dir / name if len(self.saes) > 1 else out_dir, metadata=meta)
         write_json(out_dir / "training.json", provenance(
-            config=asdict(self.cfg), saes={n: {"architecture": s.architecture, **s.cfg.to_dict()} for n, s in self.saes.items()},
+            config=asdict(self.cfg), dead_window_tokens=self.cfg.dead_window, dead_in_training=dead,
+            saes={n: {"architecture": s.architecture, **s.cfg.to_dict()} for n, s in self.saes.items()},
             input_scale=self.state.scale, steps=self.state.step, tokens=self.state.tokens_seen,
             metadata=self.metadata, history=self.state.history))
+
+    def dead_in_training(self) -> dict[str, int]:
+        """Latents of each SAE that had not fired within the dead window when training stopped."""
+        return {n: int((t >= self.cfg.dead_window).sum()) for n, t in self.since_fired.items()}
 
     def save_checkpoint(self) -> None:
         if not self.out_dir:
