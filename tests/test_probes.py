@@ -65,7 +65,25 @@ def test_diff_mean_direction_and_sign():
     assert auroc(p.score(X), y) > 0.8
 
 
-@pytest.mark.parametrize("make", [lambda: LogisticProbe(device="cpu"), lambda: DiffMeanProbe(device="cpu")])
+def test_diff_mean_variants_with_a_massive_noisy_dimension():
+    """One huge-variance dimension that shifts a little with the class (as Gemma's outlier
+    residual dimensions do) swamps the raw mean difference; standardising removes it; a signal
+    spread over correlated dimensions needs whitening (LDA) as well."""
+    rng = np.random.default_rng(0)
+    n, y = 4000, rng.integers(0, 2, 4000)
+    shared = rng.normal(size=(n, 1))
+    X = rng.normal(size=(n, 6)) + 3 * shared  # correlated noise in dims 0-5
+    X[:, 0] += 1.5 * y  # the signal: dim 0 minus the shared noise
+    X = np.c_[X, 300 * rng.normal(size=n) + 30 * y]  # dim 6: massive, noisy, barely informative
+    tr, te = slice(0, 3000), slice(3000, None)
+    a = {norm: auroc(DiffMeanProbe(normalize=norm, device="cpu").fit(X[tr], y[tr]).score(X[te]), y[te])
+         for norm in ("none", "standardize", "whiten")}
+    assert a["none"] < 0.6 < a["standardize"] < a["whiten"] - 0.1
+    assert a["whiten"] > 0.8
+
+
+@pytest.mark.parametrize("make", [lambda: LogisticProbe(device="cpu"), lambda: DiffMeanProbe(device="cpu"),
+                                  lambda: DiffMeanProbe(normalize="whiten", device="cpu")])
 def test_save_load_identical_scores(tmp_path, make):
     X, y = data()
     p = make().fit(X[:300], y[:300], X[300:], y[300:])

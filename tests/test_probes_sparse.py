@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from assay.eval.metrics import auroc
-from assay.probes import (KSparseProbe, LogisticProbe, OneSparseProbe, fit_k_sweep, l1_path_select,
+from assay.probes import (KSparseProbe, LogisticProbe, OneSparseProbe, fit_k_sweep, l1_path_order, l1_path_select,
                           latent_auroc, load_probe, mean_diff_scores, sae_features)
 
 INFORMATIVE = [7, 42, 99, 150, 201]
@@ -123,3 +123,14 @@ def test_sae_features_encode_tokens_then_pool():
     # a reconstruction probe is a dense probe on these features
     y = np.array([0, 1, 0])
     assert LogisticProbe(Cs=(1.0,), device="cpu").fit(rec.numpy(), y).score(rec.numpy()).shape == (3,)
+
+
+def test_l1_path_is_sparse_and_one_walk_serves_every_k(zs):
+    """The path's fits are L1 (a few latents active at small C, as an L2 fit never is), and the
+    order from one walk gives each k the same first-k set a walk for that k alone gives."""
+    (Z, y), _ = zs
+    order, path = l1_path_order(Z, y, [1, 2, 5])
+    assert any(0 < r["n_active"] < Z.shape[1] // 4 for r in path)
+    for k in (1, 2, 5):
+        alone, _ = l1_path_select(Z, y, k)
+        assert set(alone.tolist()) == set(order[:k].tolist())

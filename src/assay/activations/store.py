@@ -189,6 +189,18 @@ class ActivationSet:
             m[j, : len(r)] = True
         return x, m
 
+    def token_batch_roles(self, layer: int, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded per-token activations `[b, T, d]` of every stored token (BOS dropped) and
+        their roles `[b, T]` (-1 on padding), so any role mask can be taken from one read."""
+        rows = [self.example_tokens(layer, int(i))[:2] for i in indices]
+        longest = max(1, max(len(x) for x, _ in rows))
+        x = torch.zeros(len(rows), longest, self.d_model)
+        roles = torch.full((len(rows), longest), -1, dtype=torch.long)
+        for j, (xj, rj) in enumerate(rows):
+            x[j, : len(xj)] = xj
+            roles[j, : len(rj)] = rj.long()
+        return x, roles
+
     def iter_tokens(
         self,
         layer: int,

@@ -18,7 +18,7 @@ _EXPORTS = {
     "assay.probes.linear": ["LogisticProbe", "LogisticConfig", "DiffMeanProbe", "DiffMeanConfig"],
     "assay.probes.attention": ["AttentionProbe", "AttentionConfig", "RollingAttentionProbe", "RollingAttentionConfig"],
     "assay.probes.sparse": ["OneSparseProbe", "OneSparseConfig", "KSparseProbe", "KSparseConfig", "K_VALUES",
-                            "fit_k_sweep", "l1_path_select", "latent_auroc", "mean_diff_scores"],
+                            "fit_k_sweep", "l1_path_order", "l1_path_select", "latent_auroc", "mean_diff_scores", "selection_order"],
     "assay.probes.sae_encode": ["sae_features"],
 }
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

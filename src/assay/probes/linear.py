@@ -124,26 +124,51 @@ class LogisticProbe(Probe):
 
 @dataclass(frozen=True)
 class DiffMeanConfig:
+    # "none": the raw class-mean difference; "standardize": the same in per-feature standardised
+    # space; "whiten": also divide out the shared covariance (Ledoit-Wolf shrunk), i.e. LDA.
+    normalize: str = "none"
     device: str | None = None
 
 
+DIFFMEAN_NORMALIZE = ("none", "standardize", "whiten")
+
+
 class DiffMeanProbe(Probe):
-    """Project onto the difference of class means, centred at their midpoint (unit direction,
-    so the score is a distance along it). Nothing to tune."""
+    """Project onto the difference of class means, centred at their midpoint. Nothing to tune.
+
+    On raw residual streams a few massive-activation dimensions can hold most of the variance and
+    of the mean difference, so the raw direction mostly measures them; `normalize` says whether
+    to standardise features first, or whiten them (LDA), before taking the difference."""
 
     kind = "diff_mean"
     Config = DiffMeanConfig
 
+    def _dev(self) -> torch.device:
+        return torch.device(self.config.device) if self.config.device else default_device()
+
     def fit(self, X, y, X_val=None, y_val=None, *, mask=None, mask_val=None) -> Self:
-        dev = torch.device(self.config.device) if self.config.device else default_device()
+        norm = self.config.normalize
+        if norm not in DIFFMEAN_NORMALIZE:
+            raise ValueError(f"normalize must be one of {DIFFMEAN_NORMALIZE}, got {norm!r}")
+        dev = self._dev()
         X = as_tensor(X, torch.float64, dev)
         _check_pooled(X)
         yb = torch.as_tensor(as_labels(y), device=dev).bool()
-        mu1, mu0 = X[yb].mean(0), X[~yb].mean(0)
-        diff = mu1 - mu0
-        self.w = diff / diff.norm().clamp(min=1e-12)
-        self.b = -(self.w @ (mu1 + mu0) / 2)
-        self.meta = {"mean_gap": float(diff.norm())}
+        mu, sd = standardize_stats(X) if norm != "none" else (torch.zeros_like(X[0]), torch.ones_like(X[0]))
+        Xs = (X - mu) / sd
+        mu1, mu0 = Xs[yb].mean(0), Xs[~yb].mean(0)
+        if norm == "whiten":
+            from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+            lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(Xs.cpu().numpy(), yb.cpu().numpy())
+            w = torch.as_tensor(lda.coef_.ravel(), dtype=torch.float64, device=dev)
+        else:
+            w = mu1 - mu0
+        w = w / w.norm().clamp(min=1e-12)
+        # back to raw space: score = ((x - mu) / sd) . w - midpoint
+        self.w = w / sd
+        self.b = -(w @ (mu1 + mu0) / 2) - self.w @ mu
+        self.meta = {"mean_gap": float((mu1 - mu0).norm()), "normalize": norm}
         return self
 
     def score(self, X, mask=None) -> np.ndarray:
@@ -155,5 +180,5 @@ class DiffMeanProbe(Probe):
         return {"w": self.w, "b": self.b.reshape(1)}
 
     def set_state(self, t: dict[str, torch.Tensor]) -> None:
-        dev = torch.device(self.config.device) if self.config.device else default_device()
+        dev = self._dev()
         self.w, self.b = t["w"].to(dev, torch.float64), t["b"].to(dev, torch.float64)[0]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Self
+from typing import Self, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from assay.probes.base import Probe, as_labels, as_tensor
 from assay.probes.linear import DEFAULT_CS, LogisticConfig, LogisticProbe
 
 K_VALUES = (1, 2, 5, 10, 20, 50)
+SELECTORS = ("mean_diff", "l1")
 
 
 def _np(Z) -> np.ndarray:
@@ -54,59 +55,86 @@ def mean_diff_scores(Z, y) -> np.ndarray:
     return np.where(sd > 0, gap / np.where(sd > 0, sd, 1.0), 0.0)
 
 
-def l1_path_select(Z, y, k: int, *, grid_per_decade: int = 10, decades: float = 5.0, bisect: int = 12) -> tuple[np.ndarray, list[dict]]:
-    """The first k latents to become active on the L1 logistic path (liblinear, columns scaled
-    to unit std without centring so sparse latents stay sparse). Returns (indices, path)."""
-    from scipy.sparse import csr_matrix
+def _l1_logreg(C: float, scale: float):
+    """An L1-penalised logistic regression. scikit-learn >= 1.8 reads the penalty from
+    `l1_ratio` (older versions silently ignore it with liblinear and fit an L2 model, which would
+    make every latent "active" at once); pyproject pins >= 1.8 and this checks it."""
+    import sklearn
     from sklearn.linear_model import LogisticRegression
+
+    major, minor = (int(p) for p in sklearn.__version__.split(".")[:2])
+    if (major, minor) < (1, 8):
+        raise ImportError(f"scikit-learn {sklearn.__version__} fits L2 where assay asks for L1; "
+                          "pip install 'scikit-learn>=1.8'")
+    return LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", intercept_scaling=scale, tol=1e-6, max_iter=1000)
+
+
+def l1_path_order(Z, y, ks: Sequence[int], *, grid_per_decade: int = 10, decades: float = 5.0,
+                  bisect: int = 12) -> tuple[np.ndarray, list[dict]]:
+    """Latents in the order they become active on the L1 logistic path (liblinear, columns scaled
+    to unit std without centring so sparse latents stay sparse), up to max(ks) of them; returns
+    (order, path). One walk serves every k: `order[:k]` are the first k latents to enter.
+
+    The path is walked on a log grid of C from the smallest C with any active latent; where one
+    grid step admits several latents and a k in `ks` falls strictly inside that step, the step is
+    bisected on log C so the first k are exact; otherwise simultaneous entrants are ordered by
+    |weight| where they entered.
+    """
+    from scipy.sparse import csr_matrix
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import l1_min_c
 
     Z, y = _np(Z).astype(np.float64), as_labels(y)
+    k_max = max(ks)
     sd = Z.std(0)
     alive = np.nonzero(sd > 0)[0]
-    if len(alive) < k:
-        raise ValueError(f"only {len(alive)} latents vary on the training set; cannot pick k={k}")
+    if len(alive) < k_max:
+        raise ValueError(f"only {len(alive)} latents vary on the training set; cannot pick k={k_max}")
     Xs = csr_matrix(Z[:, alive] / sd[alive])
     scale = 10.0  # liblinear penalises the intercept; a large intercept column makes that negligible
     c0 = l1_min_c(Xs, y, loss="log", fit_intercept=True, intercept_scaling=scale)
     path: list[dict] = []
 
     def fit(C: float) -> np.ndarray:
-        clf = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", intercept_scaling=scale, tol=1e-6, max_iter=1000)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf.fit(Xs, y)
-        w = clf.coef_.ravel()
+        with warnings.catch_warnings():  # early, tiny-C fits stop at max_iter harmlessly
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            w = _l1_logreg(C, scale).fit(Xs, y).coef_.ravel()
         path.append({"C": float(C), "n_active": int(np.count_nonzero(w))})
         return w
 
-    lo, w_lo, w = c0, np.zeros(len(alive)), None
+    order: list[int] = []
+
+    def admit(lo: float, hi: float, w_hi: np.ndarray, depth: int) -> None:
+        new = [j for j in np.nonzero(w_hi)[0] if j not in seen]
+        crosses = any(len(order) < k < len(order) + len(new) for k in ks)
+        if len(new) > 1 and crosses and depth < bisect:
+            mid = float(np.sqrt(lo * hi))
+            w_mid = fit(mid)
+            admit(lo, mid, w_mid, depth + 1)
+            admit(mid, hi, w_hi, depth + 1)
+            return
+        for j in sorted(new, key=lambda j: -abs(w_hi[j])):
+            order.append(int(j))
+            seen.add(int(j))
+
+    seen: set[int] = set()
+    lo = c0
+    w = np.zeros(len(alive))
     for C in c0 * np.logspace(0, decades, int(decades * grid_per_decade) + 1):
         w = fit(C)
-        if np.count_nonzero(w) >= k:
-            hi = C
+        admit(lo, C, w, 0)
+        lo = C
+        if len(order) >= k_max:
             break
-        lo, w_lo = C, w
-    else:
-        hi = None  # path ended before k were active: take the k largest of the last fit
-    if hi is not None and np.count_nonzero(w) > k:
-        # several latents entered in one grid step: bisect on log C towards exactly k
-        for _ in range(bisect):
-            mid = np.sqrt(lo * hi)
-            w_mid = fit(mid)
-            nnz = np.count_nonzero(w_mid)
-            if nnz >= k:
-                hi, w = mid, w_mid
-                if nnz == k:
-                    break
-            else:
-                lo, w_lo = mid, w_mid
-    # latents active at the lower C entered first; fill up with the largest of the rest
-    first = np.nonzero(w_lo)[0]
-    entered = set(first.tolist())
-    rest = [j for j in np.argsort(-np.abs(w), kind="stable") if j not in entered]
-    order = list(first[np.argsort(-np.abs(w_lo[first]), kind="stable")]) + rest
-    return np.asarray(alive[order[:k]], dtype=np.int64), path
+    if len(order) < k_max:  # path ended first: fill with the largest weights of the last fit
+        rest = [int(j) for j in np.argsort(-np.abs(w), kind="stable") if int(j) not in seen]
+        order += rest[: k_max - len(order)]
+    return np.asarray(alive[order[:k_max]], dtype=np.int64), path
+
+
+def l1_path_select(Z, y, k: int, **kw) -> tuple[np.ndarray, list[dict]]:
+    """The first k latents to become active on the L1 logistic path (see `l1_path_order`)."""
+    return l1_path_order(Z, y, [k], **kw)
 
 
 @dataclass(frozen=True)
@@ -153,18 +181,21 @@ class KSparseProbe(Probe):
     kind = "k_sparse"
     Config = KSparseConfig
 
-    def fit(self, X, y, X_val=None, y_val=None, *, mask=None, mask_val=None) -> Self:
+    def fit(self, X, y, X_val=None, y_val=None, *, mask=None, mask_val=None,
+            order: np.ndarray | None = None) -> Self:
+        """`order`: latents already ranked by this probe's selector on the same training data
+        (`selection_order`), so a sweep over k ranks once."""
         cfg = self.config
         Z = _np(X)
-        if cfg.select == "mean_diff":
-            ranking = mean_diff_scores(Z, y)
-            self.latents = np.argsort(-ranking, kind="stable")[: cfg.k].astype(np.int64)
-            path, Cs = None, cfg.Cs
-        elif cfg.select == "l1":
-            self.latents, path = l1_path_select(Z, y, cfg.k)
-            Cs = (cfg.refit_C,)
-        else:
-            raise ValueError(f"select must be 'mean_diff' or 'l1', got {cfg.select!r}")
+        if cfg.select not in SELECTORS:
+            raise ValueError(f"select must be one of {SELECTORS}, got {cfg.select!r}")
+        path = None
+        if order is None:
+            order, path = selection_order(Z, y, cfg.select, [cfg.k])
+        if len(order) < cfg.k:
+            raise ValueError(f"the selection order holds {len(order)} latents; k={cfg.k} needs more")
+        self.latents = np.asarray(order[: cfg.k], dtype=np.int64)
+        Cs = cfg.Cs if cfg.select == "mean_diff" else (cfg.refit_C,)
         self.head = LogisticProbe(LogisticConfig(Cs=Cs, seed=cfg.seed, device=cfg.device))
         Zv = None if X_val is None else _np(X_val)[:, self.latents]
         self.head.fit(Z[:, self.latents], y, Zv, y_val)
@@ -190,6 +221,21 @@ class KSparseProbe(Probe):
         self.head.set_state({k.removeprefix("head."): v for k, v in t.items() if k.startswith("head.")})
 
 
+def selection_order(Z, y, select: str, ks: Sequence[int]) -> tuple[np.ndarray, list[dict] | None]:
+    """Latents ranked by a k-sparse selector on training data, at least max(ks) of them, and the
+    L1 path when there is one. Mean difference ranks every latent; the L1 path stops at max(ks)."""
+    if select == "mean_diff":
+        return np.argsort(-mean_diff_scores(Z, y), kind="stable").astype(np.int64), None
+    if select == "l1":
+        return l1_path_order(Z, y, ks)
+    raise ValueError(f"select must be one of {SELECTORS}, got {select!r}")
+
+
 def fit_k_sweep(Z, y, Z_val=None, y_val=None, *, ks=K_VALUES, select: str = "mean_diff", **config) -> dict[int, KSparseProbe]:
-    """One k-sparse probe per k (the study's sparsity sweep)."""
-    return {k: KSparseProbe(KSparseConfig(k=k, select=select, **config)).fit(Z, y, Z_val, y_val) for k in ks}
+    """One k-sparse probe per k (the study's sparsity sweep), the latents ranked once."""
+    order, path = selection_order(Z, y, select, ks)
+    probes = {k: KSparseProbe(KSparseConfig(k=k, select=select, **config)).fit(Z, y, Z_val, y_val, order=order)
+              for k in ks}
+    for p in probes.values():
+        p.meta["l1_path"] = path
+    return probes

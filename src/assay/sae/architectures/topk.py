@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from assay.sae.base import SAE, SAEConfig, register
-from assay.sae.sparse import densify, gather_encode, sparse_decode, topk_encode
+from assay.sae.sparse import densify, gather_encode, sparse_decode, sparse_dots, topk_encode
 
 
 @dataclass
@@ -58,9 +58,37 @@ class TopKSAE(SAE):
         return topk_encode(x.to(self.W_enc.dtype), b_dec, self.W_enc, self.b_enc, self.cfg.k)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.centred(x) @ self.W_enc + self.b_enc
-        vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
-        return densify(vals.relu(), idx, self.cfg.d_sae)
+        vals, idx = self.encode_topk(x)
+        return densify(vals, idx, self.cfg.d_sae)
+
+    @torch.no_grad()
+    def encode_topk(self, x: torch.Tensor, search_dtype: torch.dtype | None = None,
+                    margin: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """The code as `(relu(vals) [n, k], idx [n, k])`, without the dense [n, d_sae] code.
+
+        With `search_dtype` (e.g. bfloat16, several times faster than float32 on CPUs with
+        AVX512-BF16/AMX and on GPUs), the dense pre-activations are computed in that dtype only to
+        shortlist k + `margin` candidates; their pre-activations are then recomputed in the SAE's
+        own dtype and the top k taken among them, so the result equals the full-precision code
+        unless a true top-k latent falls outside the low-precision top k + margin.
+        """
+        x = x.to(self.W_enc.dtype)
+        centred = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+        if search_dtype is None or search_dtype == self.W_enc.dtype:
+            pre = torch.addmm(self.b_enc, centred, self.W_enc)
+            vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            return vals.relu(), idx
+        W = self.W_enc.to(search_dtype)
+        rough = torch.addmm(self.b_enc.to(search_dtype), centred.to(search_dtype), W)
+        _, cand = rough.topk(min(self.cfg.k + margin, self.cfg.d_sae), dim=-1, sorted=False)
+        exact = sparse_dots(cand, centred, self.W_enc.T) + self.b_enc[cand]
+        vals, j = exact.topk(self.cfg.k, dim=-1, sorted=False)
+        return vals.relu(), cand.gather(1, j)
+
+    def decode_topk(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """`decode` of a code given as `(vals, idx)`: k decoder rows per token, not d_sae."""
+        return torch.nn.functional.embedding_bag(idx, self.W_dec, per_sample_weights=vals.to(self.W_dec.dtype),
+                                                 mode="sum") + self.b_dec
 
     def loss(self, x, *, sparsity_scale=1.0, dead=None):
         vals, idx, pre = self.encode_sparse(x)
