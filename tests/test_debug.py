@@ -11,7 +11,7 @@ import torch
 
 from assay.activations import extract
 from assay.debug import explain_latents, rank_probe_latents
-from assay.experiment.study import pooled_sae_latents
+from assay.probes.sae_encode import pooled_sae_outputs
 from assay.probes import KSparseProbe
 from assay.sae import TrainConfig, Trainer, build_sae
 
@@ -42,7 +42,7 @@ def test_planted_question_mark_cue_is_ranked_first(bundled, tmp_path):
                                       lr=3e-3, progress=False)).fit(stream)
     sae = sae.eval()
 
-    Z = pooled_sae_latents(acts, sae, layer, ["all.max"], range(len(texts)))[0]["all.max"]
+    Z = pooled_sae_outputs(acts, sae, layer, ["all.max"], range(len(texts)))["latents"]["all.max"]
     probe = KSparseProbe(k=5, select="mean_diff").fit(Z, y)
     ranked = rank_probe_latents(Z, probe.meta["latents"], probe.head.direction().cpu().numpy())
     reports = explain_latents(acts, sae, layer, ranked, texts, y, lm.tokenizer, top_n=5)

@@ -7,41 +7,70 @@ import json
 import pytest
 
 from assay.experiment import SAESpec, StudyConfig, run_study
-from assay.experiment.study import subsample
+from assay.experiment.study import subsample, with_calibration_split
 
 
 @pytest.fixture(scope="module")
 def smoke_cfg() -> StudyConfig:
     sae = SAESpec(width=256, k=16, pretrain_tokens=6000, chat_tokens=6000, finetune_tokens=3000, max_tokens=128,
-                  batch_size=512, eval_texts=4)
-    return StudyConfig(preset="quick", subsample=10, ks=[1, 5], n_boot=50, sae=sae,
-                       dense_features=["all.max", "resp-5"], sae_features=["all.max"], attention_max_tokens=64)
+                  batch_size=512, eval_texts=4, eval_max_tokens=32)
+    return StudyConfig(preset="quick", subsample=10, ks=[1, 5], headline_k=5, n_boot=50, sae=sae, n_seeds=2,
+                       dense_features=["all.max", "resp-5"], attention_max_tokens=64, stability_resamples=3)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "run"
+    return run_study(smoke_cfg, out, progress=False), out
 
 
 @pytest.mark.slow
-def test_study_end_to_end_then_resumes_from_its_caches(smoke_cfg, tmp_path, monkeypatch):
-    report = run_study(smoke_cfg, tmp_path / "run", progress=False)
-    files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"report.json", "report.md", "report.html", "report.schema.json", "figures"} <= files
+def test_study_end_to_end(smoke_run):
+    """Every method at every aggregation, four SAEs x two seeds, CE on `eval_texts` documents (not
+    one), clustered intervals calibrated on the calib split, and the code that computed each part."""
+    report, out = smoke_run
+    files = {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "report.html", "report.schema.json", "figures", "parts"} <= files
     kinds = {r.kind for r in report.results}
-    assert kinds == {"dense", "attention", "baseline", "sae_sparse", "sae_reconstruction"}
-    assert {r.split for r in report.results} == {"train", "val", "ood"}
-    assert {r.sae for r in report.results if r.sae} == {"pretrain", "chat", "pretrain+chat-ft"}
-    assert {r.k for r in report.results if r.kind == "sae_sparse"} == {1, 5}
-    for r in report.results:
-        assert r.n_pos == 10 and r.n_neg == 10
+    assert kinds == {"dense", "attention", "baseline", "sae_sparse", "sae_reconstruction", "sae_error"}
+    assert {r.split for r in report.results} == {"train", "val", "calib", "ood"}
+    saes = {"pretrain", "chat", "pretrain+chat-ft", "pretrain+wiki-ft"}
+    assert {r.sae for r in report.results if r.sae} == saes
+    # like for like: every SAE method at every aggregation the dense probe is fitted on
+    for method in ("1-sparse", "k-sparse", "reconstruction", "error"):
+        assert {r.features for r in report.results if r.method == method} == {"all.max", "resp-5"}, method
+    assert {r.k for r in report.results if r.method == "k-sparse"} == {1, 5}
+    assert {r.seed for r in report.results if r.sae} == {0, 1}
+    primary = [r for r in report.results if r.auroc_ci is not None]
+    for r in primary:
+        assert r.n_pos == 10 and r.n_neg == 10 if r.split != "calib" else r.n_pos + r.n_neg > 0
         assert 0.0 <= r.auroc <= 1.0 and r.auroc_ci.low <= r.auroc <= r.auroc_ci.high
-    assert len(report.sae_quality) == 3 and all(0 < q.l0 <= 16 for q in report.sae_quality)
-    assert any("Dense linear probe" in n for n in report.notes)
-    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+        assert r.calibrated_on == "calib" and r.computed_by
+    assert any(r.seed_auroc_sd is not None for r in report.results if r.method == "k-sparse")
+    assert {c.kind for c in report.comparisons} == {"same_aggregation", "family_best"}
+    assert len(report.sae_quality) == 8 and all(0 < q.l0 <= 16 for q in report.sae_quality)
+    first = [q for q in report.sae_quality if q.seed == 0]
+    assert all(q.delta_lm_loss is not None and q.ce_texts == 4 and q.delta_lm_loss_ci is not None for q in first)
+    assert next(q for q in first if q.sae == "pretrain").random_same_norm_delta_lm_loss is not None
+    assert all(q.dead_in_training is not None and q.dead_fraction is not None for q in report.sae_quality)
+    assert report.findings and report.notes[0] == report.findings[0].text
+    assert report.diagnostics["latent_stability"] and report.diagnostics["diff_of_means"]
+    saved = json.loads((out / "report.json").read_text())
     assert saved["provenance"]["dataset_fingerprint"] == report.provenance.dataset_fingerprint
+    assert "base" in saved["provenance"]["model_description"]
 
-    # A rerun reuses every stage's cache: no probe is fitted again and the numbers are identical.
+
+@pytest.mark.slow
+def test_study_rerun_reuses_every_part(smoke_cfg, smoke_run, monkeypatch):
+    """A rerun refits nothing and gives identical numbers."""
+    report, out = smoke_run
     import assay.probes.linear as linear
+    import assay.probes.sparse as sparse
 
     monkeypatch.setattr(linear.LogisticProbe, "fit", lambda *a, **k: pytest.fail("refitted a cached probe"))
-    again = run_study(smoke_cfg, tmp_path / "run", progress=False)
-    assert [r.auroc for r in again.results] == [r.auroc for r in report.results]
+    monkeypatch.setattr(sparse.KSparseProbe, "fit", lambda *a, **k: pytest.fail("refitted a cached probe"))
+    again = run_study(smoke_cfg, out, progress=False)
+    assert [(r.method, r.split, r.auroc) for r in again.results] == [(r.method, r.split, r.auroc) for r in report.results]
 
 
 def test_subsample_keeps_n_per_split_and_class():
@@ -55,3 +84,118 @@ def test_subsample_keeps_n_per_split_and_class():
         counts[(e.split, e.label)] = counts.get((e.split, e.label), 0) + 1
     assert counts == {("train", 0): 3, ("train", 1): 3, ("val", 0): 3, ("val", 1): 3}
     assert [e.text for e in ds.examples] == sorted((e.text for e in ds.examples), key=lambda t: int(t[1:]))
+
+
+def test_calibration_split_is_carved_from_whole_validation_clusters():
+    from assay.data import Dataset, Example
+
+    rows = [Example(text=f"t{i}", label=i % 2, split="val" if i < 30 else "train", source="s",
+                    behaviour_id=f"b{i // 3}", cluster=f"c{i // 6}") for i in range(40)]
+    ds = with_calibration_split(Dataset(rows), "calib", seed=0)
+    by_cluster = {}
+    for e in ds.examples:
+        by_cluster.setdefault(e.cluster, set()).add(e.split)
+    assert all(len(s) == 1 for s in by_cluster.values())
+    assert {e.split for e in ds.examples} == {"train", "val", "calib"}
+    assert with_calibration_split(ds, "calib", seed=0).examples == ds.examples  # already there: unchanged
+
+
+def _resolve(report, cite):
+    """The number a citation points at, looked up independently of the findings code."""
+    keys = ("method", "features", "sae", "k", "selector", "seed")
+    same = lambda x, ref: all(getattr(x, k) == getattr(ref, k) for k in keys)  # noqa: E731
+    if cite.source == "result":
+        row = next(r for r in report.results if r.split == cite.split and same(r, cite.ref))
+        return getattr(row, cite.metric)
+    if cite.source == "comparison":
+        c = next(c for c in report.comparisons if c.split == cite.split and same(c.a, cite.versus) and same(c.b, cite.ref))
+        return getattr(c, cite.metric)
+    if cite.source == "sae_quality":
+        q = next(q for q in report.sae_quality if q.sae == cite.ref.method and q.seed == cite.ref.seed)
+        return getattr(q, cite.metric)
+    node = report.diagnostics
+    for part in cite.metric.split("/"):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+@pytest.mark.slow
+def test_every_number_in_the_findings_is_the_row_it_names(smoke_cfg, smoke_run):
+    """Each quoted number equals the value of the row, comparison or record it cites; the text shows
+    it (rounded) and names that row; k-sparse citations are at the headline k, never another."""
+    from assay.experiment.findings import label
+
+    report, _ = smoke_run
+    assert sum(len(f.cites) for f in report.findings) > 20
+    for f in report.findings:
+        for c in f.cites:
+            assert _resolve(report, c) == pytest.approx(c.value), (f.text, c)
+            shown = f"{c.value:.0%}" if "fraction" in c.metric or "share" in c.metric else f"{c.value:.3f}"
+            assert shown.lstrip("+") in f.text.replace("+", ""), (shown, f.text)
+            if c.source in ("result", "comparison") and c.ref.sae:
+                assert label(c.ref) in f.text or c.ref.sae in f.text
+            if c.ref is not None and c.ref.method == "k-sparse":
+                assert c.ref.k == smoke_cfg.headline_k
+
+
+@pytest.mark.slow
+def test_no_choice_looks_at_ood(smoke_run):
+    """Scrambling every OOD number changes no configuration the findings choose or cite."""
+    import random
+
+    from assay.experiment.evaluation import family_best
+    from assay.experiment.findings import findings
+
+    report, _ = smoke_run
+    scrambled = report.model_copy(deep=True)
+    ood = [r for r in scrambled.results if r.split == "ood"]
+    values = [r.auroc for r in ood]
+    random.Random(0).shuffle(values)
+    for r, v in zip(ood, values):
+        r.auroc = v
+    cfg = report.config
+    assert family_best(scrambled.results, cfg) == family_best(report.results, cfg)
+    refs = lambda rep: [(c.source, c.ref, c.versus, c.split, c.metric) for f in findings(rep) for c in f.cites]  # noqa: E731
+    assert refs(scrambled) == refs(report)
+
+
+@pytest.mark.slow
+def test_one_part_per_run(smoke_run):
+    report, out = smoke_run
+    runs = {(r.method, r.features, r.sae, r.k, r.selector, r.seed) for r in report.results}
+    assert len(list((out / "parts").glob("*.json"))) == len(runs)
+
+
+@pytest.mark.slow
+def test_a_part_from_older_code_is_recomputed(smoke_cfg, smoke_run, monkeypatch):
+    """Changing the code that computes a part changes its key, so the part is fitted again."""
+    import assay.probes.linear as linear
+    import assay.provenance as provenance
+
+    report, out = smoke_run
+    real = provenance.code_fingerprint
+    monkeypatch.setattr(provenance, "code_fingerprint",
+                        lambda *m: real(*m) + ("-edited" if "assay.probes.linear" in m else ""))
+    fits = []
+    fit = linear.DiffMeanProbe.fit
+    monkeypatch.setattr(linear.DiffMeanProbe, "fit", lambda self, *a, **k: fits.append(1) or fit(self, *a, **k))
+    run_study(smoke_cfg.model_copy(update={"attention_probes": False, "baselines": False}), out, progress=False)
+    assert len(fits) == len(smoke_cfg.dense_features) * len(smoke_cfg.diffmean_normalize)
+
+
+def test_code_fingerprint_follows_the_source(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import assay
+    from assay.provenance import _code_fingerprint, code_fingerprint
+
+    root = tmp_path / "assay"
+    shutil.copytree(Path(assay.__file__).parent, root)
+    before = code_fingerprint("assay.probes.linear", "assay.sae", root=root)
+    (root / "eval" / "render.py").write_text("# unrelated edit\n")
+    _code_fingerprint.cache_clear()  # read once per process; a new process sees the edit
+    assert code_fingerprint("assay.probes.linear", "assay.sae", root=root) == before
+    (root / "sae" / "trainer.py").write_text((root / "sae" / "trainer.py").read_text() + "\n# edit\n")
+    _code_fingerprint.cache_clear()
+    assert code_fingerprint("assay.probes.linear", "assay.sae", root=root) != before

@@ -134,3 +134,12 @@ def test_l1_path_is_sparse_and_one_walk_serves_every_k(zs):
     for k in (1, 2, 5):
         alone, _ = l1_path_select(Z, y, k)
         assert set(alone.tolist()) == set(order[:k].tolist())
+
+
+@pytest.mark.parametrize("select", ["mean_diff", "l1"])
+def test_k_above_the_number_of_varying_latents_uses_them_all(zs, select):
+    (Z, y), (Zv, yv) = zs
+    Z, Zv = Z.copy(), Zv.copy()
+    Z[:, 8:] = 0.0  # only 8 latents vary on train
+    p = KSparseProbe(k=20, select=select, device="cpu").fit(Z, y, Zv, yv)
+    assert len(p.latents) == 20 and set(range(8)) <= set(p.latents.tolist())

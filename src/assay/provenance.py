@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import platform
 import subprocess
 from pathlib import Path
@@ -43,3 +44,28 @@ def provenance(**extra: Any) -> dict[str, Any]:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def code_fingerprint(*modules: str, root: Path | None = None) -> str:
+    """sha256 over the source files of the given modules or packages (e.g. "assay.probes.linear",
+    "assay.sae"): the version of the code that computes a cached result. A cached result keyed on
+    it is recomputed once any of that code changes, so a report never mixes numbers from old code.
+    Read once per process (a run keys every part on the code it started with)."""
+    return _code_fingerprint(tuple(sorted(set(modules))), str(root) if root is not None else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _code_fingerprint(modules: tuple[str, ...], root: str | None) -> str:
+    import hashlib
+
+    base = Path(root) if root is not None else Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in modules:
+        rel = Path(*name.split(".")[1:]) if name != "assay" else Path()
+        files = sorted((base / rel).rglob("*.py")) if (base / rel).is_dir() else [(base / rel).with_suffix(".py")]
+        if not files or not files[0].exists():
+            raise ValueError(f"no source for module {name!r}")
+        for f in files:
+            h.update(str(f.relative_to(base)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()

@@ -34,21 +34,21 @@ def minilm_path() -> Path:
 
 
 @lru_cache(maxsize=2)
-def _load(path: str, device: str):
+def _load(path: str, device: str, dtype: str = "float32"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    model = AutoModel.from_pretrained(path, local_files_only=True).to(device, getattr(torch, dtype)).eval()
     return tok, model
 
 
 @torch.no_grad()
 def embed(texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256, device: str | None = None,
-          progress: bool = False) -> np.ndarray:
-    """[n, 384] unit-norm sentence embeddings."""
+          progress: bool = False, dtype: str = "float32") -> np.ndarray:
+    """[n, 384] unit-norm sentence embeddings (the encoder run in `dtype`, pooled in float32)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok, model = _load(str(minilm_path()), device)
+    tok, model = _load(str(minilm_path()), device, dtype)
     out = []
     batches = range(0, len(texts), batch_size)
     if progress:
@@ -58,7 +58,7 @@ def embed(texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256, 
     for i in batches:
         enc = tok(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
                   return_tensors="pt").to(device)
-        h = model(**enc).last_hidden_state
+        h = model(**enc).last_hidden_state.float()
         m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
         e = (h * m).sum(1) / m.sum(1).clamp(min=1)
         out.append(torch.nn.functional.normalize(e, dim=-1).float().cpu())

@@ -33,10 +33,10 @@ def latents_cmd(
     from assay.activations import extract
     from assay.data import load_or_build
     from assay.debug import explain_latents, rank_probe_latents
-    from assay.experiment.study import pooled_sae_latents
     from assay.fileio import write_json
     from assay.models import load
     from assay.probes import KSparseProbe
+    from assay.probes.sae_encode import pooled_sae_outputs
     from assay.sae import load_sae
 
     ds = load_or_build(data)
@@ -47,7 +47,7 @@ def latents_cmd(
     if not len(idx):
         raise typer.BadParameter(f"split {split!r} is empty; splits: {ds.splits}")
     y = ds.labels
-    Z = pooled_sae_latents(acts, sae, layer, [aggregation], idx.tolist())[0][aggregation]
+    Z = pooled_sae_outputs(acts, sae, layer, [aggregation], idx.tolist())["latents"][aggregation]
     probe = KSparseProbe(k=k, select=select).fit(Z, y[idx])
     chosen = [int(i) for i in probe.meta["latents"]]
     ranked = rank_probe_latents(Z, chosen, probe.head.direction().cpu().numpy())

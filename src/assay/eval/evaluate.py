@@ -1,7 +1,9 @@
 """Turn a method's scores on each split into `MethodResult`s, the one place metrics meet the schema.
 
-Protocol: the threshold comes from the benign examples of the calibration split (validation by
-default) at `target_fpr`, and is applied unchanged to every split.
+Protocol: the threshold comes from the benign examples of the calibration split at `target_fpr`,
+and is applied unchanged to every split. When a split carries resampling units (the cluster of
+the request each row was built from), intervals resample units, not rows, and recall intervals
+re-calibrate the threshold in every resample of the calibration units.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from assay.eval.bootstrap import bootstrap_auroc_ci, bootstrap_rate_ci
+from assay.eval.bootstrap import bootstrap_auroc_ci, bootstrap_rate_ci, cluster_auroc_ci, recall_ci
 from assay.eval.breakdown import _interval, _num, group_breakdown
 from assay.eval.metrics import auprc, auroc, fpr_at_threshold, recall_at_fpr, roc_curve, threshold_at_fpr
 from assay.eval.schema import MethodResult, RocCurve, ScoreHistogram
@@ -24,6 +26,7 @@ class SplitScores:
     scores: np.ndarray
     y: np.ndarray
     groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # e.g. {"family": [...]}
+    units: Sequence[str] | None = None  # resampling unit of each row (None: rows are independent)
 
 
 def histograms(scores, y, groups: Sequence[str] | None, bins: int = 30) -> list[ScoreHistogram]:
@@ -62,23 +65,44 @@ def evaluate_split(
     n_boot: int = 1000,
     seed: int = 0,
     hist_by: str = "family",
+    calibration: SplitScores | None = None,
+    same_split: bool = False,
+    detail: bool = True,
     **fields: Any,
 ) -> MethodResult:
     """All metrics of one method on one split. `fields` fill the remaining `MethodResult` fields
-    (kind, sae, k, latents, model, layer, dataset_fingerprint, config)."""
+    (kind, sae, k, latents, model, layer, dataset_fingerprint, config). `calibration` (the split
+    that set `threshold`) lets the recall interval include the threshold's uncertainty.
+    `detail=False` gives point metrics only (no intervals, curves, histograms or breakdowns)."""
     s, y = np.asarray(data.scores, np.float64).ravel(), np.asarray(data.y).ravel().astype(int)
-    fpr, tpr = roc_curve(s, y)
     res = MethodResult(
         method=method, features=features, split=split, n_pos=int(y.sum()), n_neg=int((1 - y).sum()),
-        auroc=_num(auroc(s, y)), auroc_ci=_interval(bootstrap_auroc_ci(s, y, n_boot=n_boot, seed=seed)),
-        auprc=_num(auprc(s, y)), target_fpr=target_fpr, threshold=threshold,
-        roc=RocCurve(fpr=fpr.tolist(), tpr=tpr.tolist()),
-        histograms=histograms(s, y, _hist_groups(data.groups, hist_by)), seed=seed, **fields,
+        n_units=len(set(data.units)) if data.units is not None else None,
+        auroc=_num(auroc(s, y)), auprc=_num(auprc(s, y)), target_fpr=target_fpr, threshold=threshold,
+        seed=seed, **fields,
     )
     if threshold is not None:
         res.recall_at_fpr = _num(recall_at_fpr(s, y, threshold))
-        res.recall_ci = _interval(bootstrap_rate_ci(s[y == 1] > threshold, n_boot=n_boot, seed=seed))
         res.fpr_reached = _num(fpr_at_threshold(s, y, threshold))
+    if not detail:
+        return res
+    fpr, tpr = roc_curve(s, y)
+    res.roc = RocCurve(fpr=fpr.tolist(), tpr=tpr.tolist())
+    if split not in ("train", "val"):  # the figures show held-out splits; keeps report.json small
+        res.histograms = histograms(s, y, _hist_groups(data.groups, hist_by))
+    if data.units is not None:
+        res.auroc_ci = _interval(cluster_auroc_ci(s, y, list(data.units), n_boot=n_boot, seed=seed))
+    else:
+        res.auroc_ci = _interval(bootstrap_auroc_ci(s, y, n_boot=n_boot, seed=seed))
+    if threshold is not None:
+        if data.units is not None and calibration is not None and calibration.units is not None:
+            r = recall_ci(calibration.scores, calibration.y, list(calibration.units), s, y, list(data.units),
+                          target_fpr, same_split=same_split, n_boot=n_boot, seed=seed)
+            res.recall_ci = _interval((r["recall_low"], r["recall_high"]))
+            res.fpr_ci = _interval((r["fpr_low"], r["fpr_high"]))
+            res.threshold_ci = _interval((r["threshold_low"], r["threshold_high"]))
+        else:
+            res.recall_ci = _interval(bootstrap_rate_ci(s[y == 1] > threshold, n_boot=n_boot, seed=seed))
     for by, g in data.groups.items():
         res.breakdown += group_breakdown(s, y, g, threshold, by=by, n_boot=n_boot, seed=seed)
     return res
@@ -93,16 +117,17 @@ def evaluate_method(
     target_fpr: float = 0.01,
     n_boot: int = 1000,
     seed: int = 0,
+    detail: bool = True,
     **fields: Any,
 ) -> list[MethodResult]:
     """`MethodResult` for every split, with the threshold calibrated on `calibrate_on`'s benign
     examples (no threshold metrics if that split is missing)."""
-    threshold = None
-    if calibrate_on in splits:
-        cal = splits[calibrate_on]
+    threshold, cal = None, splits.get(calibrate_on)
+    if cal is not None:
         threshold = threshold_at_fpr(np.asarray(cal.scores)[np.asarray(cal.y) == 0], target_fpr)
     return [
         evaluate_split(method, name, data, threshold, features=features, target_fpr=target_fpr,
-                       n_boot=n_boot, seed=seed, **fields)
+                       n_boot=n_boot, seed=seed, calibration=cal, same_split=name == calibrate_on,
+                       detail=detail, calibrated_on=calibrate_on if cal is not None else None, **fields)
         for name, data in splits.items()
     ]

@@ -16,16 +16,34 @@ from assay.eval.schema import MethodResult, Report  # noqa: E402
 
 
 def row_label(r: MethodResult) -> str:
-    """How a method is named in tables and legends: method, features, SAE."""
-    k = f" k={r.k}" if r.k is not None and r.method != "1-sparse" else ""
-    label = f"{r.method}{k} [{r.features}]"
+    """How a method is named in tables and legends: method, k and selector, features, SAE."""
+    k = f" k={r.k}" if r.k is not None and r.method not in ("1-sparse",) else ""
+    sel = f" ({r.selector})" if getattr(r, "selector", None) else ""
+    label = f"{r.method}{k}{sel} [{r.features}]"
     return f"{label} on {r.sae}" if r.sae else label
+
+
+def primary(report: Report) -> list[MethodResult]:
+    """The rows of each configuration's first seed (deterministic methods have no seed)."""
+    seed = report.provenance.seed
+    return [r for r in report.results if r.seed is None or seed is None or r.seed == seed]
+
+
+_KEYS = ("method", "features", "sae", "k", "selector", "seed")
+
+
+def val_auroc(report: Report, r: MethodResult) -> float:
+    """The validation AUROC of r's configuration: what decides which rows a figure shows."""
+    if getattr(report, "_val_index", None) is None or report._val_index[0] is not report.results:
+        index = {tuple(getattr(x, k) for k in _KEYS): x.auroc or 0.0 for x in report.results if x.split == "val"}
+        object.__setattr__(report, "_val_index", (report.results, index))
+    return report._val_index[1].get(tuple(getattr(r, k) for k in _KEYS), 0.0)
 
 
 def roc_figure(report: Report, split: str, max_curves: int = 12):
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    rows = [r for r in report.results if r.split == split and r.roc is not None and r.auroc is not None]
-    rows = sorted(rows, key=lambda r: -(r.auroc or 0))[:max_curves]
+    rows = [r for r in primary(report) if r.split == split and r.roc is not None and r.auroc is not None]
+    rows = sorted(rows, key=lambda r: -val_auroc(report, r))[:max_curves]  # which to show: chosen on val
     for r in rows:
         ax.plot(r.roc.fpr, r.roc.tpr, lw=1.4, label=f"{row_label(r)}  AUROC {r.auroc:.3f}")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
@@ -66,43 +84,70 @@ def histogram_figure(result: MethodResult):
 
 
 def k_sweep_figure(report: Report):
-    """AUROC vs k of the k-sparse SAE probes, one panel per split, one line per (SAE, selection,
-    aggregation), with the best dense probe (chosen on validation) as a dashed line; None if no
-    k-sparse results."""
-    lines = defaultdict(list)
-    for r in report.results:
-        if r.kind == "sae_sparse" and r.k is not None and r.auroc is not None and r.method != "1-sparse":
-            lines[(r.split, r.sae, r.method, r.features)].append((r.k, r.auroc))
-    if not lines:
+    """AUROC vs k of the k-sparse SAE probes, one panel per split, one line per SAE (its selector
+    and aggregation: the configuration best on validation at the headline k), with the dense
+    logistic probe best on validation as a dashed line; None if no k-sparse results."""
+    rows = [r for r in primary(report) if r.method == "k-sparse" and r.k is not None and r.auroc is not None]
+    if not rows:
         return None
-    splits = [s for s in report.splits() if any(key[0] == s for key in lines)]
-    dense_val = [r for r in report.results if r.kind == "dense" and r.split == "val" and r.auroc is not None]
+    head_k = report.diagnostics.get("headline_k") or max(r.k for r in rows)
+    val_at_k = [r for r in rows if r.split == "val" and r.k == head_k]
+    chosen = {}
+    for r in sorted(val_at_k, key=lambda r: (r.auroc, r.features, r.selector or "")):
+        chosen[r.sae] = (r.selector, r.features)  # the last (highest val AUROC) wins
+    splits = [s for s in report.splits() if any(r.split == s for r in rows)]
+    dense_val = [r for r in primary(report) if r.method == "dense-logistic" and r.split == "val" and r.auroc is not None]
     best = max(dense_val, key=lambda r: r.auroc) if dense_val else None
-    saes = sorted({key[1] for key in lines if key[1]})
-    colours = {sae: plt.cm.tab10(i) for i, sae in enumerate(saes)}
-    styles = ["-", "--", ":", "-."]
-    variants = sorted({(key[2], key[3]) for key in lines})
+    colours = {sae: plt.cm.tab10(i) for i, sae in enumerate(sorted(chosen))}
     fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.8), sharey=True, squeeze=False)
     for ax, split in zip(axes[0], splits):
-        for (s, sae, method, feats), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
-            if s != split:
-                continue
-            pts.sort()
-            ax.plot([k for k, _ in pts], [a for _, a in pts], marker="o", ms=3, lw=1.2, color=colours.get(sae),
-                    ls=styles[variants.index((method, feats)) % len(styles)], label=f"{sae}: {method} [{feats}]")
+        for sae, (sel, feats) in sorted(chosen.items()):
+            pts = sorted((r.k, r.auroc) for r in rows if r.split == split and r.sae == sae and r.selector == sel
+                         and r.features == feats)
+            ax.plot([k for k, _ in pts], [a for _, a in pts], marker="o", ms=3, lw=1.2, color=colours[sae],
+                    label=f"{sae}: {sel} [{feats}]")
         if best is not None:
-            dense = next((r for r in report.results if r.split == split and r.method == best.method
+            dense = next((r for r in primary(report) if r.split == split and r.method == best.method
                           and r.features == best.features and r.auroc is not None), None)
             if dense is not None:
                 ax.axhline(dense.auroc, color="black", ls="--", lw=1, label=f"dense {best.method} [{best.features}]")
+        ax.axvline(head_k, color="grey", ls=":", lw=0.8)
         ax.set_xscale("log")
         ax.set(xlabel="k (latents)", title=split)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("AUROC")
     handles, labels = axes[0, -1].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=6.5, loc="lower center", ncol=2, frameon=False)
-    fig.suptitle("k-sparse SAE probes: AUROC vs k", fontsize=9)
+    fig.suptitle("k-sparse SAE probes: AUROC vs k (selector and aggregation chosen on validation)", fontsize=9)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) + 1) // 2), 1, 1))
+    return fig
+
+
+def family_figure(report: Report):
+    """Each family's configuration chosen on validation: AUROC with its clustered 95% interval on
+    the calibration (held-out in-distribution) and OOD splits."""
+    chosen = report.diagnostics.get("family_best") or {}
+    if not chosen:
+        return None
+    keys = ("method", "features", "sae", "k", "selector")
+    fams = list(chosen)
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(fams) + 1.2))
+    for off, split, colour in ((-0.17, "calib", "tab:blue"), (0.17, "ood", "tab:red")):
+        for i, fam in enumerate(fams):
+            ref = chosen[fam]
+            r = next((r for r in primary(report) if r.split == split and all(getattr(r, k) == ref.get(k) for k in keys)), None)
+            if r is None or r.auroc is None:
+                continue
+            err = [[r.auroc - r.auroc_ci.low], [r.auroc_ci.high - r.auroc]] if r.auroc_ci else None
+            ax.errorbar(r.auroc, i + off, xerr=err, fmt="o", ms=3, color=colour, label=split if i == 0 else None)
+    ax.set_yticks(range(len(fams)), fams, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0.5, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("AUROC (95% clustered bootstrap interval)")
+    ax.set_title("Each family's configuration chosen on validation", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
     return fig
 
 
@@ -114,14 +159,16 @@ def png_bytes(fig, dpi: int = 110) -> bytes:
 
 
 def report_figures(report: Report, hist_split: str | None = None, max_hists: int = 6) -> dict[str, bytes]:
-    """Every figure as PNG bytes, keyed by a file-name stem. Histograms: the best methods on the
-    OOD split (or the last split) so the hard families are visible."""
+    """Every figure as PNG bytes, keyed by a file-name stem. Histograms: on the OOD split (or the
+    last split) so the hard families are visible, for the methods best on validation."""
     figs: dict[str, bytes] = {}
+    if (fig := family_figure(report)) is not None:
+        figs["families"] = png_bytes(fig)
     for split in report.splits():
         figs[f"roc_{split}"] = png_bytes(roc_figure(report, split))
     splits = report.splits()
     hist_split = hist_split or ("ood" if "ood" in splits else (splits[-1] if splits else None))
-    rows = sorted((r for r in report.results if r.split == hist_split and r.histograms), key=lambda r: -(r.auroc or 0))
+    rows = sorted((r for r in primary(report) if r.split == hist_split and r.histograms), key=lambda r: -val_auroc(report, r))
     for i, r in enumerate(rows[:max_hists]):
         figs[f"hist_{hist_split}_{i:02d}"] = png_bytes(histogram_figure(r))
     if (fig := k_sweep_figure(report)) is not None:

@@ -30,10 +30,23 @@ def _provenance_lines(report: Report) -> list[str]:
     return [f"- **{k}**: `{v}`" for k, v in p.items()]
 
 
+def _finding_lines(report: Report) -> list[tuple[str, str]]:
+    """(lead, text) per finding: the GDM claim it tests and whether it holds, then our sentence."""
+    out = []
+    for f in report.findings:
+        verdict = {True: "holds", False: "does not hold", None: ""}[f.holds]
+        lead = f"GDM: {f.claim} ({verdict} here)" if f.claim and verdict else (f"GDM: {f.claim}" if f.claim else "")
+        out.append((lead, f.text))
+    return out
+
+
 def render_markdown(report: Report, figure_files: list[str] | None = None) -> str:
     parts = [f"# {report.title}", ""]
-    if report.notes:
-        parts += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
+    if report.findings:
+        parts += ["## Findings", ""] + [f"- {f'**{lead}** ' if lead else ''}{text}" for lead, text in _finding_lines(report)] + [""]
+    extra = [n for n in report.notes if n not in {f.text for f in report.findings}]
+    if extra:
+        parts += ["## Notes", ""] + [f"- {n}" for n in extra] + [""]
     parts += ["## Results", ""] + [_md_table(t) for t in all_tables(report)]
     if figure_files:
         parts += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figure_files] + [""]
@@ -71,13 +84,15 @@ def render_html(report: Report, figures: dict[str, bytes] | None = None) -> str:
         f"<figcaption>{e(name)}</figcaption></figure>\n"
         for name, png in figures.items()
     )
-    notes = "".join(f"<li>{e(n)}</li>" for n in report.notes)
+    found = "".join(f"<li>{f'<b>{e(lead)}</b> ' if lead else ''}{e(text)}</li>" for lead, text in _finding_lines(report))
+    notes = "".join(f"<li>{e(n)}</li>" for n in report.notes if n not in {f.text for f in report.findings})
     prov = "".join(f"<li><b>{e(k)}</b>: <code>{e(str(v))}</code></li>"
                    for k, v in report.provenance.model_dump(exclude_none=True).items())
     config = e(json.dumps(report.config, indent=2, default=str))
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(report.title)}</title>'
         f"<style>{_CSS}</style></head><body>\n<h1>{e(report.title)}</h1>\n"
+        + (f"<h2>Findings</h2><ul>{found}</ul>\n" if found else "")
         + (f"<h2>Notes</h2><ul>{notes}</ul>\n" if notes else "")
         + "<h2>Results</h2>\n" + "".join(_html_table(t) for t in all_tables(report))
         + f"<h2>Figures</h2>\n<div id=\"figures\">{imgs}</div>\n"
@@ -91,7 +106,8 @@ def write_report(report: Report, out_dir: str | Path, *, formats: tuple[str, ...
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if "json" in formats:
-        write_text(out / "report.json", report.model_dump_json(indent=2) + "\n")
+        # compact: thousands of rows of curves and histograms; `python -m json.tool` pretty-prints it
+        write_text(out / "report.json", report.model_dump_json() + "\n")
         write_json(out / "report.schema.json", report_json_schema())
         written |= {"json": out / "report.json", "schema": out / "report.schema.json"}
     figures = report_figures(report) if {"png", "html", "md"} & set(formats) else {}

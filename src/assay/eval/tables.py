@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from assay.eval.plots import row_label
+from assay.eval.plots import primary, row_label
 from assay.eval.schema import Interval, MethodResult, Report
 
 
@@ -28,10 +28,19 @@ def fmt_ci(x: float | None, ci: Interval | None, digits: int = 3) -> str:
 
 
 def _by_label(report: Report) -> dict[str, dict[str, MethodResult]]:
+    """Primary-seed rows with intervals (the k-sweep's other k live in their own table)."""
     out: dict[str, dict[str, MethodResult]] = {}
-    for r in report.results:
-        out.setdefault(row_label(r), {})[r.split] = r
+    for r in primary(report):
+        if r.auroc_ci is not None or r.method != "k-sparse":
+            out.setdefault(row_label(r), {})[r.split] = r
     return out
+
+
+def _seed_cell(rows: dict[str, MethodResult], split: str) -> str:
+    r = rows.get(split)
+    if r is None or r.seed_auroc_mean is None:
+        return "–"
+    return f"{r.seed_auroc_mean:.3f} ± {r.seed_auroc_sd:.3f} (n={len(r.seeds)})"
 
 
 def _kind(rows: dict[str, MethodResult]) -> str:
@@ -46,10 +55,15 @@ def headline_tables(report: Report) -> list[Table]:
         return (r.kind, r.method.split("[")[0], r.sae or "", r.k or 0, m)
 
     order = sorted(methods, key=key)
+    seeded = any(r.seed_auroc_mean is not None for rows in methods.values() for r in rows.values())
+    extra = ["ood: mean ± sd over seeds"] if seeded else []
     auroc = Table(
-        "AUROC", ["method", "kind"] + splits,
-        [[m, _kind(methods[m])] + [fmt_ci(methods[m][s].auroc, methods[m][s].auroc_ci) if s in methods[m] else "–" for s in splits] for m in order],
-        "AUROC with stratified percentile bootstrap 95% intervals.", "table-auroc",
+        "AUROC", ["method", "kind"] + splits + extra,
+        [[m, _kind(methods[m])] + [fmt_ci(methods[m][s].auroc, methods[m][s].auroc_ci) if s in methods[m] else "–" for s in splits]
+         + ([_seed_cell(methods[m], "ood")] if seeded else []) for m in order],
+        "AUROC with 95% percentile bootstrap intervals that resample clusters (all rows built from one behaviour or "
+        "benign request together). Rows are each configuration's first seed; the last column, where present, the "
+        "spread of the AUROC over seeds (SAEs and stochastic probes retrained).", "table-auroc",
     )
     target = report.results[0].target_fpr if report.results else 0.01
 
@@ -61,16 +75,24 @@ def headline_tables(report: Report) -> list[Table]:
     recall = Table(
         f"Recall at {target:.0%} FPR", ["method", "kind"] + splits,
         [[m, _kind(methods[m])] + [cell(methods[m].get(s)) for s in splits] for m in order],
-        "Threshold set on benign validation examples, applied unchanged to every split; the FPR it "
-        "actually reached on each split in parentheses.", "table-recall",
+        "Threshold set on the benign examples of the calibration split, applied unchanged to every split; intervals "
+        "re-calibrate the threshold in every bootstrap resample; the FPR it actually reached on each split in "
+        "parentheses.", "table-recall",
     )
     return [auroc, recall]
 
 
 def breakdown_tables(report: Report, split: str, max_methods: int = 8) -> list[Table]:
-    """Per family / transformation: recall (harmful groups) or FPR (benign groups) at the fixed
-    threshold for the best methods on `split`, with AUROC against the rest of the split."""
-    rows_ = sorted((r for r in report.results if r.split == split and r.breakdown), key=lambda r: -(r.auroc or 0))[:max_methods]
+    """Per family / transformation / source / row type: recall (harmful groups) or FPR (benign
+    groups) at the fixed threshold for each family's configuration chosen on validation, with
+    AUROC against the rest of the split."""
+    chosen = list((report.diagnostics.get("family_best") or {}).values())
+    keys = ("method", "features", "sae", "k", "selector")
+    rows_ = [r for r in primary(report) if r.split == split and r.breakdown
+             and any(all(getattr(r, k) == c.get(k) for k in keys) for c in chosen)]
+    if not rows_:
+        rows_ = sorted((r for r in primary(report) if r.split == split and r.breakdown), key=lambda r: r.method)
+    rows_ = [r for r in rows_ if r.sae in (None, "pretrain")][:max_methods]
     tables = []
     for by in dict.fromkeys(g.by for r in rows_ for g in r.breakdown):
         groups = list(dict.fromkeys(g.group for r in rows_ for g in r.breakdown if g.by == by))
@@ -104,10 +126,118 @@ def breakdown_tables(report: Report, split: str, max_methods: int = 8) -> list[T
 def sae_quality_table(report: Report) -> Table | None:
     if not report.sae_quality:
         return None
-    cols = ["sae", "architecture", "training_data", "d_sae", "l0", "fvu", "ce_loss_recovered", "delta_lm_loss", "dead_fraction", "dense_fraction"]
-    rows = [[fmt(v) if isinstance(v, float) else ("–" if v is None else str(v)) for v in (getattr(q, c) for c in cols)]
-            for q in report.sae_quality]
-    return Table("SAE quality", cols, rows, "Reconstruction quality of each SAE (independent of probing).", "table-sae")
+    cols = ["sae", "seed", "delta_lm_loss", "random_same_norm_delta_lm_loss", "ce_loss_recovered", "l0", "fvu",
+            "fvu_other_dims", "dead_in_training", "dead_fraction", "dense_fraction", "d_sae", "training_tokens"]
+    head = ["SAE", "seed", "delta LM loss [95% CI]", "random error, same norm", "CE loss recovered (zero abl.)", "L0",
+            "FVU", "FVU w/o 8 outlier dims", "dead in training", "never fires on val", "fires on >10%", "latents",
+            "training tokens"]
+
+    def cell(q, c):
+        v = getattr(q, c)
+        if c == "delta_lm_loss" and v is not None and q.delta_lm_loss_ci is not None:
+            return fmt_ci(v, q.delta_lm_loss_ci)
+        return fmt(v) if isinstance(v, float) else ("–" if v is None else str(v))
+
+    rows = [[cell(q, c) for c in cols] for q in report.sae_quality]
+    return Table("SAE quality", head, rows,
+                 "Delta LM loss: next-token loss (nats/token) with the reconstruction spliced in at every token but BOS "
+                 "minus the clean loss, on held-out documents of the SAE's own corpus (first seed only); CE loss recovered "
+                 "is against zero ablation of the same positions. L0, FVU and the latent counts are on the benchmark's "
+                 "validation tokens.", "table-sae")
+
+
+def family_table(report: Report) -> Table | None:
+    """Each family's configuration chosen on validation, with its paired difference to the dense
+    probe's on the held-out splits."""
+    chosen = report.diagnostics.get("family_best") or {}
+    dense = chosen.get("dense-logistic")
+    if not chosen or dense is None:
+        return None
+    keys = ("method", "features", "sae", "k", "selector")
+    splits = [s for s in ("train", "val", "calib", "ood") if s in report.splits()]
+    rows = []
+    for fam, ref in chosen.items():
+        by_split = {r.split: r for r in primary(report) if all(getattr(r, k) == ref.get(k) for k in keys)}
+        if not by_split:
+            continue
+        line = [fam, row_label(next(iter(by_split.values())))]
+        line += [fmt_ci(by_split[s].auroc, by_split[s].auroc_ci) if s in by_split else "–" for s in splits]
+        for s in ("calib", "ood"):
+            c = next((c for c in report.comparisons if c.kind == "family_best" and c.split == s
+                      and all(getattr(c.b, k) == ref.get(k) for k in keys)), None)
+            line.append("–" if c is None else f"{c.diff:+.3f} [{c.ci.low:+.3f}, {c.ci.high:+.3f}]{' *' if c.outside_noise else ''}")
+        rows.append(line)
+    return Table("Each family's best on validation", ["family", "configuration"] + [f"AUROC {s}" for s in splits]
+                 + ["dense − it, calib", "dense − it, ood"], rows,
+                 "Configuration (aggregation, selector) chosen per family by validation AUROC only; calib is the held-out "
+                 "in-distribution split. Differences are paired (same examples) with clustered 95% bootstrap intervals; "
+                 "* marks an interval that excludes 0.", "table-families")
+
+
+def same_aggregation_tables(report: Report) -> list[Table]:
+    """SAE methods against the dense probe on the same aggregation, one table per split."""
+    out = []
+    aggs = list(dict.fromkeys(c.a.features for c in report.comparisons if c.kind == "same_aggregation"))
+    for split in ("train", "calib", "ood"):
+        cmp = [c for c in report.comparisons if c.kind == "same_aggregation" and c.split == split]
+        if not cmp:
+            continue
+        rows: dict[str, dict[str, str]] = {}
+        for c in cmp:
+            b = c.b
+            name = f"{b.method}{f' k={b.k}' if b.method == 'k-sparse' else ''}{f' ({b.selector})' if b.selector else ''} on {b.sae}"
+            rows.setdefault(name, {})[c.a.features] = (f"{c.b_auroc:.3f} ({c.diff:+.3f} [{c.ci.low:+.3f}, "
+                                                      f"{c.ci.high:+.3f}]{' *' if c.outside_noise else ''})")
+        out.append(Table(
+            f"{split}: SAE probes vs the dense probe on the same aggregation", ["SAE method"] + aggs,
+            [[n] + [cells.get(a, "–") for a in aggs] for n, cells in rows.items()],
+            "Cell: the SAE method's AUROC (dense minus SAE [paired clustered 95% interval]); * = interval excludes 0.",
+            f"table-same-agg-{split}"))
+    return out
+
+
+def k_sweep_table(report: Report, split: str = "ood") -> Table | None:
+    rows_ = [r for r in primary(report) if r.method == "k-sparse" and r.split == split and r.auroc is not None]
+    if not rows_:
+        return None
+    ks = sorted({r.k for r in rows_})
+    lines: dict[tuple, dict[int, float]] = {}
+    for r in rows_:
+        lines.setdefault((r.sae, r.selector, r.features), {})[r.k] = r.auroc
+    return Table(f"{split}: k-sparse AUROC by k", ["SAE", "selector", "aggregation"] + [f"k={k}" for k in ks],
+                 [[sae, sel, feats] + [fmt(v.get(k)) for k in ks] for (sae, sel, feats), v in sorted(lines.items())],
+                 "Every k-sparse configuration (first seed); latents chosen on train.", f"table-k-{split}")
+
+
+def diagnostics_tables(report: Report) -> list[Table]:
+    d, out = report.diagnostics, []
+    if d.get("gap_closed"):
+        out.append(Table("Share of the pretraining SAE's gap closed", ["SAE", "split", "AUROC dense / pretrain / it",
+                                                                       "gap [95% CI]", "share closed [95% CI]", "per seed"],
+                         [[g["sae"], g["split"], f"{g['auroc_dense']:.3f} / {g['auroc_pretrain']:.3f} / {g['auroc_other']:.3f}",
+                           f"{g['gap']:+.3f} [{g['gap_ci'][0]:+.3f}, {g['gap_ci'][1]:+.3f}]",
+                           "–" if g["fraction_closed"] is None else
+                           f"{g['fraction_closed']:.0%} [{g['fraction_ci'][0]:.0%}, {g['fraction_ci'][1]:.0%}]",
+                           ", ".join(f"{x:.0%}" for x in g["fraction_per_seed"])] for g in d["gap_closed"]],
+                         "(AUROC_it - AUROC_pretrain) / (AUROC_dense - AUROC_pretrain) with the k-sparse configuration chosen "
+                         "on validation for the pretraining SAE; paired clustered bootstrap; pretrain+wiki-ft is the "
+                         "equal-steps control.", "table-gap"))
+    if d.get("diff_of_means"):
+        names = sorted({k.split(":", 1)[1] for row in d["diff_of_means"] for k in row if k.startswith("val_auroc:")})
+        out.append(Table("Why difference of means fails", ["aggregation", "top-8 dims' variance share",
+                                                          "their share of |mean difference|²"] + [f"val AUROC {n}" for n in names],
+                         [[r["aggregation"], f"{r['top8_variance_share']:.0%}", f"{r['top8_mean_diff_share']:.0%}"]
+                          + [fmt(r.get(f"val_auroc:{n}")) for n in names] for r in d["diff_of_means"]],
+                         "Train split; the 8 highest-variance residual dimensions are Gemma's massive-activation "
+                         "dimensions.", "table-diffmean"))
+    if d.get("latent_stability"):
+        out.append(Table("Stability of the k-sparse latent choice", ["SAE", "aggregation", "selector", "k",
+                                                                    "mean Jaccard", "min Jaccard", "resamples"],
+                         [[s["sae"], s["features"], s["selector"], str(s["k"]), fmt(s["jaccard_mean"], 2),
+                           fmt(s["jaccard_min"], 2), str(s["resamples"])] for s in d["latent_stability"]],
+                         "Overlap of the latents chosen on bootstrap resamples of the training clusters with those chosen on "
+                         "the full training set.", "table-stability"))
+    return out
 
 
 def published_table(report: Report) -> Table | None:
@@ -120,8 +250,14 @@ def published_table(report: Report) -> Table | None:
 
 
 def all_tables(report: Report) -> list[Table]:
-    tables = headline_tables(report)
+    tables = [t for t in (family_table(report),) if t is not None]
+    tables += same_aggregation_tables(report)
+    tables += headline_tables(report)
+    tables += [t for t in (k_sweep_table(report, "calib"), k_sweep_table(report, "ood"), sae_quality_table(report))
+               if t is not None]
+    tables += diagnostics_tables(report)
     for split in report.splits():
-        tables += breakdown_tables(report, split)
-    tables += [t for t in (sae_quality_table(report), published_table(report)) if t is not None]
+        if split in ("calib", "ood"):
+            tables += breakdown_tables(report, split)
+    tables += [t for t in (published_table(report),) if t is not None]
     return tables

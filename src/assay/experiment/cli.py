@@ -15,8 +15,10 @@ def harmful_intent(
     preset: str = typer.Option("quick", help="quick (minutes on a laptop CPU) | full (GDM's scale)."),
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help="HF id, local dir, .gguf, or gemma-3-270m."),
     layer: int = typer.Option(9, "--layer", "-l", help="Residual stream after this block (0-indexed)."),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16 for every forward pass."),
-    seed: int = typer.Option(0),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 for every forward pass (auto: bfloat16 where "
+                              "this hardware multiplies in it at least 1.5x faster, else float32; recorded in the report)."),
+    seed: int = typer.Option(0, help="Seed of the data, the bootstrap and the first model seed."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train SAEs and stochastic probes with this many seeds (default: the preset's: quick 1, full 3)."),
     data: Optional[str] = typer.Option(None, help="Benchmark directory or user JSONL/CSV (text,label,split) instead of the preset's."),
     subsample: Optional[int] = typer.Option(None, help="At most N examples per split and class (a smoke run)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/harmful-intent-<preset>)."),
@@ -27,17 +29,25 @@ def harmful_intent(
 ) -> None:
     """Do SAE probes beat a dense linear probe at detecting harmful intent, ID and OOD?
 
-    Builds the benchmark, extracts activations, trains (or reuses) three SAEs (pretraining text,
-    chat, pretraining finetuned on chat), trains every probe and baseline, and writes one report.
+    Builds the benchmark, extracts activations, trains (or reuses) four SAEs per seed (pretraining
+    text, chat, pretraining finetuned on chat, and its equal-steps control), trains every probe and
+    baseline at every aggregation, and writes one report with paired, clustered intervals.
     Rerunning after an interruption continues from the caches.
     """
     from rich import print as rprint
 
     from assay.experiment import StudyConfig, run_study
+    from assay.runtime import choose_dtype
 
+    dtype, why = choose_dtype(dtype)
+    if "float32_gflops" in why:
+        rprint(f"dtype {dtype} (matmul here: float32 {why['float32_gflops']} GFLOP/s, bfloat16 {why['bfloat16_gflops']} GFLOP/s)")
+        if why["requested"] == "bfloat16" and why["bfloat16_gflops"] < why["float32_gflops"]:
+            rprint("[yellow]warning: bfloat16 is slower than float32 on this CPU; --dtype float32 (or auto) is faster[/]")
     cfg = StudyConfig.preset_config(preset, model=model, layer=layer, dtype=dtype, seed=seed,
                                     attention_probes=not no_attention, baselines=not no_baselines,
-                                    data=data, subsample=subsample)
+                                    data=data, subsample=subsample, dtype_choice=why,
+                                    **({"n_seeds": seeds} if seeds else {}))
     if sae_width or sae_tokens:
         sae = cfg.sae.model_copy(update={k: v for k, v in {
             "width": sae_width, "pretrain_tokens": int(sae_tokens) if sae_tokens else None,
@@ -46,5 +56,35 @@ def harmful_intent(
     out = out or Path("runs") / f"harmful-intent-{preset}"
     report = run_study(cfg, out)
     rprint(f"\n[bold]Findings[/] ({out}/report.md, report.html)")
-    for note in report.notes:
-        rprint(f"- {note}")
+    from rich.markup import escape
+
+    for f in report.findings:
+        verdict = {True: " (holds)", False: " (does not hold)", None: ""}[f.holds]
+        rprint(f"- {escape(f.text)}{verdict}")
+
+
+@app.command("readme")
+def readme(
+    reports: list[Path] = typer.Argument(..., help="report.json files, the main one (e.g. the full preset's) first."),
+    readme_file: Path = typer.Option(Path("README.md"), "--readme", help="README to update between its results markers."),
+    check: bool = typer.Option(False, help="Only check: exit 1 if the README's results section is not what the reports say."),
+) -> None:
+    """Regenerate the README's results section from study reports (no number is typed by hand)."""
+    from assay.experiment.summary import update_readme
+    from assay.fileio import write_text
+
+    for p in reports:
+        if not p.is_file():
+            raise typer.BadParameter(f"{p}: no such report (run `assay experiment harmful-intent` first)")
+    try:
+        current, new = update_readme(readme_file, reports)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    if check:
+        if current != new:
+            typer.echo(f"{readme_file}: results section is stale; run `assay experiment readme {' '.join(map(str, reports))}`")
+            raise typer.Exit(1)
+        typer.echo(f"{readme_file}: results section matches the reports")
+        return
+    write_text(readme_file, new)
+    typer.echo(f"updated {readme_file} from {len(reports)} report(s)")

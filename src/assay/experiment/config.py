@@ -8,20 +8,25 @@ from pydantic import BaseModel, Field
 
 
 class SAESpec(BaseModel):
-    """How the study's SAEs are trained (all three share architecture and width)."""
+    """How the study's SAEs are trained (all share architecture and width)."""
 
     arch: str = Field("topk", description="SAE architecture (see `assay.sae.ARCHITECTURES`).")
     width: int = Field(2048, description="Number of latents (d_sae).")
     k: int = Field(32, description="Active latents per token for TopK-style SAEs.")
     pretrain_tokens: int = Field(300_000, description="Wikipedia tokens for the pretraining SAE.")
     chat_tokens: int = Field(300_000, description="ShareGPT chat tokens for the SAE trained on chat from scratch.")
-    finetune_tokens: int = Field(100_000, description="ShareGPT chat tokens to finetune the pretraining SAE on.")
+    finetune_tokens: int = Field(
+        100_000, description="Tokens to finetune the pretraining SAE on: chat tokens for the chat finetune, and as "
+        "many fresh Wikipedia tokens for its equal-steps control.")
     epochs: int = Field(1, description="Passes over each SAE's tokens (extraction costs far more than training).")
     resample_fraction: float = Field(0.0, description="Fraction of latents re-initialised before finetuning.")
     max_tokens: int = Field(512, description="Tokens per training document at most.")
     batch_size: int = Field(4096, description="Training batch (tokens).")
     lr: float = Field(3e-4, description="Adam learning rate.")
-    eval_texts: int = Field(32, description="Held-out texts per corpus for CE loss recovered.")
+    control: bool = Field(True, description="Also train the equal-steps control: the pretraining SAE trained on "
+                          "`finetune_tokens` more Wikipedia tokens, so finetuning on chat is compared like for like.")
+    eval_texts: int = Field(64, description="Held-out documents per corpus for delta LM loss and CE loss recovered.")
+    eval_max_tokens: int = Field(128, description="Tokens per held-out document at most.")
 
 
 class StudyConfig(BaseModel):
@@ -33,36 +38,50 @@ class StudyConfig(BaseModel):
     model: str = Field("gemma-3-270m", description="HF id, local path, .gguf file or the bundled default.")
     layer: int = Field(9, description="Residual stream after this block (0-indexed).")
     dtype: str = Field("float32", description="Model dtype for every forward pass.")
-    seed: int = Field(0, description="Seed for data, SAEs, probes and bootstrap.")
+    dtype_choice: dict = Field({}, description="How the dtype was chosen (the matmul speeds measured in the same run); "
+                               "a record only, in no cache key.")
+    seed: int = Field(0, description="Seed for the data, the bootstrap, and the first of the model seeds.")
+    n_seeds: int = Field(1, description="SAEs and stochastic probes are trained with seeds seed, seed+1, ...; "
+                         "deterministic fits (logistic regression, difference of means, TF-IDF) once.")
     dense_features: list[str] = Field(
         ["all.max", "all.mean", "all.last", "resp-5", "user.mean"],
-        description="Aggregations the dense probes are trained on (all reported).",
+        description="Aggregations every pooled probe is trained on: dense and SAE probes alike (all reported).",
     )
-    sae_features: list[str] = Field(["all.max", "all.mean"], description="Aggregations of SAE latents for SAE probes.")
+    diffmean_normalize: list[str] = Field(
+        ["none", "standardize", "whiten"], description="Difference-of-means variants: raw, standardised, whitened (LDA).")
     ks: list[int] = Field([1, 2, 5, 10, 20, 50], description="k values of the k-sparse SAE probes.")
+    headline_k: int = Field(20, description="The k the headline comparisons quote (fixed in advance, never chosen).")
     selectors: list[str] = Field(["mean_diff", "l1"], description="How k-sparse probes choose latents.")
     attention_probes: bool = Field(True, description="Also train attention and max-of-rolling-means probes on tokens.")
     attention_max_tokens: int = Field(512, description="Attention probes read at most the last N tokens of a prompt.")
     baselines: bool = Field(True, description="Also run the TF-IDF and MiniLM text baselines.")
-    target_fpr: float = Field(0.01, description="FPR the threshold is calibrated for on benign validation data.")
+    target_fpr: float = Field(0.01, description="FPR the threshold is calibrated for on benign calibration data.")
+    calibrate_on: str = Field("calib", description="Split whose benign examples set every threshold (never used "
+                              "for fitting or model selection; carved from validation behaviours when missing).")
     n_boot: int = Field(1000, description="Bootstrap resamples for confidence intervals.")
+    stability_resamples: int = Field(20, description="Bootstrap resamples of the training clusters used to measure "
+                                     "how stable the k-sparse probes' latent choice is.")
     token_budget: int | None = Field(None, description="Padded tokens per forward batch (default by device).")
     sae: SAESpec = Field(default_factory=SAESpec, description="The SAEs.")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n_seeds)]
 
     @classmethod
     def preset_config(cls, preset: str, **overrides) -> "StudyConfig":
         if preset == "full":
-            # GDM's data scale. The SAEs are sized for hours on a 2-core CPU, far below GDM's
-            # (Gemma Scope saw billions of tokens): raise the token counts where compute allows.
+            # GDM's data scale. The SAEs are sized for about an hour on a 2-core CPU, far below
+            # GDM's (Gemma Scope saw billions of tokens): raise the token counts where compute allows.
             sae = SAESpec(width=4096, k=32, pretrain_tokens=600_000, chat_tokens=600_000, finetune_tokens=200_000,
-                          epochs=2, max_tokens=512, eval_texts=32)
-            base = cls(preset="full", sae=sae, attention_max_tokens=256)
+                          epochs=2, max_tokens=512)
+            base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=3, stability_resamples=10)
         elif preset == "quick":
-            # Sized for a 2-core CPU in about ten minutes: extraction dominates, so the SAEs see
-            # few unique tokens, several times over, and probes read max-pooled latents only.
+            # Sized for a 2-core CPU in minutes: extraction dominates, so the SAEs see few unique
+            # tokens, several times over; one seed.
             sae = SAESpec(width=2048, k=32, pretrain_tokens=100_000, chat_tokens=100_000, finetune_tokens=50_000,
-                          epochs=3, max_tokens=256, batch_size=2048, eval_texts=16)
-            base = cls(preset="quick", n_boot=500, sae=sae, sae_features=["all.max"])
+                          epochs=3, max_tokens=256, batch_size=2048, eval_texts=64, eval_max_tokens=64)
+            base = cls(preset="quick", n_boot=500, sae=sae, stability_resamples=10)
         else:
             raise ValueError(f"unknown preset {preset!r}: use quick or full")
         return base.model_copy(update=overrides)

@@ -1,98 +1,296 @@
-"""Plain-language findings computed from a report's numbers, each set beside GDM's claim.
+"""Findings generated from a report's numbers, each set beside the GDM claim it tests.
 
-Nothing here is written in advance: every sentence is built from the measured values, and says
-so when our result differs from theirs.
+Nothing here is written in advance: every number in a sentence is a `Citation` of the report row,
+comparison, SAE-quality record or diagnostic it comes from (a test checks each one), and every
+choice of configuration reads validation numbers only (`family_best`). Works from a `Report`
+alone, so `assay report readme` can regenerate the prose from `report.json`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from assay.experiment.evaluation import family_best
 
-def _get(report: Any, split: str, **match: Any) -> Any | None:
-    rows = [r for r in report.results if r.split == split and all(getattr(r, k) == v for k, v in match.items())]
-    return max(rows, key=lambda r: (r.auroc or 0)) if rows else None
-
-
-def _fmt(r: Any | None) -> str:
-    if r is None or r.auroc is None:
-        return "n/a"
-    rec = f", recall@{r.target_fpr:.0%}FPR {r.recall_at_fpr:.2f}" if r.recall_at_fpr is not None else ""
-    return f"AUROC {r.auroc:.3f}{rec}"
+_CMP_SPLITS = ("calib", "ood")
 
 
-def best_dense(report: Any) -> Any | None:
-    """The logistic probe whose aggregation scores best on validation (chosen on val, not OOD)."""
-    val = [r for r in report.results if r.split == "val" and r.method == "logistic"]
-    return max(val, key=lambda r: r.auroc or 0) if val else None
+def label(ref: Any) -> str:
+    """How a configuration is named in prose: method, k and selector, aggregation, SAE."""
+    k = f" k={ref.k}" if ref.k is not None and ref.method == "k-sparse" else ""
+    sel = f" ({ref.selector})" if ref.selector else ""
+    sae = f" on the {ref.sae} SAE" if ref.sae else ""
+    return f"{ref.method}{k}{sel} [{ref.features}]{sae}"
 
 
-def findings(report: Any) -> list[str]:
-    notes: list[str] = []
-    dense_val = best_dense(report)
-    if dense_val is None:
-        return ["No dense probe results."]
-    feat = dense_val.features
-    dense = {s: _get(report, s, method="logistic", features=feat) for s in ("train", "val", "ood")}
-    notes.append(
-        f"Dense linear probe (logistic regression on {feat}, the aggregation best on validation): "
-        f"train {_fmt(dense['train'])}; val {_fmt(dense['val'])}; OOD {_fmt(dense['ood'])}. "
-        "GDM: train 1.0, val 1.0, OOD 0.999 (Gemma 2 9B IT)."
-    )
-    saes = sorted({r.sae for r in report.results if r.sae})
+def f3(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+class _Writer:
+    """Collects the citations of one finding while its text is built."""
+
+    def __init__(self, report: Any):
+        self.report, self.cites = report, []
+
+    def result(self, ref: Any, split: str, metric: str = "auroc") -> str:
+        from assay.eval.schema import Citation
+
+        r = find_result(self.report, ref, split)
+        value = getattr(r, metric) if r is not None else None
+        if value is None:
+            return "n/a"
+        self.cites.append(Citation(source="result", ref=ref, split=split, metric=metric, value=value))
+        return f3(value)
+
+    def with_ci(self, ref: Any, split: str) -> str:
+        r = find_result(self.report, ref, split)
+        text = self.result(ref, split)
+        if r is not None and r.auroc_ci is not None:
+            text += f" [{f3(r.auroc_ci.low)}, {f3(r.auroc_ci.high)}]"
+        if r is not None and r.seed_auroc_mean is not None:
+            text += f" (mean over {len(r.seeds)} seeds {f3(r.seed_auroc_mean)} ± {f3(r.seed_auroc_sd)})"
+        return text
+
+    def diff(self, a: Any, b: Any, split: str) -> tuple[str, Any]:
+        """'+0.123 [0.1, 0.2]' for AUROC(a) - AUROC(b) on `split`, and the comparison."""
+        from assay.eval.schema import Citation
+
+        c = find_comparison(self.report, a, b, split)
+        if c is None:
+            return "n/a", None
+        self.cites.append(Citation(source="comparison", ref=b, versus=a, split=split, metric="diff", value=c.diff))
+        seeds = f", over seeds {signed(c.seed_diff_mean)} ± {f3(c.seed_diff_sd)}" if c.seed_diff_mean is not None else ""
+        return f"{signed(c.diff)} [{signed(c.ci.low)}, {signed(c.ci.high)}]{seeds}", c
+
+    def value(self, source: str, metric: str, value: float, *, ref: Any = None, fmt=f3) -> str:
+        from assay.eval.schema import Citation
+
+        self.cites.append(Citation(source=source, ref=ref, metric=metric, value=value))
+        return fmt(value)
+
+    def finding(self, claim: str, text: str, holds: bool | None) -> Any:
+        from assay.eval.schema import Finding
+
+        f = Finding(claim=claim, text=text, holds=holds, cites=self.cites)
+        self.cites = []
+        return f
+
+
+def find_result(report: Any, ref: Any, split: str) -> Any | None:
+    return next((r for r in report.results if r.split == split and _same(r, ref)), None)
+
+
+def find_comparison(report: Any, a: Any, b: Any, split: str) -> Any | None:
+    return next((c for c in report.comparisons if c.split == split and _same(c.a, a) and _same(c.b, b)), None)
+
+
+def _same(r: Any, ref: Any) -> bool:
+    return all(getattr(r, f) == getattr(ref, f) for f in ("method", "features", "sae", "k", "selector", "seed"))
+
+
+def _verdict(c: Any, better: str, worse: str, tie: str) -> str:
+    if c is None:
+        return "not compared"
+    return better if c.outside_noise and c.diff > 0 else worse if c.outside_noise and c.diff < 0 else tie
+
+
+def findings(report: Any) -> list[Any]:
+    cfg = report.config
+    best = family_best(report.results, cfg)
+    dense = best.get("dense-logistic")
+    if dense is None:
+        return []
+    w = _Writer(report)
+    out = []
+    k = cfg["headline_k"]
+    saes = [s for s in ("pretrain", "chat", "pretrain+chat-ft", "pretrain+wiki-ft") if f"k-sparse k={k} [{s}]" in best]
+
+    # 1. The dense probe.
+    near_perfect = (find_result(report, dense, "ood").auroc or 0) >= 0.98
+    out.append(w.finding(
+        "Dense linear probes are near perfect in distribution and out of distribution (Gemma 2 9B IT: train 1.0, "
+        "val 1.0, OOD 0.999).",
+        f"Dense logistic probe ({label(dense)}, the aggregation best on validation): train AUROC "
+        f"{w.result(dense, 'train')}, held-out in-distribution (calib) {w.with_ci(dense, 'calib')}, OOD "
+        f"{w.with_ci(dense, 'ood')}; recall at {cfg['target_fpr']:.0%} FPR {w.result(dense, 'calib', 'recall_at_fpr')} "
+        f"(calib) and {w.result(dense, 'ood', 'recall_at_fpr')} OOD, where the threshold calibrated on calib flags "
+        f"{w.result(dense, 'ood', 'fpr_reached')} of the benign prompts. "
+        + ("Near perfect OOD, as GDM found." if near_perfect else "Far from GDM's near-perfect OOD score on this model."),
+        near_perfect))
+
+    # 2. One latent cannot fit the training set.
+    parts, fails = [], []
     for sae in saes:
-        one = {s: _get(report, s, method="1-sparse", sae=sae) for s in ("train", "ood")}
-        k20 = {s: _k_row(report, s, sae, 20) for s in ("val", "ood")}
-        rec = {s: _get(report, s, method="reconstruction_probe", sae=sae) for s in ("val", "ood")}
-        parts = [f"SAE '{sae}': 1-sparse train {_fmt(one['train'])}"]
-        if one["train"] and dense["train"] and one["train"].auroc is not None and dense["train"].auroc is not None:
-            fits = one["train"].auroc >= dense["train"].auroc - 0.02
-            parts.append("(fits the training set about as well as the dense probe, unlike GDM's finding)" if fits
-                         else f"({dense['train'].auroc - one['train'].auroc:.3f} below dense on train; GDM: fails to fit train)")
-        if k20["val"]:
-            parts.append(f"; k=20 ({k20['val'].method}) val {_fmt(k20['val'])}, OOD {_fmt(k20['ood'])}")
-        if rec["ood"]:
-            parts.append(f"; probe on reconstruction OOD {_fmt(rec['ood'])}")
-        notes.append(" ".join(parts) + ".")
-        if k20["ood"] and dense["ood"] and k20["ood"].auroc is not None:
-            gap = dense["ood"].auroc - k20["ood"].auroc
-            noise = max(_ci_width(dense["ood"]), _ci_width(k20["ood"])) / 2
-            verdict = ("SAE probe worse, as GDM found" if gap > noise else
-                       "SAE probe better: differs from GDM's finding" if gap < -noise else
-                       "within the bootstrap noise: no clear gap, unlike GDM's finding")
-            notes.append(f"OOD gap dense - 20-sparse ('{sae}'): {gap:+.3f} AUROC ({verdict}; half-width of the wider "
-                         f"95% CI {noise:.3f}).")
-    pre, ft = _k_row(report, "ood", "pretrain", 20), _k_row(report, "ood", "pretrain+chat-ft", 20)
-    if pre and ft and dense["ood"] and None not in (pre.auroc, ft.auroc, dense["ood"].auroc):
-        gap = dense["ood"].auroc - pre.auroc
-        # A share of a gap smaller than the AUROC's own sampling noise means nothing.
-        noise = max(_ci_width(dense["ood"]), _ci_width(pre)) / 2
-        if gap > max(0.02, noise):
-            closed = (ft.auroc - pre.auroc) / gap
-            notes.append(f"Finetuning the pretraining SAE on chat closes {closed:.0%} of its OOD gap to the dense probe "
-                         f"at k=20 ({pre.auroc:.3f} -> {ft.auroc:.3f}, dense {dense['ood'].auroc:.3f}; GDM: about half).")
+        one = best.get(f"1-sparse [{sae}]")
+        if one is None:
+            continue
+        d, c = w.diff(_dense_at(dense, one.features), one, "train")
+        parts.append(f"{sae}: {label(one)} train AUROC {w.result(one, 'train')}, dense probe on the same "
+                     f"aggregation minus it {d}")
+        fails.append(c is not None and c.outside_noise and c.diff > 0)
+    if parts:
+        out.append(w.finding(
+            "A single SAE latent cannot even fit the training set.",
+            "1-sparse probes (latent chosen on train, aggregation on validation): " + "; ".join(parts) + ". "
+            + ("Each fits train clearly worse than the dense probe, as GDM found." if all(fails)
+               else "Not every SAE's best latent falls short of the dense probe on train beyond noise."),
+            all(fails)))
+
+    # 3. k-sparse probes: fit in distribution, worse OOD.
+    parts, holds = [], []
+    for sae in saes:
+        ks = best[f"k-sparse k={k} [{sae}]"]
+        fit = w.diff(_dense_at(dense, ks.features), ks, "train")[0]
+        cal, c_cal = w.diff(dense, ks, "calib")
+        ood, c_ood = w.diff(dense, ks, "ood")
+        parts.append(f"{sae}: {label(ks)} train {w.result(ks, 'train')} (dense on the same aggregation minus it "
+                     f"{fit}), calib {w.result(ks, 'calib')} ({_verdict(c_cal, 'dense better', 'SAE better', 'tie')}: "
+                     f"{cal}), OOD {w.result(ks, 'ood')} ({_verdict(c_ood, 'dense better', 'SAE better', 'tie')}: {ood})")
+        holds.append(c_ood is not None and c_ood.outside_noise and c_ood.diff > 0)
+    if parts:
+        out.append(w.finding(
+            f"k-sparse SAE probes fit in distribution but are distinctly worse out of distribution.",
+            f"k-sparse probes at k={k} (fixed in advance; selector and aggregation chosen on validation) against the "
+            "dense probe's best configuration, paired clustered 95% intervals of dense minus SAE: " + "; ".join(parts)
+            + ". " + ("Worse OOD for every SAE, as GDM found." if all(holds) else
+                      "Not worse OOD beyond noise for every SAE, unlike GDM's finding."),
+            all(holds)))
+
+    # 4. Reconstruction and error probes.
+    for what, claim in (("reconstruction", "Probes on the SAE reconstruction lose the signal (worse OOD)."),
+                        ("error", "")):
+        parts, worse = [], []
+        for sae in saes:
+            ref = best.get(f"{what} [{sae}]")
+            if ref is None:
+                continue
+            d, c = w.diff(_dense_at(dense, ref.features), ref, "ood")
+            parts.append(f"{sae}: OOD {w.result(ref, 'ood')} at {ref.features}, dense on the same aggregation minus it {d}")
+            worse.append(c is not None and c.outside_noise and c.diff > 0)
+        if not parts:
+            continue
+        what_txt = ("a dense probe on the SAE's reconstruction" if what == "reconstruction"
+                    else "a dense probe on the SAE's error term (x - x_hat)")
+        n_worse = sum(worse)
+        out.append(w.finding(
+            claim, f"With {what_txt} (aggregation chosen on validation): " + "; ".join(parts) + f". Worse than the "
+            f"dense probe beyond noise for {n_worse} of {len(worse)} SAEs.",
+            (n_worse == len(worse)) if claim else None))
+
+    # 5. Chat data closes part of the gap (with the equal-steps control).
+    gaps = [g for g in report.diagnostics.get("gap_closed", []) if g["split"] == "ood"]
+    if gaps:
+        g0 = gaps[0]
+        i0 = report.diagnostics["gap_closed"].index(g0)
+        gap = w.value("diagnostic", f"gap_closed/{i0}/gap", g0["gap"])
+        if not g0["gap_outside_noise"]:
+            text = (f"The pretraining SAE's k={k} probe is within noise of the dense probe OOD (gap {gap}, 95% interval "
+                    f"[{f3(g0['gap_ci'][0])}, {f3(g0['gap_ci'][1])}]): no gap for chat data to close.")
+            holds = None
         else:
-            notes.append(f"The pretraining SAE's 20-sparse probe is within noise of the dense probe OOD ({pre.auroc:.3f} "
-                         f"vs {dense['ood'].auroc:.3f}), so there is no gap for chat finetuning to close "
-                         f"(finetuned: {ft.auroc:.3f}).")
-    for name in ("tfidf_logreg", "minilm_logreg"):
-        b = _get(report, "ood", method=name)
-        if b:
-            notes.append(f"Baseline {name}: val {_fmt(_get(report, 'val', method=name))}, OOD {_fmt(b)}.")
-    notes.append("All SAE-probe rows use latents chosen on train only; thresholds are set on benign validation "
-                 "examples and applied unchanged to OOD.")
-    return notes
+            parts, fracs = [], {}
+            for g in gaps:
+                i = report.diagnostics["gap_closed"].index(g)
+                if g["fraction_closed"] is None:
+                    continue
+                frac = w.value("diagnostic", f"gap_closed/{i}/fraction_closed", g["fraction_closed"], fmt=lambda x: f"{x:.0%}")
+                seeds = (f"; per seed {', '.join(f'{x:.0%}' for x in g['fraction_per_seed'])}"
+                         if len(g["fraction_per_seed"]) > 1 else "")
+                parts.append(f"{g['sae']} {frac} (95% interval {g['fraction_ci'][0]:.0%} to {g['fraction_ci'][1]:.0%}{seeds})")
+                fracs[g["sae"]] = g
+            ft, ctl = fracs.get("pretrain+chat-ft"), fracs.get("pretrain+wiki-ft")
+            holds = bool(ft and ft["fraction_ci"][0] > 0)
+            tail = ""
+            if ft and not holds:
+                tail = " Finetuning on chat closes no share of the gap beyond noise (its interval includes 0)."
+            elif ft and ctl:
+                tail = (" Finetuning on chat closes a share beyond noise; "
+                        + ("more than the equal-steps control's interval, so chat data, not extra training, does the work."
+                           if ft["fraction_closed"] > ctl["fraction_ci"][1] else
+                           "no more than the equal-steps control (as many more Wikipedia tokens) might, so it need not be "
+                           "the chat data."))
+            text = (f"Share of the pretraining SAE's OOD gap to the dense probe (gap {gap} AUROC, k={k}, "
+                    f"{label(_ref(g0['config']))}) closed by: " + "; ".join(parts) + "." + tail)
+        out.append(w.finding("SAEs trained or finetuned on chat data close about half the gap.", text, holds))
+
+    # 6. Text baselines and attention probes against the dense probe.
+    for fam, what in (("tfidf", "TF-IDF + logistic regression"), ("minilm", "MiniLM embeddings + logistic regression"),
+                      ("attention", "The attention probe family")):
+        ref = best.get(fam)
+        if ref is None:
+            continue
+        d, c = w.diff(dense, ref, "ood")
+        verdict = _verdict(c, "worse than", "better than", "within noise of")
+        out.append(w.finding(
+            "", f"{what} ({label(ref)}): calib AUROC {w.result(ref, 'calib')}, OOD {w.with_ci(ref, 'ood')}: "
+            f"{verdict} the dense probe OOD (dense minus it {d}).", None))
+
+    # 7. Why difference of means fails.
+    dm = report.diagnostics.get("diff_of_means", [])
+    if dm:
+        i = max(range(len(dm)), key=lambda j: dm[j]["top8_variance_share"])
+        row = dm[i]
+        vals = {m.split(":", 1)[1]: v for m, v in row.items() if m.startswith("val_auroc:")}
+        v = {m: w.value("diagnostic", f"diff_of_means/{i}/val_auroc:{m}", x) for m, x in vals.items()}
+        share = w.value("diagnostic", f"diff_of_means/{i}/top8_variance_share", row["top8_variance_share"], fmt=lambda x: f"{x:.0%}")
+        dshare = w.value("diagnostic", f"diff_of_means/{i}/top8_mean_diff_share", row["top8_mean_diff_share"], fmt=lambda x: f"{x:.0%}")
+        out.append(w.finding(
+            "", f"Difference of means is not a defect but a property of this residual stream: at {row['aggregation']}, "
+            f"the 8 highest-variance dimensions (e.g. {', '.join(map(str, row['top_dims'][:3]))}) hold {share} of the "
+            f"variance and {dshare} of the squared class-mean difference, so the raw direction mostly measures them "
+            f"(val AUROC {v.get('diff-of-means', 'n/a')}); standardised {v.get('diff-of-means-std', 'n/a')}; whitened "
+            f"(LDA) {v.get('lda', 'n/a')}; logistic regression {v.get('dense-logistic', 'n/a')}.", None))
+
+    # 8. What the SAE's reconstruction costs the model, and why.
+    q = next((q for q in report.sae_quality if q.sae == "pretrain" and q.seed == cfg["seed"] and q.delta_lm_loss is not None), None)
+    if q is not None:
+        ref = {"source": "sae_quality"}
+        sref = _quality_ref(q)
+        dl = w.value("sae_quality", "delta_lm_loss", q.delta_lm_loss, ref=sref)
+        fv = w.value("sae_quality", "fvu", q.fvu, ref=sref)
+        fo = w.value("sae_quality", "fvu_other_dims", q.fvu_other_dims, ref=sref) if q.fvu_other_dims is not None else "n/a"
+        rn = (w.value("sae_quality", "random_same_norm_delta_lm_loss", q.random_same_norm_delta_lm_loss, ref=sref)
+              if q.random_same_norm_delta_lm_loss is not None else "n/a")
+        del ref
+        out.append(w.finding(
+            "", f"Splicing the pretraining SAE's reconstruction into layer {report.provenance.layer} (every token but "
+            f"BOS) raises the LM loss by {dl} nats/token on {q.ce_texts} held-out documents (95% interval "
+            f"[{f3(q.delta_lm_loss_ci.low)}, {f3(q.delta_lm_loss_ci.high)}]) at FVU {fv}. FVU is dominated by a few "
+            f"massive-activation dimensions: without the 8 highest-variance ones it is {fo}. The model is this sensitive "
+            f"to the error's size, not its direction: a random perturbation of the same per-token norm costs {rn} nats.",
+            None))
+
+    # 9. How stable the k-sparse latent choice is.
+    stab = report.diagnostics.get("latent_stability", [])
+    if stab:
+        parts = []
+        for sel in sorted({s["selector"] for s in stab}):
+            rows = [s for s in stab if s["selector"] == sel]
+            mean = sum(s["jaccard_mean"] for s in rows) / len(rows)
+            parts.append(f"{sel} {mean:.2f}")
+        out.append(w.finding(
+            "", f"Latent choice of the k={k} probes under bootstrap resamples of the training behaviours: mean Jaccard "
+            f"overlap with the full-data choice {', '.join(parts)} (1 = always the same latents; over "
+            f"{len(stab)} SAE x aggregation x selector configurations, {stab[0]['resamples']} resamples each).", None))
+    return out
 
 
-def _ci_width(r: Any) -> float:
-    return (r.auroc_ci.high - r.auroc_ci.low) if r is not None and r.auroc_ci is not None else 0.0
+def _dense_at(dense: Any, features: str) -> Any:
+    return dense.model_copy(update={"features": features})
 
 
-def _k_row(report: Any, split: str, sae: str, k: int) -> Any | None:
-    """The k-sparse row (best selector on validation) for this SAE at k."""
-    val = [r for r in report.results if r.split == "val" and r.sae == sae and r.k == k and r.kind == "sae_sparse"
-           and r.method != "1-sparse"]
-    if not val:
-        return None
-    chosen = max(val, key=lambda r: r.auroc or 0)
-    return _get(report, split, method=chosen.method, sae=sae, features=chosen.features)
+def _ref(d: dict) -> Any:
+    from assay.eval.schema import RowRef
+
+    return RowRef(**d)
+
+
+def _quality_ref(q: Any) -> Any:
+    from assay.eval.schema import RowRef
+
+    return RowRef(method=q.sae, features="sae_quality", seed=q.seed)

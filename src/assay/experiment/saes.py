@@ -1,107 +1,152 @@
-"""The study's three SAEs: pretraining text, chat, and the pretraining SAE finetuned on chat.
+"""The study's SAEs and their quality.
 
-Each lives in `cache_dir()/sae/<key>/`, the key hashing everything that changes its weights, so a
-rerun reuses it; an interrupted training resumes from its checkpoint.
+Four SAEs per seed, all of one architecture and width:
+- `pretrain`: trained on Wikipedia text (pretraining-like data);
+- `chat`: trained from scratch on ShareGPT conversations;
+- `pretrain+chat-ft`: `pretrain` finetuned on chat tokens;
+- `pretrain+wiki-ft`: `pretrain` trained on as many more *Wikipedia* tokens: the equal-steps
+  control, so that "finetuning on chat helps" is not "more training helps".
+Chat corpora leave out every conversation containing one of the benchmark's prompts. Seeds
+change an SAE's initialisation and its token order, not its text. Each SAE lives in
+`cache_dir()/sae/<name>-L<layer>-s<seed>-<key>/`, the key hashing everything that changes its
+weights (the training code included), so a rerun reuses it and an interrupted training resumes.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from assay.experiment.config import StudyConfig
-from assay.fileio import read_json, sha256_json
+from assay.fileio import sha256_json
 from assay.models.loading import LoadedModel
 from assay.runtime import cache_dir
 
 log = logging.getLogger(__name__)
 
-# (name, corpus, what it is)
+SAE_CODE = ("assay.sae.base", "assay.sae.trainer", "assay.sae.buffer", "assay.sae.sparse", "assay.sae.architectures",
+            "assay.sae.corpus", "assay.sae.io", "assay.sae.resample", "assay.experiment.saes")
+
+
+@dataclass(frozen=True)
+class StudySAE:
+    name: str
+    corpus: str  # what it is trained on: "wiki" or "chat"
+    parent: str | None  # the SAE it continues from
+    description: str
+
+
 STUDY_SAES = (
-    ("pretrain", "wiki", "pretraining text (Wikipedia)"),
-    ("chat", "chat", "chat (ShareGPT conversations)"),
-    ("pretrain+chat-ft", "chat", "pretraining SAE finetuned on chat"),
+    StudySAE("pretrain", "wiki", None, "pretraining text (Wikipedia)"),
+    StudySAE("chat", "chat", None, "chat (ShareGPT conversations)"),
+    StudySAE("pretrain+chat-ft", "chat", "pretrain", "pretraining SAE finetuned on chat"),
+    StudySAE("pretrain+wiki-ft", "wiki", "pretrain", "pretraining SAE trained on as many more Wikipedia tokens "
+             "(equal-steps control for the chat finetune)"),
 )
 
 
-def sae_key(lm: LoadedModel, cfg: StudyConfig, name: str) -> str:
-    spec = cfg.sae.model_dump()
-    if name == "pretrain":
-        spec.pop("chat_tokens"), spec.pop("finetune_tokens"), spec.pop("resample_fraction")
-    elif name == "chat":
-        spec.pop("pretrain_tokens"), spec.pop("finetune_tokens"), spec.pop("resample_fraction")
-    return sha256_json({"model": lm.fingerprint, "layer": cfg.layer, "seed": cfg.seed, "name": name,
-                        "sae": spec})[:16]
+def study_saes_for(cfg: StudyConfig) -> list[StudySAE]:
+    return [s for s in STUDY_SAES if cfg.sae.control or s.name != "pretrain+wiki-ft"]
 
 
-def study_saes(lm: LoadedModel, cfg: StudyConfig, progress: bool = True) -> dict[str, tuple[Any, Path]]:
-    """Train (or reuse) the three SAEs; returns name -> (SAE on lm's device, directory)."""
-    from assay.sae import build_sae, load_sae
+class Corpora:
+    """The SAE training texts, extracted once per corpus: `wiki` holds the pretraining SAE's texts
+    followed by the control's fresh ones; `chat` the chat SAE's texts, whose first documents also
+    serve the finetune."""
+
+    def __init__(self, lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str], progress: bool):
+        from assay.activations import extract
+        from assay.sae.corpus import training_texts
+
+        spec, self.lm, self.cfg = cfg.sae, lm, cfg
+        self.exclude = exclude
+        self.texts: dict[str, list[str]] = {}
+        self.ranges: dict[str, range] = {}
+        wiki_pre = training_texts("wiki", lm.tokenizer, spec.pretrain_tokens, spec.max_tokens, cfg.seed)
+        wiki = (training_texts("wiki", lm.tokenizer, spec.pretrain_tokens + spec.finetune_tokens, spec.max_tokens,
+                               cfg.seed) if spec.control else wiki_pre)
+        chat = training_texts("chat", lm.tokenizer, spec.chat_tokens, spec.max_tokens, cfg.seed, exclude)
+        chat_ft = training_texts("chat", lm.tokenizer, spec.finetune_tokens, spec.max_tokens, cfg.seed, exclude)
+        assert wiki[: len(wiki_pre)] == wiki_pre and chat[: len(chat_ft)] == chat_ft  # prefixes of one order
+        self.texts = {"wiki": wiki, "chat": chat}
+        self.ranges = {"pretrain": range(len(wiki_pre)), "pretrain+wiki-ft": range(len(wiki_pre), len(wiki)),
+                       "chat": range(len(chat)), "pretrain+chat-ft": range(len(chat_ft))}
+        self.acts = {c: extract(lm, t, [cfg.layer], dataset_fingerprint=sha256_json([c, t]), features=("all.mean",),
+                                store_tokens=True, chat=False, max_tokens=spec.max_tokens, progress=progress)
+                     for c, t in self.texts.items()}
+
+    def stream(self, sae: StudySAE, seed: int) -> Iterator[torch.Tensor]:
+        """Token activations for `sae`, `epochs` passes, each in a new order seeded by `seed`."""
+        acts = self.acts[sae.corpus]
+        idx = list(self.ranges[sae.name])
+        return itertools.chain.from_iterable(
+            acts.iter_tokens(self.cfg.layer, 8192, mask="all", shuffle_seed=1000 * seed + epoch, indices=idx)
+            for epoch in range(self.cfg.sae.epochs))
+
+    def fingerprint(self) -> str:
+        return sha256_json({c: sha256_json(t) for c, t in self.texts.items()})
+
+
+def sae_key(lm: LoadedModel, cfg: StudyConfig, sae: StudySAE, seed: int, corpora_fp: str) -> str:
+    from assay.provenance import code_fingerprint
+
+    spec = cfg.sae.model_dump(exclude={"eval_texts", "eval_max_tokens", "control"})
+    parent = sae_key(lm, cfg, by_name(sae.parent), seed, corpora_fp) if sae.parent else None
+    return sha256_json({"model": lm.fingerprint, "layer": cfg.layer, "seed": seed, "name": sae.name, "sae": spec,
+                        "corpora": corpora_fp, "parent": parent, "code": code_fingerprint(*SAE_CODE)})[:16]
+
+
+def by_name(name: str) -> StudySAE:
+    return next(s for s in STUDY_SAES if s.name == name)
+
+
+def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
+                     progress: bool = True) -> dict[tuple[str, int], Path]:
+    """Train (or reuse) every study SAE for every seed; returns (name, seed) -> directory."""
+    from assay.sae import build_sae
     from assay.sae.base import sparsity_kwargs
-    from assay.sae.corpus import activation_stream
+    from assay.sae.io import load_sae
     from assay.sae.resample import resample_latents_
     from assay.sae.trainer import TrainConfig, Trainer
 
     spec = cfg.sae
-    out: dict[str, tuple[Any, Path]] = {}
-    for name, corpus, _ in STUDY_SAES:
-        path = cache_dir() / "sae" / f"{name}-L{cfg.layer}-{sae_key(lm, cfg, name)}"
-        if (path / "sae_weights.safetensors").exists() and (path / "cfg.json").exists():
-            out[name] = (load_sae(path, device=str(lm.device)), path)
-            log.info("reusing SAE %s from %s", name, path)
-            continue
-        finetune = name == "pretrain+chat-ft"
-        n_tokens = {"pretrain": spec.pretrain_tokens, "chat": spec.chat_tokens}.get(name, spec.finetune_tokens)
-        # The finetuning stream starts elsewhere in ShareGPT than the chat SAE's (different seed).
-        seed = cfg.seed + (1 if finetune else 0)
-        if finetune:
-            sae = load_sae(out["pretrain"][1], device=str(lm.device))
-            if spec.resample_fraction > 0:
-                resample_latents_(sae, spec.resample_fraction, how="random", seed=cfg.seed)
-        else:
-            sae = build_sae(spec.arch, d_in=lm.d_model, d_sae=spec.width, seed=cfg.seed,
-                            **sparsity_kwargs(spec.arch, spec.k))
-        meta = {
-            "model_name": lm.name, "hook_name": f"blocks.{cfg.layer}.hook_resid_post", "assay_layer": cfg.layer,
-            "corpus": corpus, "study_sae": name, "model_fingerprint": lm.fingerprint,
-            "context_size": spec.max_tokens, "dataset_path": f"assay:{corpus}",
-            "finetuned_from": str(out["pretrain"][1]) if finetune else None,
-        }
-        train_cfg = TrainConfig(total_tokens=n_tokens * spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=cfg.seed,
-                                checkpoint_every=50, progress=progress,
-                                lr_warmup_steps=0 if finetune else 100)
-        stream = activation_stream(lm, corpus, cfg.layer, n_tokens, seed=seed, max_tokens=spec.max_tokens,
-                                   progress=progress, epochs=spec.epochs)
-        trainer = Trainer({name: sae}, train_cfg, path, metadata=meta)
-        log.info("training SAE %s (%s, %d latents) on %d %s tokens", name, spec.arch, spec.width, n_tokens, corpus)
-        trainer.fit((c.to(lm.device) for c in stream), resume=(path / "checkpoint.pt").exists())
-        out[name] = (load_sae(path, device=str(lm.device)), path)
+    corpora = Corpora(lm, cfg, exclude, progress)
+    fp = corpora.fingerprint()
+    out: dict[tuple[str, int], Path] = {}
+    for seed in cfg.seeds:
+        for sae in study_saes_for(cfg):
+            path = cache_dir() / "sae" / f"{sae.name}-L{cfg.layer}-s{seed}-{sae_key(lm, cfg, sae, seed, fp)}"
+            out[(sae.name, seed)] = path
+            if (path / "sae_weights.safetensors").exists() and (path / "cfg.json").exists():
+                log.info("reusing SAE %s (seed %d) from %s", sae.name, seed, path)
+                continue
+            if sae.parent:
+                model = load_sae(out[(sae.parent, seed)], device=str(lm.device))
+                if spec.resample_fraction > 0:
+                    resample_latents_(model, spec.resample_fraction, how="random", seed=seed)
+            else:
+                model = build_sae(spec.arch, d_in=lm.d_model, d_sae=spec.width, seed=seed,
+                                  **sparsity_kwargs(spec.arch, spec.k))
+            n_tokens = spec.finetune_tokens if sae.parent else {"wiki": spec.pretrain_tokens, "chat": spec.chat_tokens}[sae.corpus]
+            meta = {
+                "model_name": lm.name, "hook_name": f"blocks.{cfg.layer}.hook_resid_post", "assay_layer": cfg.layer,
+                "corpus": sae.corpus, "study_sae": sae.name, "seed": seed, "model_fingerprint": lm.fingerprint,
+                "context_size": spec.max_tokens, "dataset_path": f"assay:{sae.corpus}",
+                "finetuned_from": str(out[(sae.parent, seed)]) if sae.parent else None,
+                "excluded_benchmark_requests": len(exclude),
+            }
+            train_cfg = TrainConfig(total_tokens=n_tokens * spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+                                    seed=seed, checkpoint_every=50, progress=progress,
+                                    lr_warmup_steps=0 if sae.parent else 100)
+            log.info("training SAE %s seed %d (%s, %d latents) on %d %s tokens x %d epochs", sae.name, seed, spec.arch,
+                     spec.width, n_tokens, sae.corpus, spec.epochs)
+            trainer = Trainer({sae.name: model}, train_cfg, path, metadata=meta)
+            trainer.fit((c.to(lm.device) for c in corpora.stream(sae, seed)),
+                        resume=(path / "checkpoint.pt").exists())
+            (path / "checkpoint.pt").unlink(missing_ok=True)
     return out
-
-
-@torch.no_grad()
-def sae_quality(
-    lm: LoadedModel, sae: Any, path: Path, name: str, cfg: StudyConfig, probe_tokens: list[torch.Tensor],
-) -> dict[str, Any]:
-    """L0, FVU, dead/dense latents on the benchmark's validation tokens (what the probes read),
-    and CE loss recovered on held-out text of the SAE's own corpus. Cached beside the SAE."""
-    from assay.fileio import write_json
-    from assay.sae.corpus import held_out_texts
-    from assay.sae.metrics import ce_recovered, plot_frequency_histogram, reconstruction_stats, text_batches
-
-    cache = path / f"study-quality-{sha256_json([cfg.preset, cfg.seed, len(probe_tokens)])[:8]}.json"
-    if cache.exists():
-        return read_json(cache)
-    stats = reconstruction_stats(sae, probe_tokens)
-    freq = stats.pop("freq")
-    plot_frequency_histogram(freq, path / "freq_hist.png", title=f"{name}: latent firing frequency")
-    corpus = "wiki" if name == "pretrain" else "chat"
-    texts = held_out_texts(corpus, lm.tokenizer, cfg.sae.eval_texts, seed=cfg.seed)
-    stats.update(ce_recovered(lm, sae, cfg.layer, text_batches(lm.tokenizer, texts, 128, 8, lm.device)))
-    stats.update(sae=name, corpus=corpus, path=str(path), d_sae=int(sae.cfg.d_sae), architecture=sae.architecture,
-                 freq_hist=str(path / "freq_hist.png"))
-    write_json(cache, stats)
-    return stats

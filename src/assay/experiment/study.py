@@ -1,14 +1,22 @@
-"""GDM's harmful-intent study as code: data -> activations -> SAEs -> probes -> one report.
+"""GDM's harmful-intent study as code: data -> activations -> probes and SAEs -> one report.
 
-Every stage reuses its cache (benchmark build, activation cache, SAE directories, and each
-method's results under `<out>/parts/`), so a rerun after an interruption continues where it
-stopped, and a warm rerun only re-renders the report.
+Every method is a `Run` (method, aggregation, SAE, k, selector, seed) whose per-example scores are
+cached under `<out>/parts/`, keyed on what it was fitted on *and on the source of the code that
+computes it*, so an interrupted run continues where it stopped, a warm rerun only re-evaluates,
+and a part computed by older code is recomputed rather than mixed in. Metrics, intervals and
+comparisons are computed from the scores when the report is made.
+
+Splits: `train` fits every probe; `val` chooses hyperparameters (C, early stopping) and, in the
+headline, each family's configuration; `calib` (carved from validation behaviours) only sets the
+threshold, so it is also the held-out in-distribution split; `ood` is never used for any choice.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,23 +24,61 @@ import numpy as np
 import torch
 
 from assay.experiment.config import StudyConfig
-from assay.fileio import read_json, sha256_json, write_json
+from assay.fileio import atomic_path, read_json, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "ood")
-# Part of every cached method result's key: bump it when a change alters what a method reports.
-STUDY_VERSION = 2
+SPLITS = ("train", "val", "calib", "ood")
+# Part of every cached part's key, beside the code fingerprint: bump for changes the code
+# fingerprint cannot see (none expected).
+STUDY_VERSION = 3
+
+# The code whose numbers each kind of part records; its source is hashed into the part's key.
+_COMMON = ("assay.experiment.study", "assay.experiment.config", "assay.probes.base", "assay.probes.aggregation",
+           "assay.activations.features")
+CODE = {
+    "dense": _COMMON + ("assay.probes.linear", "assay.probes.logistic"),
+    "attention": _COMMON + ("assay.probes.attention", "assay.probes.linear", "assay.probes.logistic"),
+    "baseline": _COMMON + ("assay.baselines", "assay.probes.linear", "assay.probes.logistic"),
+    "sae": _COMMON + ("assay.probes.sparse", "assay.probes.sae_encode", "assay.probes.linear", "assay.probes.logistic",
+                      "assay.sae.architectures"),
+}
+KIND_CODE = {"dense": "dense", "attention": "attention", "baseline": "baseline", "sae_sparse": "sae",
+             "sae_reconstruction": "sae", "sae_error": "sae"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One fitted configuration: its scores on every example are one cached part."""
+
+    method: str
+    kind: str
+    features: str
+    sae: str | None = None
+    k: int | None = None
+    selector: str | None = None
+    seed: int | None = None
+
+    @property
+    def id(self) -> str:
+        parts = [self.method, self.features, self.sae, f"k{self.k}" if self.k else None, self.selector,
+                 f"s{self.seed}" if self.seed is not None else None]
+        return "/".join(p for p in parts if p)
+
+    def without_seed(self) -> "Run":
+        return Run(**{**asdict(self), "seed": None})
 
 
 class Study:
-    """Holds what every stage shares: config, output folder, data, labels, timings."""
+    """Holds what every stage shares: config, output folder, data, labels, scores, timings."""
 
     def __init__(self, cfg: StudyConfig, out_dir: str | Path, progress: bool = True):
         self.cfg, self.out, self.progress = cfg, Path(out_dir), progress
         self.out.mkdir(parents=True, exist_ok=True)
         self.timings: dict[str, float] = {}
-        self.results: list[Any] = []
+        self.scores: dict[Run, np.ndarray] = {}
+        self.meta: dict[Run, dict[str, Any]] = {}
+        self.sae_paths: dict[tuple[str, int], Path] = {}
 
     # --- plumbing ------------------------------------------------------------------------
     def stage(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -43,43 +89,67 @@ class Study:
         log.info("stage %s done in %.1f s", name, time.perf_counter() - t0)
         return value
 
-    def method(self, method_id: str, run: Callable[[], list[Any]]) -> None:
-        """Run one method's fit+evaluation, or reuse its saved results (same config and data)."""
-        from assay.eval.schema import MethodResult
+    def _context(self, run: Run) -> dict[str, Any]:
+        """What a run's scores depend on besides the run itself and the code."""
+        ctx = {"data": self.ds.fingerprint, "model": self.lm.fingerprint, "layer": self.cfg.layer,
+               "dtype": self.cfg.dtype, "activations": self.acts.key}
+        if run.kind == "attention":
+            ctx["attention_max_tokens"] = self.cfg.attention_max_tokens
+        if run.sae:
+            ctx["sae"] = self.sae_paths[(run.sae, run.seed)].name
+        return ctx
 
-        key = sha256_json([STUDY_VERSION, method_id, self.cfg.model_dump(), self.ds.fingerprint])[:12]
-        path = self.out / "parts" / f"{method_id.replace('/', '_')}-{key}.json"
-        if path.exists():
-            self.results += [MethodResult.model_validate(r) for r in read_json(path)]
+    def part_key(self, run: Run) -> str:
+        from assay.provenance import code_fingerprint
+
+        code = code_fingerprint(*CODE[KIND_CODE[run.kind]])
+        return sha256_json([STUDY_VERSION, asdict(run), self._context(run), code])[:12]
+
+    def _part_files(self, run: Run) -> tuple[Path, Path]:
+        """(scores .safetensors, metadata .json) of a run's part."""
+        stem = f"{re.sub(r'[^A-Za-z0-9+-]+', '_', run.id)}-{self.part_key(run)}"
+        return self.out / "parts" / f"{stem}.safetensors", self.out / "parts" / f"{stem}.json"
+
+    def cached(self, run: Run) -> bool:
+        if run in self.scores:
+            return True
+        scores_file, meta_file = self._part_files(run)
+        if not (meta_file.exists() and scores_file.exists()):
+            return False
+        from safetensors.torch import load_file
+
+        scores = load_file(str(scores_file))["scores"].numpy()
+        if len(scores) != len(self.y):
+            return False
+        self.scores[run] = scores
+        self.meta[run] = read_json(meta_file)
+        return True
+
+    def score(self, run: Run, fit: Callable[[], tuple[np.ndarray, dict[str, Any]]]) -> None:
+        """Fit `run` (unless its part is cached) and keep its scores over all examples."""
+        if self.cached(run):
             return
-        rows = run()
-        write_json(path, [r.model_dump() for r in rows])
-        self.results += rows
+        from safetensors.torch import save_file
 
-    def evaluate(self, method: str, scores: np.ndarray, *, features: str, kind: str, **fields: Any) -> list[Any]:
-        """Metrics of one method's scores (over all examples) on every split."""
-        from assay.eval.evaluate import SplitScores, evaluate_method
+        from assay.provenance import code_fingerprint, git_commit
 
-        splits = {
-            s: SplitScores(scores=scores[idx], y=self.y[idx],
-                           groups={"family": self.family[idx].tolist(), "transformation": self.transformation[idx].tolist()})
-            for s, idx in self.idx.items()
-        }
-        return evaluate_method(
-            method, splits, features=features, kind=kind, target_fpr=self.cfg.target_fpr, n_boot=self.cfg.n_boot,
-            seed=self.cfg.seed, model=self.cfg.model, layer=self.cfg.layer, dataset_fingerprint=self.ds.fingerprint,
-            **fields,
-        )
+        scores, meta = fit()
+        scores = np.asarray(scores, dtype=np.float64).ravel()
+        meta = _jsonable({**meta, "computed_by": {"git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                   "code": code_fingerprint(*CODE[KIND_CODE[run.kind]])[:16]}})
+        scores_file, meta_file = self._part_files(run)
+        with atomic_path(scores_file) as tmp:
+            save_file({"scores": torch.from_numpy(scores)}, str(tmp))
+        write_json(meta_file, meta)  # written last: a part is complete when both exist
+        self.scores[run], self.meta[run] = scores, meta
 
-    def fit_eval(self, method: str, probe: Any, X: torch.Tensor | np.ndarray, *, features: str, kind: str,
-                 mask: torch.Tensor | None = None, **fields: Any) -> list[Any]:
-        """Fit on train (validation for model selection), score every example, evaluate."""
+    def fit_probe(self, probe: Any, X: Any, mask: Any = None, **fit_kw: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """Fit on train (validation for the probe's own hyperparameters), score every example."""
         tr, va = self.idx["train"], self.idx["val"]
         kw = {} if mask is None else {"mask": mask[tr], "mask_val": mask[va]}
-        probe.fit(X[tr], self.y[tr], X[va], self.y[va], **kw)
+        probe.fit(X[tr], self.y[tr], X[va], self.y[va], **kw, **fit_kw)
         scores = probe.score(X, mask=mask) if mask is not None else probe.score(X)
-        config = {**fields.pop("config", {}), **getattr(probe, "meta", {})}
-        return self.evaluate(method, np.asarray(scores), features=features, kind=kind, config=_jsonable(config), **fields)
+        return np.asarray(scores), dict(getattr(probe, "meta", {}))
 
     # --- the study -----------------------------------------------------------------------
     def run(self) -> Any:
@@ -89,17 +159,18 @@ class Study:
 
         cfg = self.cfg
         t_start = time.perf_counter()
-        self.ds = self.stage("data", lambda: subsample(load_or_build(cfg.data or cfg.preset, cfg.seed),
-                                                       cfg.subsample, cfg.seed))
-        missing = [s for s in SPLITS if s not in self.ds.splits]
+        self.ds = self.stage("data", lambda: with_calibration_split(
+            subsample(load_or_build(cfg.data or cfg.preset, cfg.seed), cfg.subsample, cfg.seed), cfg.calibrate_on,
+            cfg.seed))
+        missing = [s for s in ("train", "val", cfg.calibrate_on, "ood") if s not in self.ds.splits]
         if missing:
-            raise ValueError(f"the study needs splits {SPLITS}; the dataset lacks {missing}")
+            raise ValueError(f"the study needs splits train, val, {cfg.calibrate_on}, ood; the dataset lacks {missing}")
         ex = self.ds.examples
         self.y = np.array([e.label for e in ex])
-        self.family = np.array([e.family for e in ex], dtype=object)
-        self.transformation = np.array([e.transformation for e in ex], dtype=object)
+        self.units = self.ds.clusters
         split = np.array([e.split for e in ex])
-        self.idx = {s: np.flatnonzero(split == s) for s in SPLITS}
+        self.splits = ["train", "val", cfg.calibrate_on, "ood"]
+        self.idx = {s: np.flatnonzero(split == s) for s in self.splits}
         self.lm = self.stage("model", lambda: load(cfg.model, dtype=cfg.dtype))
         features = sorted(set(cfg.dense_features))
         self.acts = self.stage("activations", lambda: extract(
@@ -110,10 +181,10 @@ class Study:
             self.stage("attention probes", self.attention_probes)
         if cfg.baselines:
             self.stage("baselines", self.text_baselines)
-        saes = self.stage("SAEs", self.train_saes)
-        quality = self.stage("SAE quality", lambda: self.sae_quality(saes))
-        self.stage("SAE probes", lambda: self.sae_probes(saes))
-        self.timings["total"] = time.perf_counter() - t_start
+        self.stage("SAEs", self.train_saes)
+        quality = self.stage("SAE quality", self.sae_quality)
+        self.stage("SAE probes", self.sae_probes)
+        self.timings["total before report"] = time.perf_counter() - t_start
         return self.stage("report", lambda: self.report(quality))
 
     def dense_probes(self) -> None:
@@ -121,21 +192,22 @@ class Study:
 
         for feat in self.cfg.dense_features:
             X = self.acts.pooled(self.cfg.layer, feat)
-            self.method(f"logistic/{feat}", lambda: self.fit_eval(
-                "logistic", LogisticProbe(seed=self.cfg.seed), X, features=feat, kind="dense"))
-            self.method(f"diffmean/{feat}", lambda: self.fit_eval("diff_of_means", DiffMeanProbe(), X, features=feat, kind="dense"))
+            self.score(Run("dense-logistic", "dense", feat), lambda: self.fit_probe(LogisticProbe(seed=self.cfg.seed), X))
+            for norm in self.cfg.diffmean_normalize:
+                self.score(Run(DIFFMEAN_NAMES[norm], "dense", feat),
+                           lambda: self.fit_probe(DiffMeanProbe(normalize=norm), X))
 
-    def _tokens(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token activations `[n, T, d]` + mask of the examples, each cut to its last N tokens.
+    def _tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token activations `[n, T, d]` + mask of every example, each cut to its last N tokens.
 
         Allocated once at its final size: at the full preset this is the largest tensor of the run.
         """
         n_max = self.cfg.attention_max_tokens
-        counts = self.acts.token_counts("all")[indices].clamp(max=n_max)
-        X = torch.zeros(len(indices), int(counts.max()), self.lm.d_model)
+        counts = self.acts.token_counts("all").clamp(max=n_max)
+        X = torch.zeros(len(self.y), int(counts.max()), self.lm.d_model)
         M = torch.arange(X.shape[1])[None, :] < counts[:, None]
-        for start in range(0, len(indices), 256):
-            x, m = self.acts.token_batch(self.cfg.layer, indices[start:start + 256].tolist(), mask="all")
+        for start in range(0, len(self.y), 256):
+            x, m = self.acts.token_batch(self.cfg.layer, list(range(start, min(start + 256, len(self.y)))), mask="all")
             for j in range(len(x)):
                 keep = x[j][m[j]][-n_max:]
                 X[start + j, : len(keep)] = keep
@@ -147,121 +219,152 @@ class Study:
         feat = f"tokens:all[-{self.cfg.attention_max_tokens}:]"
         tokens: list[torch.Tensor] = []  # built on first need: a warm rerun never reads them
 
-        def fit(method: str, probe: Any) -> list[Any]:
+        def fit(probe: Any) -> tuple[np.ndarray, dict[str, Any]]:
             if not tokens:
-                tokens.extend(self._tokens(np.arange(len(self.y))))
-            return self.fit_eval(method, probe, tokens[0], mask=tokens[1], features=feat, kind="attention")
+                tokens.extend(self._tokens())
+            return self.fit_probe(probe, tokens[0], mask=tokens[1])
 
-        self.method("attention", lambda: fit("attention", AttentionProbe(seed=self.cfg.seed)))
-        self.method("rolling_attention", lambda: fit("max_rolling_attention", RollingAttentionProbe(seed=self.cfg.seed)))
+        for seed in self.cfg.seeds:
+            self.score(Run("attention", "attention", feat, seed=seed), lambda: fit(AttentionProbe(seed=seed)))
+            self.score(Run("max-rolling-attention", "attention", feat, seed=seed),
+                       lambda: fit(RollingAttentionProbe(seed=seed)))
+        tokens.clear()
 
     def text_baselines(self) -> None:
         from assay.baselines.embedding import EmbeddingBaseline, embed
         from assay.baselines.tfidf import TfidfBaseline
+        from assay.runtime import dtype_name, resolve_dtype
 
         texts = np.array(self.ds.texts, dtype=object)
         tr, va = self.idx["train"], self.idx["val"]
 
-        def tfidf() -> list[Any]:
+        def tfidf() -> tuple[np.ndarray, dict[str, Any]]:
             model = TfidfBaseline().fit(texts[tr].tolist(), self.y[tr], texts[va].tolist(), self.y[va])
-            return self.evaluate("tfidf_logreg", np.asarray(model.score(texts.tolist())), features="text",
-                                 kind="baseline", config=_jsonable(model.meta))
+            return np.asarray(model.score(texts.tolist())), model.meta
 
-        def minilm() -> list[Any]:
-            E = embed(texts.tolist())  # once: fitting and scoring reuse the same embeddings
+        def minilm() -> tuple[np.ndarray, dict[str, Any]]:
+            # once: fitting and scoring reuse them; the encoder runs in the study's dtype
+            E = embed(texts.tolist(), progress=self.progress, dtype=dtype_name(resolve_dtype(self.cfg.dtype)))
             model = EmbeddingBaseline().fit(None, self.y[tr], None, self.y[va], E=E[tr], E_val=E[va])
-            return self.evaluate("minilm_logreg", np.asarray(model.score(E=E)), features="text", kind="baseline",
-                                 config=_jsonable(model.meta))
+            return np.asarray(model.score(E=E)), {**model.meta, "encoder_dtype": dtype_name(resolve_dtype(self.cfg.dtype))}
 
-        self.method("tfidf_logreg", tfidf)
-        self.method("minilm_logreg", minilm)
+        self.score(Run("tfidf", "baseline", "text"), tfidf)
+        self.score(Run("minilm", "baseline", "text"), minilm)
 
-    def train_saes(self) -> dict[str, tuple[Any, Path]]:
-        from assay.experiment.saes import study_saes
+    def sae_exclusions(self) -> frozenset[str]:
+        """Every benchmark prompt, normalised: no SAE corpus may contain one."""
+        from assay.data.benchmark import sharegpt_requests
+        from assay.data.normalize import normalize_text
 
-        return study_saes(self.lm, self.cfg, progress=self.progress)
+        return sharegpt_requests(self.ds) | frozenset(normalize_text(t) for t in self.ds.texts)
 
-    def sae_quality(self, saes: dict[str, tuple[Any, Path]]) -> list[dict[str, Any]]:
-        from assay.experiment.saes import sae_quality
+    def train_saes(self) -> None:
+        from assay.experiment.saes import train_study_saes
+
+        self.sae_paths = train_study_saes(self.lm, self.cfg, self.sae_exclusions(), progress=self.progress)
+
+    def sae_quality(self) -> list[dict[str, Any]]:
+        from assay.experiment.sae_quality import sae_quality
 
         val_tokens = list(self.acts.iter_tokens(self.cfg.layer, 8192, mask="all", indices=self.idx["val"].tolist()))
-        return [sae_quality(self.lm, sae, path, name, self.cfg, val_tokens) for name, (sae, path) in saes.items()]
+        return sae_quality(self.lm, self.cfg, self.sae_paths, val_tokens, self.sae_exclusions(), self.progress)
 
-    def sae_probes(self, saes: dict[str, tuple[Any, Path]]) -> None:
+    def sae_runs(self, name: str, seed: int) -> list[Run]:
+        cfg, runs = self.cfg, []
+        for agg in cfg.dense_features:
+            runs.append(Run("1-sparse", "sae_sparse", agg, name, 1, None, seed))
+            runs += [Run("k-sparse", "sae_sparse", agg, name, k, sel, seed) for sel in cfg.selectors for k in cfg.ks]
+            runs += [Run("reconstruction", "sae_reconstruction", agg, name, seed=seed),
+                     Run("error", "sae_error", agg, name, seed=seed)]
+        return runs
+
+    def sae_probes(self) -> None:
         from assay.probes import KSparseProbe, LogisticProbe, OneSparseProbe
+        from assay.probes.sae_encode import pooled_sae_outputs
+        from assay.probes.sparse import selection_order
+        from assay.runtime import resolve_dtype
+        from assay.sae.io import load_sae
 
-        for name, (sae, _) in saes.items():
-            pooled: dict[str, Any] = {}
+        cfg, tr = self.cfg, self.idx["train"]
+        search = torch.bfloat16 if resolve_dtype(cfg.dtype) == torch.bfloat16 else None
+        for (name, seed), path in self.sae_paths.items():
+            runs = self.sae_runs(name, seed)
+            if all(self.cached(r) for r in runs):
+                continue
+            log.info("SAE probes on %s (seed %d)", name, seed)
+            sae = load_sae(path, device=str(self.lm.device))
+            outputs = pooled_sae_outputs(self.acts, sae, cfg.layer, cfg.dense_features, search_dtype=search,
+                                         progress=self.progress)
+            for agg in cfg.dense_features:
+                Z = outputs["latents"][agg]
+                orders: dict[str, tuple[np.ndarray, Any]] = {}
 
-            def latents(agg: str, what: int) -> torch.Tensor:
-                if not pooled:
-                    pooled["z"], pooled["r"] = pooled_sae_latents(
-                        self.acts, sae, self.cfg.layer, self.cfg.sae_features, range(len(self.y)))
-                return (pooled["z"], pooled["r"])[what][agg]
+                def order(sel: str) -> tuple[np.ndarray, Any]:
+                    if sel not in orders:
+                        orders[sel] = selection_order(Z[tr], self.y[tr], sel, cfg.ks)
+                    return orders[sel]
 
-            for agg in self.cfg.sae_features:
-                self.method(f"sae/{name}/{agg}/1sparse", lambda: self.fit_eval(
-                    "1-sparse", OneSparseProbe(), latents(agg, 0), features=agg, kind="sae_sparse", sae=name, k=1))
-                for select in self.cfg.selectors:
-                    for k in self.cfg.ks:
-                        def run(k=k, select=select):
-                            probe = KSparseProbe(k=k, select=select, seed=self.cfg.seed)
-                            rows = self.fit_eval(f"k-sparse[{select}]", probe, latents(agg, 0), features=agg,
-                                                 kind="sae_sparse", sae=name, k=k)
-                            for r in rows:
-                                r.latents = [int(i) for i in probe.meta.get("latents", [])] or None
-                            return rows
-                        self.method(f"sae/{name}/{agg}/{select}/k{k}", run)
-                self.method(f"sae/{name}/{agg}/recon", lambda: self.fit_eval(
-                    "reconstruction_probe", LogisticProbe(seed=self.cfg.seed), latents(agg, 1), features=agg,
-                    kind="sae_reconstruction", sae=name))
+                self.score(Run("1-sparse", "sae_sparse", agg, name, 1, None, seed), lambda: self.fit_probe(OneSparseProbe(), Z))
+                for sel in cfg.selectors:
+                    for k in cfg.ks:
+                        def fit(k: int = k, sel: str = sel) -> tuple[np.ndarray, dict[str, Any]]:
+                            ranking, path_ = order(sel)
+                            scores, meta = self.fit_probe(KSparseProbe(k=k, select=sel, seed=seed), Z, order=ranking)
+                            meta["l1_path"] = path_
+                            if k == cfg.headline_k and seed == cfg.seed:
+                                meta["stability"] = self.selection_stability(Z, sel, ranking[:k])
+                            return scores, meta
+                        self.score(Run("k-sparse", "sae_sparse", agg, name, k, sel, seed), fit)
+                for what in ("reconstruction", "error"):
+                    X = outputs[what][agg]
+                    self.score(Run(what, f"sae_{what}", agg, name, seed=seed),
+                               lambda: self.fit_probe(LogisticProbe(seed=seed), X))
+            del outputs
+
+    def selection_stability(self, Z: torch.Tensor, select: str, chosen: np.ndarray) -> dict[str, Any]:
+        """How often the latents chosen on the training set are chosen again on bootstrap resamples
+        of its clusters: mean Jaccard overlap of the k-sets, and each chosen latent's pick rate."""
+        from assay.eval.bootstrap import cluster_weights
+        from assay.probes.sparse import selection_order
+
+        tr = self.idx["train"]
+        k = len(chosen)
+        W = cluster_weights(self.units[tr].tolist(), self.cfg.stability_resamples, self.cfg.seed + 7)
+        sets, picks = [], {int(j): 0 for j in chosen}
+        for w in W:
+            rows = np.repeat(np.arange(len(tr)), w)
+            again, _ = selection_order(Z[tr][rows], self.y[tr][rows], select, [k])
+            s = set(again[:k].tolist())
+            sets.append(len(s & set(chosen.tolist())) / len(s | set(chosen.tolist())))
+            for j in s & set(picks):
+                picks[j] += 1
+        return {"resamples": len(W), "jaccard_mean": float(np.mean(sets)), "jaccard_min": float(np.min(sets)),
+                "pick_rate": {str(j): c / len(W) for j, c in picks.items()}}
 
     def report(self, quality: list[dict[str, Any]]) -> Any:
-        from assay.eval.published import gdm_published
-        from assay.eval.render import write_report
-        from assay.eval.schema import Provenance, Report, SAEQuality
-        from assay.experiment.findings import findings
-        from assay.provenance import provenance
+        from assay.experiment.evaluation import build_report
 
-        prov = provenance(model=self.cfg.model, layer=self.cfg.layer, dataset_fingerprint=self.ds.fingerprint,
-                          seed=self.cfg.seed, model_fingerprint=self.lm.fingerprint, dtype=self.cfg.dtype,
-                          timings_seconds={k: round(v, 1) for k, v in self.timings.items()},
-                          activation_cache=self.acts.key)
-        sae_rows = [SAEQuality(
-            sae=q["sae"], architecture=q["architecture"], training_data=q["corpus"], d_sae=q["d_sae"], l0=q["l0"],
-            fvu=q["fvu"], ce_loss_recovered=q.get("ce_recovered"),
-            delta_lm_loss=q["ce_sae"] - q["ce_clean"] if "ce_sae" in q else None, dead_fraction=q["dead"] / q["d_sae"],
-            dense_fraction=q["dense"] / q["d_sae"], eval_split="benchmark val tokens (L0, FVU); held-out corpus text (CE)",
-        ) for q in quality]
-        report = Report(
-            title=f"Harmful-intent probing: dense probes vs SAE probes ({self.cfg.model}, layer {self.cfg.layer}, "
-                  f"{self.cfg.preset} preset)",
-            provenance=Provenance(**prov), config=self.cfg.model_dump(), results=self.results,
-            sae_quality=sae_rows, published=gdm_published(),
-        )
-        report.notes = findings(report)
-        write_report(report, self.out)
-        return report
+        return build_report(self, quality)
 
 
-@torch.no_grad()
-def pooled_sae_latents(
-    acts: Any, sae: Any, layer: int, aggregations: list[str], indices: Any, batch: int = 64,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """SAE latents and reconstructions of every token of the examples `indices`, each pooled by
-    every aggregation: the SAE sees single tokens, as in training, and pooling comes after."""
-    from assay.probes.sae_encode import encode_pooled
+DIFFMEAN_NAMES = {"none": "diff-of-means", "standardize": "diff-of-means-std", "whiten": "lda"}
 
-    indices = list(indices)
-    Z: dict[str, list[torch.Tensor]] = {a: [] for a in aggregations}
-    R: dict[str, list[torch.Tensor]] = {a: [] for a in aggregations}
-    for start in range(0, len(indices), batch):
-        x, m = acts.token_batch(layer, indices[start:start + batch], mask="all")
-        z, r = encode_pooled(sae, x, m, aggregations, reconstruction=True)
-        for a in aggregations:
-            Z[a].append(z[a])
-            R[a].append(r[a])
-    return {a: torch.cat(v) for a, v in Z.items()}, {a: torch.cat(v) for a, v in R.items()}
+
+def with_calibration_split(ds: Any, calib: str, seed: int) -> Any:
+    """`ds` unchanged when it has a `calib` split; otherwise half of the validation clusters
+    (chosen by seed, whole clusters at a time) become the calibration split."""
+    if calib in ds.splits or "val" not in ds.splits:
+        return ds
+    from dataclasses import replace
+
+    from assay.data import Dataset
+
+    units = sorted({u for u, e in zip(ds.clusters, ds.examples) if e.split == "val"})
+    rng = np.random.default_rng(seed)
+    moved = set(rng.permutation(units)[: len(units) // 2].tolist())
+    rows = [replace(e, split=calib) if e.split == "val" and u in moved else e for u, e in zip(ds.clusters, ds.examples)]
+    log.info("no %r split: %d of %d validation clusters moved into one", calib, len(moved), len(units))
+    return Dataset(rows, ds.path, {**ds.meta, "calibration_split": f"carved from val (seed {seed})"})
 
 
 def _jsonable(obj: Any) -> Any:

@@ -109,7 +109,7 @@ def evaluate(
     probes: list[Path] = typer.Argument(..., help="Probe directories written by `assay probe train`."),
     data: Path = typer.Option(..., help="The benchmark the probes were trained on (or another with the same splits)."),
     out: Path = typer.Option(Path("results.json"), help="Results JSON (assay.eval.schema.Report)."),
-    calibrate_on: str = typer.Option("val", help="Split whose benign examples set the threshold."),
+    calibrate_on: Optional[str] = typer.Option(None, help="Split whose benign examples set the threshold (default: calib if the data has it, else val)."),
     target_fpr: float = 0.01,
     n_boot: int = 1000,
     seed: int = 0,
@@ -125,6 +125,9 @@ def evaluate(
     from assay.provenance import provenance
 
     ds = load_dataset(data)
+    calibrate_on = calibrate_on or ("calib" if "calib" in ds.splits else "val")
+    if calibrate_on not in ds.splits:
+        raise typer.BadParameter(f"no split {calibrate_on!r} to calibrate on; splits are {ds.splits}")
     y = ds.labels
     results, runs, cache = [], [], {}
     for path in probes:
@@ -145,7 +148,9 @@ def evaluate(
                 X, m = fetch(cache[key], spec, idx, load_sae(spec.sae) if spec.sae else None)
                 s = probe.score(X, m) if m is not None else probe.score(X)
             ex = [ds.examples[i] for i in idx]
-            splits[split] = SplitScores(s, y[idx], {"family": [e.family for e in ex], "transformation": [e.transformation for e in ex]})
+            splits[split] = SplitScores(s, y[idx], {"family": [e.family for e in ex], "transformation": [e.transformation for e in ex],
+                                                     "source": [e.source for e in ex]},
+                                        units=ds.clusters[idx].tolist())
         kind = ("baseline" if spec.kind in TEXT_KINDS else "attention" if spec.token_level
                 else "sae_reconstruction" if spec.sae and spec.sae_output == "reconstruction"
                 else "sae_sparse" if spec.sae else "dense")

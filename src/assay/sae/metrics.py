@@ -12,12 +12,18 @@ DENSE_FREQ = 0.1  # latents firing on more than 10% of tokens (the study's "high
 
 
 @torch.no_grad()
-def reconstruction_stats(sae: Any, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
-    """L0, MSE (per token, summed over d_in), FVU, firing frequencies over raw-activation batches."""
+def reconstruction_stats(sae: Any, batches: Iterable[torch.Tensor],
+                         outlier_dims: Sequence[int] | torch.Tensor | None = None) -> dict[str, Any]:
+    """L0, MSE (per token, summed over d_in), FVU, firing frequencies over raw-activation batches.
+
+    With `outlier_dims` (e.g. the few massive-activation dimensions of a residual stream, which can
+    hold most of its variance), also `fvu_outlier_dims` and `fvu_other_dims`: FVU over those
+    dimensions and over the rest, since an FVU dominated by a few huge dimensions says little
+    about the error where the model reads most of its information.
+    """
     n = 0
-    sse = l0 = 0.0
-    s1 = s2 = None
-    fired = None
+    l0 = 0.0
+    sse = s1 = s2 = fired = None
     for x in batches:
         x = x.to(sae.W_enc.device, sae.W_enc.dtype)
         acts = sae.encode(x)
@@ -25,24 +31,32 @@ def reconstruction_stats(sae: Any, batches: Iterable[torch.Tensor]) -> dict[str,
         active = acts > 0
         fired = active.sum(0).double() if fired is None else fired + active.sum(0)
         l0 += float(active.sum())
-        sse += float((x_hat - x).double().pow(2).sum())
+        err = (x_hat - x).double().pow(2).sum(0)
+        sse = err if sse is None else sse + err
         s1 = x.double().sum(0) if s1 is None else s1 + x.double().sum(0)
-        s2 = x.double().pow(2).sum() if s2 is None else s2 + x.double().pow(2).sum()
+        s2 = x.double().pow(2).sum(0) if s2 is None else s2 + x.double().pow(2).sum(0)
         n += len(x)
     if not n:
         raise ValueError("no activations to evaluate on")
-    total_var = float(s2 - s1.pow(2).sum() / n)
+    var = s2 - s1.pow(2) / n  # per dimension, times n
     freq = (fired / n).float().cpu()
-    return {
+    out = {
         "tokens": n,
         "l0": l0 / n,
-        "mse": sse / n,
-        "fvu": sse / total_var,
+        "mse": float(sse.sum()) / n,
+        "fvu": float(sse.sum() / var.sum()),
         "dead": int((freq == 0).sum()),
         "dense": int((freq > DENSE_FREQ).sum()),
         "max_freq": float(freq.max()),
         "freq": freq,
     }
+    if outlier_dims is not None:
+        mask = torch.zeros(len(var), dtype=torch.bool, device=var.device)
+        mask[torch.as_tensor(outlier_dims, device=var.device)] = True
+        out["fvu_outlier_dims"] = float(sse[mask].sum() / var[mask].sum())
+        out["fvu_other_dims"] = float(sse[~mask].sum() / var[~mask].sum())
+        out["outlier_variance_share"] = float(var[mask].sum() / var.sum())
+    return out
 
 
 def _replace_output(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

