@@ -143,3 +143,28 @@ def test_k_above_the_number_of_varying_latents_uses_them_all(zs, select):
     Z[:, 8:] = 0.0  # only 8 latents vary on train
     p = KSparseProbe(k=20, select=select, device="cpu").fit(Z, y, Zv, yv)
     assert len(p.latents) == 20 and set(range(8)) <= set(p.latents.tolist())
+
+
+def test_l1_logistic_meets_the_optimality_conditions_on_nearly_separable_latents():
+    """The path's solver reaches the L1 optimum (KKT: |X_j^T (p - y)| = lam on active latents with
+    the opposite sign, <= lam elsewhere, intercept gradient 0), also where a few sparse latents
+    fire only on one class, the case where liblinear stalls."""
+    from scipy.special import expit
+
+    from assay.probes.sparse import l1_logistic
+
+    Z, y = latents(n=400, seed=3)
+    Z[:, 250] = 0.0
+    Z[:5, 250] = 4.0 * y[:5]  # latents that fire on a few harmful examples only
+    Z[:, 251] = 0.0
+    Z[10:13, 251] = 3.0 * y[10:13] + 0.1
+    X = Z.astype(np.float64) / Z.std(0)
+    yf = y.astype(np.float64)
+    for lam in (40.0, 10.0, 2.0):
+        w, b = l1_logistic(X, yf, lam, np.zeros(X.shape[1]), 0.0)
+        g = X.T @ (expit(X @ w + b) - yf)
+        active = w != 0
+        assert 0 < active.sum() < X.shape[1]
+        np.testing.assert_allclose(g[active], -lam * np.sign(w[active]), rtol=1e-3, atol=1e-3 * lam)
+        assert np.abs(g[~active]).max() <= lam * (1 + 1e-3)
+        assert abs(np.sum(expit(X @ w + b) - yf)) < 1e-3

@@ -14,6 +14,7 @@ def test_readme_results_section_matches_the_committed_reports():
     if not all(p.exists() for p in REPORTS):
         pytest.skip("no committed reports")
     current, generated = update_readme(ROOT / "README.md", REPORTS)
+    assert str(ROOT) not in generated, "report paths must be relative to the README"
     assert current == generated, "README results are stale: run `assay experiment readme " + " ".join(
         str(p.relative_to(ROOT)) for p in REPORTS) + "`"
 

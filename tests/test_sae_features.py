@@ -1,7 +1,6 @@
 """The SAE feature pass of the study: latents, reconstruction and error of every token, pooled by
 every aggregation with that aggregation's own mask, from one read of the activation cache."""
 
-import pytest
 import torch
 
 from assay.activations import extract

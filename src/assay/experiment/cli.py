@@ -37,7 +37,12 @@ def harmful_intent(
     from rich import print as rprint
 
     from assay.experiment import StudyConfig, run_study
-    from assay.runtime import choose_dtype
+    from assay.runtime import DTYPES, choose_dtype
+
+    if preset not in ("quick", "full"):
+        raise typer.BadParameter(f"unknown preset {preset!r}: use quick or full", param_hint="--preset")
+    if dtype != "auto" and dtype.lower() not in DTYPES:
+        raise typer.BadParameter(f"unknown dtype {dtype!r}: use auto, float32 or bfloat16", param_hint="--dtype")
 
     dtype, why = choose_dtype(dtype)
     if "float32_gflops" in why:

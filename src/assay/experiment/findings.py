@@ -124,15 +124,7 @@ def findings(report: Any) -> list[Any]:
         near_perfect))
 
     # 2. One latent cannot fit the training set.
-    parts, fails = [], []
-    for sae in saes:
-        one = best.get(f"1-sparse [{sae}]")
-        if one is None:
-            continue
-        d, c = w.diff(_dense_at(dense, one.features), one, "train")
-        parts.append(f"{sae}: {label(one)} train AUROC {w.result(one, 'train')}, dense probe on the same "
-                     f"aggregation minus it {d}")
-        fails.append(c is not None and c.outside_noise and c.diff > 0)
+    parts, fails = _against_dense(w, best, dense, saes, "1-sparse", "train")
     if parts:
         out.append(w.finding(
             "A single SAE latent cannot even fit the training set.",
@@ -154,7 +146,7 @@ def findings(report: Any) -> list[Any]:
         holds.append(c_ood is not None and c_ood.outside_noise and c_ood.diff > 0)
     if parts:
         out.append(w.finding(
-            f"k-sparse SAE probes fit in distribution but are distinctly worse out of distribution.",
+            "k-sparse SAE probes fit in distribution but are distinctly worse out of distribution.",
             f"k-sparse probes at k={k} (fixed in advance; selector and aggregation chosen on validation) against the "
             "dense probe's best configuration, paired clustered 95% intervals of dense minus SAE: " + "; ".join(parts)
             + ". " + ("Worse OOD for every SAE, as GDM found." if all(holds) else
@@ -164,14 +156,7 @@ def findings(report: Any) -> list[Any]:
     # 4. Reconstruction and error probes.
     for what, claim in (("reconstruction", "Probes on the SAE reconstruction lose the signal (worse OOD)."),
                         ("error", "")):
-        parts, worse = [], []
-        for sae in saes:
-            ref = best.get(f"{what} [{sae}]")
-            if ref is None:
-                continue
-            d, c = w.diff(_dense_at(dense, ref.features), ref, "ood")
-            parts.append(f"{sae}: OOD {w.result(ref, 'ood')} at {ref.features}, dense on the same aggregation minus it {d}")
-            worse.append(c is not None and c.outside_noise and c.diff > 0)
+        parts, worse = _against_dense(w, best, dense, saes, what, "ood")
         if not parts:
             continue
         what_txt = ("a dense probe on the SAE's reconstruction" if what == "reconstruction"
@@ -249,14 +234,12 @@ def findings(report: Any) -> list[Any]:
     # 8. What the SAE's reconstruction costs the model, and why.
     q = next((q for q in report.sae_quality if q.sae == "pretrain" and q.seed == cfg["seed"] and q.delta_lm_loss is not None), None)
     if q is not None:
-        ref = {"source": "sae_quality"}
         sref = _quality_ref(q)
         dl = w.value("sae_quality", "delta_lm_loss", q.delta_lm_loss, ref=sref)
         fv = w.value("sae_quality", "fvu", q.fvu, ref=sref)
         fo = w.value("sae_quality", "fvu_other_dims", q.fvu_other_dims, ref=sref) if q.fvu_other_dims is not None else "n/a"
         rn = (w.value("sae_quality", "random_same_norm_delta_lm_loss", q.random_same_norm_delta_lm_loss, ref=sref)
               if q.random_same_norm_delta_lm_loss is not None else "n/a")
-        del ref
         out.append(w.finding(
             "", f"Splicing the pretraining SAE's reconstruction into layer {report.provenance.layer} (every token but "
             f"BOS) raises the LM loss by {dl} nats/token on {q.ce_texts} held-out documents (95% interval "
@@ -278,6 +261,22 @@ def findings(report: Any) -> list[Any]:
             f"overlap with the full-data choice {', '.join(parts)} (1 = always the same latents; over "
             f"{len(stab)} SAE x aggregation x selector configurations, {stab[0]['resamples']} resamples each).", None))
     return out
+
+
+def _against_dense(w: _Writer, best: dict[str, Any], dense: Any, saes: list[str], family: str,
+                   split: str) -> tuple[list[str], list[bool]]:
+    """Per SAE: the family's configuration chosen on validation on `split`, and the dense probe on
+    the same aggregation minus it; plus whether the dense probe is better beyond noise."""
+    parts, worse = [], []
+    for sae in saes:
+        ref = best.get(f"{family} [{sae}]")
+        if ref is None:
+            continue
+        d, c = w.diff(_dense_at(dense, ref.features), ref, split)
+        parts.append(f"{sae}: {label(ref)} {split} AUROC {w.result(ref, split)}, dense probe on the same "
+                     f"aggregation minus it {d}")
+        worse.append(c is not None and c.outside_noise and c.diff > 0)
+    return parts, worse
 
 
 def _dense_at(dense: Any, features: str) -> Any:

@@ -18,7 +18,7 @@ import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
@@ -142,7 +142,8 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
             }
             train_cfg = TrainConfig(total_tokens=n_tokens * spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
                                     seed=seed, checkpoint_every=50, progress=progress,
-                                    lr_warmup_steps=0 if sae.parent else 100)
+                                    lr_warmup_steps=0 if sae.parent else 100,
+                                    search_dtype="bfloat16" if lm.dtype == torch.bfloat16 else None)
             log.info("training SAE %s seed %d (%s, %d latents) on %d %s tokens x %d epochs", sae.name, seed, spec.arch,
                      spec.width, n_tokens, sae.corpus, spec.epochs)
             trainer = Trainer({sae.name: model}, train_cfg, path, metadata=meta)

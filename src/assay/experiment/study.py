@@ -200,11 +200,13 @@ class Study:
     def _tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token activations `[n, T, d]` + mask of every example, each cut to its last N tokens.
 
-        Allocated once at its final size: at the full preset this is the largest tensor of the run.
+        Allocated once at its final size, in the extraction dtype: at the full preset this is the
+        largest tensor of the run.
         """
         n_max = self.cfg.attention_max_tokens
         counts = self.acts.token_counts("all").clamp(max=n_max)
-        X = torch.zeros(len(self.y), int(counts.max()), self.lm.d_model)
+        # kept in the extraction dtype: bf16 activations lose nothing, and take half the memory
+        X = torch.zeros(len(self.y), int(counts.max()), self.lm.d_model, dtype=self.lm.dtype)
         M = torch.arange(X.shape[1])[None, :] < counts[:, None]
         for start in range(0, len(self.y), 256):
             x, m = self.acts.token_batch(self.cfg.layer, list(range(start, min(start + 256, len(self.y)))), mask="all")
@@ -295,14 +297,17 @@ class Study:
             sae = load_sae(path, device=str(self.lm.device))
             outputs = pooled_sae_outputs(self.acts, sae, cfg.layer, cfg.dense_features, search_dtype=search,
                                          progress=self.progress)
+            # Latent rankings the missing k-sparse runs need, the slow L1 paths in parallel processes
+            # (liblinear runs on one core).
+            wanted = sorted({(r.features, r.selector) for r in runs if r.method == "k-sparse" and not self.cached(r)})
+            ranked = parallel_map(selection_order, {(a, s): (outputs["latents"][a][tr].numpy(), self.y[tr], s, cfg.ks)
+                                                    for a, s in wanted if s == "l1"})
+            ranked |= {(a, s): selection_order(outputs["latents"][a][tr], self.y[tr], s, cfg.ks) for a, s in wanted if s != "l1"}
             for agg in cfg.dense_features:
                 Z = outputs["latents"][agg]
-                orders: dict[str, tuple[np.ndarray, Any]] = {}
 
-                def order(sel: str) -> tuple[np.ndarray, Any]:
-                    if sel not in orders:
-                        orders[sel] = selection_order(Z[tr], self.y[tr], sel, cfg.ks)
-                    return orders[sel]
+                def order(sel: str, agg: str = agg) -> tuple[np.ndarray, Any]:
+                    return ranked[(agg, sel)]
 
                 self.score(Run("1-sparse", "sae_sparse", agg, name, 1, None, seed), lambda: self.fit_probe(OneSparseProbe(), Z))
                 for sel in cfg.selectors:
@@ -330,10 +335,12 @@ class Study:
         tr = self.idx["train"]
         k = len(chosen)
         W = cluster_weights(self.units[tr].tolist(), self.cfg.stability_resamples, self.cfg.seed + 7)
+        Zt, yt = Z[tr].numpy(), self.y[tr]
+        calls = {b: (Zt[np.repeat(np.arange(len(tr)), w)], yt[np.repeat(np.arange(len(tr)), w)], select, [k])
+                 for b, w in enumerate(W)}
         sets, picks = [], {int(j): 0 for j in chosen}
-        for w in W:
-            rows = np.repeat(np.arange(len(tr)), w)
-            again, _ = selection_order(Z[tr][rows], self.y[tr][rows], select, [k])
+        # the L1 path is slow and single-threaded; mean-difference ranking is instant
+        for again, _ in parallel_map(selection_order, calls, processes=select == "l1").values():
             s = set(again[:k].tolist())
             sets.append(len(s & set(chosen.tolist())) / len(s | set(chosen.tolist())))
             for j in s & set(picks):
@@ -348,6 +355,21 @@ class Study:
 
 
 DIFFMEAN_NAMES = {"none": "diff-of-means", "standardize": "diff-of-means-std", "whiten": "lda"}
+
+
+def parallel_map(fn: Callable[..., Any], calls: dict[Any, tuple], processes: bool = True) -> dict[Any, Any]:
+    """`{key: fn(*args)}` for `calls = {key: args}`, over worker processes (one per core, at most
+    8): for single-threaded fits such as liblinear's. `fn` must be a module-level function and
+    `args` plain data (they are pickled). Results are those of a serial loop."""
+    import os
+
+    jobs = min(len(calls), os.cpu_count() or 1, 8) if processes else 1
+    if jobs < 2:
+        return {key: fn(*args) for key, args in calls.items()}
+    from joblib import Parallel, delayed
+
+    results = Parallel(n_jobs=jobs, backend="loky")(delayed(fn)(*args) for args in calls.values())
+    return dict(zip(calls, results))
 
 
 def with_calibration_split(ds: Any, calib: str, seed: int) -> Any:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def _describe(report: Report, path: Path) -> str:
 def readme_section(reports: list[tuple[Path, Report]]) -> str:
     """Markdown for the README: each family's configuration chosen on validation with its held-out
     and OOD AUROC (the first report; OOD of the others beside), then the first report's findings."""
-    (main_path, main), others = reports[0], reports[1:]
+    (_, main), others = reports[0], reports[1:]
     chosen = main.diagnostics.get("family_best") or {}
     head = ["family (configuration chosen on validation)", "calib AUROC [95% CI]", "OOD AUROC [95% CI]",
             "dense − it, OOD [95% CI]"] + [f"OOD AUROC, {o.config.get('preset')} preset" for _, o in others]
@@ -76,7 +77,9 @@ def update_readme(readme: Path, reports: list[Path]) -> tuple[str, str]:
     text = readme.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise ValueError(f"{readme} has no results markers; add the lines\n{START}\n{END}\nwhere the section belongs")
-    section = readme_section([(p, load_report(p)) for p in reports])
+    # paths relative to the README, so the section reads the same in every checkout
+    here = readme.resolve().parent
+    section = readme_section([(Path(os.path.relpath(p.resolve(), here)), load_report(p)) for p in reports])
     before, rest = text.split(START, 1)
     after = rest.split(END, 1)[1]
     return text, before + section + after

@@ -65,6 +65,22 @@ class AttentionHead(nn.Module):
         return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
 
 
+def _token_mean_std(X: torch.Tensor, m: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (ddof=1) over the real tokens of `X [n, T, d]`, in float64, a chunk of
+    examples at a time (no float32 copy of every token)."""
+    s1 = torch.zeros(X.shape[-1], dtype=torch.float64)
+    s2 = torch.zeros_like(s1)
+    n = 0
+    for i in range(0, len(X), chunk):
+        t = X[i : i + chunk][m[i : i + chunk]].double()
+        s1 += t.sum(0)
+        s2 += t.pow(2).sum(0)
+        n += len(t)
+    mean = s1 / n
+    var = (s2 - n * mean.pow(2)) / max(n - 1, 1)
+    return mean.float(), var.clamp(min=0).sqrt().float()
+
+
 @dataclass(frozen=True)
 class AttentionConfig:
     n_heads: int = 4
@@ -88,7 +104,11 @@ class AttentionProbe(Probe):
         return torch.device(self.config.device) if self.config.device else default_device()
 
     def _inputs(self, X, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        X = as_tensor(X, torch.float32, "cpu")
+        # bfloat16 token tensors (activations extracted in bf16) stay so: half the memory and the
+        # traffic of every epoch; each batch is normalised in float32.
+        if not (isinstance(X, torch.Tensor) and X.dtype in (torch.float32, torch.bfloat16)):
+            X = as_tensor(X, torch.float32, "cpu")
+        X = X.cpu()
         if X.ndim != 3 or mask is None:
             raise ValueError("attention probes take per-token X [n, T, d] and a bool mask [n, T]")
         return X, torch.as_tensor(mask).to("cpu", torch.bool)
@@ -98,7 +118,7 @@ class AttentionProbe(Probe):
         self.net.eval()
         with torch.no_grad():
             for i in range(0, len(X), batch):
-                xb = ((X[i : i + batch].to(dev) - self.mu) / self.sd)
+                xb = ((X[i : i + batch].to(dev, torch.float32) - self.mu) / self.sd)
                 out.append(self.net(xb, m[i : i + batch].to(dev)).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -111,9 +131,8 @@ class AttentionProbe(Probe):
             X, X_val, m, mask_val, y_np, y_val = X[tr], X[va], m[tr], m[va], y_np[tr], y_np[va]
         Xv, mv = self._inputs(X_val, mask_val)
         yv = as_labels(y_val)
-        tokens = X[m]
-        self.mu = tokens.mean(0).to(dev)
-        self.sd = tokens.std(0).clamp(min=1e-6).to(dev)
+        self.mu, self.sd = _token_mean_std(X, m)
+        self.mu, self.sd = self.mu.to(dev), self.sd.clamp(min=1e-6).to(dev)
         torch.manual_seed(cfg.seed)
         self.net = AttentionHead(X.shape[-1], cfg.n_heads, cfg.window).to(dev)
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -123,7 +142,7 @@ class AttentionProbe(Probe):
         for epoch in range(cfg.max_epochs):
             self.net.train()
             for idx in torch.randperm(len(X), generator=gen).split(cfg.batch_size):
-                xb = (X[idx].to(dev) - self.mu) / self.sd
+                xb = (X[idx].to(dev, torch.float32) - self.mu) / self.sd
                 loss = F.binary_cross_entropy_with_logits(self.net(xb, m[idx].to(dev)), yt[idx].to(dev))
                 opt.zero_grad()
                 loss.backward()

@@ -108,19 +108,41 @@ class SparseDecode(torch.autograd.Function):
         return g_vals, None, g_W
 
 
-def topk_encode(x: torch.Tensor, b_dec: torch.Tensor | None, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int):
-    """TopK codes `(relu(vals) [n, k], idx [n, k], pre [n, d_sae] detached)` with a sparse backward."""
+def topk_encode(x: torch.Tensor, b_dec: torch.Tensor | None, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
+                search_dtype: torch.dtype | None = None, margin: int = 16):
+    """TopK codes `(relu(vals) [n, k], idx [n, k], pre [n, d_sae] detached)` with a sparse backward.
+
+    With `search_dtype` (e.g. bfloat16, several times faster than float32 where the hardware has
+    it), the dense pre-activations `pre` are computed in that dtype only to shortlist k + `margin`
+    candidates per token, whose pre-activations are recomputed exactly: the code and its gradients
+    are the full-precision ones unless a true top-k latent falls outside the shortlist. `pre` is
+    then the low-precision copy (good for ranking, e.g. AuxK's dead latents; `gather_encode`
+    recomputes values exactly).
+    """
     with torch.no_grad():
         x_cent = x - b_dec if b_dec is not None else x
-        pre = torch.addmm(b_enc, x_cent, W_enc)
-        vals, idx = pre.topk(k, dim=-1, sorted=False)
+        if search_dtype is None or search_dtype == W_enc.dtype:
+            pre = torch.addmm(b_enc, x_cent, W_enc)
+            vals, idx = pre.topk(k, dim=-1, sorted=False)
+        else:
+            pre = torch.addmm(b_enc.to(search_dtype), x_cent.to(search_dtype), W_enc.to(search_dtype))
+            _, cand = pre.topk(min(k + margin, pre.shape[-1]), dim=-1, sorted=False)
+            exact = sparse_dots(cand, x_cent, W_enc.t()) + b_enc[cand]
+            vals, j = exact.topk(k, dim=-1, sorted=False)
+            idx = cand.gather(1, j)
     vals = SparseEncodeAt.apply(x, b_dec, W_enc, b_enc, idx, vals)
     return vals.relu(), idx, pre
 
 
 def gather_encode(x, b_dec, W_enc, b_enc, idx, pre):
-    """Differentiable pre-activations at `idx` (e.g. AuxK's dead latents), given detached `pre`."""
-    return SparseEncodeAt.apply(x, b_dec, W_enc, b_enc, idx, pre.gather(1, idx))
+    """Differentiable pre-activations at `idx` (e.g. AuxK's dead latents), given detached `pre`
+    (recomputed exactly at `idx` when `pre` is a low-precision copy)."""
+    if pre.dtype == W_enc.dtype:
+        at = pre.gather(1, idx)
+    else:
+        with torch.no_grad():
+            at = sparse_dots(idx, x - b_dec if b_dec is not None else x, W_enc.t()) + b_enc[idx]
+    return SparseEncodeAt.apply(x, b_dec, W_enc, b_enc, idx, at)
 
 
 def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:

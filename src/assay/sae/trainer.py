@@ -20,6 +20,7 @@ import torch
 
 from assay.fileio import atomic_path, write_json
 from assay.provenance import provenance
+from assay.runtime import resolve_dtype
 from assay.sae.base import SAE
 from assay.sae.buffer import shuffled_batches
 
@@ -46,6 +47,9 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 0
     progress: bool = True
+    # TopK SAEs: shortlist each token's top k in this dtype (e.g. "bfloat16" where it multiplies
+    # faster), then compute the shortlisted values exactly; None computes everything in float32.
+    search_dtype: str | None = None
 
     @property
     def total_steps(self) -> int:
@@ -92,6 +96,9 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------
     def fit(self, stream: Iterable[torch.Tensor], resume: bool = False) -> dict[str, SAE]:
         torch.manual_seed(self.cfg.seed)
+        for s in self.saes.values():
+            if hasattr(s, "search_dtype"):
+                s.search_dtype = resolve_dtype(self.cfg.search_dtype) if self.cfg.search_dtype else None
         if resume:
             self._load_checkpoint()
         batches = shuffled_batches(self._counted(stream, skip=self.state.tokens_drawn), self.cfg.batch_size,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from assay.sae.base import SAE, SAEConfig, register
-from assay.sae.sparse import densify, gather_encode, sparse_decode, sparse_dots, topk_encode
+from assay.sae.sparse import densify, gather_encode, sparse_decode, topk_encode
 
 
 @dataclass
@@ -52,38 +52,25 @@ class TopKSAE(SAE):
         super().__init__(cfg)
         self.b_enc = nn.Parameter(torch.zeros_like(self.W_enc[0]))
 
+    # Set by the trainer (not saved): dtype in which to shortlist the top k (see `topk_encode`).
+    search_dtype: torch.dtype | None = None
+
     def encode_sparse(self, x: torch.Tensor):
         """`(vals [n, k], idx [n, k], pre [n, d_sae] detached)`; differentiable in vals."""
         b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
-        return topk_encode(x.to(self.W_enc.dtype), b_dec, self.W_enc, self.b_enc, self.cfg.k)
+        return topk_encode(x.to(self.W_enc.dtype), b_dec, self.W_enc, self.b_enc, self.cfg.k, self.search_dtype)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         vals, idx = self.encode_topk(x)
         return densify(vals, idx, self.cfg.d_sae)
 
     @torch.no_grad()
-    def encode_topk(self, x: torch.Tensor, search_dtype: torch.dtype | None = None,
-                    margin: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-        """The code as `(relu(vals) [n, k], idx [n, k])`, without the dense [n, d_sae] code.
-
-        With `search_dtype` (e.g. bfloat16, several times faster than float32 on CPUs with
-        AVX512-BF16/AMX and on GPUs), the dense pre-activations are computed in that dtype only to
-        shortlist k + `margin` candidates; their pre-activations are then recomputed in the SAE's
-        own dtype and the top k taken among them, so the result equals the full-precision code
-        unless a true top-k latent falls outside the low-precision top k + margin.
-        """
-        x = x.to(self.W_enc.dtype)
-        centred = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
-        if search_dtype is None or search_dtype == self.W_enc.dtype:
-            pre = torch.addmm(self.b_enc, centred, self.W_enc)
-            vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            return vals.relu(), idx
-        W = self.W_enc.to(search_dtype)
-        rough = torch.addmm(self.b_enc.to(search_dtype), centred.to(search_dtype), W)
-        _, cand = rough.topk(min(self.cfg.k + margin, self.cfg.d_sae), dim=-1, sorted=False)
-        exact = sparse_dots(cand, centred, self.W_enc.T) + self.b_enc[cand]
-        vals, j = exact.topk(self.cfg.k, dim=-1, sorted=False)
-        return vals.relu(), cand.gather(1, j)
+    def encode_topk(self, x: torch.Tensor, search_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The code as `(relu(vals) [n, k], idx [n, k])`, without the dense [n, d_sae] code; with
+        `search_dtype`, shortlisted in that dtype and computed exactly (see `topk_encode`)."""
+        b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        vals, idx, _ = topk_encode(x.to(self.W_enc.dtype), b_dec, self.W_enc, self.b_enc, self.cfg.k, search_dtype)
+        return vals, idx
 
     def decode_topk(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """`decode` of a code given as `(vals, idx)`: k decoder rows per token, not d_sae."""
