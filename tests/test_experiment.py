@@ -199,3 +199,28 @@ def test_code_fingerprint_follows_the_source(tmp_path):
     (root / "sae" / "trainer.py").write_text((root / "sae" / "trainer.py").read_text() + "\n# edit\n")
     _code_fingerprint.cache_clear()
     assert code_fingerprint("assay.probes.linear", "assay.sae", root=root) != before
+
+
+@pytest.mark.slow
+def test_findings_regenerate_from_the_report_alone(smoke_run, tmp_path):
+    """`assay experiment findings` rebuilds, from report.json alone, the findings the run computed
+    in memory, and refuses a file that is not a study report."""
+    from typer.testing import CliRunner
+
+    from assay.eval.schema import load_report
+    from assay.experiment.cli import app
+
+    _, out = smoke_run  # other tests rerun the study into `out`: compare with the file, not the fixture
+    written = load_report(out / "report.json")
+    assert written.findings
+    stripped = json.loads((out / "report.json").read_text())
+    stripped["findings"], stripped["notes"] = [], []
+    (tmp_path / "report.json").write_text(json.dumps(stripped))
+    res = CliRunner().invoke(app, ["findings", str(tmp_path / "report.json")])
+    assert res.exit_code == 0, res.output
+    again = load_report(tmp_path / "report.json")
+    assert [f.text for f in again.findings] == [f.text for f in written.findings]
+    assert again.notes == written.notes and (tmp_path / "report.md").exists()
+    (tmp_path / "bad.json").write_text("{}")
+    res = CliRunner().invoke(app, ["findings", str(tmp_path / "bad.json")])
+    assert res.exit_code == 2 and "Invalid value" in res.output  # a clear usage error, not a traceback

@@ -93,3 +93,27 @@ def readme(
         return
     write_text(readme_file, new)
     typer.echo(f"updated {readme_file} from {len(reports)} report(s)")
+
+
+@app.command("findings")
+def refresh_findings(
+    report_file: Path = typer.Argument(..., help="A study's report.json."),
+) -> None:
+    """Regenerate a report's findings from its own numbers (after a change to how findings are
+    written) and re-render it beside the JSON; no result, interval or timing changes."""
+    from assay.eval.render import write_report
+    from assay.eval.schema import load_report
+    from assay.experiment.findings import findings
+
+    if not report_file.is_file():
+        raise typer.BadParameter(f"{report_file}: no such report (run `assay experiment harmful-intent` first)")
+    try:
+        report = load_report(report_file)
+    except ValueError as err:  # invalid JSON or not the report schema
+        raise typer.BadParameter(f"{report_file}: not a valid report.json ({str(err).splitlines()[0]})") from None
+    if not report.results or "headline_k" not in report.diagnostics:
+        raise typer.BadParameter(f"{report_file}: not a harmful-intent study report (no study results or headline k)")
+    report.findings = findings(report)
+    report.notes = [f.text for f in report.findings]
+    write_report(report, report_file.parent)
+    typer.echo(f"{report_file}: {len(report.findings)} findings regenerated")
