@@ -219,3 +219,23 @@ def test_pooling_stored_tokens_matches_the_pooled_features(tiny, tmp_path):
     for feat in ("all.mean", "all.max", "all.last", "resp-5", "user.mean", "user.max"):
         x, m = acts.token_batch(1, range(len(PROMPTS)), mask="user" if feat.startswith("user") else "all")
         torch.testing.assert_close(pool_tokens(x, m, feat), acts.pooled(1, feat), rtol=1e-5, atol=1e-5)
+
+
+def test_rm_removes_only_entries_inside_the_cache(tmp_path):
+    """`assay activations rm` takes a key: an absolute path, a `../` key or a symlink out of the
+    cache is refused, and the folder outside (with its other files) survives."""
+    from assay.activations.store import MANIFEST, remove_entry
+
+    root = tmp_path / "cache"
+    (root / "abc123").mkdir(parents=True)
+    (root / "abc123" / MANIFEST).write_text("{}")
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / MANIFEST).write_text("{}")
+    (outside / "thesis.tex").write_text("years of work")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    for key in (str(outside), "../precious", "link", "..", ""):
+        with pytest.raises(ValueError, match="not a cache entry key"):
+            remove_entry(key, root)
+    assert (outside / "thesis.tex").exists()
+    assert remove_entry("abc123", root) == root / "abc123" and not (root / "abc123").exists()

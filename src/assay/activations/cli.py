@@ -79,6 +79,6 @@ def rm_cmd(
     for key in targets:
         try:
             typer.echo(f"removed {remove_entry(key)}")
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(1)

@@ -277,7 +277,13 @@ def list_entries(root: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def remove_entry(key: str, root: str | Path | None = None) -> Path:
-    path = activations_root(root) / key
+    """Delete the cache entry named `key` (as `assay activations list` shows it). Only ever an
+    entry directly inside the cache root: a path, `..` or a symlink out of the root is refused."""
+    base = activations_root(root)
+    path = base / key
+    if (not key or key in (".", "..") or Path(key).name != key or "/" in key or "\\" in key
+            or path.is_symlink() or path.resolve().parent != base.resolve()):
+        raise ValueError(f"{key!r} is not a cache entry key: pass a key from `assay activations list`, not a path")
     if not (path / MANIFEST).exists():
         raise FileNotFoundError(f"no activation cache entry {key!r} under {activations_root(root)}")
     shutil.rmtree(path)
