@@ -220,7 +220,7 @@ def test_findings_regenerate_from_the_report_alone(smoke_run, tmp_path):
     assert res.exit_code == 0, res.output
     again = load_report(tmp_path / "report.json")
     assert [f.text for f in again.findings] == [f.text for f in written.findings]
-    assert again.notes == written.notes and (tmp_path / "report.md").exists()
+    assert again.notes == written.notes == [f.text for f in written.findings] and (tmp_path / "report.md").exists()
     (tmp_path / "bad.json").write_text("{}")
     res = CliRunner().invoke(app, ["findings", str(tmp_path / "bad.json")])
     assert res.exit_code == 2 and "Invalid value" in res.output  # a clear usage error, not a traceback

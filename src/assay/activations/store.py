@@ -281,8 +281,9 @@ def remove_entry(key: str, root: str | Path | None = None) -> Path:
     entry directly inside the cache root: a path, `..` or a symlink out of the root is refused."""
     base = activations_root(root)
     path = base / key
-    if (not key or key in (".", "..") or Path(key).name != key or "/" in key or "\\" in key
-            or path.is_symlink() or path.resolve().parent != base.resolve()):
+    # "", ".", "..", "a/b" and absolute paths all fail the last test: the entry must resolve to a
+    # child of the root
+    if Path(key).name != key or "\\" in key or path.is_symlink() or path.resolve().parent != base.resolve():
         raise ValueError(f"{key!r} is not a cache entry key: pass a key from `assay activations list`, not a path")
     if not (path / MANIFEST).exists():
         raise FileNotFoundError(f"no activation cache entry {key!r} under {activations_root(root)}")

@@ -103,7 +103,7 @@ def refresh_findings(
     written) and re-render it beside the JSON; no result, interval or timing changes."""
     from assay.eval.render import write_report
     from assay.eval.schema import load_report
-    from assay.experiment.findings import findings
+    from assay.experiment.findings import attach
 
     if not report_file.is_file():
         raise typer.BadParameter(f"{report_file}: no such report (run `assay experiment harmful-intent` first)")
@@ -113,7 +113,5 @@ def refresh_findings(
         raise typer.BadParameter(f"{report_file}: not a valid report.json ({str(err).splitlines()[0]})") from None
     if not report.results or "headline_k" not in report.diagnostics:
         raise typer.BadParameter(f"{report_file}: not a harmful-intent study report (no study results or headline k)")
-    report.findings = findings(report)
-    report.notes = [f.text for f in report.findings]
-    write_report(report, report_file.parent)
+    write_report(attach(report), report_file.parent)
     typer.echo(f"{report_file}: {len(report.findings)} findings regenerated")

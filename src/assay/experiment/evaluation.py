@@ -271,7 +271,7 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
     from assay.eval.published import gdm_published
     from assay.eval.render import write_report
     from assay.eval.schema import Interval, Provenance, Report, SAEQuality
-    from assay.experiment.findings import findings
+    from assay.experiment.findings import attach as attach_findings
     from assay.experiment.saes import STUDY_SAES
     from assay.provenance import provenance
 
@@ -311,9 +311,7 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
         diagnostics={"headline_k": cfg.headline_k, **chosen, "gap_closed": ev.gap_closed(results),
                      "diff_of_means": ev.diff_of_means_diagnostic(), "latent_stability": stability},
     )
-    report.findings = findings(report)
-    report.notes = [f.text for f in report.findings]
-    write_report(report, study.out)
+    write_report(attach_findings(report), study.out)
     return report
 
 

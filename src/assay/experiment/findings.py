@@ -81,6 +81,13 @@ class _Writer:
         return f
 
 
+def attach(report: Any) -> Any:
+    """`report` with its findings, and notes that are their texts, generated from its numbers."""
+    report.findings = findings(report)
+    report.notes = [f.text for f in report.findings]
+    return report
+
+
 def find_result(report: Any, ref: Any, split: str) -> Any | None:
     return next((r for r in report.results if r.split == split and _same(r, ref)), None)
 

@@ -200,12 +200,11 @@ class Study:
     def _tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token activations `[n, T, d]` + mask of every example, each cut to its last N tokens.
 
-        Allocated once at its final size, in the extraction dtype: at the full preset this is the
-        largest tensor of the run.
+        Allocated once at its final size, in the extraction dtype (bf16 activations lose nothing
+        and take half the memory): at the full preset this is the largest tensor of the run.
         """
         n_max = self.cfg.attention_max_tokens
         counts = self.acts.token_counts("all").clamp(max=n_max)
-        # kept in the extraction dtype: bf16 activations lose nothing, and take half the memory
         X = torch.zeros(len(self.y), int(counts.max()), self.lm.d_model, dtype=self.lm.dtype)
         M = torch.arange(X.shape[1])[None, :] < counts[:, None]
         for start in range(0, len(self.y), 256):
@@ -297,8 +296,8 @@ class Study:
             sae = load_sae(path, device=str(self.lm.device))
             outputs = pooled_sae_outputs(self.acts, sae, cfg.layer, cfg.dense_features, search_dtype=search,
                                          progress=self.progress)
-            # Latent rankings the missing k-sparse runs need, the slow L1 paths in parallel processes
-            # (liblinear runs on one core).
+            # Latent rankings the missing k-sparse runs need, the L1 paths in parallel processes
+            # (their coordinate descent runs on one core).
             wanted = sorted({(r.features, r.selector) for r in runs if r.method == "k-sparse" and not self.cached(r)})
             ranked = parallel_map(selection_order, {(a, s): (outputs["latents"][a][tr].numpy(), self.y[tr], s, cfg.ks)
                                                     for a, s in wanted if s == "l1"})
@@ -339,7 +338,7 @@ class Study:
         calls = {b: (Zt[np.repeat(np.arange(len(tr)), w)], yt[np.repeat(np.arange(len(tr)), w)], select, [k])
                  for b, w in enumerate(W)}
         sets, picks = [], {int(j): 0 for j in chosen}
-        # the L1 path is slow and single-threaded; mean-difference ranking is instant
+        # an L1 path takes seconds on one core; mean-difference ranking is instant
         for again, _ in parallel_map(selection_order, calls, processes=select == "l1").values():
             s = set(again[:k].tolist())
             sets.append(len(s & set(chosen.tolist())) / len(s | set(chosen.tolist())))
@@ -359,7 +358,7 @@ DIFFMEAN_NAMES = {"none": "diff-of-means", "standardize": "diff-of-means-std", "
 
 def parallel_map(fn: Callable[..., Any], calls: dict[Any, tuple], processes: bool = True) -> dict[Any, Any]:
     """`{key: fn(*args)}` for `calls = {key: args}`, over worker processes (one per core, at most
-    8): for single-threaded fits such as liblinear's. `fn` must be a module-level function and
+    8): for single-threaded fits such as the L1 path's coordinate descent. `fn` must be a module-level function and
     `args` plain data (they are pickled). Results are those of a serial loop."""
     import os
 
