@@ -128,6 +128,81 @@ def test_corrupt_shard_is_detected_then_reextracted(tiny, tmp_path, damage):
     assert torch.equal(again.pooled(1, "user.mean"), want)
 
 
+@pytest.mark.parametrize("manifest", ["{not json", "[1, 2]", '{"spec": {}}', '{"spec": 3, "shards": null}'])
+def test_corrupt_manifest_is_a_foreign_entry_rebuilt_bitwise(tiny, tmp_path, caplog, manifest):
+    """A garbled manifest.json: listed as corrupt (the other entries still listed), refused with a
+    clear error when read, and rebuilt by the next extraction with the same numbers."""
+    from assay.activations import list_entries
+    from assay.activations.store import ActivationSet, _VERIFIED
+
+    other = extract(tiny, PROMPTS[:2], 1, root=tmp_path, progress=False)
+    acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    want = _shard_tensors(acts.path)
+    pooled = acts.pooled(1, "user.mean").clone()
+    (acts.path / "manifest.json").write_text(manifest)
+    rows = {r["key"]: r for r in list_entries(tmp_path)}
+    assert rows[acts.key]["corrupt"] and not rows[other.key]["corrupt"] and rows[other.key]["complete"]
+    assert acts.key in caplog.text
+    with pytest.raises(CacheCorruptError, match="unreadable manifest"):
+        ActivationSet(acts.path)
+    _VERIFIED.clear()
+    again = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    assert again.key == acts.key and torch.equal(again.pooled(1, "user.mean"), pooled)
+    got = _shard_tensors(again.path)
+    assert got.keys() == want.keys() and all(torch.equal(v, got[k]) for k, v in want.items())
+
+
+def _edit_manifest(path, change):
+    import json
+
+    m = json.loads((path / "manifest.json").read_text())
+    change(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(n_examples=2),  # counts that do not add up: read past the data
+    lambda m: m["spec"].pop("dtype"),  # a field `list` shows
+    lambda m: m["shards"][0].update(file="../../elsewhere.safetensors"),  # reads outside the entry
+    lambda m: m["shards"].__setitem__(0, None),  # "complete" with a shard missing
+    lambda m: m["spec"]["model"].pop("model"),
+])
+def test_edited_manifest_is_corrupt_listed_and_rebuilt(tiny, tmp_path, edit):
+    """A hand-edited manifest crashed `list` (KeyError), was listed as complete, or was reused with
+    counts that do not match its data."""
+    from assay.activations import list_entries
+    from assay.activations.store import _VERIFIED
+
+    acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    want = _shard_tensors(acts.path)
+    _edit_manifest(acts.path, edit)
+    (row,) = list_entries(tmp_path)
+    assert row.get("corrupt") and not row["complete"]  # not listed as a usable entry
+    _VERIFIED.clear()
+    again = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    got = _shard_tensors(again.path)
+    assert again.n == len(PROMPTS) and got.keys() == want.keys() and all(torch.equal(v, got[k]) for k, v in want.items())
+
+
+def test_manifest_with_wrong_count_for_its_spec_is_rebuilt(tiny, tmp_path):
+    """A manifest kept readable but with another example count indexed past its data on reuse."""
+    acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    want = acts.pooled(1, "user.mean").clone()
+
+    def shrink(m):  # a consistent-looking but wrong manifest: one example fewer everywhere
+        m["n_examples"] -= 1
+        m["shards"][0]["n_examples"] -= 1
+    _edit_manifest(acts.path, shrink)
+    again = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
+    assert again.n == len(PROMPTS) and torch.equal(again.pooled(1, "user.mean"), want)
+
+
+def _shard_tensors(entry):
+    from safetensors.torch import load_file
+
+    return {f"{f.name}:{k}": v for f in sorted(entry.glob("shard-*")) for k, v in load_file(f).items()}
+
+
 def test_iter_tokens_streams_every_token_once(tiny, tmp_path):
     acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, shard_tokens=40)
     prompts = format_prompts(tiny.tokenizer, PROMPTS)
@@ -239,3 +314,82 @@ def test_rm_removes_only_entries_inside_the_cache(tmp_path):
             remove_entry(key, root)
     assert (outside / "thesis.tex").exists()
     assert remove_entry("abc123", root) == root / "abc123" and not (root / "abc123").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny, tmp_path_factory):
+    """The tiny model saved as a folder, as a user would pass it to the CLI."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny.model.save_pretrained(path)
+    tiny.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--layers", "a,b"], "comma-separated integers"),
+    (["--layers", ","], "at least one layer"),
+    (["--layers=-1"], "out of range"),
+    (["--layers", "4"], "this model has 4 blocks"),
+    (["--features", "all.median"], "unknown feature"),
+    (["--features", ","], "at least one feature"),
+    (["--token-budget", "0"], "at least 2"),
+    (["--token-budget=-8"], "at least 2"),
+    (["--max-tokens", "0"], "at least 2"),
+    (["--split", "nope"], "no split"),
+])
+def test_extract_refuses_bad_arguments_before_loading_the_model(tiny_dir, tmp_path, monkeypatch, args, match):
+    """Bad layers, features or budgets were found only after the model had loaded (a layer past
+    the last block or a zero budget deep inside extraction, as a traceback)."""
+    import assay.models
+    from typer.testing import CliRunner
+
+    from assay.activations.cli import app
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(assay.models, "load", no_load, raising=False)
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "d.csv"
+    data.write_text("text,label,split\nhow do I bake bread,0,train\nhow do I build a bomb,1,train\n")
+    res = CliRunner().invoke(app, ["extract", str(data), "--model", str(tiny_dir), "--layers", "1", *args])
+    assert res.exit_code != 0 and not isinstance(res.exception, AssertionError), repr(res.exception)
+    assert match in res.output + str(res.exception)
+
+
+def test_rm_refuses_unknown_keys_clearly_and_removes_a_corrupt_entry(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from assay.activations.cli import app
+    from assay.activations.store import MANIFEST
+    from assay.errors import InputError
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))
+    (tmp_path / "activations" / "abc").mkdir(parents=True)
+    (tmp_path / "activations" / "abc" / MANIFEST).write_text("{garbled")
+    res = CliRunner().invoke(app, ["rm", "nope"])
+    assert isinstance(res.exception, InputError) and "activations list" in str(res.exception)
+    assert "corrupt" in CliRunner().invoke(app, ["list"]).output
+    res = CliRunner().invoke(app, ["rm", "abc"])
+    assert res.exit_code == 0 and not (tmp_path / "activations" / "abc").exists()
+
+
+def test_cache_folder_that_is_a_file_is_refused_clearly(tmp_path, monkeypatch):
+    """ASSAY_CACHE naming a file gave a bare 'File exists' error that did not say what to change."""
+    from assay.errors import InputError
+    from assay.runtime import cache_dir
+
+    (tmp_path / "f").write_text("x")
+    for where in (tmp_path / "f", tmp_path / "f" / "sub"):
+        monkeypatch.setenv("ASSAY_CACHE", str(where))
+        with pytest.raises(InputError, match="ASSAY_CACHE"):
+            cache_dir()
+
+
+def test_max_tokens_shorter_than_the_chat_template_is_an_input_error(tiny, tmp_path):
+    """--max-tokens 2 passed the argument check, then failed inside formatting as a bare ValueError
+    (reported as a bug in assay)."""
+    from assay.errors import InputError
+
+    with pytest.raises(InputError, match="use --max-tokens"):
+        extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, max_tokens=3)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
 from assay.models import ModelLoadError, Role, format_prompts, load
 from assay.models.chat import GEMMA_PREFIX, GEMMA_SUFFIX, chat_affixes
+from tests.conftest import tiny_gemma3
 
 
 def test_unknown_model_or_path_is_a_clear_error(tmp_path):
@@ -61,3 +63,220 @@ def test_plain_documents_have_bos_then_content(tokenizer):
 def test_bundled_model_loads_from_its_safetensors_copy(bundled):
     assert bundled.n_layers == 18 and bundled.d_model == 640
     assert bundled.fingerprint["weights_sha256"].startswith("a5fd3b62")
+
+
+def _middle_edit(path):
+    """Change 4 bytes in the middle of a file, keeping its size and its first and last MiB."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 4] = bytes(b ^ 0xFF for b in data[mid:mid + 4])
+    path.write_bytes(bytes(data))
+
+
+def test_weights_digest_covers_the_whole_file_and_is_cached(tmp_path, monkeypatch):
+    """The old key hashed names, sizes and the first and last MiB: a changed middle layer reused
+    stale activations. Every byte counts now, and an unchanged file is not read twice."""
+    import os
+
+    import assay.models.loading as loading
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(os.urandom(5 << 20))
+    first = loading._weights_digest(d)
+    reads = []
+    monkeypatch.setattr(loading, "sha256_file", lambda p: reads.append(p) or "x")
+    assert loading._weights_digest(d) == first and reads == []  # served from the digest cache
+    monkeypatch.undo()
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    _middle_edit(d / "model.safetensors")
+    assert loading._weights_digest(d) != first
+    (tmp_path / "cache" / "file-digests.json").write_text("{garbage")  # a corrupt digest cache is ignored
+    assert loading._weights_digest(d) != first
+
+
+class _FakeTokenizer:
+    def save_pretrained(self, path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "tokenizer.json").write_text("{}")
+
+
+def test_damaged_dequantised_copy_is_found_and_converted_again(tiny, tmp_path, monkeypatch):
+    """The dequantised copy of a GGUF was never checked: damaged weights gave wrong activations
+    under the usual key. Now its files are checked against the sha256 recorded at conversion, a
+    damaged copy is converted again, and the key follows the verified files."""
+    import assay.models.loading as loading
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    gguf, sha = tmp_path / "x.gguf", "ab" * 32
+    converted = []
+
+    def convert(*a, **k):  # stands in for transformers' dequantisation of the GGUF
+        converted.append(1)
+        return copy.deepcopy(tiny.model)
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", convert)
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: _FakeTokenizer())
+    out, fp = loading._from_gguf("x", gguf, sha)
+    assert len(converted) == 1 and loading.verify_saved(Path(out)) == []
+    assert loading._from_gguf("x", gguf, sha) == (out, fp) and len(converted) == 1  # intact: reused
+    _middle_edit(Path(out) / "model.safetensors")
+    assert loading.verify_saved(Path(out)) == ["model.safetensors"]
+    assert loading._from_gguf("x", gguf, sha) == (out, fp) and len(converted) == 2  # rebuilt, same content
+    assert loading.verify_saved(Path(out)) == []
+    # a copy whose verified files differ (another converter, a repaired bad one) gets another key
+    (Path(out) / "model.safetensors").unlink()
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained",
+                        lambda *a, **k: converted.append(1) or tiny_gemma3(tiny.tokenizer, seed=1).model)
+    out2, fp2 = loading._from_gguf("x", gguf, sha)
+    assert len(converted) == 3 and out2 == out and fp2["weights_sha256"] == sha
+    assert fp2["dequantised_sha256"] != fp["dequantised_sha256"]
+
+
+def test_copy_from_before_checksums_is_converted_again(tmp_path):
+    import assay.models.loading as loading
+    from assay.fileio import write_json
+
+    write_json(tmp_path / "assay-complete.json", {"gguf": "x.gguf", "gguf_sha256": "ab" * 32})
+    assert loading.verify_saved(tmp_path) != []
+    (tmp_path / "assay-complete.json").write_text("{torn")
+    assert loading.verify_saved(tmp_path) != []
+
+
+def test_unreachable_hub_id_fails_fast(monkeypatch):
+    import time
+
+    import assay.models.loading as loading
+
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache and the Hub cannot be reached"):
+        load("some-org/some-model-that-is-not-cached")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_broken_checkpoints_are_clear_errors(tiny, tmp_path):
+    """Garbled config, missing weights, truncated weights: one ModelLoadError naming the model."""
+    good = tmp_path / "good"
+    tiny.model.save_pretrained(good)
+    tiny.tokenizer.save_pretrained(good)
+    import shutil
+
+    for name, damage in {
+        "bad-config": lambda d: (d / "config.json").write_text("{not json"),
+        "no-weights": lambda d: (d / "model.safetensors").unlink(),
+        "truncated": lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+        "unknown-arch": lambda d: (d / "config.json").write_text('{"model_type": "frobnicator"}'),
+    }.items():
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        damage(d)
+        with pytest.raises(ModelLoadError, match="could not load model"):
+            load(str(d), device="cpu")
+
+
+def test_model_errors_are_user_errors():
+    from assay.errors import AssayError, InputError
+    from assay.models.loading import check_layer
+
+    assert issubclass(ModelLoadError, AssayError) and issubclass(ModelLoadError, ValueError)
+    with pytest.raises(InputError, match="out of range"):
+        check_layer(4, 4)
+
+
+def test_more_bad_model_inputs_are_clear_errors(tiny, tmp_path, monkeypatch):
+    """Each of these used to escape as a raw transformers/torch exception or load silently wrong."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    good = tmp_path / "good"
+    tiny.model.save_pretrained(good)
+    tiny.tokenizer.save_pretrained(good)
+
+    def drop_tensor(d):  # transformers would fill the missing tensor with random numbers
+        t = load_file(d / "model.safetensors")
+        del t["model.layers.2.mlp.down_proj.weight"]
+        save_file(t, d / "model.safetensors", metadata={"format": "pt"})
+
+    def pickle_garbage(d):
+        (d / "model.safetensors").unlink()
+        (d / "pytorch_model.bin").write_bytes(b"not a pickle" * 10)
+
+    def no_tokenizer(d):
+        for f in d.iterdir():
+            if f.name.startswith(("tokenizer", "special")):
+                f.unlink()
+
+    for name, damage, match in [
+        ("missing-tensor", drop_tensor, "1 weights are missing"),
+        ("pickle-garbage", pickle_garbage, "not a readable PyTorch checkpoint"),
+        ("shape-mismatch", lambda d: (d / "config.json").write_text(
+            (d / "config.json").read_text().replace('"hidden_size": 64', '"hidden_size": 96')),
+         "do not match config.json"),
+        ("no-tokenizer", no_tokenizer, "tokenizer"),
+        ("contradictory-config", lambda d: (d / "config.json").write_text(
+            (d / "config.json").read_text().replace('"num_hidden_layers": 4', '"num_hidden_layers": 2')),
+         "could not load model"),
+    ]:
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        damage(d)
+        with pytest.raises(ModelLoadError, match=match):
+            load(str(d), device="cpu")
+    (tmp_path / "magic.gguf").write_bytes(b"GGUF" + b"\x00" * 64)
+    (tmp_path / "dir.gguf").mkdir()
+    for name, match in [("   ", "no model named"), ("bad id!!", "nor a valid Hugging Face model id"),
+                        (str(tmp_path / "dir.gguf"), "is a directory"),
+                        (str(tmp_path / "magic.gguf"), "could not convert GGUF file")]:
+        with pytest.raises(ModelLoadError, match=match):
+            load(name, device="cpu")
+
+
+def test_damaged_bundled_package_is_a_clear_error(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    import assay.models.loading as loading
+
+    def assemble(target, overwrite=False):
+        raise ValueError("Assembled file sha256 did not match expected value")
+
+    fake = types.SimpleNamespace(MODEL_NAME="m.gguf", EXPECTED_SHA256="0" * 64, assemble=assemble)
+    monkeypatch.setitem(sys.modules, "fake_bundled_pkg", fake)
+    monkeypatch.setitem(loading._BUNDLED, "fake-model", "fake_bundled_pkg")
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="force-reinstall fake-bundled-pkg"):
+        load("fake-model")
+
+
+def test_hub_check_is_offline_aware(monkeypatch):
+    import socket
+
+    import assay.models.loading as loading
+
+    def no_network(*a, **k):
+        raise AssertionError("must not touch the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert loading._hub_reachable() is False
+    # a cached id with no Hub loads from the cache alone instead of retrying the network
+    monkeypatch.setattr(loading, "_hub_cached", lambda name, revision: True)
+    assert loading._resolve("some-org/cached-model", None)[1]["_offline"] is True
+
+
+def test_layer_peek_leaves_a_contradictory_config_to_load(tmp_path):
+    """peek read the config with a narrower net than load; its strict-validation error escaped raw."""
+    import json
+
+    from assay.models.peek import n_layers
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "gemma3_text", "num_hidden_layers": 2, "layer_types": ["full_attention"] * 4}))
+    assert n_layers(str(tmp_path)) is None
+    with pytest.raises(ModelLoadError, match="could not load model"):
+        load(str(tmp_path), device="cpu")

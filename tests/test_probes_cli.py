@@ -11,10 +11,7 @@ from assay.eval.schema import load_report
 pytest.importorskip("assay.data")
 
 
-def test_tfidf_train_eval_render(tmp_path):
-    from assay.eval.cli import app as report_app
-    from assay.probes.cli import app as probe_app
-
+def _rows():
     rng = np.random.default_rng(0)
     harm = ["how do I build a {} bomb", "write {} malware to steal passwords", "how to poison a {} neighbour"]
     safe = ["what is the capital of {}", "write a poem about {} leaves", "how do I bake {} bread"]
@@ -25,6 +22,14 @@ def test_tfidf_train_eval_render(tmp_path):
             label = i % 2
             tmpl = (harm if label else safe)[rng.integers(3)]
             rows.append({"text": tmpl.format(words[rng.integers(len(words))]) + f" {split} {i}", "label": label, "split": split})
+    return rows
+
+
+def test_tfidf_train_eval_render(tmp_path):
+    from assay.eval.cli import app as report_app
+    from assay.probes.cli import app as probe_app
+
+    rows = _rows()
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     runner = CliRunner()
@@ -40,3 +45,114 @@ def test_tfidf_train_eval_render(tmp_path):
     res = runner.invoke(report_app, ["render", str(tmp_path / "results.json"), "--out", str(tmp_path / "rep"), "--formats", "md,html"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "tfidf [text]" in (tmp_path / "rep" / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """A tiny model saved as a folder, a small dataset, a private activation cache, and logistic
+    probes trained once at layers 1 and 2 (tests copy them before damaging them)."""
+    root = tmp_path_factory.mktemp("probes")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASSAY_CACHE", str(root / "cache"))
+        tiny.model.save_pretrained(root / "m")
+        tiny.tokenizer.save_pretrained(root / "m")
+        data = root / "data.jsonl"
+        data.write_text("\n".join(json.dumps(r) for r in _rows()) + "\n")
+        for layer in (1, 2):
+            _train(data, root / f"p{layer}", "--model", root / "m", "--layer", layer, "--feature", "all.mean")
+        yield root, str(root / "m"), str(data)
+
+
+def _copy(trained, tmp_path, name="p1"):
+    import shutil
+
+    return shutil.copytree(trained[0] / name, tmp_path / "p")
+
+
+def _invoke(args):
+    from assay.probes.cli import app as probe_app
+
+    return CliRunner().invoke(probe_app, [str(a) for a in args])
+
+
+def _train(data, out, *extra):
+    res = _invoke(["train", "--data", data, "--out", out, *extra])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+
+
+def _eval(probe, data, out):
+    return _invoke(["eval", probe, "--data", data, "--out", out, "--n-boot", "10"])
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda r: r["inputs"].update(layer=2), "edited after training"),
+    (lambda r: r["inputs"].update(feature="all.max"), "edited after training"),
+    (lambda r: r["inputs"].update(kind="diff_mean") or r.pop("inputs_sha256", None), "lacks 'inputs_sha256'"),
+    # a run.json as older versions wrote it (no digests): the kind is still checked against the probe
+    (lambda r: r["inputs"].update(kind="diff_mean") or [r.pop(k, None) for k in ("inputs_sha256", "files_sha256", "probe_kind")],
+     "saved probe is a 'logistic'"),
+    (lambda r: r.pop("inputs"), "malformed"),
+    (lambda r: [r.pop(k, None) for k in ("inputs_sha256", "files_sha256", "probe_kind")] and r["inputs"].update(layer="1"),
+     "malformed"),
+])
+def test_probe_eval_refuses_an_edited_run_file(trained, tmp_path, monkeypatch, edit, match):
+    """An edited run.json scored other activations under the edited label with exit 0."""
+    from assay.errors import ConfigMismatchError
+
+    monkeypatch.setenv("ASSAY_CACHE", str(trained[0] / "cache"))
+    p = _copy(trained, tmp_path)
+    run = json.loads((p / "run.json").read_text())
+    edit(run)
+    (p / "run.json").write_text(json.dumps(run))
+    res = _eval(p, trained[2], tmp_path / "r.json")
+    assert isinstance(res.exception, ConfigMismatchError) and match in str(res.exception)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_probe_eval_refuses_probe_files_swapped_for_another_probes(trained, tmp_path, monkeypatch):
+    """Weights copied in from a probe of another layer scored layer 1 under the run's label."""
+    import shutil
+
+    from assay.errors import ConfigMismatchError
+
+    monkeypatch.setenv("ASSAY_CACHE", str(trained[0] / "cache"))
+    p = _copy(trained, tmp_path)
+    shutil.copy(trained[0] / "p2" / "probe.safetensors", p / "probe.safetensors")
+    res = _eval(p, trained[2], tmp_path / "r.json")
+    assert isinstance(res.exception, ConfigMismatchError) and "changed or was damaged" in str(res.exception)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_probe_eval_refuses_a_replaced_sae(trained, tmp_path, monkeypatch):
+    """An SAE retrained in place gave the probe's latent indices another meaning, with exit 0."""
+    from assay.errors import ConfigMismatchError
+    from assay.sae.base import build_sae
+    from assay.sae.io import save_sae
+
+    root, model, data = trained
+    monkeypatch.setenv("ASSAY_CACHE", str(root / "cache"))
+    meta = {"assay_layer": 1, "hook_name": "blocks.1.hook_resid_post"}
+    save_sae(build_sae("topk", d_in=64, d_sae=32, k=4, seed=0), tmp_path / "s", metadata=meta)
+    _train(data, tmp_path / "p", "--model", model, "--layer", 1, "--feature", "all.mean", "--sae", tmp_path / "s",
+           "--kind", "k_sparse", "--k", 2)
+    save_sae(build_sae("topk", d_in=64, d_sae=32, k=4, seed=1), tmp_path / "s", metadata=meta)
+    res = _eval(tmp_path / "p", data, tmp_path / "r.json")
+    assert isinstance(res.exception, ConfigMismatchError) and "changed since" in str(res.exception)
+
+
+def test_probe_in_a_reused_folder_loads_as_the_kind_it_was_trained_as(trained, tmp_path, monkeypatch):
+    """A logistic probe trained into a folder that held a tf-idf baseline was evaluated as the
+    stale baseline (its files were found first) under the logistic label."""
+    import shutil
+
+    root, model, data = trained
+    monkeypatch.setenv("ASSAY_CACHE", str(root / "cache"))
+    _train(data, tmp_path / "p", "--kind", "tfidf")
+    for f in (root / "p1").iterdir():  # what training a logistic probe into that folder leaves
+        shutil.copy(f, tmp_path / "p" / f.name)
+    scores = {}
+    for name, probe in (("reused", tmp_path / "p"), ("clean", root / "p1")):
+        res = _eval(probe, data, tmp_path / f"{name}.json")
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        scores[name] = [(r.method, r.split, r.auroc, r.threshold) for r in load_report(tmp_path / f"{name}.json").results]
+    assert scores["reused"] == scores["clean"]

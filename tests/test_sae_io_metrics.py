@@ -129,3 +129,63 @@ def test_reconstruction_stats_counts():
     stats = reconstruction_stats(sae, [torch.randn(100, 8), torch.randn(50, 8)])
     assert stats["tokens"] == 150 and stats["l0"] == pytest.approx(2.0)
     assert stats["dead"] == int((stats["freq"] == 0).sum()) and 0 < stats["fvu"]
+
+
+def _edit_cfg(path, change):
+    import json
+
+    cfg = json.loads((path / "cfg.json").read_text())
+    change(cfg)
+    (path / "cfg.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("what,change,match", [
+    ("arch", lambda c: c.update(architecture="topk"), "disagrees with its assay metadata"),
+    ("assay-arch", lambda c: c["metadata"]["assay"].update(architecture="topk"), "malformed SAE config"),
+    ("gated-on-jumprelu-weights", lambda c: c.update(architecture="gated") or c["metadata"].pop("assay"),
+     "does not describe these weights|not supported"),
+    ("width", lambda c: c["metadata"]["assay"]["config"].update(d_sae=64), "d_sae 32 disagrees|should be"),
+    ("d_in", lambda c: c.update(d_in=8), "d_in 8 disagrees"),
+    ("layer", lambda c: c["metadata"].update(assay_layer=3), "names layer 3"),
+    ("not-json", None, "not valid JSON"),
+])
+def test_sae_cfg_that_disagrees_with_its_weights_is_refused(tmp_path, what, change, match):
+    """An edited cfg.json gave a different SAE (or a mislabelled one) with exit 0; now it is refused."""
+    from assay.errors import ConfigMismatchError
+    from assay.sae.base import build_sae
+    from assay.sae.io import load_sae, save_sae
+
+    save_sae(build_sae("jumprelu", d_in=16, d_sae=32), tmp_path, metadata={"assay_layer": 2,
+                                                                          "hook_name": "blocks.2.hook_resid_post"})
+    load_sae(tmp_path)
+    if change is None:
+        (tmp_path / "cfg.json").write_text("{oops")
+    else:
+        _edit_cfg(tmp_path, change)
+    with pytest.raises(ConfigMismatchError, match=match):
+        load_sae(tmp_path)
+
+
+@pytest.mark.parametrize("what", ["nan-weights", "metadata-list", "layer-string", "cfg-list"])
+def test_sae_file_damage_is_refused_clearly(tmp_path, what):
+    """NaN weights loaded and gave NaN latents with exit 0; garbled metadata crashed with a bare
+    ValueError (reported as a bug)."""
+    from safetensors.torch import load_file, save_file
+
+    from assay.errors import ConfigMismatchError
+    from assay.sae.base import build_sae
+    from assay.sae.io import load_sae, save_sae
+
+    save_sae(build_sae("topk", d_in=16, d_sae=32, k=4), tmp_path, metadata={"assay_layer": 2})
+    if what == "nan-weights":
+        t = load_file(tmp_path / "sae_weights.safetensors")
+        t["W_enc"][0, 0] = float("nan")
+        save_file(t, tmp_path / "sae_weights.safetensors")
+    elif what == "metadata-list":
+        _edit_cfg(tmp_path, lambda c: c.update(metadata=[1, 2]))
+    elif what == "layer-string":
+        _edit_cfg(tmp_path, lambda c: c["metadata"].update(assay_layer="two"))
+    else:
+        (tmp_path / "cfg.json").write_text("[1]")
+    with pytest.raises(ConfigMismatchError, match="NaN|not a JSON object|not a layer number"):
+        load_sae(tmp_path)

@@ -55,28 +55,97 @@ def test_qf_penalty_removes_high_frequency_latents():
     assert qf["dense"] * 2 < jr["dense"]  # and far fewer latents firing on > 10% of tokens
 
 
+class _Killed(Exception):
+    """Stands in for kill -9: the stream dies mid-run, after the last checkpoint was written."""
+
+
+def _dies_after(chunks, n):
+    for i, c in enumerate(chunks):
+        if i == n:
+            raise _Killed
+        yield c
+
+
+def _make_pair():
+    return {"topk": build_sae("topk", d_in=16, d_sae=48, k=3), "relu": build_sae("relu", d_in=16, d_sae=48)}
+
+
 def test_several_saes_one_stream_and_resume(tmp_path):
+    """An interrupted run resumes to exactly the uninterrupted run: same steps, tokens and weights.
+    (The old resume skipped the tokens drawn into the shuffle buffer: it ended short, exit 0.)"""
     data = PlantedDictionary(d_in=16, n_features=32, seed=3)
-    chunks = list(data.stream(20_000, chunk=500))
-
-    def make():
-        return {"topk": build_sae("topk", d_in=16, d_sae=48, k=3), "relu": build_sae("relu", d_in=16, d_sae=48)}
-
-    cfg = _cfg(tokens=10_240, checkpoint_every=20, buffer_tokens=2048)
-    full = Trainer(make(), cfg, tmp_path / "full")
+    chunks = list(data.stream(10_240, chunk=500))
+    cfg = _cfg(tokens=10_240, checkpoint_every=7, buffer_tokens=2048)
+    full = Trainer(_make_pair(), cfg, tmp_path / "full")
     full.fit(chunks)
     assert full.state.step == 40 and full.state.tokens_seen == 10_240
-    # An interrupted run (stopped at step 20 of 40) resumes from its checkpoint to the same length.
-    part = Trainer(make(), TrainConfig(**{**cfg.__dict__, "total_tokens": 5_120}), tmp_path / "run")
-    part.fit(chunks)
-    resumed = Trainer(make(), cfg, tmp_path / "run")
-    resumed.fit(chunks, resume=True)
-    assert resumed.state.step == 40
-    for name in ("topk", "relu"):
-        sae = load_sae(tmp_path / "run" / name)  # raw space: works on unscaled activations
-        stats = reconstruction_stats(sae, [torch.cat(chunks[-4:])])
-        assert stats["fvu"] < 0.5, name
-    assert (tmp_path / "full" / "training.json").exists()
+    for kill_at in (9, 15):  # chunks drawn before the kill: mid-buffer, at different steps
+        run = tmp_path / f"run{kill_at}"
+        with pytest.raises(_Killed):
+            Trainer(_make_pair(), cfg, run).fit(_dies_after(chunks, kill_at))
+        assert (run / "checkpoint.pt").exists()
+        resumed = Trainer(_make_pair(), cfg, run)
+        resumed.fit(chunks, resume=True)
+        assert (resumed.state.step, resumed.state.tokens_seen) == (40, 10_240)
+        for name in ("topk", "relu"):
+            a, b = load_sae(tmp_path / "full" / name), load_sae(run / name)
+            for key, value in a.state_dict().items():
+                assert torch.equal(value, b.state_dict()[key]), (kill_at, name, key)
+        assert resumed.state.history == full.state.history
+
+
+def test_resume_refuses_a_pickle_payload(tmp_path):
+    """checkpoint.pt is loaded with weights_only: a crafted pickle is refused before it runs."""
+    import os
+
+    from assay.errors import ConfigMismatchError
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "run").mkdir()
+    torch.save({"identity": "x", "state": Payload()}, tmp_path / "run" / "checkpoint.pt")
+    trainer = Trainer(_make_pair(), _cfg(tokens=2048), tmp_path / "run")
+    with pytest.raises(ConfigMismatchError, match="never unpickles objects"):
+        trainer.fit(PlantedDictionary(d_in=16, n_features=32).stream(4096), resume=True)
+    assert not marker.exists()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    """A checkpoint of k=3 is not resumed as k=4 (that silently mixed two configurations)."""
+    from assay.errors import ConfigMismatchError
+
+    chunks = list(PlantedDictionary(d_in=16, n_features=32, seed=3).stream(8192, chunk=500))
+    cfg = _cfg(tokens=8192, checkpoint_every=4, buffer_tokens=2048)
+    with pytest.raises(_Killed):
+        Trainer({"topk": build_sae("topk", d_in=16, d_sae=48, k=3)}, cfg, tmp_path).fit(_dies_after(chunks, 13))
+    other = Trainer({"topk": build_sae("topk", d_in=16, d_sae=48, k=4)}, cfg, tmp_path)
+    with pytest.raises(ConfigMismatchError, match=r"saes.topk.k: checkpoint 3, now 4"):
+        other.fit(chunks, resume=True)
+
+
+def test_short_stream_is_flagged(tmp_path, caplog):
+    """Data that runs out before the planned steps: a loud warning and complete: false on disk."""
+    import json
+
+    trainer = Trainer({"topk": build_sae("topk", d_in=16, d_sae=48, k=3)}, _cfg(tokens=8192), tmp_path)
+    trainer.fit(PlantedDictionary(d_in=16, n_features=32).stream(2048))
+    info = json.loads((tmp_path / "training.json").read_text())
+    assert info["complete"] is False and info["steps"] < info["steps_planned"] == 32
+    assert "SHORT RUN" in caplog.text
+
+
+@pytest.mark.parametrize("arch,kw", [("topk", {"k": 49}), ("batchtopk", {"k": 48.5}), ("topk", {"k": 0}),
+                                     ("matryoshka", {"k": 100}), ("relu", {"l1_coefficient": -1.0}),
+                                     ("topk", {"k": 3, "d_sae": 0})])
+def test_impossible_sae_settings_are_refused(arch, kw):
+    from assay.errors import InputError
+
+    with pytest.raises(InputError):
+        build_sae(arch, **{"d_in": 16, "d_sae": 48, **kw})
 
 
 def test_finetune_with_resampled_latents(tmp_path):

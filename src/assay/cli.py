@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 
 import typer
 
@@ -53,8 +54,28 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 
 def main() -> None:
+    """Entry point: a user's mistake or a broken file ends as one line and exit 1, not a traceback
+    (`assay -v ...` shows the traceback)."""
+    from assay.errors import USER_ERRORS, describe
+
     tune_malloc()
-    app()
+    verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:2])
+    try:
+        app(standalone_mode=True)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+    except USER_ERRORS as err:
+        if verbose:
+            raise
+        typer.echo(f"error: {describe(err)}", err=True)
+        sys.exit(1)
+    except Exception as err:  # a bug: still one line, with the way to the traceback
+        if verbose:
+            raise
+        typer.echo(f"error: unexpected {type(err).__name__}: {err}\n(this is a bug in assay: rerun with "
+                   "`assay -v ...` for the traceback and report it)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

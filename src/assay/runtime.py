@@ -22,7 +22,12 @@ DTYPES: dict[str, str] = {
 def cache_dir() -> Path:
     """Root of assay's on-disk caches: `$ASSAY_CACHE`, else `~/.cache/assay`."""
     root = Path(os.environ.get("ASSAY_CACHE", Path.home() / ".cache" / "assay")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where the folder (or one above it) should be
+        from assay.errors import InputError
+
+        raise InputError(f"the cache folder {root} is a file (or under one); point ASSAY_CACHE at a folder") from None
     return root
 
 
@@ -37,10 +42,12 @@ def resolve_dtype(dtype: "str | torch.dtype") -> "torch.dtype":
 
     if isinstance(dtype, torch.dtype):
         return dtype
+    from assay.errors import InputError
+
     try:
-        return getattr(torch, DTYPES[dtype.lower()])
+        return getattr(torch, DTYPES[str(dtype).lower()])
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(set(DTYPES))}") from None
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(set(DTYPES))}") from None
 
 
 def dtype_name(dtype: "torch.dtype") -> str:

@@ -33,17 +33,36 @@ def extract_cmd(
     from rich import print as rprint
 
     from assay.activations import DEFAULT_FEATURES, extract
+    from assay.activations.features import Feature
     from assay.data import load_or_build
     from assay.models import load
+    from assay.models.peek import check_layers
+    from assay.runtime import resolve_dtype
 
+    # Everything the arguments alone can show is checked before the data or the model is loaded.
+    layer_list = _parse_layers(layers)
+    if not layer_list:
+        raise typer.BadParameter("name at least one layer", param_hint="--layers")
+    feats = list(dict.fromkeys(f.strip() for f in features.split(",") if f.strip())) if features is not None \
+        else list(DEFAULT_FEATURES)
+    if not feats:
+        raise typer.BadParameter("name at least one feature", param_hint="--features")
+    for f in feats:
+        Feature.parse(f)
+    for hint, value in (("--token-budget", token_budget), ("--max-tokens", max_tokens)):
+        if value is not None and value < 2:
+            raise typer.BadParameter(f"{value} must be at least 2 (BOS and one token)", param_hint=hint)
+    resolve_dtype(dtype)
+    check_layers(model, layer_list)
     ds = load_or_build(data)
     if split:
+        if split not in ds.splits:
+            raise typer.BadParameter(f"no split {split!r}; splits: {', '.join(ds.splits)}", param_hint="--split")
         ds = ds.split(split)
     lm = load(model, dtype=dtype)
     t0 = time.perf_counter()
     acts = extract(
-        lm, ds.texts, _parse_layers(layers), dataset_fingerprint=ds.fingerprint,
-        features=features.split(",") if features else DEFAULT_FEATURES, store_tokens=tokens,
+        lm, ds.texts, layer_list, dataset_fingerprint=ds.fingerprint, features=feats, store_tokens=tokens,
         token_budget=token_budget, max_tokens=max_tokens,
     )
     rprint(f"{acts} in {time.perf_counter() - t0:.1f} s -> {acts.path}")
@@ -58,11 +77,16 @@ def list_cmd() -> None:
     from assay.activations import list_entries
 
     table = Table("key", "model", "layers", "dtype", "examples", "dataset", "complete", "MiB")
-    for row in list_entries():
+    rows = list_entries()
+    for row in rows:
         table.add_row(row["key"], row["model"], ",".join(map(str, row["layers"])), row["dtype"],
-                      str(row["n_examples"]), row["dataset"], "yes" if row["complete"] else "[red]no[/]",
+                      str(row["n_examples"]), row["dataset"],
+                      "[red]corrupt manifest[/]" if row["corrupt"] else "yes" if row["complete"] else "[red]no[/]",
                       f"{row['bytes'] / 2**20:.1f}")
     Console().print(table)
+    if any(row["corrupt"] for row in rows):
+        typer.echo("corrupt entries are rebuilt by the next extraction of the same data; "
+                   "`assay activations rm KEY` removes one now")
 
 
 @app.command("rm")
@@ -77,8 +101,4 @@ def rm_cmd(
     if not targets:
         raise typer.BadParameter("name entries to remove, or pass --all")
     for key in targets:
-        try:
-            typer.echo(f"removed {remove_entry(key)}")
-        except (FileNotFoundError, ValueError) as err:
-            typer.echo(str(err), err=True)
-            raise typer.Exit(1)
+        typer.echo(f"removed {remove_entry(key)}")

@@ -15,9 +15,9 @@ from assay.activations.batching import length_order, shard_plan, token_budget_ba
 from assay.activations.features import DEFAULT_FEATURES, Feature, pool_features
 from assay.activations.forward import residual_stream
 from assay.activations.store import (
-    MANIFEST, ActivationSet, activations_root, shard_name, verify_shard,
+    MANIFEST, ActivationSet, activations_root, read_manifest, shard_name, verify_shard,
 )
-from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
+from assay.fileio import atomic_path, sha256_file, sha256_json, write_json
 from assay.models.chat import FormattedPrompt, chat_affixes, format_prompts
 from assay.models.loading import LoadedModel, check_layer
 from assay.provenance import provenance
@@ -120,8 +120,8 @@ def _load_or_start_manifest(
 ) -> dict[str, Any]:
     """The entry's manifest if it was made for the same spec, else a fresh one (written now)."""
     if (path / MANIFEST).exists():
-        manifest = read_json(path / MANIFEST)
-        if manifest.get("spec") == spec:
+        manifest = read_manifest(path)
+        if manifest is not None and _describes(manifest, spec, plan, prompts, lm):
             return manifest
         log.warning("cache entry %s has an unreadable or foreign manifest; starting it again", path.name)
     path.mkdir(parents=True, exist_ok=True)
@@ -132,6 +132,17 @@ def _load_or_start_manifest(
     }
     write_json(path / MANIFEST, manifest)
     return manifest
+
+
+def _describes(
+    manifest: dict[str, Any], spec: dict[str, Any], plan: list[list[int]], prompts: list[FormattedPrompt],
+    lm: LoadedModel,
+) -> bool:
+    """Whether a readable manifest is this extraction's: same spec, and counts that fit it (a
+    hand-edited count would index past the data or leave rows unfilled)."""
+    same_plan = manifest["plan"] == sha256_json(plan)
+    return (manifest["spec"] == spec and manifest["n_examples"] == len(prompts) and manifest["d_model"] == lm.d_model
+            and (not same_plan or len(manifest["shards"]) == len(plan)))
 
 
 def _shard_ok(path: Path, manifest: dict[str, Any], s: int) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from assay.errors import InputError
 from assay.models.chat import Role
 
 POOLS = ("mean", "max", "last")
@@ -35,11 +36,11 @@ class Feature:
     def parse(cls, name: str) -> "Feature":
         if m := _RESP.match(name):
             if int(m.group(1)) < 1:
-                raise ValueError(f"feature {name!r}: the offset must be at least 1")
+                raise InputError(f"feature {name!r}: the offset must be at least 1")
             return cls(name, name, None)
         mask, _, pool = name.partition(".")
         if not _MASK.match(mask) or pool not in POOLS:
-            raise ValueError(
+            raise InputError(
                 f"unknown feature {name!r}: use '<mask>.<pool>' with mask all|user|lastN and pool "
                 f"{'|'.join(POOLS)}, or 'resp-K' (K tokens before the response)"
             )

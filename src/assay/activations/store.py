@@ -14,6 +14,8 @@ a process, and one that fails is never read.
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -22,14 +24,16 @@ from typing import Any, Iterator, Sequence
 import torch
 from safetensors import safe_open
 
+from assay.errors import AssayError, InputError
 from assay.fileio import read_json, sha256_file
 from assay.models.chat import Role
 from assay.runtime import cache_dir
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
-class CacheCorruptError(RuntimeError):
+class CacheCorruptError(AssayError, RuntimeError):
     """A shard's bytes do not match the checksum recorded when it was written."""
 
 
@@ -46,7 +50,7 @@ _VERIFIED: set[tuple[str, float, int]] = set()
 
 def verify_shard(path: Path, sha256: str) -> bool:
     """True if the file matches its recorded checksum (each file is hashed once per process)."""
-    if not path.exists():
+    if not path.is_file():
         return False
     stat = path.stat()
     tag = (str(path), stat.st_mtime, stat.st_size)
@@ -66,7 +70,11 @@ class ActivationSet:
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
             raise FileNotFoundError(f"no activation cache entry at {self.path} (no {MANIFEST})")
-        self.manifest: dict[str, Any] = read_json(manifest_path)
+        manifest = read_manifest(self.path)
+        if manifest is None:
+            raise CacheCorruptError(f"cache entry {self.path.name} has an unreadable manifest.json; run the same "
+                                    "extraction again to rebuild it, or `assay activations rm` it")
+        self.manifest: dict[str, Any] = manifest
         if not self.manifest.get("complete"):
             raise CacheCorruptError(
                 f"cache entry {self.path.name} is incomplete (an extraction was interrupted); "
@@ -259,19 +267,65 @@ def _role_filter(roles: torch.Tensor, mask: str) -> torch.Tensor:
     raise ValueError(f"per-token mask must be 'all' or 'user', not {mask!r}")
 
 
+def read_manifest(entry: Path) -> dict[str, Any] | None:
+    """An entry's manifest, or None (with a warning naming the entry) if it is not one assay wrote:
+    invalid JSON, not an object, missing or mistyped fields, or counts that do not add up. Such an
+    entry is treated as foreign: listed as corrupt, rebuilt by the next extraction of the same key."""
+    try:
+        m = read_json(entry / MANIFEST)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("activation cache entry %s: unreadable manifest.json (%s)", entry.name, err)
+        return None
+    problem = _manifest_problem(m)
+    if problem:
+        log.warning("activation cache entry %s: manifest.json %s", entry.name, problem)
+        return None
+    return m
+
+
+# Fields every reader of a manifest relies on, with their types (spec's under "spec").
+_MANIFEST_FIELDS = {"plan": str, "n_examples": int, "d_model": int, "shards": list}
+_SPEC_FIELDS = {"model": dict, "dtype": str, "layers": list, "features": list, "dataset": str, "store_tokens": bool}
+
+
+def _manifest_problem(m: Any) -> str | None:
+    """What makes `m` something other than a manifest assay wrote, or None."""
+    if not isinstance(m, dict) or not isinstance(m.get("spec"), dict):
+        return "is not a JSON object with a spec"
+    for where, fields in ((m, _MANIFEST_FIELDS), (m["spec"], _SPEC_FIELDS)):
+        for key, kind in fields.items():
+            if not isinstance(where.get(key), kind):
+                return f"lacks {key!r} (or it is not a {kind.__name__})"
+    if not isinstance(m["spec"]["model"].get("model"), str) or not all(isinstance(x, int) for x in m["spec"]["layers"]):
+        return "names no model or has non-integer layers"
+    shards = m["shards"]
+    # A shard's file must be a name inside the entry: the manifest must not point reads elsewhere.
+    if not all(s is None or (isinstance(s, dict) and isinstance(s.get("file"), str) and Path(s["file"]).name == s["file"]
+                             and isinstance(s.get("sha256"), str) and isinstance(s.get("n_examples"), int))
+               for s in shards):
+        return "has a malformed shard record"
+    if m.get("complete") and (None in shards or sum(s["n_examples"] for s in shards) != m["n_examples"]):
+        return f"says complete but its shards do not hold its {m['n_examples']} examples"
+    return None
+
+
 def list_entries(root: str | Path | None = None) -> list[dict[str, Any]]:
-    """Summary rows of every cache entry, complete or not."""
+    """Summary rows of every cache entry, complete or not (a corrupt one as `corrupt: True`)."""
     rows = []
     base = activations_root(root)
     for d in sorted(base.glob("*")) if base.exists() else []:
         if not (d / MANIFEST).exists():
             continue
-        m = read_json(d / MANIFEST)
         size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+        m = read_manifest(d)
+        if m is None:
+            rows.append({"key": d.name, "model": "?", "layers": [], "dtype": "?", "n_examples": 0, "dataset": "?",
+                         "complete": False, "corrupt": True, "bytes": size, "path": str(d)})
+            continue
         rows.append({
             "key": d.name, "model": m["spec"]["model"]["model"], "layers": m["spec"]["layers"],
             "dtype": m["spec"]["dtype"], "n_examples": m["n_examples"], "dataset": m["spec"]["dataset"][:12],
-            "complete": m.get("complete", False), "bytes": size, "path": str(d),
+            "complete": m.get("complete", False), "corrupt": False, "bytes": size, "path": str(d),
         })
     return rows
 
@@ -284,8 +338,9 @@ def remove_entry(key: str, root: str | Path | None = None) -> Path:
     # "", ".", "..", "a/b" and absolute paths all fail the last test: the entry must resolve to a
     # child of the root
     if Path(key).name != key or "\\" in key or path.is_symlink() or path.resolve().parent != base.resolve():
-        raise ValueError(f"{key!r} is not a cache entry key: pass a key from `assay activations list`, not a path")
+        raise InputError(f"{key!r} is not a cache entry key: pass a key from `assay activations list`, not a path")
     if not (path / MANIFEST).exists():
-        raise FileNotFoundError(f"no activation cache entry {key!r} under {activations_root(root)}")
+        raise InputError(f"no activation cache entry {key!r} under {activations_root(root)}; "
+                         "`assay activations list` shows the keys")
     shutil.rmtree(path)
     return path

@@ -51,7 +51,13 @@ class TfidfBaseline(TextBaseline):
         self.vocab, self.idf = {}, {}
         for name in ANALYZERS:
             cv = _counter(name, None, min_df=self.config["min_df"], max_features=self.config["max_features"])
-            counts = cv.fit_transform(texts)
+            try:
+                counts = cv.fit_transform(texts)
+            except ValueError as err:  # sklearn: "empty vocabulary" (only stop words or punctuation)
+                from assay.errors import InputError
+
+                raise InputError(f"TF-IDF ({name}): the training texts yield no terms ({err}); they hold only "
+                                 "punctuation, stop words or too few rows for min_df") from None
             self.vocab[name] = {t: int(i) for t, i in cv.vocabulary_.items()}
             self.idf[name] = TfidfTransformer(smooth_idf=True).fit(counts).idf_
         X = self._transform(texts)

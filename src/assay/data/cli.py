@@ -21,7 +21,10 @@ def build(
     from rich.console import Console
 
     from assay.data.benchmark import build_benchmark
+    from assay.data import PRESETS
 
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", param_hint="--preset")
     console = Console()
     with console.status(f"building {preset} (seed {seed})..."):
         ds = build_benchmark(preset, seed, out, force=force)
@@ -49,6 +52,8 @@ def show(
     from assay.data.benchmark import build_benchmark, default_out_dir
     from assay.data.dataset import load_dataset
 
+    if n < 0:
+        raise typer.BadParameter(f"{n}: use 0 or more rows", param_hint="--n")
     ds = load_dataset(path) if path else build_benchmark("quick", 0, default_out_dir("quick", 0))
     if split:
         ds = ds.split(split)
@@ -73,22 +78,28 @@ def show(
 @app.command()
 def validate(
     path: Path = typer.Argument(..., help="User dataset: .jsonl or .csv with text,label[,split,group,cluster]."),
+    score_only: bool = typer.Option(False, "--score-only", help="The file is only scored (no train split needed)."),
 ) -> None:
-    """Check a user dataset; exit 1 with the offending rows named if it cannot be used."""
-    from rich.console import Console
+    """Check a user dataset; exit 1 with the offending rows named if it cannot be used, else say
+    what it can be used for. A file with a split column must have a train split (unless
+    --score-only); one without is all split 'user', for scoring."""
+    from assay.data.user import DatasetError, read_rows, usable_for, validate_rows
 
-    from assay.data.user import DatasetError, read_rows, validate_rows
-
-    console = Console()
     try:
-        rep = validate_rows(read_rows(path), path.name)
-    except DatasetError as err:
-        console.print(f"[red]error[/red] {err}")
+        rows = read_rows(path)
+    except DatasetError as err:  # assay.cli.main would say the same; this keeps the sub-app alone clean too
+        typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1)
+    has_split = any(str(r.get("split") or "").strip() for r in rows)
+    rep = validate_rows(rows, path.name, need_train=has_split and not score_only)
+    # Plain echo, not rich: rich wraps long lines at 80 columns and reads [brackets] in texts as markup.
     for w in rep.warnings:
-        console.print(f"[yellow]warning[/yellow] {w}")
+        typer.echo(f"warning: {w}", err=True)
     for e in rep.errors:
-        console.print(f"[red]error[/red] {e}")
+        typer.echo(f"error: {e}", err=True)
     if rep.errors:
+        if any("row" in e for e in rep.errors + rep.warnings):
+            typer.echo("note: rows are counted from 1 at the first data row (a CSV's header line is not a row)", err=True)
         raise typer.Exit(1)
-    console.print(f"[green]ok[/green] {rep.rows} rows")
+    counts = ", ".join(f"{s}={n}" for s, n in rep.splits.items())
+    typer.echo(f"ok {rep.rows} rows ({counts}); usable for {usable_for(rep)}")

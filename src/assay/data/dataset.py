@@ -75,7 +75,9 @@ class Dataset:
     def split(self, name: str) -> "Dataset":
         sub = [e for e in self.examples if e.split == name]
         if not sub and name not in self.splits:
-            raise KeyError(f"no split {name!r}; splits are {self.splits}")
+            from assay.errors import InputError
+
+            raise InputError(f"no split {name!r}; splits are {', '.join(self.splits)}")
         return Dataset(sub, self.path, self.meta)
 
     @property
@@ -121,9 +123,25 @@ def load_dataset(path: str | Path) -> Dataset:
     """A benchmark directory (with `manifest.json`), or a user JSONL/CSV file (validated)."""
     path = Path(path)
     if path.is_dir():
-        from assay.data.benchmark import read_benchmark
-
-        return read_benchmark(path)
+        return _read_benchmark_dir(path)
     from assay.data.user import load_user_dataset
 
     return load_user_dataset(path)
+
+
+def _read_benchmark_dir(path: Path) -> Dataset:
+    """A built benchmark; a folder that is not one, or one damaged since, is a one-line error."""
+    from assay.data.benchmark import read_benchmark
+    from assay.errors import AssayError, ConfigMismatchError, InputError
+
+    if not (path / "manifest.json").is_file():
+        raise InputError(f"{path} is a directory without manifest.json; pass a benchmark directory written by "
+                         "`assay data build`, or a .jsonl/.csv file")
+    try:
+        return read_benchmark(path)
+    except AssayError:
+        raise
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors; KeyError/TypeError: rows or manifest lacking fields.
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ConfigMismatchError(f"{path}: damaged benchmark ({type(err).__name__}: {err}); rebuild it with "
+                                  f"`assay data build --force --out {path}` (same --preset and --seed)") from err

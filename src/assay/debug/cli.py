@@ -39,9 +39,23 @@ def latents_cmd(
     from assay.probes.sae_encode import pooled_sae_outputs
     from assay.sae import load_sae
 
+    from assay.activations.features import Feature
+    from assay.models.peek import check_layers
+    from assay.sae.checks import check_sae_fits
+
+    if k < 1 or top < 1:
+        raise typer.BadParameter(f"--k {k} / --top {top}: use at least 1")
+    if select not in ("mean_diff", "l1"):
+        raise typer.BadParameter(f"{select!r}: use mean_diff or l1", param_hint="--select")
+    Feature.parse(aggregation)
+    sae = load_sae(sae_dir)  # a broken SAE fails before the model loads
+    check_layers(model, [layer])
     ds = load_or_build(data)
+    if split not in ds.splits:
+        raise typer.BadParameter(f"no split {split!r}; splits: {ds.splits}", param_hint="--split")
     lm = load(model, dtype=dtype)
-    sae = load_sae(sae_dir, device=str(lm.device))
+    check_sae_fits(sae, lm.d_model, layer, str(sae_dir))
+    sae = sae.to(lm.device)
     acts = extract(lm, ds.texts, [layer], dataset_fingerprint=ds.fingerprint, store_tokens=True)
     idx = np.flatnonzero(np.array([e.split for e in ds.examples]) == split)
     if not len(idx):

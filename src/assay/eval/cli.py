@@ -19,8 +19,12 @@ def render(
     from assay.eval.render import write_report
     from assay.eval.schema import load_report
 
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    unknown = sorted(set(fmts) - {"json", "md", "html", "png"})
+    if unknown or not fmts:
+        raise typer.BadParameter(f"{', '.join(unknown) or 'none'}: choose from json, md, html, png", param_hint="--formats")
     report = load_report(results)
-    written = write_report(report, out or results.parent, formats=tuple(f.strip() for f in formats.split(",")))
+    written = write_report(report, out or results.parent, formats=fmts)
     for what, path in written.items():
         typer.echo(f"{what}: {path}")
 

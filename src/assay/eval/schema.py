@@ -245,4 +245,17 @@ def report_json_schema() -> dict[str, Any]:
 def load_report(path) -> Report:
     from pathlib import Path
 
-    return Report.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    from pydantic import ValidationError
+
+    from assay.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; pass a results JSON (report.json)")
+    try:
+        return Report.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as err:
+        first = str(err).splitlines()
+        raise InputError(f"{path} is not an assay results JSON ({first[0]}: {first[1] if len(first) > 1 else ''}"
+                         f"{'; invalid JSON' if 'json_invalid' in str(err) else ''}); pass a report.json written by "
+                         "assay") from None

@@ -44,6 +44,7 @@ def harmful_intent(
     if dtype != "auto" and dtype.lower() not in DTYPES:
         raise typer.BadParameter(f"unknown dtype {dtype!r}: use auto, float32 or bfloat16", param_hint="--dtype")
 
+    _check_study_args(model, layer, data, subsample, sae_width, sae_tokens)
     dtype, why = choose_dtype(dtype)
     if "float32_gflops" in why:
         rprint(f"dtype {dtype} (matmul here: float32 {why['float32_gflops']} GFLOP/s, bfloat16 {why['bfloat16_gflops']} GFLOP/s)")
@@ -66,6 +67,22 @@ def harmful_intent(
     for f in report.findings:
         verdict = {True: " (holds)", False: " (does not hold)", None: ""}[f.holds]
         rprint(f"- {escape(f.text)}{verdict}")
+
+
+def _check_study_args(model: str, layer: int, data: str | None, subsample: int | None, sae_width: int | None,
+                      sae_tokens: float | None) -> None:
+    """What can be checked in seconds, before an hour of work starts."""
+    from assay.models.peek import check_layers
+
+    for name, value in (("--subsample", subsample), ("--sae-width", sae_width), ("--sae-tokens", sae_tokens)):
+        if value is not None and not value >= 1:
+            raise typer.BadParameter(f"{value!r} must be at least 1", param_hint=name)
+    if subsample is not None and subsample < 4:
+        raise typer.BadParameter(f"{subsample} examples per split and class leave nothing to fit and calibrate "
+                                 "on; use at least 4", param_hint="--subsample")
+    if data is not None and data not in ("quick", "full") and not Path(data).exists():
+        raise typer.BadParameter(f"{data}: no such file or directory", param_hint="--data")
+    check_layers(model, [layer])
 
 
 @app.command("readme")

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from assay.errors import InputError
 from assay.experiment.config import StudyConfig
 from assay.fileio import atomic_path, read_json, sha256_json, write_json
 
@@ -164,7 +165,8 @@ class Study:
             cfg.seed))
         missing = [s for s in ("train", "val", cfg.calibrate_on, "ood") if s not in self.ds.splits]
         if missing:
-            raise ValueError(f"the study needs splits train, val, {cfg.calibrate_on}, ood; the dataset lacks {missing}")
+            raise InputError(f"the study needs splits train, val, {cfg.calibrate_on} and ood; the dataset has "
+                             f"{self.ds.splits} and lacks {missing}: add a `split` column with those values")
         ex = self.ds.examples
         self.y = np.array([e.label for e in ex])
         self.units = self.ds.clusters

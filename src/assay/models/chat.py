@@ -77,7 +77,11 @@ def format_prompts(
         pre_roles[0] = int(Role.SPECIAL)
     budget = None if max_tokens is None else max_tokens - len(pre_ids) - len(suf_ids)
     if budget is not None and budget < 1:
-        raise ValueError(f"max_tokens={max_tokens} leaves no room for the user's text")
+        from assay.errors import InputError
+
+        need = len(pre_ids) + len(suf_ids) + 1
+        raise InputError(f"max_tokens={max_tokens} leaves no room for the user's text after the chat template's "
+                         f"{need - 1} tokens; use --max-tokens {need} or more")
     contents = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     out, n_truncated = [], 0
     for ids in contents:

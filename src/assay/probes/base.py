@@ -101,15 +101,28 @@ def load_probe(path: str | Path, device: torch.device | str | None = None) -> Pr
     from assay.probes import _register_all
 
     _register_all()
+    from safetensors import SafetensorError
+
+    from assay.errors import ConfigMismatchError, InputError
+
     path = Path(path)
-    spec = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    if not (path / CONFIG_FILE).is_file():
+        raise InputError(f"{path} is not a saved probe (no {CONFIG_FILE})")
     try:
-        cls = _REGISTRY[spec["kind"]]
-    except KeyError:
-        raise ValueError(f"{path}: unknown probe kind {spec['kind']!r}; known: {sorted(_REGISTRY)}") from None
-    probe = cls(_config_from_dict(cls.Config, spec["config"]))
-    probe.meta = spec.get("meta", {})
-    probe.set_state({k: v.to(device) if device else v for k, v in load_file(str(path / WEIGHTS_FILE)).items()})
+        spec = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        cls = _REGISTRY.get(spec["kind"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigMismatchError(f"{path / CONFIG_FILE} is malformed ({err}); train the probe again") from None
+    if cls is None:
+        raise ConfigMismatchError(f"{path}: unknown probe kind {spec['kind']!r}; known: {sorted(_REGISTRY)}")
+    try:
+        probe = cls(_config_from_dict(cls.Config, spec["config"]))
+        probe.meta = spec.get("meta", {})
+        tensors = load_file(str(path / WEIGHTS_FILE))
+        probe.set_state({k: v.to(device) if device else v for k, v in tensors.items()})
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ConfigMismatchError(f"{path}: the saved {spec['kind']} probe is incomplete or does not match "
+                                  f"{CONFIG_FILE} ({type(err).__name__}: {err}); train it again") from None
     return probe
 
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from assay.errors import InputError
 from assay.runtime import resolve_dtype
 
 # Detached diagnostics returned alongside the loss terms (not part of `total`).
@@ -33,6 +34,24 @@ class SAEConfig:
     device: str = "cpu"
     apply_b_dec_to_input: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse settings no SAE can train with, before any data is read (one check for all
+        architectures: widths, k, coefficients and rates are the same fields everywhere)."""
+        import math
+
+        for name in ("d_in", "d_sae"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"SAE {name} must be a positive integer, got {v!r}")
+        resolve_dtype(self.dtype)
+        k = getattr(self, "k", None)
+        if k is not None and not (isinstance(k, (int, float)) and math.isfinite(k) and 0 < k <= self.d_sae):
+            raise InputError(f"SAE k must be in (0, width] = (0, {self.d_sae}] (active latents per token), got {k!r}")
+        for name, v in asdict(self).items():
+            if name.endswith(("_coefficient", "_lr", "omega_0", "bandwidth")) and not (
+                    isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise InputError(f"SAE {name} must be a finite number >= 0, got {v!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,7 +185,8 @@ def sparsity_kwargs(arch: str, k: float = 32, l1: float | None = None, l0: float
     if arch in ("jumprelu", "qf_jumprelu"):
         kw = {} if l0 is None else {"l0_coefficient": l0}
         return {**kw, "omega_0": omega} if arch == "qf_jumprelu" else kw
-    raise ValueError(f"unknown SAE architecture {arch!r}")
+    raise InputError(f"unknown SAE architecture {arch!r}; choose from relu, topk, batchtopk, gated, jumprelu, "
+                     "qf_jumprelu, matryoshka")
 
 
 def build_sae(architecture: str, **cfg: Any) -> SAE:
@@ -176,5 +196,9 @@ def build_sae(architecture: str, **cfg: Any) -> SAE:
     try:
         cls = ARCHITECTURES[architecture]
     except KeyError:
-        raise ValueError(f"unknown SAE architecture {architecture!r}; choose from {sorted(ARCHITECTURES)}") from None
-    return cls(cls.config_class(**cfg))
+        raise InputError(f"unknown SAE architecture {architecture!r}; choose from {sorted(ARCHITECTURES)}") from None
+    try:
+        config = cls.config_class(**cfg)
+    except TypeError as err:  # an option this architecture does not have
+        raise InputError(f"{architecture} SAE: {err}") from None
+    return cls(config)

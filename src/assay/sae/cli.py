@@ -20,6 +20,44 @@ def _arch_kwargs(arch: str, k: float, l1: float | None, l0: float | None, omega:
         raise typer.BadParameter(str(err)) from None
 
 
+def _check_train_args(archs: list[str], k: float, width: int, layer: int, corpus: str, n_tokens: int, epochs: int,
+                      batch_size: int, lr: float, resample: float, resample_how: str, max_tokens: int, dtype: str,
+                      l1: float | None, l0: float | None, omega: float, finetune_from: Path | None) -> None:
+    """Everything checkable without the model, checked before loading it (seconds to minutes)."""
+    import math
+
+    from assay.runtime import resolve_dtype
+    from assay.sae.base import build_sae
+    from assay.sae.corpus import CORPORA
+
+    if not archs:
+        raise typer.BadParameter("name at least one architecture", param_hint="--arch")
+    if len(set(archs)) < len(archs):
+        raise typer.BadParameter(f"architecture listed twice in {','.join(archs)}", param_hint="--arch")
+    if corpus not in CORPORA:
+        raise typer.BadParameter(f"{corpus!r}; choose one of {', '.join(CORPORA)}", param_hint="--corpus")
+    for name, value, ok in (("--layer", layer, layer >= 0), ("--tokens", n_tokens, n_tokens > 0),
+                            ("--epochs", epochs, epochs >= 1), ("--batch-size", batch_size, batch_size >= 1),
+                            ("--lr", lr, math.isfinite(lr) and lr > 0), ("--max-tokens", max_tokens, max_tokens >= 2),
+                            ("--resample", resample, 0 <= resample < 1)):
+        if not ok:
+            raise typer.BadParameter(f"{value!r} is out of range", param_hint=name)
+    if n_tokens * epochs < batch_size:
+        raise typer.BadParameter(f"{n_tokens * epochs} training tokens make less than one batch of {batch_size}",
+                                 param_hint="--tokens")
+    if resample_how not in ("random", "least_used"):
+        raise typer.BadParameter(f"{resample_how!r}; choose random or least_used", param_hint="--resample-how")
+    resolve_dtype(dtype)
+    if finetune_from is not None:
+        if len(archs) > 1:
+            raise typer.BadParameter("finetune one SAE at a time", param_hint="--arch")
+        if not (finetune_from / "cfg.json").is_file():
+            raise typer.BadParameter(f"{finetune_from} is not a saved SAE (no cfg.json)", param_hint="--finetune-from")
+        return
+    for a in archs:  # builds a throwaway SAE at d_in 1: checks the name, width, k and coefficients
+        build_sae(a, d_in=1, d_sae=width, **_arch_kwargs(a, k, l1, l0, omega))
+
+
 @app.command("train")
 def train(
     arch: str = typer.Option("topk", help="relu|topk|batchtopk|gated|jumprelu|qf_jumprelu|matryoshka; "
@@ -46,11 +84,14 @@ def train(
     device: Optional[str] = typer.Option(None),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt"),
+    checkpoint_every: int = typer.Option(200, min=1, help="steps between checkpoints (resumable with --resume)"),
 ) -> None:
     """Train SAEs on a model's residual-stream activations."""
     import torch
 
     from assay.models import load
+    from assay.models.loading import check_layer
+    from assay.models.peek import check_layers
     from assay.runtime import cache_dir
     from assay.sae.base import build_sae
     from assay.sae.corpus import activation_stream
@@ -61,9 +102,16 @@ def train(
 
     archs = [a.strip() for a in arch.split(",") if a.strip()]
     n_tokens = int(tokens)
-    lm = load(model, dtype=dtype, device=device)
+    _check_train_args(archs, k, width, layer, corpus, n_tokens, epochs, batch_size, lr, resample, resample_how,
+                      max_tokens, dtype, l1, l0_coeff, omega, finetune_from)
     run = f"{Path(model).name}-L{layer}-{corpus}-{'+'.join(archs)}-w{width}-s{seed}" + ("-ft" if finetune_from else "")
     out = out or cache_dir() / "sae" / run
+    check_layers(model, [layer])
+    if (out / "checkpoint.pt").exists() and not resume:
+        raise typer.BadParameter(f"{out} holds an interrupted run (checkpoint.pt): pass --resume to continue it, "
+                                 "or choose another --out", param_hint="--out")
+    lm = load(model, dtype=dtype, device=device)
+    check_layer(layer, lm.n_layers)
     typer.echo(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; writing to {out}")
 
     def stream():
@@ -71,9 +119,10 @@ def train(
 
     saes = {}
     if finetune_from:
-        if len(archs) > 1:
-            raise typer.BadParameter("finetune one SAE at a time")
+        from assay.sae.checks import check_sae_fits
+
         sae = load_sae(finetune_from, device=str(lm.device))
+        check_sae_fits(sae, lm.d_model, layer, str(finetune_from))
         if resample > 0:
             freq = None
             if resample_how == "least_used":
@@ -96,10 +145,14 @@ def train(
         "finetuned_from": str(finetune_from) if finetune_from else None, "resampled_fraction": resample,
     }
     cfg = TrainConfig(total_tokens=n_tokens * epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      sparsity_warmup_steps=sparsity_warmup, checkpoint_every=200)
+                      sparsity_warmup_steps=sparsity_warmup, checkpoint_every=checkpoint_every)
     torch.manual_seed(seed)
     trainer = Trainer(saes, cfg, out, metadata=meta)
     trainer.fit((c.to(lm.device) for c in stream()), resume=resume)
+    if trainer.state.step < cfg.total_steps:
+        typer.secho(f"warning: SHORT RUN, {trainer.state.step} of {cfg.total_steps} steps: the corpus ran out "
+                    f"({trainer.state.tokens_seen} tokens trained on); training.json says complete: false",
+                    err=True, fg="yellow")
     for name in saes:
         last = next((h[name] for h in reversed(trainer.state.history) if name in h), {})
         typer.echo(f"{name}: L0 {last.get('l0', float('nan')):.1f}  FVU {last.get('fvu', float('nan')):.3f}  "
@@ -124,15 +177,29 @@ def evaluate(
     from assay.sae.io import load_sae
     from assay.sae.metrics import ce_recovered, plot_frequency_histogram, plot_sweep, reconstruction_stats, text_batches
 
+    from assay.errors import ConfigMismatchError
+    from assay.models.peek import check_layers
+    from assay.sae.checks import check_sae_fits, sae_layer
+    from assay.sae.corpus import CORPORA
+
+    if tokens < 1 or ce_texts < 0:
+        raise typer.BadParameter(f"--tokens {tokens} must be >= 1 and --ce-texts {ce_texts} >= 0")
     points, lms = [], {}
     for d in dirs:
         sae = load_sae(d)
         meta = sae.metadata
         name = model or meta.get("model_name") or "gemma-3-270m"
-        lm = lms.get(name) or lms.setdefault(name, load(name, device=device))
-        sae = sae.to(lm.device)
-        layer = int(meta.get("assay_layer", str(meta.get("hook_name", "blocks.9.")).split(".")[1]))
+        layer = sae_layer(sae)
+        if layer is None:
+            raise ConfigMismatchError(f"{d}/cfg.json names no layer (metadata.assay_layer or hook_name "
+                                      "'blocks.L.hook_resid_post'); add one")
+        check_layers(name, [layer])
         corp = corpus or meta.get("corpus") or "wiki"
+        if corp not in CORPORA:
+            raise typer.BadParameter(f"{corp!r}; choose one of {', '.join(CORPORA)}", param_hint="--corpus")
+        lm = lms.get(name) or lms.setdefault(name, load(name, device=device))
+        check_sae_fits(sae, lm.d_model, layer, str(d))
+        sae = sae.to(lm.device)
         texts = held_out_texts(corp, lm.tokenizer, int(tokens), 256, seed=seed)
         held = list(activation_stream(lm, corp, layer, int(tokens), texts=texts, seed=seed, max_tokens=256))
         stats = reconstruction_stats(sae, [c.to(lm.device) for c in held])

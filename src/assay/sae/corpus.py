@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
+from assay.errors import InputError
 from assay.fileio import sha256_json
 
 CORPORA = ("wiki", "chat", "chat-user")
@@ -59,7 +60,7 @@ def _ordered(corpus: str, tokenizer: Any, seed: int, exclude: frozenset[str] = f
         items = [(c[0]["content"], (c[0]["content"],)) for c in sources.sharegpt_conversations()
                  if c[0]["role"] == "user"]
     else:
-        raise ValueError(f"corpus must be one of {CORPORA}, not {corpus!r}")
+        raise InputError(f"corpus must be one of {CORPORA}, not {corpus!r}")
     items = [it for it in items if it[0].strip()]
     random.Random(seed).shuffle(items)  # before excluding: the kept texts' order does not depend on `exclude`
     if exclude and corpus != "wiki":
@@ -95,7 +96,8 @@ def _take(texts: list[str], tokenizer: Any, n_tokens: int, max_tokens: int) -> l
         batch = texts[start:start + 256]
         for text, ids in zip(batch, tokenizer(batch, add_special_tokens=False)["input_ids"]):
             out.append(text)
-            total += min(len(ids), max_tokens) + 1
+            # The tokens the stream yields: BOS is added, counted in max_tokens, and never trained on.
+            total += min(len(ids), max_tokens - 1)
             if total >= n_tokens:
                 return out
     return out

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from assay import __version__
+from assay.errors import ConfigMismatchError, InputError
 from assay.fileio import atomic_path, read_json, write_json
 from assay.runtime import dtype_name, resolve_dtype
 from assay.sae.base import ARCHITECTURES, SAE, build_sae
@@ -68,35 +69,118 @@ def save_sae(sae: SAE, path: str | Path, metadata: dict[str, Any] | None = None)
 
 
 def load_sae(path: str | Path, device: str | torch.device | None = None, dtype: str | None = None) -> SAE:
-    """Load an SAE written by assay or by SAELens (standard, topk, jumprelu, gated)."""
+    """Load an SAE written by assay or by SAELens (standard, topk, jumprelu, gated). What cfg.json
+    claims is checked against the weights: an edited or mixed-up file is refused, not loaded as
+    something it is not."""
     path = Path(path)
-    cfg = read_json(path / CFG_FILE)
-    tensors = load_file(str(path / WEIGHTS_FILE))
-    meta = dict(cfg.get("metadata") or {})
+    cfg, tensors = _read_files(path)
+    meta = _metadata(path, cfg)
+    if cfg.get("normalize_activations", "none") not in ("none", "expected_average_only_in", False, None):
+        raise InputError(f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported")
+    sae, tensors = _build(path, cfg, meta, tensors)
+    _check_claims(path, cfg, meta, sae, tensors)
+    target = resolve_dtype(dtype or cfg.get("dtype", "float32"))
+    tensors = {k: v.to(sae.W_enc.dtype) for k, v in tensors.items()}
+    try:
+        sae.load_inference_state(tensors, cfg)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ConfigMismatchError(f"{path / CFG_FILE} does not fit {WEIGHTS_FILE} ({type(err).__name__}: {err}); "
+                                  "restore it or train the SAE again") from None
+    sae.metadata = meta
+    sae.raw_space = True
+    sae.cfg.dtype = dtype_name(target)
+    return sae.to(device=device or "cpu", dtype=target).eval()
+
+
+def _metadata(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    meta = cfg.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise ConfigMismatchError(f"{path / CFG_FILE}: metadata is not a JSON object; restore it or train the SAE again")
+    meta = dict(meta)
     for key in ("hook_name", "model_name"):  # pre-6.0 files keep these at the top level
         if meta.get(key) is None and cfg.get(key) is not None:
             meta[key] = cfg[key]
-    if cfg.get("normalize_activations", "none") not in ("none", "expected_average_only_in", False, None):
-        raise NotImplementedError(f"normalize_activations={cfg['normalize_activations']!r} is not supported")
+    return meta
+
+
+def _build(path: Path, cfg: dict[str, Any], meta: dict[str, Any],
+           tensors: dict[str, torch.Tensor]) -> tuple[SAE, dict[str, torch.Tensor]]:
+    """An empty SAE of the architecture and sizes the config names (assay's own metadata first,
+    else SAELens's fields), and the weights in the form it loads."""
     arch = cfg.get("architecture", "standard")
     own = meta.get("assay")
-    if own and _registered(own["architecture"]):
-        sae = build_sae(own["architecture"], **{**own["config"], "device": "cpu"})
-    else:
-        if arch not in _FROM_SAELENS:
-            raise NotImplementedError(f"SAELens architecture {arch!r} is not supported")
-        kw = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "apply_b_dec_to_input": cfg.get("apply_b_dec_to_input", True)}
-        if arch == "topk":
-            kw["k"] = int(cfg.get("k") or cfg.get("activation_fn_kwargs", {}).get("k"))
-        sae = build_sae(_FROM_SAELENS[arch], **kw)
-        tensors = _from_saelens_tensors(arch, cfg, tensors)
-    target = dtype or cfg.get("dtype", "float32")
-    tensors = {k: v.to(sae.W_enc.dtype) for k, v in tensors.items()}
-    sae.load_inference_state(tensors, cfg)
-    sae.metadata = meta
-    sae.raw_space = True
-    sae.cfg.dtype = dtype_name(resolve_dtype(target))
-    return sae.to(device=device or "cpu", dtype=resolve_dtype(target)).eval()
+    mine = isinstance(own, dict) and isinstance(own.get("architecture"), str) and _registered(own["architecture"])
+    if not mine and arch not in _FROM_SAELENS:
+        raise InputError(f"{path}: SAELens architecture {arch!r} is not supported; "
+                         f"supported: {', '.join(sorted(_FROM_SAELENS))}")
+    try:
+        if mine:
+            sae = build_sae(own["architecture"], **{**own["config"], "device": "cpu"})
+        else:
+            kw = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "apply_b_dec_to_input": cfg.get("apply_b_dec_to_input", True)}
+            if arch == "topk":
+                kw["k"] = int(cfg.get("k") or cfg.get("activation_fn_kwargs", {}).get("k"))
+            sae = build_sae(_FROM_SAELENS[arch], **kw)
+            tensors = _from_saelens_tensors(arch, cfg, tensors)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # InputError included: settings no SAE can have
+        raise ConfigMismatchError(f"{path / CFG_FILE}: malformed SAE config ({err}); restore it or train the SAE "
+                                  "again") from None
+    if mine and arch != sae.saelens_architecture:
+        raise ConfigMismatchError(f"{path / CFG_FILE}: architecture {arch!r} disagrees with its assay "
+                                  f"metadata ({sae.architecture}, saved as {sae.saelens_architecture!r})")
+    return sae, tensors
+
+
+def _read_files(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+
+    if not (path / CFG_FILE).is_file():
+        raise InputError(f"{path} is not a saved SAE (no {CFG_FILE}); pass a directory written by `assay sae train` "
+                         "or SAELens")
+    try:
+        cfg = read_json(path / CFG_FILE)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigMismatchError(f"{path / CFG_FILE} is not valid JSON ({err}); restore it or train the SAE again") from None
+    if not isinstance(cfg, dict):
+        raise ConfigMismatchError(f"{path / CFG_FILE} is not a JSON object; restore it or train the SAE again")
+    if not (path / WEIGHTS_FILE).is_file():
+        raise InputError(f"{path} has no {WEIGHTS_FILE}; the SAE was not saved completely")
+    try:
+        tensors = load_file(str(path / WEIGHTS_FILE))
+    except SafetensorError as err:
+        raise ConfigMismatchError(f"{path / WEIGHTS_FILE} is damaged ({err}); train the SAE again") from None
+    return cfg, tensors
+
+
+def _check_claims(path: Path, cfg: dict[str, Any], meta: dict[str, Any], sae: SAE, tensors: dict[str, torch.Tensor]) -> None:
+    """What cfg.json claims (sizes, architecture, layer) against what the weights hold: an edited or
+    mixed-up file must not load as something it is not."""
+    where = path / CFG_FILE
+    for key in ("d_in", "d_sae"):
+        if key in cfg and cfg[key] != getattr(sae.cfg, key):
+            raise ConfigMismatchError(f"{where}: {key} {cfg[key]!r} disagrees with its assay metadata "
+                                      f"({getattr(sae.cfg, key)})")
+    _, _, expected = sae.inference_state()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ConfigMismatchError(f"{where}: a {sae.architecture} SAE has tensors {sorted(expected)}, but "
+                                  f"{WEIGHTS_FILE} holds {sorted(tensors)}: cfg.json does not describe these weights")
+    for name, t in expected.items():
+        if tuple(tensors[name].shape) != tuple(t.shape):
+            raise ConfigMismatchError(f"{where}: {name} should be {tuple(t.shape)} for d_in {sae.cfg.d_in}, d_sae "
+                                      f"{sae.cfg.d_sae}, but {WEIGHTS_FILE} holds {tuple(tensors[name].shape)}")
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # NaN weights give NaN latents, and every score from them is meaningless
+        raise ConfigMismatchError(f"{path / WEIGHTS_FILE}: {', '.join(sorted(bad))} hold NaN or infinite values; "
+                                  "the SAE diverged or the file is damaged: train it again")
+    layer = meta.get("assay_layer")
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+        raise ConfigMismatchError(f"{where}: metadata assay_layer {layer!r} is not a layer number; fix it")
+    hook = str(meta.get("hook_name") or "").split(".")
+    if layer is not None and len(hook) > 2 and hook[0] == "blocks" and hook[1].isdigit() and int(hook[1]) != layer:
+        raise ConfigMismatchError(f"{where}: metadata names layer {meta['assay_layer']} (assay_layer) and "
+                                  f"{meta['hook_name']} (hook_name); fix the one that is wrong")
 
 
 def _registered(name: str) -> bool:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 import math
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 
+from assay.errors import ConfigMismatchError
 from assay.fileio import atomic_path, write_json
 from assay.provenance import provenance
 from assay.runtime import resolve_dtype
@@ -75,9 +78,12 @@ class TrainConfig:
 class _State:
     step: int = 0
     tokens_seen: int = 0  # tokens trained on
-    tokens_drawn: int = 0  # tokens taken from the stream (for resuming)
     scale: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# TrainConfig fields that do not change the trained weights, so a resume may differ in them.
+_RESUME_FREE = ("checkpoint_every", "log_every", "progress")
 
 
 class Trainer:
@@ -101,9 +107,12 @@ class Trainer:
                 s.search_dtype = resolve_dtype(self.cfg.search_dtype) if self.cfg.search_dtype else None
         if resume:
             self._load_checkpoint()
-        batches = shuffled_batches(self._counted(stream, skip=self.state.tokens_drawn), self.cfg.batch_size,
-                                   self.cfg.buffer_tokens, seed=self.cfg.seed + self.state.step)
-        batches = self._with_scale(batches)
+        # A resumed run replays the stream from its start through the same shuffle and skips the
+        # batches already trained on: tokens waiting in the shuffle buffer at the checkpoint are
+        # then trained on too, so it ends with the steps, tokens and weights of an unbroken run.
+        # (Skipping only the tokens drawn so far lost the whole buffer: 298 of 507 steps.)
+        batches = shuffled_batches(stream, self.cfg.batch_size, self.cfg.buffer_tokens, seed=self.cfg.seed)
+        batches = itertools.islice(self._with_scale(batches), self.state.step, None)
         for s in self.saes.values():
             s.train()
         with self._progress() as (bar, task):
@@ -116,9 +125,12 @@ class Trainer:
                 if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         if self.state.step < self.cfg.total_steps:
-            log.warning("stream ended after %d of %d steps", self.state.step, self.cfg.total_steps)
+            log.warning("SHORT RUN: the data ran out after %d of %d steps (%d of %d tokens); the SAEs are "
+                        "undertrained and training.json says complete: false. Give more tokens or fewer steps.",
+                        self.state.step, self.cfg.total_steps, self.state.tokens_seen, self.cfg.total_tokens)
         if self.out_dir:
             self.save(self.out_dir)
+            (self.out_dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: nothing left to resume
         return self.saes
 
     def _step(self, x: torch.Tensor) -> None:
@@ -211,15 +223,6 @@ class Trainer:
             raise ValueError(f"saved SAEs trained at different input scales {scales}: finetune them separately")
         return values[0]
 
-    def _counted(self, stream: Iterable[torch.Tensor], skip: int) -> Iterator[torch.Tensor]:
-        for chunk in stream:
-            if skip >= len(chunk):
-                skip -= len(chunk)
-                continue
-            chunk, skip = chunk[skip:], 0
-            self.state.tokens_drawn += len(chunk)
-            yield chunk
-
     # --- saving ---------------------------------------------------------------------------
     def folded(self, name: str) -> SAE:
         """A copy of SAE `name` that eats raw activations (the input scale folded in)."""
@@ -242,17 +245,28 @@ class Trainer:
             config=asdict(self.cfg), dead_window_tokens=self.cfg.dead_window, dead_in_training=dead,
             saes={n: {"architecture": s.architecture, **s.cfg.to_dict()} for n, s in self.saes.items()},
             input_scale=self.state.scale, steps=self.state.step, tokens=self.state.tokens_seen,
+            steps_planned=self.cfg.total_steps, complete=self.state.step >= self.cfg.total_steps,
             metadata=self.metadata, history=self.state.history))
 
     def dead_in_training(self) -> dict[str, int]:
         """Latents of each SAE that had not fired within the dead window when training stopped."""
         return {n: int((t >= self.cfg.dead_window).sum()) for n, t in self.since_fired.items()}
 
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must agree on to be resumed: everything that changes the weights."""
+        cfg = {k: v for k, v in asdict(self.cfg).items() if k not in _RESUME_FREE}
+        return json.loads(json.dumps({
+            "config": cfg, "metadata": self.metadata,
+            "saes": {n: {"architecture": s.architecture, **s.cfg.to_dict()} for n, s in self.saes.items()},
+        }, default=str))
+
     def save_checkpoint(self) -> None:
         if not self.out_dir:
             return
+        # Plain values and tensors only, so resuming never needs to unpickle arbitrary objects.
         blob = {
-            "state": asdict(self.state),
+            "identity": json.dumps(self._identity(), sort_keys=True),
+            "state": {**asdict(self.state), "history": json.dumps(self.state.history)},
             "saes": {n: s.state_dict() for n, s in self.saes.items()},
             "raw_space": {n: s.raw_space for n, s in self.saes.items()},
             "opts": {n: o.state_dict() for n, o in self.opts.items()},
@@ -265,16 +279,39 @@ class Trainer:
     def _load_checkpoint(self) -> None:
         path = self.out_dir / "checkpoint.pt" if self.out_dir else None
         if path is None or not path.exists():
+            if path is not None:
+                log.info("no checkpoint in %s; training from the start", self.out_dir)
             return
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        self.state = _State(**blob["state"])
+        try:
+            # weights_only: a checkpoint holding anything but tensors and plain values is refused
+            # before any of its code can run (a crafted pickle would run on resume otherwise).
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ConfigMismatchError(
+                f"{path} is not a checkpoint of plain tensors and values (corrupt, or crafted: assay never unpickles "
+                f"objects, which could run code; {str(err).splitlines()[0][:100]}); delete it to train from the "
+                "start") from None
+        except (RuntimeError, EOFError, OSError) as err:
+            raise ConfigMismatchError(f"{path} is unreadable ({err}); delete it to train from the start") from None
+        if not isinstance(blob, dict) or "identity" not in blob:
+            raise ConfigMismatchError(f"{path} is not an assay checkpoint of this version; delete it to train "
+                                      "from the start")
+        theirs, ours = json.loads(blob["identity"]), self._identity()
+        if theirs != ours:
+            raise ConfigMismatchError(
+                f"{path} was written by a run with different settings ({_differences(theirs, ours)}); resuming "
+                "would mix two configurations. Rerun with the checkpoint's settings, or delete it (or choose "
+                "another output directory) to train from the start")
+        state = dict(blob["state"])
+        state["history"] = json.loads(state["history"])
+        self.state = _State(**state)
         for n, s in self.saes.items():
             s.load_state_dict(blob["saes"][n])
             s.raw_space = blob["raw_space"][n]
             self.opts[n].load_state_dict(blob["opts"][n])
         self.since_fired = blob["since_fired"]
         torch.set_rng_state(blob["rng"])
-        log.info("resumed at step %d (%d tokens)", self.state.step, self.state.tokens_seen)
+        log.info("resumed at step %d of %d (%d tokens)", self.state.step, self.cfg.total_steps, self.state.tokens_seen)
 
     # --- progress -------------------------------------------------------------------------
     def _describe(self) -> str:
@@ -298,3 +335,16 @@ class Trainer:
                 yield bar, task
 
         return ctx()
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
+    """`k: checkpoint -> now` for every leaf where two nested dicts differ (the first few)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            sub = _differences(x, y, f"{prefix}{k}.")
+            out += [sub] if sub else []
+        elif x != y:
+            out.append(f"{prefix}{k}: checkpoint {x!r}, now {y!r}")
+    return "; ".join(out[:6])

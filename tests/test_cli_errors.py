@@ -1,0 +1,42 @@
+"""The top-level handler: a user's mistake is one line and exit 1; the traceback only with -v."""
+
+import subprocess
+import sys
+
+import pytest
+
+import assay.cli
+from assay.errors import InputError
+
+
+def _assay(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "assay.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_project_error_is_one_line_and_traceback_only_with_verbose():
+    args = ("sae", "train", "--arch", "batchtopk", "--k", "5000", "--width", "4096")
+    quiet = _assay(*args)
+    assert quiet.returncode == 1
+    assert quiet.stderr.strip().splitlines() == [
+        "error: SAE k must be in (0, width] = (0, 4096] (active latents per token), got 5000.0"]
+    loud = _assay("-v", *args)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "InputError" in loud.stderr
+
+
+@pytest.mark.parametrize("exc,first", [
+    (InputError("layer 40 is out of range"), "error: layer 40 is out of range"),
+    (FileNotFoundError(2, "No such file or directory", "/nope/x.csv"), "error: No such file or directory: /nope/x.csv"),
+    (UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte"), "error: file is not UTF-8 text"),
+    (ZeroDivisionError("division by zero"), "error: unexpected ZeroDivisionError: division by zero"),
+])
+def test_errors_reach_the_user_as_one_line(monkeypatch, capsys, exc, first):
+    def boom(**_):
+        raise exc
+
+    monkeypatch.setattr(assay.cli, "app", boom)
+    monkeypatch.setattr(sys, "argv", ["assay", "data", "validate", "x.csv"])
+    with pytest.raises(SystemExit) as stop:
+        assay.cli.main()
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(first) and "Traceback" not in err

@@ -1,0 +1,73 @@
+"""Cheap checks come first: a bad layer, architecture, width or k is refused before the model
+(seconds to minutes) is loaded or anything is extracted."""
+
+import pytest
+from typer.testing import CliRunner
+
+from assay.cli import app
+from assay.errors import InputError
+
+
+@pytest.fixture
+def model_dir(tiny, tmp_path):
+    tiny.model.config.save_pretrained(tmp_path / "m")  # the config is all the checks read
+    return str(tmp_path / "m")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("assay.models.load", refuse)
+    monkeypatch.setattr("assay.models.loading.load", refuse)
+
+
+def _fails_cleanly(args, match):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        assert isinstance(result.exception, InputError), repr(result.exception)
+        assert match in str(result.exception)
+    else:
+        assert match in result.output
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--layer", "4"], "layers run 0..3"),
+    (["--layer", "-1"], "out of range"),
+    (["--arch", "batchtopk", "--k", "100"], "(0, 64]"),
+    (["--arch", "topk", "--k", "0"], "(0, 64]"),
+    (["--width", "0"], "d_sae must be a positive integer"),
+    (["--arch", "nope"], "unknown SAE architecture"),
+    (["--corpus", "reddit"], "reddit"),
+])
+def test_sae_train_checks_before_loading(model_dir, no_model_load, tmp_path, extra, match):
+    base = ["sae", "train", "--model", model_dir, "--out", str(tmp_path / "o"), "--width", "64", "--layer", "1"]
+    _fails_cleanly(base + extra, match)
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--layer", "9"], "layers run 0..3"),
+    (["--feature", "all.median"], "unknown feature"),
+    (["--kind", "k_sparse", "--k", "0"], "use at least 1"),
+    (["--sae", "/nonexistent"], "not a saved SAE"),
+])
+def test_probe_train_checks_before_loading(model_dir, no_model_load, tmp_path, extra, match):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label,split\na,1,train\nb,0,train\nc,1,val\nd,0,val\n")
+    _fails_cleanly(["probe", "train", "--data", str(data), "--out", str(tmp_path / "p"), "--model", model_dir] + extra,
+                   match)
+
+
+@pytest.mark.parametrize("extra,match", [(["--layer", "4"], "layers run 0..3"), (["--subsample", "2"], "at least 4")])
+def test_study_checks_before_loading(model_dir, no_model_load, monkeypatch, tmp_path, extra, match):
+    monkeypatch.setattr("assay.runtime.choose_dtype", lambda *a, **k: pytest.fail("measured matmuls before checking"))
+    _fails_cleanly(["experiment", "harmful-intent", "--model", model_dir, "--out", str(tmp_path / "r")] + extra, match)
+
+
+def test_sae_train_refuses_a_checkpoint_without_resume(model_dir, no_model_load, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "checkpoint.pt").write_bytes(b"")
+    _fails_cleanly(["sae", "train", "--model", model_dir, "--out", str(tmp_path / "o"), "--width", "64",
+                    "--layer", "1", "--k", "8"], "pass --resume")
