@@ -1,0 +1,78 @@
+"""The smoke-sized study every end-to-end study test shares, and the numbers that pin it.
+
+`python tests/smoke_study.py --record` runs the study and writes `tests/data/smoke_study_numbers.json`:
+the sha256 of every part's per-example scores and the headline metrics of every report row, with the
+platform they were measured on. `test_study_numbers.py` compares a fresh run against that file, so a
+refactor that changes any number (same seeds, same platform) fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+
+NUMBERS = Path(__file__).parent / "data" / "smoke_study_numbers.json"
+
+
+def smoke_config():
+    from assay.experiment import SAESpec, StudyConfig
+
+    sae = SAESpec(width=256, k=16, pretrain_tokens=6000, chat_tokens=6000, finetune_tokens=3000, max_tokens=128,
+                  batch_size=512, eval_texts=4, eval_max_tokens=32)
+    return StudyConfig(preset="quick", subsample=10, ks=[1, 5], headline_k=5, n_boot=50, sae=sae, n_seeds=2,
+                       dense_features=["all.max", "resp-5"], attention_max_tokens=64, stability_resamples=3)
+
+
+def platform_signature() -> dict:
+    """What float results depend on besides the code: the same signature should give the same bits."""
+    import torch
+
+    flags = ""
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if re.search(rf"\b{f}\b", flags)]
+    return {"torch": torch.__version__, "machine": platform.machine(), "isa": isa,
+            "threads": torch.get_num_threads()}
+
+
+def measure(out: Path) -> dict:
+    """Scores digest per part (keyed by the run id part of its file name) and metrics per report row."""
+    from safetensors.torch import load_file
+
+    parts = {}
+    for f in sorted((out / "parts").glob("*.safetensors")):
+        stem = f.stem.rsplit("-", 1)[0]  # drop the part key: it hashes the code, which a refactor changes
+        scores = load_file(str(f))["scores"].double().numpy()
+        parts[stem] = hashlib.sha256(scores.astype("<f8").tobytes()).hexdigest()
+    report = json.loads((out / "report.json").read_text())
+    rows = {}
+    for r in report["results"]:
+        key = "/".join(str(r.get(k)) for k in ("method", "features", "sae", "k", "selector", "seed", "split"))
+        rows[key] = {k: r.get(k) for k in ("auroc", "auprc", "recall_at_fpr", "threshold")}
+        if r.get("auroc_ci"):
+            rows[key]["auroc_ci"] = [r["auroc_ci"]["low"], r["auroc_ci"]["high"]]
+    comparisons = sorted(f"{c['kind']}|{c['split']}|{c['a']}|{c['b']}|{c['diff']!r}|{c['ci']}"
+                         for c in report["comparisons"])
+    return {"parts": parts, "rows": rows, "comparisons": comparisons}
+
+
+if __name__ == "__main__" and "--record" in sys.argv:
+    import subprocess
+    import tempfile
+
+    from assay.experiment import run_study
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_study(smoke_config(), Path(tmp) / "run", progress=False)
+        numbers = measure(Path(tmp) / "run")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    NUMBERS.parent.mkdir(exist_ok=True)
+    NUMBERS.write_text(json.dumps({"recorded_at_commit": commit, "platform": platform_signature(), **numbers},
+                                  indent=1, sort_keys=True) + "\n")
+    print(f"wrote {NUMBERS}: {len(numbers['parts'])} parts, {len(numbers['rows'])} rows")
