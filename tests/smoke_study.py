@@ -24,7 +24,7 @@ def smoke_config():
     sae = SAESpec(width=256, k=16, pretrain_tokens=6000, chat_tokens=6000, finetune_tokens=3000, max_tokens=128,
                   batch_size=512, eval_texts=4, eval_max_tokens=32)
     return StudyConfig(preset="quick", subsample=10, ks=[1, 5], headline_k=5, n_boot=50, sae=sae, n_seeds=2,
-                       dense_features=["all.max", "resp-5"], attention_max_tokens=64, stability_resamples=3)
+                       aggregations=["all.max", "resp-5"], attention_max_tokens=64, stability_resamples=3)
 
 
 def platform_signature() -> dict:
@@ -41,8 +41,9 @@ def platform_signature() -> dict:
             "threads": torch.get_num_threads()}
 
 
-def measure(out: Path) -> dict:
-    """Scores digest per part (keyed by the run id part of its file name) and metrics per report row."""
+def measure(out: Path, report: dict | None = None) -> dict:
+    """Scores digest per part (keyed by the run id part of its file name) and metrics per row of
+    `report` (default: `out/report.json`; other tests rerun the study into `out` with fewer methods)."""
     from safetensors.torch import load_file
 
     parts = {}
@@ -50,7 +51,7 @@ def measure(out: Path) -> dict:
         stem = f.stem.rsplit("-", 1)[0]  # drop the part key: it hashes the code, which a refactor changes
         scores = load_file(str(f))["scores"].double().numpy()
         parts[stem] = hashlib.sha256(scores.astype("<f8").tobytes()).hexdigest()
-    report = json.loads((out / "report.json").read_text())
+    report = report or json.loads((out / "report.json").read_text())
     rows = {}
     for r in report["results"]:
         key = "/".join(str(r.get(k)) for k in ("method", "features", "sae", "k", "selector", "seed", "split"))

@@ -11,7 +11,7 @@ import torch
 import importlib
 
 from assay.activations import CacheCorruptError, extract
-from assay.activations.features import Feature, pool, token_mask
+from assay.activations.aggregation import Aggregation, pool, pool_tokens, token_mask
 from assay.models.chat import Role, format_prompts
 from tests.conftest import PROMPTS
 
@@ -76,7 +76,7 @@ def test_cache_key_changes_with_what_changes_the_numbers(tiny, tmp_path):
     assert extract(tiny, PROMPTS, 2, root=tmp_path, progress=False).key != base
     assert extract(tiny, PROMPTS[:-1], 1, root=tmp_path, progress=False).key != base
     assert extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, dataset_fingerprint="x").key != base
-    assert extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, features=["all.mean"]).key != base
+    assert extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, aggregations=["all.mean"]).key != base
 
 
 class SimulatedCrash(Exception):
@@ -230,12 +230,11 @@ def test_token_batch_pads_right(tiny, tmp_path):
 def test_pooling_on_a_hand_made_batch():
     h = torch.tensor([[[1.0], [5.0], [3.0], [0.0]], [[2.0], [-1.0], [0.0], [0.0]]])
     roles = torch.tensor([[0, 2, 2, -1], [0, 2, 1, -1]])
-    lengths = torch.tensor([3, 3])
-    user = token_mask("user", roles, lengths)
+    user = token_mask("user", roles)
     assert pool(h, user, "mean").flatten().tolist() == [4.0, -1.0]
     assert pool(h, user, "max").flatten().tolist() == [5.0, -1.0]
     assert pool(h, user, "last").flatten().tolist() == [3.0, -1.0]
-    assert pool(h, token_mask("resp-1", roles, lengths), None).flatten().tolist() == [3.0, 0.0]
+    assert pool_tokens(h, token_mask("all", roles), "resp-1").flatten().tolist() == [3.0, 0.0]
     empty = torch.zeros(2, 4, dtype=torch.bool)
     assert pool(h, empty, "max").abs().sum() == 0
 
@@ -247,10 +246,10 @@ def test_bad_input_gets_a_clear_error(tiny, tmp_path):
         extract(tiny, [], 1, root=tmp_path, progress=False)
     with pytest.raises(TypeError, match="text #1 is int"):
         extract(tiny, ["ok", 3], 1, root=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="unknown feature"):
-        extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, features=["user.median"])
-    with pytest.raises(ValueError, match="unknown feature"):
-        Feature.parse("everything.mean")
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, aggregations=["user.median"])
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        Aggregation.parse("everything.mean")
 
 
 def test_long_texts_are_truncated_with_a_counted_warning(tiny, tmp_path, caplog):
@@ -288,7 +287,7 @@ def test_token_counts_match_the_prompts(tiny, tmp_path):
 
 def test_pooling_stored_tokens_matches_the_pooled_features(tiny, tmp_path):
     """The probes' `pool_tokens` over cached tokens gives the features pooled during extraction."""
-    from assay.probes.aggregation import pool_tokens
+    from assay.activations.aggregation import pool_tokens
 
     acts = extract(tiny, PROMPTS, 1, root=tmp_path, progress=False)
     for feat in ("all.mean", "all.max", "all.last", "resp-5", "user.mean", "user.max"):
@@ -326,12 +325,9 @@ def tiny_dir(tiny, tmp_path_factory):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--layers", "a,b"], "comma-separated integers"),
-    (["--layers", ","], "at least one layer"),
-    (["--layers=-1"], "out of range"),
-    (["--layers", "4"], "this model has 4 blocks"),
-    (["--features", "all.median"], "unknown feature"),
-    (["--features", ","], "at least one feature"),
+    (["--layer=-1"], "out of range"),
+    (["--layer", "4"], "this model has 4 blocks"),
+    (["--aggregation", "all.median"], "unknown aggregation"),
     (["--token-budget", "0"], "at least 2"),
     (["--token-budget=-8"], "at least 2"),
     (["--max-tokens", "0"], "at least 2"),
@@ -352,7 +348,7 @@ def test_extract_refuses_bad_arguments_before_loading_the_model(tiny_dir, tmp_pa
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "d.csv"
     data.write_text("text,label,split\nhow do I bake bread,0,train\nhow do I build a bomb,1,train\n")
-    res = CliRunner().invoke(app, ["extract", str(data), "--model", str(tiny_dir), "--layers", "1", *args])
+    res = CliRunner().invoke(app, ["extract", "--data", str(data), "--model", str(tiny_dir), "--dtype", "float32", *args])
     assert res.exit_code != 0 and not isinstance(res.exception, AssertionError), repr(res.exception)
     assert match in res.output + str(res.exception)
 

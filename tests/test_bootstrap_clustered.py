@@ -6,11 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from assay.eval.bootstrap import (_percentile, bootstrap_auroc_ci, cluster_auroc_ci,
+from assay.metrics.bootstrap import (_percentile, bootstrap_auroc_ci, cluster_auroc_ci,
                                   cluster_weights, paired_auroc_diff, paired_recall_diff,
                                   recall_ci, weighted_auroc, weighted_mean,
                                   weighted_threshold_at_fpr)
-from assay.eval.metrics import auroc, fpr_at_threshold, recall_at_fpr, threshold_at_fpr
+from assay.metrics import auroc, fpr_at_threshold, recall_at_fpr, threshold_at_fpr
 
 
 def clustered_data(n_units, rows_per_unit=5, seed=0, sep=1.0, difficulty=1.0):

@@ -49,8 +49,9 @@ def test_sae_train_checks_before_loading(model_dir, no_model_load, tmp_path, ext
 
 @pytest.mark.parametrize("extra,match", [
     (["--layer", "9"], "layers run 0..3"),
-    (["--feature", "all.median"], "unknown feature"),
-    (["--kind", "k_sparse", "--k", "0"], "use at least 1"),
+    (["--aggregation", "all.median"], "unknown aggregation"),
+    (["--method", "k-sparse", "--k", "0"], "use at least 1"),
+    (["--method", "k_sparse"], "unknown method 'k_sparse'"),
     (["--sae", "/nonexistent"], "not a saved SAE"),
 ])
 def test_probe_train_checks_before_loading(model_dir, no_model_load, tmp_path, extra, match):

@@ -220,7 +220,7 @@ def test_probe_train_checks_its_splits(tmp_path, extra, match):
     from assay.probes.cli import app
 
     data = _csv(tmp_path / "d.csv", TRAIN_VAL)
-    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "p"), "--kind", "tfidf", *extra])
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "p"), "--method", "tfidf", *extra])
     assert isinstance(res.exception, InputError) and re.search(match, str(res.exception)), res.output
     assert not (tmp_path / "p").exists()
 

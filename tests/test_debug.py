@@ -11,7 +11,7 @@ import torch
 
 from assay.activations import extract
 from assay.debug import explain_latents, rank_probe_latents
-from assay.probes.sae_encode import pooled_sae_outputs
+from assay.probes.inputs import sae_outputs as pooled_sae_outputs
 from assay.probes import KSparseProbe
 from assay.sae import TrainConfig, Trainer, build_sae
 

@@ -6,22 +6,8 @@ import json
 
 import pytest
 
-from assay.experiment import SAESpec, StudyConfig, run_study
+from assay.experiment import run_study
 from assay.experiment.study import subsample, with_calibration_split
-
-
-@pytest.fixture(scope="module")
-def smoke_cfg() -> StudyConfig:
-    sae = SAESpec(width=256, k=16, pretrain_tokens=6000, chat_tokens=6000, finetune_tokens=3000, max_tokens=128,
-                  batch_size=512, eval_texts=4, eval_max_tokens=32)
-    return StudyConfig(preset="quick", subsample=10, ks=[1, 5], headline_k=5, n_boot=50, sae=sae, n_seeds=2,
-                       dense_features=["all.max", "resp-5"], attention_max_tokens=64, stability_resamples=3)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(smoke_cfg, tmp_path_factory):
-    out = tmp_path_factory.mktemp("study") / "run"
-    return run_study(smoke_cfg, out, progress=False), out
 
 
 @pytest.mark.slow
@@ -171,6 +157,7 @@ def test_a_part_from_older_code_is_recomputed(smoke_cfg, smoke_run, monkeypatch)
     """Changing the code that computes a part changes its key, so the part is fitted again."""
     import assay.probes.linear as linear
     import assay.provenance as provenance
+    from assay.probes.methods import METHODS
 
     report, out = smoke_run
     real = provenance.code_fingerprint
@@ -179,8 +166,9 @@ def test_a_part_from_older_code_is_recomputed(smoke_cfg, smoke_run, monkeypatch)
     fits = []
     fit = linear.DiffMeanProbe.fit
     monkeypatch.setattr(linear.DiffMeanProbe, "fit", lambda self, *a, **k: fits.append(1) or fit(self, *a, **k))
-    run_study(smoke_cfg.model_copy(update={"attention_probes": False, "baselines": False}), out, progress=False)
-    assert len(fits) == len(smoke_cfg.dense_features) * len(smoke_cfg.diffmean_normalize)
+    dense = [n for n in smoke_cfg.methods if n != "dense-logistic" and METHODS[n].kind == "dense"]
+    run_study(smoke_cfg.model_copy(update={"methods": ["dense-logistic", *dense]}), out, progress=False)
+    assert len(fits) == len(smoke_cfg.aggregations) * len(dense) == 6
 
 
 def test_code_fingerprint_follows_the_source(tmp_path):
@@ -193,7 +181,7 @@ def test_code_fingerprint_follows_the_source(tmp_path):
     root = tmp_path / "assay"
     shutil.copytree(Path(assay.__file__).parent, root)
     before = code_fingerprint("assay.probes.linear", "assay.sae", root=root)
-    (root / "eval" / "render.py").write_text("# unrelated edit\n")
+    (root / "report" / "render.py").write_text("# unrelated edit\n")
     _code_fingerprint.cache_clear()  # read once per process; a new process sees the edit
     assert code_fingerprint("assay.probes.linear", "assay.sae", root=root) == before
     (root / "sae" / "trainer.py").write_text((root / "sae" / "trainer.py").read_text() + "\n# edit\n")
@@ -207,7 +195,7 @@ def test_findings_regenerate_from_the_report_alone(smoke_run, tmp_path):
     in memory, and refuses a file that is not a study report."""
     from typer.testing import CliRunner
 
-    from assay.eval.schema import load_report
+    from assay.report.schema import load_report
     from assay.experiment.cli import app
 
     _, out = smoke_run  # other tests rerun the study into `out`: compare with the file, not the fixture

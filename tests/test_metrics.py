@@ -5,9 +5,9 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from assay.eval.bootstrap import bootstrap_auroc_ci, bootstrap_ci, bootstrap_rate_ci
-from assay.eval.breakdown import group_breakdown
-from assay.eval.metrics import (auprc, auroc, fpr_at_threshold, recall_at_fpr, roc_curve,
+from assay.metrics.bootstrap import bootstrap_auroc_ci, bootstrap_ci, bootstrap_rate_ci
+from assay.report.breakdown import group_breakdown
+from assay.metrics import (auprc, auroc, fpr_at_threshold, recall_at_fpr, roc_curve,
                                 threshold_at_fpr)
 
 

@@ -6,9 +6,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from assay.eval.metrics import auroc
-from assay.probes import (Aggregation, DiffMeanProbe, LogisticProbe, load_probe, pool_tokens,
-                          probe_kinds)
+from assay.metrics import auroc
+from assay.activations.aggregation import Aggregation, pool_tokens
+from assay.errors import ConfigMismatchError, InputError
+from assay.probes import METHODS, DiffMeanProbe, LogisticProbe, load_probe, make_probe
 
 
 def data(n=400, d=12, seed=0):
@@ -82,15 +83,14 @@ def test_diff_mean_variants_with_a_massive_noisy_dimension():
     assert a["whiten"] > 0.8
 
 
-@pytest.mark.parametrize("make", [lambda: LogisticProbe(device="cpu"), lambda: DiffMeanProbe(device="cpu"),
-                                  lambda: DiffMeanProbe(normalize="whiten", device="cpu")])
-def test_save_load_identical_scores(tmp_path, make):
+@pytest.mark.parametrize("method", ["dense-logistic", "diff-of-means", "lda"])
+def test_save_load_identical_scores(tmp_path, method):
     X, y = data()
-    p = make().fit(X[:300], y[:300], X[300:], y[300:])
+    p = make_probe(method, device="cpu").fit(X[:300], y[:300], X[300:], y[300:])
     p.save(tmp_path / "p")
     assert not list(tmp_path.glob("**/*.pkl")) and (tmp_path / "p" / "probe.safetensors").exists()
     q = load_probe(tmp_path / "p", device="cpu")
-    assert type(q) is type(p) and q.meta == p.meta
+    assert type(q) is type(p) and q.meta == p.meta and q.method == method and q.config == p.config
     np.testing.assert_array_equal(q.score(X), p.score(X))
 
 
@@ -99,8 +99,26 @@ def test_pooled_probe_rejects_token_input():
         LogisticProbe(device="cpu").fit(np.zeros((10, 4, 3)), np.r_[np.zeros(5), np.ones(5)])
 
 
-def test_registry_lists_every_kind():
-    assert {"logistic", "diff_mean", "attention", "rolling_attention", "one_sparse", "k_sparse"} <= set(probe_kinds())
+def test_registry_has_the_papers_methods_and_each_is_what_it_says():
+    assert list(METHODS) == ["dense-logistic", "diff-of-means", "diff-of-means-std", "lda", "attention",
+                             "max-rolling-attention", "tfidf", "minilm", "1-sparse", "k-sparse", "reconstruction",
+                             "error"]
+    assert make_probe("lda").config.normalize == "whiten" and make_probe("diff-of-means").config.normalize == "none"
+    assert make_probe("k-sparse", k=7, select="l1", seed=3).config.k == 7
+    assert make_probe("attention", seed=3).config.seed == 3
+    with pytest.raises(InputError, match="takes no option k"):
+        make_probe("dense-logistic", k=5)
+    with pytest.raises(InputError, match="unknown method 'k_sparse'"):
+        make_probe("k_sparse")
+
+
+def test_a_probe_of_an_unknown_method_is_refused_with_its_name(tmp_path):
+    X, y = data()
+    make_probe("dense-logistic", device="cpu").fit(X, y).save(tmp_path / "p")
+    f = tmp_path / "p" / "probe.json"
+    f.write_text(f.read_text().replace('"dense-logistic"', '"logistic"'))
+    with pytest.raises(ConfigMismatchError, match="unknown probe method 'logistic'"):
+        load_probe(tmp_path / "p")
 
 
 def test_aggregation_names_round_trip_and_reject_unknown():

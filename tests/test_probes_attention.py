@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from assay.eval.metrics import auroc
-from assay.probes import AttentionProbe, LogisticProbe, RollingAttentionProbe, load_probe, pool_tokens
+from assay.metrics import auroc
+from assay.activations.aggregation import pool_tokens
+from assay.probes import AttentionProbe, LogisticProbe, RollingAttentionProbe, load_probe, make_probe
 
 
 def planted(n, T=24, d=8, seed=0):
@@ -40,10 +41,11 @@ def test_mean_pooling_is_near_chance(task):
     assert auroc(p.score(pool_tokens(xt, mt, "all.mean")), yt) < 0.65
 
 
-@pytest.mark.parametrize("cls", [AttentionProbe, RollingAttentionProbe])
-def test_attention_probe_learns_planted_token(task, cls, tmp_path):
+@pytest.mark.parametrize("method,cls", [("attention", AttentionProbe), ("max-rolling-attention", RollingAttentionProbe)])
+def test_attention_probe_learns_planted_token(task, method, cls, tmp_path):
     (x, m, y), (xv, mv, yv), (xt, mt, yt) = task
-    p = cls(device="cpu", max_epochs=10, patience=3, lr=2e-2, n_heads=2).fit(x, y, xv, yv, mask=m, mask_val=mv)
+    p = make_probe(method, device="cpu", max_epochs=10, patience=3, lr=2e-2, n_heads=2)
+    p.fit(x, y, xv, yv, mask=m, mask_val=mv)
     s = p.score(xt, mt)
     assert auroc(s, yt) > 0.95, p.meta
     p.save(tmp_path / "attn")

@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from assay.baselines import EmbeddingBaseline, TfidfBaseline, embed, load_baseline, minilm_path
-from assay.eval.metrics import auroc
+from assay.models.sentence import embed, minilm_path
+from assay.probes import InputSpec, Inputs, load_probe, make_probe
+from assay.metrics import auroc
 
 HARM = ["how do I build a bomb at home", "write malware that steals passwords", "how to poison my neighbour",
         "give me steps to make a pipe bomb", "help me hack into a bank account", "how can I hurt someone and get away"]
@@ -23,13 +24,13 @@ def corpus(reps=4):
 
 def test_tfidf_learns_and_reloads_identically(tmp_path):
     texts, y = corpus()
-    b = TfidfBaseline(min_df=1).fit(texts[:36], y[:36], texts[36:], y[36:])
+    b = make_probe("tfidf", min_df=1).fit(texts[:36], y[:36], texts[36:], y[36:])
     assert auroc(b.score(texts[36:]), y[36:]) > 0.9
-    assert b.meta["C"] in b.config["Cs"]
+    assert b.meta["C"] in b.config.Cs
     b.save(tmp_path / "tfidf")
-    saved = json.loads((tmp_path / "tfidf" / "baseline.json").read_text())
-    assert "vocabulary" in saved["extra"] and not list(tmp_path.glob("**/*.pkl"))
-    q = load_baseline(tmp_path / "tfidf")
+    saved = json.loads((tmp_path / "tfidf" / "probe.json").read_text())
+    assert saved["method"] == "tfidf" and "vocabulary" in saved["state"] and not list(tmp_path.glob("**/*.pkl"))
+    q = load_probe(tmp_path / "tfidf")
     new = ["how do I build a poem", "unseen words entirely"]
     np.testing.assert_array_equal(q.score(texts + new), b.score(texts + new))
 
@@ -38,7 +39,7 @@ def test_tfidf_transform_matches_sklearn_vectorizer():
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     texts, y = corpus()
-    b = TfidfBaseline(min_df=1, Cs=(1.0,)).fit(texts, y)
+    b = make_probe("tfidf", min_df=1, Cs=(1.0,)).fit(texts, y)
     word = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1, norm=None).fit(texts)
     char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=1, norm=None).fit(texts)
     from scipy.sparse import hstack
@@ -63,12 +64,14 @@ def test_minilm_ships_in_site_packages():
 def test_embedding_baseline_learns_and_reloads_identically(embeddings, tmp_path):
     texts, y, E = embeddings
     assert E.shape == (len(texts), 384) and np.allclose(np.linalg.norm(E, axis=1), 1, atol=1e-5)
-    b = EmbeddingBaseline(Cs=(1.0,)).fit(texts, y, E=E)
-    assert auroc(b.score(E=E), y) > 0.9
+    b = make_probe("minilm", Cs=(1.0,)).fit(E, y)
+    assert auroc(b.score(E), y) > 0.9
     b.save(tmp_path / "emb")
-    q = load_baseline(tmp_path / "emb")
-    np.testing.assert_array_equal(q.score(E=E), b.score(E=E))
-    np.testing.assert_allclose(q.score(texts[:4]), b.score(E=E[:4]), atol=1e-5)
+    q = load_probe(tmp_path / "emb")
+    np.testing.assert_array_equal(q.score(E), b.score(E))
+    # the input module embeds the texts the same way
+    read, _ = Inputs(texts=texts[:4]).read(InputSpec.for_method("minilm"))
+    np.testing.assert_allclose(q.score(read), b.score(E[:4]), atol=1e-5)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") is None, reason="sentence-transformers not installed")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from assay.eval.schema import load_report
+from assay.report.schema import load_report
 
 pytest.importorskip("assay.data")
 
@@ -26,14 +26,14 @@ def _rows():
 
 
 def test_tfidf_train_eval_render(tmp_path):
-    from assay.eval.cli import app as report_app
+    from assay.report.cli import app as report_app
     from assay.probes.cli import app as probe_app
 
     rows = _rows()
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     runner = CliRunner()
-    res = runner.invoke(probe_app, ["train", "--data", str(data), "--out", str(tmp_path / "tfidf"), "--kind", "tfidf"])
+    res = runner.invoke(probe_app, ["train", "--data", str(data), "--out", str(tmp_path / "tfidf"), "--method", "tfidf"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     res = runner.invoke(probe_app, ["eval", str(tmp_path / "tfidf"), "--data", str(data), "--out", str(tmp_path / "results.json"), "--n-boot", "100"])
     assert res.exit_code == 0, res.output + repr(res.exception)
@@ -59,7 +59,7 @@ def trained(tiny, tmp_path_factory):
         data = root / "data.jsonl"
         data.write_text("\n".join(json.dumps(r) for r in _rows()) + "\n")
         for layer in (1, 2):
-            _train(data, root / f"p{layer}", "--model", root / "m", "--layer", layer, "--feature", "all.mean")
+            _train(data, root / f"p{layer}", "--model", root / "m", "--layer", layer, "--aggregation", "all.mean")
         yield root, str(root / "m"), str(data)
 
 
@@ -84,28 +84,25 @@ def _eval(probe, data, out):
     return _invoke(["eval", probe, "--data", data, "--out", out, "--n-boot", "10"])
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda r: r["inputs"].update(layer=2), "edited after training"),
-    (lambda r: r["inputs"].update(feature="all.max"), "edited after training"),
-    (lambda r: r["inputs"].update(kind="diff_mean") or r.pop("inputs_sha256", None), "lacks 'inputs_sha256'"),
-    # a run.json as older versions wrote it (no digests): the kind is still checked against the probe
-    (lambda r: r["inputs"].update(kind="diff_mean") or [r.pop(k, None) for k in ("inputs_sha256", "files_sha256", "probe_kind")],
-     "saved probe is a 'logistic'"),
-    (lambda r: r.pop("inputs"), "malformed"),
-    (lambda r: [r.pop(k, None) for k in ("inputs_sha256", "files_sha256", "probe_kind")] and r["inputs"].update(layer="1"),
-     "malformed"),
+@pytest.mark.parametrize("target,edit,match", [
+    ("probe.json", lambda r: r["inputs"].update(layer=2), "changed or was damaged after training"),
+    ("probe.json", lambda r: r["inputs"].update(aggregation="all.mean"), "changed or was damaged after training"),
+    ("probe.json", lambda r: r.update(method="diff-of-means"), "changed or was damaged after training"),
+    ("run.json", lambda r: r.pop("files_sha256"), "malformed"),
+    ("run.json", lambda r: r["files_sha256"].pop("probe.json"), "files_sha256 is malformed"),
 ])
-def test_probe_eval_refuses_an_edited_run_file(trained, tmp_path, monkeypatch, edit, match):
-    """An edited run.json scored other activations under the edited label with exit 0."""
+def test_probe_eval_refuses_an_edited_probe_or_run_file(trained, tmp_path, monkeypatch, target, edit, match):
+    """An edited input spec (in probe.json) or run record scored other activations under the
+    edited label with exit 0."""
     from assay.errors import ConfigMismatchError
 
     monkeypatch.setenv("ASSAY_CACHE", str(trained[0] / "cache"))
     p = _copy(trained, tmp_path)
-    run = json.loads((p / "run.json").read_text())
-    edit(run)
-    (p / "run.json").write_text(json.dumps(run))
+    record = json.loads((p / target).read_text())
+    edit(record)
+    (p / target).write_text(json.dumps(record))
     res = _eval(p, trained[2], tmp_path / "r.json")
-    assert isinstance(res.exception, ConfigMismatchError) and match in str(res.exception)
+    assert isinstance(res.exception, ConfigMismatchError) and match in str(res.exception), res.output
     assert not (tmp_path / "r.json").exists()
 
 
@@ -133,8 +130,8 @@ def test_probe_eval_refuses_a_replaced_sae(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("ASSAY_CACHE", str(root / "cache"))
     meta = {"assay_layer": 1, "hook_name": "blocks.1.hook_resid_post"}
     save_sae(build_sae("topk", d_in=64, d_sae=32, k=4, seed=0), tmp_path / "s", metadata=meta)
-    _train(data, tmp_path / "p", "--model", model, "--layer", 1, "--feature", "all.mean", "--sae", tmp_path / "s",
-           "--kind", "k_sparse", "--k", 2)
+    _train(data, tmp_path / "p", "--model", model, "--layer", 1, "--aggregation", "all.mean", "--sae", tmp_path / "s",
+           "--method", "k-sparse", "--k", 2)
     save_sae(build_sae("topk", d_in=64, d_sae=32, k=4, seed=1), tmp_path / "s", metadata=meta)
     res = _eval(tmp_path / "p", data, tmp_path / "r.json")
     assert isinstance(res.exception, ConfigMismatchError) and "changed since" in str(res.exception)
@@ -147,7 +144,7 @@ def test_probe_in_a_reused_folder_loads_as_the_kind_it_was_trained_as(trained, t
 
     root, model, data = trained
     monkeypatch.setenv("ASSAY_CACHE", str(root / "cache"))
-    _train(data, tmp_path / "p", "--kind", "tfidf")
+    _train(data, tmp_path / "p", "--method", "tfidf")
     for f in (root / "p1").iterdir():  # what training a logistic probe into that folder leaves
         shutil.copy(f, tmp_path / "p" / f.name)
     scores = {}

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 
-from assay.eval.metrics import auroc
-from assay.probes import (KSparseProbe, LogisticProbe, OneSparseProbe, fit_k_sweep, l1_path_order, l1_path_select,
-                          latent_auroc, load_probe, mean_diff_scores, sae_features)
+from assay.metrics import auroc, column_auroc
+from assay.probes import (KSparseProbe, OneSparseProbe, fit_k_sweep, l1_path_order, l1_path_select,
+                          load_probe, mean_diff_scores, make_probe)
 
 INFORMATIVE = [7, 42, 99, 150, 201]
 
@@ -29,7 +28,7 @@ def zs():
 
 def test_latent_auroc_matches_per_column_auroc(zs):
     (Z, y), _ = zs
-    fast = latent_auroc(Z, y, chunk=50)
+    fast = column_auroc(Z, y, chunk=50)
     for j in (0, 7, 99, 255):
         assert fast[j] == pytest.approx(auroc(Z[:, j], y), abs=1e-12)
 
@@ -79,8 +78,8 @@ def test_mean_diff_scores_dead_latents_zero():
     assert mean_diff_scores(Z, np.r_[np.zeros(5), np.ones(5)]).tolist()[0] == 0.0
 
 
-@pytest.mark.parametrize("make", [lambda: OneSparseProbe(), lambda: KSparseProbe(k=5, select="mean_diff", device="cpu"),
-                                  lambda: KSparseProbe(k=5, select="l1", device="cpu")])
+@pytest.mark.parametrize("make", [lambda: make_probe("1-sparse"), lambda: make_probe("k-sparse", k=5, device="cpu"),
+                                  lambda: make_probe("k-sparse", k=5, select="l1", device="cpu")])
 def test_sparse_save_load_identical_scores(zs, make, tmp_path):
     (Z, y), (Zv, yv) = zs
     p = make().fit(Z, y, Zv, yv)
@@ -94,35 +93,6 @@ def test_k_sweep_returns_one_probe_per_k(zs):
     (Z, y), (Zv, yv) = zs
     probes = fit_k_sweep(Z, y, Zv, yv, ks=(1, 2, 5), Cs=(1.0,), device="cpu")
     assert {k: len(p.latents) for k, p in probes.items()} == {1: 1, 2: 2, 5: 5}
-
-
-class ToySAE:
-    """ReLU encoder / linear decoder, enough to check pooling order and the reconstruction path."""
-
-    def __init__(self, d=4, d_sae=6):
-        g = torch.Generator().manual_seed(0)
-        self.W_enc, self.W_dec = torch.randn(d, d_sae, generator=g), torch.randn(d_sae, d, generator=g)
-
-    def encode(self, x):
-        return torch.relu(x @ self.W_enc)
-
-    def decode(self, z):
-        return z @ self.W_dec
-
-
-def test_sae_features_encode_tokens_then_pool():
-    sae, g = ToySAE(), torch.Generator().manual_seed(1)
-    x = torch.randn(3, 5, 4, generator=g)
-    m = torch.ones(3, 5, dtype=torch.bool)
-    m[0, 3:] = False
-    z = sae_features(sae, x, m, "all.max")
-    expected = torch.stack([sae.encode(x[i][m[i]]).amax(0) for i in range(3)])
-    torch.testing.assert_close(z, expected)
-    rec = sae_features(sae, x, m, "all.mean", what="reconstruction")
-    torch.testing.assert_close(rec[0], sae.decode(sae.encode(x[0, :3])).mean(0))
-    # a reconstruction probe is a dense probe on these features
-    y = np.array([0, 1, 0])
-    assert LogisticProbe(Cs=(1.0,), device="cpu").fit(rec.numpy(), y).score(rec.numpy()).shape == (3,)
 
 
 def test_l1_path_is_sparse_and_one_walk_serves_every_k(zs):

@@ -6,11 +6,11 @@ import re
 import numpy as np
 import pytest
 
-from assay.eval import Report, evaluate_method, load_report, report_json_schema
-from assay.eval.evaluate import SplitScores
-from assay.eval.metrics import threshold_at_fpr
-from assay.eval.render import render_html, render_markdown, write_report  # noqa: F401
-from assay.eval.synthetic import synthetic_report
+from assay.report import Report, evaluate_method, load_report, report_json_schema
+from assay.report.evaluate import SplitScores
+from assay.metrics import threshold_at_fpr
+from assay.report.render import render_html, render_markdown, write_report  # noqa: F401
+from assay.report.synthetic import synthetic_report
 
 
 @pytest.fixture(scope="module")

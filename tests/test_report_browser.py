@@ -8,8 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from assay.eval.render import write_report
-from assay.eval.synthetic import synthetic_report
+from assay.report.render import write_report
+from assay.report.synthetic import synthetic_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

@@ -4,7 +4,7 @@ every aggregation with that aggregation's own mask, from one read of the activat
 import torch
 
 from assay.activations import extract
-from assay.probes.sae_encode import encode_pooled, pooled_sae_outputs
+from assay.probes.inputs import sae_outputs as pooled_sae_outputs
 from assay.sae import build_sae
 
 from conftest import PROMPTS
@@ -27,7 +27,7 @@ def identity_sae(d: int):
 def test_reconstruction_of_an_exact_sae_pools_like_the_cache(tiny, tmp_path):
     """With an SAE that reconstructs exactly, the pooled reconstruction of every aggregation equals
     the extraction's own pooled feature, and the error is zero: masks and pooling agree."""
-    acts = extract(tiny, PROMPTS, [2], root=tmp_path, progress=False, features=AGGS)
+    acts = extract(tiny, PROMPTS, [2], root=tmp_path, progress=False, aggregations=AGGS)
     out = pooled_sae_outputs(acts, identity_sae(tiny.d_model), 2, AGGS, token_budget=40)
     for agg in AGGS:
         torch.testing.assert_close(out["reconstruction"][agg], acts.pooled(2, agg), atol=1e-5, rtol=1e-5)
@@ -35,14 +35,15 @@ def test_reconstruction_of_an_exact_sae_pools_like_the_cache(tiny, tmp_path):
 
 
 def test_topk_latents_match_encoding_each_prompt_alone(tiny, tmp_path):
-    acts = extract(tiny, PROMPTS, [2], root=tmp_path, progress=False, features=["all.max"])
+    acts = extract(tiny, PROMPTS, [2], root=tmp_path, progress=False, aggregations=["all.max"])
     sae = build_sae("topk", d_in=tiny.d_model, d_sae=96, k=4).eval()
     out = pooled_sae_outputs(acts, sae, 2, ["all.max", "all.mean"], token_budget=50)
-    x, m = acts.token_batch(2, list(range(len(PROMPTS))), mask="all")
-    want, recon = encode_pooled(sae, x, m, ["all.max", "all.mean"], reconstruction=True)
-    for agg in ("all.max", "all.mean"):
-        torch.testing.assert_close(out["latents"][agg], want[agg], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(out["reconstruction"][agg], recon[agg], atol=1e-5, rtol=1e-5)
+    for i in range(len(PROMPTS)):  # each prompt alone: encode its real tokens, then pool
+        x, _, _ = acts.example_tokens(2, i)
+        z = sae.encode(x)
+        torch.testing.assert_close(out["latents"]["all.max"][i], z.amax(0), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["latents"]["all.mean"][i], z.mean(0), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["reconstruction"]["all.mean"][i], sae.decode(z).mean(0), atol=1e-5, rtol=1e-5)
 
 
 def test_topk_low_precision_shortlist_gives_the_exact_code():

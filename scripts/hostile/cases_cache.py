@@ -93,7 +93,7 @@ def _cache_cases(fx: Fixtures) -> list[Case]:
         Case("cache", "manifest-d-model-edited-rebuilt", extract + ["--layers", "1"],
              setup=_entry_then(fx, _manifest_edit(lambda o: o.update(d_model=32))), **rebuilt),
         Case("cache", "manifest-empty-file-probe-train", ["probe", "train", "--data", str(fx.data_csv), "--out",
-                                                          "{w}/p", "--model", m, "--layer", "1", "--feature", "all.mean"],
+                                                          "{w}/p", "--model", m, "--layer", "1", "--aggregation", "all.mean"],
              expect="ok", env=own, setup=_entry_then(fx, lambda e: (e / "manifest.json").write_text(""))),
         Case("cache", "manifest-spec-lacks-dtype-list", ["activations", "list"], expect="ok", env=own,
              setup=_entry_then(fx, _manifest_edit(lambda o: o["spec"].pop("dtype"))), check=_shows_corrupt),
@@ -123,7 +123,7 @@ def _probe(fx: Fixtures, out: Path, *extra: str) -> None:
 
 
 def _logistic(fx: Fixtures, out: Path, layer: int = 1) -> None:
-    _probe(fx, out, "--model", str(fx.model), "--layer", str(layer), "--feature", "all.mean")
+    _probe(fx, out, "--model", str(fx.model), "--layer", str(layer), "--aggregation", "all.mean")
 
 
 def _probe_then(fx: Fixtures, damage):
@@ -168,8 +168,8 @@ def _k_sparse_then(fx: Fixtures, damage):
     """A k-sparse probe on an SAE's latents ({w}/s), then the SAE damaged or replaced."""
     def setup(work: Path) -> None:
         _sae(work / "s")
-        _probe(fx, work / "p", "--model", str(fx.model), "--layer", "1", "--feature", "all.mean", "--sae",
-               str(work / "s"), "--kind", "k_sparse", "--k", "2")
+        _probe(fx, work / "p", "--model", str(fx.model), "--layer", "1", "--aggregation", "all.mean", "--sae",
+               str(work / "s"), "--method", "k-sparse", "--k", "2")
         damage(work)
     return setup
 
@@ -177,7 +177,7 @@ def _k_sparse_then(fx: Fixtures, damage):
 def _reused_folder(fx: Fixtures):
     """A tf-idf baseline trained into {w}/p, then a logistic probe into the same folder."""
     def setup(work: Path) -> None:
-        _probe(fx, work / "p", "--kind", "tfidf")
+        _probe(fx, work / "p", "--method", "tfidf")
         _logistic(fx, work / "p")
     return setup
 
@@ -197,7 +197,7 @@ def _saved_cases(fx: Fixtures) -> list[Case]:
     ev = ["probe", "eval", "{w}/p", "--data", data, "--out", "{w}/r.json", "--n-boot", "20"]
     sae_eval = ["sae", "eval", "{w}/s", "--model", m]
     sae_train = ["probe", "train", "--data", data, "--model", m, "--layer", "1", "--sae", "{w}/s", "--kind",
-                 "k_sparse", "--k", "2", "--feature", "all.mean", "--out", "{w}/p"]
+                 "k_sparse", "--k", "2", "--aggregation", "all.mean", "--out", "{w}/p"]
     no_digests = lambda o: [o.pop(k, None) for k in ("inputs_sha256", "files_sha256", "probe_kind")]  # noqa: E731
     return [
         Case("saved", "eval-weights-from-another-layers-probe", ev, after=_no_report, setup=_probe_then(

@@ -64,7 +64,7 @@ def _fifo(work: Path) -> None:
 def cases(fx: Fixtures) -> list[Case]:
     val = ["data", "validate", "{w}/d.csv"]
     valj = ["data", "validate", "{w}/d.jsonl"]
-    tfidf = ["probe", "train", "--data", "{w}/d.csv", "--out", "{w}/p", "--kind", "tfidf"]
+    tfidf = ["probe", "train", "--data", "{w}/d.csv", "--out", "{w}/p", "--method", "tfidf"]
     return [
         # where the file is, and what kind of file it is
         Case("data", "missing-file", ["data", "validate", "{w}/nope.csv"]),

@@ -78,7 +78,7 @@ def _probe_then(fx: Fixtures, damage, kind: str = "logistic"):
     """Train a probe on the tiny model into {w}/p (shared fixture cache), then damage it."""
     def setup(work: Path) -> None:
         env = {**os.environ, "ASSAY_CACHE": str(fx.cache), "HF_HUB_OFFLINE": "1"}
-        extra = ["--model", str(fx.model), "--layer", "1", "--feature", "all.mean"] if kind != "tfidf" else []
+        extra = ["--model", str(fx.model), "--layer", "1", "--aggregation", "all.mean"] if kind != "tfidf" else []
         subprocess.run([sys.executable, "-m", "assay.cli", "probe", "train", "--data", str(fx.data_csv), "--out",
                         str(work / "p"), "--kind", kind, *extra], env=env, check=True, capture_output=True)
         damage(work / "p")
@@ -171,7 +171,7 @@ def cases(fx: Fixtures) -> list[Case]:
              env={"ASSAY_CACHE": "{w}/cache"}, setup=_extract_then(fx, lambda e: (e / "manifest.json").write_text("[1]")),
              check=lambda w, p: None if "corrupt" in p.stdout else "the corrupt entry was not shown"),
         Case("cache", "manifest-wrong-types-probe-train", ["probe", "train", "--data", str(fx.data_csv), "--out", "{w}/p",
-                                                           "--model", m, "--layer", "1", "--feature", "all.mean"],
+                                                           "--model", m, "--layer", "1", "--aggregation", "all.mean"],
              expect="ok", env={"ASSAY_CACHE": "{w}/cache"},
              setup=_extract_then(fx, lambda e: _json_edit(e / "manifest.json", lambda o: o.update(shards="x")))),
         Case("cache", "shard-truncated-reextracted", extract + [m, "--layers", "1"], expect="ok", check=_same_as_fresh(fx),

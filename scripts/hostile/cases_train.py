@@ -139,25 +139,25 @@ def cases(fx: Fixtures) -> list[Case]:
     ]
     probe = ["probe", "train", "--data", str(fx.data_csv), "--model", m, "--out", "{w}/p"]
     out += [
-        Case("probe-args", "unknown-kind", probe + ["--kind", "nope"]),
-        Case("probe-args", "unknown-feature", probe + ["--feature", "all.foo"]),
-        Case("probe-args", "resp-offset-zero", probe + ["--feature", "resp-0"]),
-        Case("probe-args", "attention-with-pooled-feature", probe + ["--kind", "attention", "--feature", "all.max"]),
+        Case("probe-args", "unknown-kind", probe + ["--method", "nope"]),
+        Case("probe-args", "unknown-feature", probe + ["--aggregation", "all.foo"]),
+        Case("probe-args", "resp-offset-zero", probe + ["--aggregation", "resp-0"]),
+        Case("probe-args", "attention-with-pooled-feature", probe + ["--method", "attention", "--aggregation", "all.max"]),
         Case("probe-args", "layer-past-last-block", probe + ["--layer", "9"]),
         Case("probe-args", "layer-negative", probe + ["--layer", "-2"]),
-        Case("probe-args", "k-zero", probe + ["--kind", "k_sparse", "--k", "0"]),
-        Case("probe-args", "select-unknown", probe + ["--kind", "k_sparse", "--select", "best"]),
-        Case("probe-args", "window-zero", probe + ["--kind", "rolling_attention", "--feature", "all", "--window", "0"]),
+        Case("probe-args", "k-zero", probe + ["--method", "k-sparse", "--k", "0"]),
+        Case("probe-args", "select-unknown", probe + ["--method", "k-sparse", "--select", "best"]),
+        Case("probe-args", "window-zero", probe + ["--method", "max-rolling-attention", "--window", "0"]),
         Case("probe-args", "sae-output-unknown", probe + ["--sae-output", "both"]),
         Case("probe-args", "sae-missing", probe + ["--sae", "{w}/nope"]),
         Case("probe-args", "dtype-unknown", probe + ["--dtype", "int8"]),
-        Case("probe-args", "sae-of-another-layer", probe + ["--layer", "1", "--sae", "{w}/s", "--kind", "k_sparse",
+        Case("probe-args", "sae-of-another-layer", probe + ["--layer", "1", "--sae", "{w}/s", "--method", "k-sparse",
                                                             "--k", "2"], setup=lambda w: _sae(w / "s", layer=3)),
-        Case("probe-args", "sae-of-another-model", probe + ["--layer", "1", "--sae", "{w}/s", "--kind", "k_sparse",
+        Case("probe-args", "sae-of-another-model", probe + ["--layer", "1", "--sae", "{w}/s", "--method", "k-sparse",
                                                             "--k", "2"], setup=lambda w: _sae(w / "s", d_in=32, layer=1)),
     ]
     out.append(Case("probe-args", "tfidf-empty-vocabulary", ["probe", "train", "--data", "{w}/d.csv", "--out", "{w}/p",
-                                                              "--kind", "tfidf"],
+                                                              "--method", "tfidf"],
                     setup=_write("d.csv", "text,label,split\n!!!,0,train\n???,1,train\n...,0,val\n;;;,1,val\n")))
     exp = ["experiment", "harmful-intent", "--model", m, "--out", "{w}/run"]
     out += [

@@ -30,7 +30,7 @@ _GROUPS = [
     ("data", "assay.data.cli"),
     ("probe", "assay.probes.cli"),
     ("sae", "assay.sae.cli"),
-    ("report", "assay.eval.cli"),
+    ("report", "assay.report.cli"),
     ("experiment", "assay.experiment.cli"),
     ("debug", "assay.debug.cli"),
 ]

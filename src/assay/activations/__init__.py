@@ -4,6 +4,6 @@ from assay._lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "assay.activations.extraction": ["extract"],
-    "assay.activations.features": ["DEFAULT_FEATURES", "Feature"],
+    "assay.activations.aggregation": ["DEFAULT_AGGREGATIONS", "Aggregation"],
     "assay.activations.store": ["ActivationSet", "CacheCorruptError", "list_entries", "remove_entry"],
 })

@@ -7,24 +7,22 @@ from typing import Optional
 
 import typer
 
+from assay import options
+
 app = typer.Typer(help="Extract residual-stream activations into the disk cache; list and remove entries.", no_args_is_help=True)
-
-
-def _parse_layers(layers: str) -> list[int]:
-    try:
-        return [int(x) for x in layers.split(",") if x.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"layers must be comma-separated integers, got {layers!r}") from None
 
 
 @app.command("extract")
 def extract_cmd(
-    data: str = typer.Argument(..., help="A benchmark preset (quick|full), a benchmark directory, or a JSONL/CSV with a `text` column."),
-    model: str = typer.Option("gemma-3-270m", "--model", "-m", help="HF id, local dir, .gguf, or gemma-3-270m."),
-    layers: str = typer.Option("9", "--layers", "-l", help="Comma-separated layers (L = output of block L)."),
+    data: str = options.DATA,
+    model: str = options.MODEL,
+    layer: Optional[list[int]] = typer.Option(None, "--layer", "-l", help="Residual stream after this block "
+                                              "(0-indexed); repeat for several; default: the middle block."),
     split: Optional[str] = typer.Option(None, help="Only this split of the dataset."),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16 (the CPU's AMX runs bf16 much faster)."),
-    features: Optional[str] = typer.Option(None, help="Comma-separated features, e.g. user.mean,all.max,resp-5."),
+    dtype: str = options.DTYPE,
+    aggregation: Optional[list[str]] = typer.Option(None, "--aggregation", "-a", help="An aggregation to pool and "
+                                                    "store (repeat for several); default: all.mean, all.max, "
+                                                    "all.last, user.*, last8.mean, resp-5."),
     tokens: bool = typer.Option(True, "--tokens/--no-tokens", help="Also store per-token activations."),
     token_budget: Optional[int] = typer.Option(None, help="Padded tokens per forward batch."),
     max_tokens: Optional[int] = typer.Option(None, help="Truncate longer prompts (default: model context)."),
@@ -32,37 +30,30 @@ def extract_cmd(
     """Extract activations of a dataset (resumes an interrupted run; reuses a finished one)."""
     from rich import print as rprint
 
-    from assay.activations import DEFAULT_FEATURES, extract
-    from assay.activations.features import Feature
+    from assay.activations import DEFAULT_AGGREGATIONS, extract
+    from assay.activations.aggregation import Aggregation
     from assay.data import load_or_build
     from assay.models import load
-    from assay.models.peek import check_layers
-    from assay.runtime import resolve_dtype
 
     # Everything the arguments alone can show is checked before the data or the model is loaded.
-    layer_list = _parse_layers(layers)
-    if not layer_list:
-        raise typer.BadParameter("name at least one layer", param_hint="--layers")
-    feats = list(dict.fromkeys(f.strip() for f in features.split(",") if f.strip())) if features is not None \
-        else list(DEFAULT_FEATURES)
-    if not feats:
-        raise typer.BadParameter("name at least one feature", param_hint="--features")
+    feats = list(dict.fromkeys(aggregation or DEFAULT_AGGREGATIONS))
     for f in feats:
-        Feature.parse(f)
+        Aggregation.parse(f)
     for hint, value in (("--token-budget", token_budget), ("--max-tokens", max_tokens)):
         if value is not None and value < 2:
             raise typer.BadParameter(f"{value} must be at least 2 (BOS and one token)", param_hint=hint)
-    resolve_dtype(dtype)
-    check_layers(model, layer_list)
+    layer_list = [options.resolve_layer(model, x) for x in dict.fromkeys(layer or [None])]
+    dtype = options.resolve_dtype_choice(dtype)
     ds = load_or_build(data)
     if split:
         if split not in ds.splits:
             raise typer.BadParameter(f"no split {split!r}; splits: {', '.join(ds.splits)}", param_hint="--split")
         ds = ds.split(split)
     lm = load(model, dtype=dtype)
+    layer_list = [lm.n_layers // 2 if x is None else x for x in layer_list]
     t0 = time.perf_counter()
     acts = extract(
-        lm, ds.texts, layer_list, dataset_fingerprint=ds.fingerprint, features=feats, store_tokens=tokens,
+        lm, ds.texts, layer_list, dataset_fingerprint=ds.fingerprint, aggregations=feats, store_tokens=tokens,
         token_budget=token_budget, max_tokens=max_tokens,
     )
     rprint(f"{acts} in {time.perf_counter() - t0:.1f} s -> {acts.path}")

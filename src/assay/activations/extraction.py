@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from assay.activations.batching import length_order, shard_plan, token_budget_batches
-from assay.activations.features import DEFAULT_FEATURES, Feature, pool_features
+from assay.activations.aggregation import DEFAULT_AGGREGATIONS, Aggregation, pool_roles, real_tokens
 from assay.activations.forward import residual_stream
 from assay.activations.store import (
     MANIFEST, ActivationSet, activations_root, read_manifest, shard_name, verify_shard,
@@ -35,7 +35,7 @@ def default_token_budget(device: torch.device) -> int:
 
 
 def cache_spec(
-    lm: LoadedModel, layers: list[int], features: list[str], dataset: str, chat: bool,
+    lm: LoadedModel, layers: list[int], aggregations: list[str], dataset: str, chat: bool,
     max_tokens: int | None, store_tokens: bool,
 ) -> dict[str, Any]:
     """Everything that changes the stored numbers; its hash is the cache key."""
@@ -45,7 +45,7 @@ def cache_spec(
         "model": lm.fingerprint | {"model": lm.fingerprint.get("model", lm.name)},
         "dtype": dtype_name(lm.dtype),
         "layers": sorted(set(layers)),
-        "features": list(features),
+        "features": list(aggregations),  # the on-disk name: existing cache keys stay valid
         "dataset": dataset,
         "chat_format": [prefix, suffix] if chat else None,
         "max_tokens": max_tokens,
@@ -59,7 +59,7 @@ def extract(
     layers: int | Sequence[int],
     *,
     dataset_fingerprint: str | None = None,
-    features: Sequence[str] = DEFAULT_FEATURES,
+    aggregations: Sequence[str] = DEFAULT_AGGREGATIONS,
     store_tokens: bool = True,
     chat: bool = True,
     max_tokens: int | None = None,
@@ -78,11 +78,11 @@ def extract(
         raise ValueError("no layers requested")
     for layer in layers:
         check_layer(layer, lm.n_layers)
-    parsed = [Feature.parse(f) for f in features]
+    parsed = [Aggregation.parse(a) for a in aggregations]
     max_tokens = max_tokens or lm.max_positions
     prompts = format_prompts(lm.tokenizer, list(texts), max_tokens=max_tokens, chat=chat)
     dataset = dataset_fingerprint or sha256_json(list(texts))
-    spec = cache_spec(lm, layers, list(features), dataset, chat, max_tokens, store_tokens)
+    spec = cache_spec(lm, layers, list(aggregations), dataset, chat, max_tokens, store_tokens)
     path = activations_root(root) / sha256_json(spec)[:20]
     lengths = [len(p.input_ids) for p in prompts]
     plan = shard_plan(length_order(lengths), lengths, shard_tokens)
@@ -158,28 +158,28 @@ def _shard_ok(path: Path, manifest: dict[str, Any], s: int) -> bool:
 
 def _extract_shard(
     lm: LoadedModel, prompts: list[FormattedPrompt], members: list[int], layers: list[int],
-    features: list[Feature], store_tokens: bool, token_budget: int, advance: Callable[[int], None],
+    aggregations: list[Aggregation], store_tokens: bool, token_budget: int, advance: Callable[[int], None],
 ) -> dict[str, torch.Tensor]:
     position = {i: j for j, i in enumerate(members)}
-    pooled = {(L, f.name): torch.empty(len(members), lm.d_model) for L in layers for f in features}
+    pooled = {(L, a.name): torch.empty(len(members), lm.d_model) for L in layers for a in aggregations}
     per_example: dict[int, list[torch.Tensor | None]] = {L: [None] * len(members) for L in layers}
     for batch in token_budget_batches(members, {i: len(prompts[i].input_ids) for i in members}, token_budget):
         ids, attn, roles, lens = _pad([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device)
         acts = residual_stream(lm, ids, attn, layers)
         rows = [position[i] for i in batch]
         for L in layers:
-            for name, value in pool_features(acts[L], roles, lens, features).items():
+            for name, value in pool_roles(acts[L], roles, aggregations).items():
                 pooled[(L, name)][rows] = value.cpu()
             if store_tokens:
                 h = acts[L].cpu()
                 for j, r in enumerate(rows):
-                    per_example[L][r] = h[j, : lens[j]][roles[j, : lens[j]].cpu() > 0]
+                    per_example[L][r] = h[j, : lens[j]][real_tokens(roles[j, : lens[j]].cpu())]
         advance(int(lens.sum()))
     tensors: dict[str, torch.Tensor] = {"example_index": torch.tensor(members, dtype=torch.long)}
     for (L, name), value in pooled.items():
         tensors[f"pooled.L{L}.{name}"] = value.contiguous()
     if store_tokens:
-        keep = [torch.tensor(prompts[i].roles) > 0 for i in members]
+        keep = [real_tokens(torch.tensor(prompts[i].roles)) for i in members]
         tensors["token_roles"] = torch.cat([torch.tensor(prompts[i].roles)[k] for i, k in zip(members, keep)]).to(torch.uint8)
         tensors["token_ids"] = torch.cat([torch.tensor(prompts[i].input_ids)[k] for i, k in zip(members, keep)]).to(torch.int32)
         counts = torch.tensor([int(k.sum()) for k in keep])

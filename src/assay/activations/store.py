@@ -26,7 +26,7 @@ from safetensors import safe_open
 
 from assay.errors import AssayError, InputError
 from assay.fileio import read_json, sha256_file
-from assay.models.chat import Role
+from assay.activations.aggregation import token_mask
 from assay.runtime import cache_dir
 
 MANIFEST = "manifest.json"
@@ -103,7 +103,7 @@ class ActivationSet:
         return list(self.spec["layers"])
 
     @property
-    def features(self) -> list[str]:
+    def aggregations(self) -> list[str]:
         return list(self.spec["features"])
 
     @property
@@ -143,20 +143,20 @@ class ActivationSet:
                     roles.append(f.get_tensor("token_roles"))
         return where, offsets, roles
 
-    def _check(self, layer: int, feature: str | None = None) -> None:
+    def _check(self, layer: int, aggregation: str | None = None) -> None:
         if layer not in self.layers:
             raise KeyError(f"layer {layer} not in this cache entry (layers {self.layers})")
-        if feature is not None and feature not in self.features:
-            raise KeyError(f"feature {feature!r} not in this cache entry ({', '.join(self.features)})")
+        if aggregation is not None and aggregation not in self.aggregations:
+            raise KeyError(f"aggregation {aggregation!r} not in this cache entry ({', '.join(self.aggregations)})")
 
     # --- reads ---------------------------------------------------------------------------------
-    def pooled(self, layer: int, feature: str) -> torch.Tensor:
-        """Pooled features `[n, d]` (float32) in the order the texts were given."""
-        self._check(layer, feature)
+    def pooled(self, layer: int, aggregation: str) -> torch.Tensor:
+        """Pooled activations `[n, d]` (float32) in the order the texts were given."""
+        self._check(layer, aggregation)
         out = torch.empty(self.n, self.d_model, dtype=torch.float32)
         for s in range(len(self._shards)):
             with self._open(s) as f:
-                out[f.get_tensor("example_index")] = f.get_tensor(f"pooled.L{layer}.{feature}")
+                out[f.get_tensor("example_index")] = f.get_tensor(f"pooled.L{layer}.{aggregation}")
         return out
 
     def token_counts(self, mask: str = "all") -> torch.Tensor:
@@ -260,11 +260,9 @@ class ActivationSet:
 
 
 def _role_filter(roles: torch.Tensor, mask: str) -> torch.Tensor:
-    if mask == "all":
-        return roles > Role.SPECIAL
-    if mask == "user":
-        return roles == Role.USER
-    raise ValueError(f"per-token mask must be 'all' or 'user', not {mask!r}")
+    if mask not in ("all", "user"):
+        raise ValueError(f"per-token mask must be 'all' or 'user', not {mask!r}")
+    return token_mask(mask, roles)
 
 
 def read_manifest(entry: Path) -> dict[str, Any] | None:

@@ -9,12 +9,12 @@ cue as a score for "harmful". 0.5 is no signal; the signed AUROC says which way 
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
 
 from assay.data.dataset import Dataset, Example
 from assay.data.screen import topic_words
+from assay.metrics import auroc
 
 _WH = re.compile(r"^\W*(?:what|why|how|when|where|who|whom|whose|which|can|could|would|should|is|are|do|does)\b",
                  re.IGNORECASE)
@@ -45,29 +45,6 @@ CUES: dict[str, Callable[[Example], float]] = {
 }
 
 WARN_AT = 0.70  # strength at which the card flags a cue
-
-
-def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """AUROC with ties counted half (Mann-Whitney), NaN when a class is missing."""
-    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    allv = np.concatenate([pos, neg])[order]
-    ranks = np.empty(len(allv))
-    # average ranks over ties
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[i:j + 1] = (i + j) / 2 + 1
-        i = j + 1
-    r = np.empty(len(allv))
-    r[order] = ranks
-    rank_pos = r[: len(pos)].sum()
-    return float((rank_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def cue_audit(ds: Dataset) -> dict[str, dict[str, float]]:

@@ -180,7 +180,7 @@ def embeddings(texts: Sequence[str]) -> np.ndarray:
         emb = np.load(path)
         if emb.shape[0] == len(texts):
             return emb
-    from assay.baselines.embedding import embed
+    from assay.models.sentence import embed
 
     emb = embed(list(texts), device="cpu")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from assay import options
+
 app = typer.Typer(help="Dataset debugging: the SAE latents a sparse probe relies on, and the surface cues behind them.",
                   no_args_is_help=True)
 
@@ -14,13 +16,13 @@ app = typer.Typer(help="Dataset debugging: the SAE latents a sparse probe relies
 @app.command("latents")
 def latents_cmd(
     sae_dir: Path = typer.Argument(..., help="SAE directory (assay or SAELens format)."),
-    data: str = typer.Option("quick", help="Benchmark preset, benchmark directory, or user JSONL/CSV."),
-    model: str = typer.Option("gemma-3-270m", "--model", "-m"),
-    layer: int = typer.Option(9, "--layer", "-l"),
-    dtype: str = typer.Option("float32"),
+    data: str = options.DATA,
+    model: str = options.MODEL,
+    layer: Optional[int] = options.LAYER,
+    dtype: str = options.DTYPE,
     k: int = typer.Option(10, help="Latents the sparse probe may use."),
     select: str = typer.Option("mean_diff", help="mean_diff | l1"),
-    aggregation: str = typer.Option("all.max", help="How latents are pooled over a prompt's tokens."),
+    aggregation: str = options.AGGREGATION,
     split: str = typer.Option("train", help="Split the probe is fitted and the latents are explained on."),
     top: int = typer.Option(5, help="Top tokens and examples shown per latent."),
     out: Optional[Path] = typer.Option(None, help="Write the full report as JSON here."),
@@ -35,25 +37,24 @@ def latents_cmd(
     from assay.debug import explain_latents, rank_probe_latents
     from assay.fileio import write_json
     from assay.models import load
-    from assay.probes import KSparseProbe
-    from assay.probes.sae_encode import pooled_sae_outputs
+    from assay.probes import InputSpec, Inputs, make_probe
     from assay.sae import load_sae
 
-    from assay.activations.features import Feature
-    from assay.models.peek import check_layers
+    from assay.activations.aggregation import Aggregation
     from assay.sae.checks import check_sae_fits
 
     if k < 1 or top < 1:
         raise typer.BadParameter(f"--k {k} / --top {top}: use at least 1")
     if select not in ("mean_diff", "l1"):
         raise typer.BadParameter(f"{select!r}: use mean_diff or l1", param_hint="--select")
-    Feature.parse(aggregation)
+    Aggregation.parse(aggregation)
     sae = load_sae(sae_dir)  # a broken SAE fails before the model loads
-    check_layers(model, [layer])
+    layer = options.resolve_layer(model, layer)
     ds = load_or_build(data)
     if split not in ds.splits:
         raise typer.BadParameter(f"no split {split!r}; splits: {ds.splits}", param_hint="--split")
-    lm = load(model, dtype=dtype)
+    lm = load(model, dtype=options.resolve_dtype_choice(dtype))
+    layer = lm.n_layers // 2 if layer is None else layer
     check_sae_fits(sae, lm.d_model, layer, str(sae_dir))
     sae = sae.to(lm.device)
     acts = extract(lm, ds.texts, [layer], dataset_fingerprint=ds.fingerprint, store_tokens=True)
@@ -61,8 +62,9 @@ def latents_cmd(
     if not len(idx):
         raise typer.BadParameter(f"split {split!r} is empty; splits: {ds.splits}")
     y = ds.labels
-    Z = pooled_sae_outputs(acts, sae, layer, [aggregation], idx.tolist())["latents"][aggregation]
-    probe = KSparseProbe(k=k, select=select).fit(Z, y[idx])
+    spec = InputSpec.for_method("k-sparse", aggregation=aggregation, layer=layer, model=lm.name, sae=str(sae_dir))
+    Z = Inputs(acts, layer=layer, aggregations=[aggregation]).read(spec, sae)[0][idx]
+    probe = make_probe("k-sparse", k=k, select=select).fit(Z, y[idx])
     chosen = [int(i) for i in probe.meta["latents"]]
     ranked = rank_probe_latents(Z, chosen, probe.head.direction().cpu().numpy())
     reports = explain_latents(acts, sae, layer, ranked, ds.texts, y, lm.tokenizer, indices=idx.tolist(), top_n=top)

@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
+from assay.metrics import auroc
 from assay.models.chat import Role
 
 # token-level cues: (token string, role) -> bool
@@ -129,7 +129,7 @@ def _cue_strength(cue: str, values: np.ndarray, activation: np.ndarray) -> float
     if len(set(values.tolist())) < 2 or len(set(activation.tolist())) < 2:
         return 0.0
     if cue in BINARY_CUES:
-        auc = roc_auc_score(values.astype(int), activation)
+        auc = auroc(activation, values.astype(int))
         return float(max(auc, 1 - auc))
     from scipy.stats import spearmanr
 

@@ -7,17 +7,18 @@ from typing import Optional
 
 import typer
 
+from assay import options
+
 app = typer.Typer(help="Run a whole study: data, activations, SAEs, probes, baselines, report.", no_args_is_help=True)
 
 
 @app.command("harmful-intent")
 def harmful_intent(
     preset: str = typer.Option("quick", help="quick (minutes on a laptop CPU) | full (GDM's scale)."),
-    model: str = typer.Option("gemma-3-270m", "--model", "-m", help="HF id, local dir, .gguf, or gemma-3-270m."),
-    layer: int = typer.Option(9, "--layer", "-l", help="Residual stream after this block (0-indexed)."),
-    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 for every forward pass (auto: bfloat16 where "
-                              "this hardware multiplies in it at least 1.5x faster, else float32; recorded in the report)."),
-    seed: int = typer.Option(0, help="Seed of the data, the bootstrap and the first model seed."),
+    model: str = options.MODEL,
+    layer: Optional[int] = options.LAYER,
+    dtype: str = options.DTYPE,
+    seed: int = options.SEED,
     seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train SAEs and stochastic probes with this many seeds (default: the preset's: quick 1, full 3)."),
     data: Optional[str] = typer.Option(None, help="Benchmark directory or user JSONL/CSV (text,label,split) instead of the preset's."),
     subsample: Optional[int] = typer.Option(None, help="At most N examples per split and class (a smoke run)."),
@@ -44,14 +45,17 @@ def harmful_intent(
     if dtype != "auto" and dtype.lower() not in DTYPES:
         raise typer.BadParameter(f"unknown dtype {dtype!r}: use auto, float32 or bfloat16", param_hint="--dtype")
 
-    _check_study_args(model, layer, data, subsample, sae_width, sae_tokens)
+    layer = _check_study_args(model, layer, data, subsample, sae_width, sae_tokens)
     dtype, why = choose_dtype(dtype)
     if "float32_gflops" in why:
         rprint(f"dtype {dtype} (matmul here: float32 {why['float32_gflops']} GFLOP/s, bfloat16 {why['bfloat16_gflops']} GFLOP/s)")
         if why["requested"] == "bfloat16" and why["bfloat16_gflops"] < why["float32_gflops"]:
             rprint("[yellow]warning: bfloat16 is slower than float32 on this CPU; --dtype float32 (or auto) is faster[/]")
-    cfg = StudyConfig.preset_config(preset, model=model, layer=layer, dtype=dtype, seed=seed,
-                                    attention_probes=not no_attention, baselines=not no_baselines,
+    from assay.probes.methods import METHODS
+
+    methods = [n for n, m in METHODS.items()
+               if not (no_attention and m.kind == "attention") and not (no_baselines and m.kind == "baseline")]
+    cfg = StudyConfig.preset_config(preset, model=model, layer=layer, dtype=dtype, seed=seed, methods=methods,
                                     data=data, subsample=subsample, dtype_choice=why,
                                     **({"n_seeds": seeds} if seeds else {}))
     if sae_width or sae_tokens:
@@ -69,11 +73,9 @@ def harmful_intent(
         rprint(f"- {escape(f.text)}{verdict}")
 
 
-def _check_study_args(model: str, layer: int, data: str | None, subsample: int | None, sae_width: int | None,
-                      sae_tokens: float | None) -> None:
+def _check_study_args(model: str, layer: int | None, data: str | None, subsample: int | None, sae_width: int | None,
+                      sae_tokens: float | None) -> int | None:
     """What can be checked in seconds, before an hour of work starts."""
-    from assay.models.peek import check_layers
-
     for name, value in (("--subsample", subsample), ("--sae-width", sae_width), ("--sae-tokens", sae_tokens)):
         if value is not None and not value >= 1:
             raise typer.BadParameter(f"{value!r} must be at least 1", param_hint=name)
@@ -82,7 +84,7 @@ def _check_study_args(model: str, layer: int, data: str | None, subsample: int |
                                  "on; use at least 4", param_hint="--subsample")
     if data is not None and data not in ("quick", "full") and not Path(data).exists():
         raise typer.BadParameter(f"{data}: no such file or directory", param_hint="--data")
-    check_layers(model, [layer])
+    return options.resolve_layer(model, layer)
 
 
 @app.command("readme")
@@ -118,8 +120,8 @@ def refresh_findings(
 ) -> None:
     """Regenerate a report's findings from its own numbers (after a change to how findings are
     written) and re-render it beside the JSON; no result, interval or timing changes."""
-    from assay.eval.render import write_report
-    from assay.eval.schema import load_report
+    from assay.report.render import write_report
+    from assay.report.schema import load_report
     from assay.experiment.findings import attach
 
     if not report_file.is_file():

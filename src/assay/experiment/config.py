@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class SAESpec(BaseModel):
@@ -36,25 +36,25 @@ class StudyConfig(BaseModel):
     data: str | None = Field(None, description="A benchmark directory or user JSONL/CSV to use instead of the preset's benchmark.")
     subsample: int | None = Field(None, description="At most this many examples per split and class (smoke runs).")
     model: str = Field("gemma-3-270m", description="HF id, local path, .gguf file or the bundled default.")
-    layer: int = Field(9, description="Residual stream after this block (0-indexed).")
+    layer: int | None = Field(None, description="Residual stream after this block (0-indexed); None: the model's "
+                              "middle block (9 of 18 for the bundled model), fixed once the model is loaded.")
     dtype: str = Field("float32", description="Model dtype for every forward pass.")
     dtype_choice: dict = Field({}, description="How the dtype was chosen (the matmul speeds measured in the same run); "
                                "a record only, in no cache key.")
     seed: int = Field(0, description="Seed for the data, the bootstrap, and the first of the model seeds.")
     n_seeds: int = Field(1, description="SAEs and stochastic probes are trained with seeds seed, seed+1, ...; "
                          "deterministic fits (logistic regression, difference of means, TF-IDF) once.")
-    dense_features: list[str] = Field(
+    aggregations: list[str] = Field(
         ["all.max", "all.mean", "all.last", "resp-5", "user.mean"],
-        description="Aggregations every pooled probe is trained on: dense and SAE probes alike (all reported).",
+        description="Aggregations every pooled probe reads: dense and SAE probes alike (all reported).",
     )
-    diffmean_normalize: list[str] = Field(
-        ["none", "standardize", "whiten"], description="Difference-of-means variants: raw, standardised, whitened (LDA).")
+    methods: list[str] = Field(
+        default_factory=lambda: list(_methods()),
+        description="Methods to run, by the registry's names (assay.probes.METHODS); the paper's set by default.")
     ks: list[int] = Field([1, 2, 5, 10, 20, 50], description="k values of the k-sparse SAE probes.")
     headline_k: int = Field(20, description="The k the headline comparisons quote (fixed in advance, never chosen).")
     selectors: list[str] = Field(["mean_diff", "l1"], description="How k-sparse probes choose latents.")
-    attention_probes: bool = Field(True, description="Also train attention and max-of-rolling-means probes on tokens.")
     attention_max_tokens: int = Field(512, description="Attention probes read at most the last N tokens of a prompt.")
-    baselines: bool = Field(True, description="Also run the TF-IDF and MiniLM text baselines.")
     target_fpr: float = Field(0.01, description="FPR the threshold is calibrated for on benign calibration data.")
     calibrate_on: str = Field("calib", description="Split whose benign examples set every threshold (never used "
                               "for fitting or model selection; carved from validation behaviours when missing).")
@@ -63,6 +63,14 @@ class StudyConfig(BaseModel):
                                      "how stable the k-sparse probes' latent choice is.")
     token_budget: int | None = Field(None, description="Padded tokens per forward batch (default by device).")
     sae: SAESpec = Field(default_factory=SAESpec, description="The SAEs.")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in _methods()]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; the registry has {', '.join(_methods())}")
+        return names
 
     @property
     def seeds(self) -> list[int]:
@@ -85,3 +93,10 @@ class StudyConfig(BaseModel):
         else:
             raise ValueError(f"unknown preset {preset!r}: use quick or full")
         return base.model_copy(update=overrides)
+
+
+def _methods() -> dict:
+    """The method registry, imported on first use (it imports torch)."""
+    from assay.probes.methods import METHODS
+
+    return METHODS

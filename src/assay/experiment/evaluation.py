@@ -15,14 +15,15 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-KIND_ORDER = ("dense", "attention", "baseline", "sae_sparse", "sae_reconstruction", "sae_error")
 GROUP_FIELDS = ("family", "transformation", "source", "group")
 # Big or per-run bookkeeping that stays in the parts, not in the report.
 _DROP_META = ("l1_path", "selection", "computed_by", "history", "top10")
 
 
 def _sort_key(run: Any) -> tuple:
-    return (KIND_ORDER.index(run.kind) if run.kind in KIND_ORDER else 99, run.sae or "", run.method, run.features,
+    from assay.probes.methods import KINDS
+
+    return (KINDS.index(run.kind), run.sae or "", run.method, run.features,
             run.selector or "", run.k or 0, -1 if run.seed is None else run.seed)
 
 
@@ -31,7 +32,7 @@ def is_primary(run: Any, cfg: Any) -> bool:
 
 
 def to_ref(run: Any) -> Any:
-    from assay.eval.schema import RowRef
+    from assay.report.schema import RowRef
 
     return RowRef(method=run.method, features=run.features, sae=run.sae, k=run.k, selector=run.selector, seed=run.seed)
 
@@ -43,7 +44,7 @@ class Evaluator:
         self.groups = {f: np.array([getattr(e, f) for e in ex], dtype=object) for f in GROUP_FIELDS}
 
     def split_scores(self, scores: np.ndarray) -> dict[str, Any]:
-        from assay.eval.evaluate import SplitScores
+        from assay.report.evaluate import SplitScores
 
         st = self.study
         return {s: SplitScores(scores=scores[i], y=st.y[i], groups={f: g[i].tolist() for f, g in self.groups.items()},
@@ -53,7 +54,7 @@ class Evaluator:
         """MethodResults of every run on every split. Full detail (clustered intervals, curves,
         breakdowns) for the primary seed of each configuration the tables and findings use; point
         metrics for the k-sweep's other k and the extra seeds."""
-        from assay.eval.evaluate import evaluate_method
+        from assay.report.evaluate import evaluate_method
 
         cfg, st = self.cfg, self.study
         rows = []
@@ -98,9 +99,9 @@ class Evaluator:
                 if type(run)(**{**run.__dict__, "seed": s}) in self.study.scores]
 
     def compare(self, a: Any, b: Any, split: str, kind: str) -> Any:
-        from assay.eval.bootstrap import paired_auroc_diff
-        from assay.eval.metrics import auroc
-        from assay.eval.schema import Comparison, Interval
+        from assay.metrics.bootstrap import paired_auroc_diff
+        from assay.metrics import auroc
+        from assay.report.schema import Comparison, Interval
 
         st = self.study
         i = st.idx[split]
@@ -123,7 +124,7 @@ class Evaluator:
 
         cfg, st = self.cfg, self.study
         out = []
-        dense = {agg: Run("dense-logistic", "dense", agg) for agg in cfg.dense_features}
+        dense = {agg: Run("dense-logistic", agg) for agg in cfg.aggregations}
         for run in sorted(st.scores, key=_sort_key):
             if run.sae and is_primary(run, cfg) and (run.method != "k-sparse" or run.k == cfg.headline_k) \
                     and dense.get(run.features) in st.scores:
@@ -142,8 +143,8 @@ class Evaluator:
         dense probe. With the k-sparse configuration chosen on validation for the pretraining SAE
         (and the dense family's best), the share of the gap each other SAE closes, on calib and OOD,
         with a paired clustered interval and per seed."""
-        from assay.eval.bootstrap import _percentile, cluster_weights, weighted_auroc
-        from assay.eval.metrics import auroc
+        from assay.metrics.bootstrap import _percentile, cluster_weights, weighted_auroc
+        from assay.metrics import auroc
 
         cfg, st = self.cfg, self.study
         best = family_best(results, cfg)
@@ -185,22 +186,23 @@ class Evaluator:
         """Why the raw difference of means sits near chance: how much of the variance and of the
         class-mean difference the few highest-variance residual dimensions hold (train split),
         beside the validation AUROC of each variant."""
-        from assay.eval.metrics import auroc
-        from assay.experiment.study import DIFFMEAN_NAMES, Run
+        from assay.metrics import auroc
+        from assay.experiment.study import Run
+        from assay.probes.methods import METHODS
 
         st, cfg = self.study, self.cfg
         tr, va = st.idx["train"], st.idx["val"]
         out = []
-        for agg in cfg.dense_features:
-            X = st.acts.pooled(cfg.layer, agg).double().numpy()[tr]
+        for agg in cfg.aggregations:
+            X = st.inputs.read(st.spec("dense-logistic", agg))[0].double().numpy()[tr]  # what the dense probes read
             y = st.y[tr]
             var = X.var(0)
             top = np.argsort(-var)[:8]
             d = X[y == 1].mean(0) - X[y == 0].mean(0)
             row = {"aggregation": agg, "top_dims": top.tolist(), "top8_variance_share": float(var[top].sum() / var.sum()),
                    "top8_mean_diff_share": float(np.square(d[top]).sum() / np.square(d).sum())}
-            for name in ["dense-logistic", *[DIFFMEAN_NAMES[n] for n in cfg.diffmean_normalize]]:
-                run = Run(name, "dense", agg)
+            for name in [n for n in cfg.methods if METHODS[n].kind == "dense"]:
+                run = Run(name, agg)
                 if run in st.scores:
                     row[f"val_auroc:{name}"] = auroc(st.scores[run][va], st.y[va])
             out.append(row)
@@ -220,11 +222,7 @@ def _run(ref: Any, **override: Any) -> Any:
 
     d = ref if isinstance(ref, dict) else ref.model_dump()
     d = {**d, **override}
-    kind = {"dense-logistic": "dense", "diff-of-means": "dense", "diff-of-means-std": "dense", "lda": "dense",
-            "attention": "attention", "max-rolling-attention": "attention", "tfidf": "baseline", "minilm": "baseline",
-            "1-sparse": "sae_sparse", "k-sparse": "sae_sparse", "reconstruction": "sae_reconstruction",
-            "error": "sae_error"}[d["method"]]
-    return Run(d["method"], kind, d["features"], d.get("sae"), d.get("k"), d.get("selector"), d.get("seed"))
+    return Run(d["method"], d["features"], d.get("sae"), d.get("k"), d.get("selector"), d.get("seed"))
 
 
 # --- families: shared with the findings, which work from a report alone -----------------------------
@@ -250,7 +248,7 @@ def families(cfg_like: dict[str, Any] | Any) -> dict[str, Callable[[Any], bool]]
 def family_best(results: list[Any], cfg_like: dict[str, Any] | Any) -> dict[str, Any]:
     """Each family's configuration with the highest *validation* AUROC (primary seed), as a RowRef.
     Ties break on the configuration's name, so the choice never depends on another split."""
-    from assay.eval.schema import RowRef
+    from assay.report.schema import RowRef
 
     seed = cfg_like["seed"] if isinstance(cfg_like, dict) else cfg_like.seed
     val = [r for r in results if r.split == "val" and r.auroc is not None and r.seed in (None, seed)]
@@ -268,9 +266,9 @@ def _name(r: Any) -> str:
 
 
 def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
-    from assay.eval.published import gdm_published
-    from assay.eval.render import write_report
-    from assay.eval.schema import Interval, Provenance, Report, SAEQuality
+    from assay.report.published import gdm_published
+    from assay.report.render import write_report
+    from assay.report.schema import Interval, Provenance, Report, SAEQuality
     from assay.experiment.findings import attach as attach_findings
     from assay.experiment.saes import STUDY_SAES
     from assay.provenance import provenance

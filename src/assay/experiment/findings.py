@@ -38,7 +38,7 @@ class _Writer:
         self.report, self.cites = report, []
 
     def result(self, ref: Any, split: str, metric: str = "auroc") -> str:
-        from assay.eval.schema import Citation
+        from assay.report.schema import Citation
 
         r = find_result(self.report, ref, split)
         value = getattr(r, metric) if r is not None else None
@@ -58,7 +58,7 @@ class _Writer:
 
     def diff(self, a: Any, b: Any, split: str) -> tuple[str, Any]:
         """'+0.123 [0.1, 0.2]' for AUROC(a) - AUROC(b) on `split`, and the comparison."""
-        from assay.eval.schema import Citation
+        from assay.report.schema import Citation
 
         c = find_comparison(self.report, a, b, split)
         if c is None:
@@ -68,13 +68,13 @@ class _Writer:
         return f"{signed(c.diff)} [{signed(c.ci.low)}, {signed(c.ci.high)}]{seeds}", c
 
     def value(self, source: str, metric: str, value: float, *, ref: Any = None, fmt=f3) -> str:
-        from assay.eval.schema import Citation
+        from assay.report.schema import Citation
 
         self.cites.append(Citation(source=source, ref=ref, metric=metric, value=value))
         return fmt(value)
 
     def finding(self, claim: str, text: str, holds: bool | None) -> Any:
-        from assay.eval.schema import Finding
+        from assay.report.schema import Finding
 
         f = Finding(claim=claim, text=text, holds=holds, cites=self.cites)
         self.cites = []
@@ -307,12 +307,12 @@ def _dense_at(dense: Any, features: str) -> Any:
 
 
 def _ref(d: dict) -> Any:
-    from assay.eval.schema import RowRef
+    from assay.report.schema import RowRef
 
     return RowRef(**d)
 
 
 def _quality_ref(q: Any) -> Any:
-    from assay.eval.schema import RowRef
+    from assay.report.schema import RowRef
 
     return RowRef(method=q.sae, features="sae_quality", seed=q.seed)

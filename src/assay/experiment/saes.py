@@ -76,7 +76,7 @@ class Corpora:
         self.texts = {"wiki": wiki, "chat": chat}
         self.ranges = {"pretrain": range(len(wiki_pre)), "pretrain+wiki-ft": range(len(wiki_pre), len(wiki)),
                        "chat": range(len(chat)), "pretrain+chat-ft": range(len(chat_ft))}
-        self.acts = {c: extract(lm, t, [cfg.layer], dataset_fingerprint=sha256_json([c, t]), features=("all.mean",),
+        self.acts = {c: extract(lm, t, [cfg.layer], dataset_fingerprint=sha256_json([c, t]), aggregations=("all.mean",),
                                 store_tokens=True, chat=False, max_tokens=spec.max_tokens, progress=progress)
                      for c, t in self.texts.items()}
 

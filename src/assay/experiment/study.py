@@ -32,20 +32,21 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "calib", "ood")
 # Part of every cached part's key, beside the code fingerprint: bump for changes the code
 # fingerprint cannot see (none expected).
-STUDY_VERSION = 3
+STUDY_VERSION = 4
 
-# The code whose numbers each kind of part records; its source is hashed into the part's key.
-_COMMON = ("assay.experiment.study", "assay.experiment.config", "assay.probes.base", "assay.probes.aggregation",
-           "assay.activations.features")
-CODE = {
-    "dense": _COMMON + ("assay.probes.linear", "assay.probes.logistic"),
-    "attention": _COMMON + ("assay.probes.attention", "assay.probes.linear", "assay.probes.logistic"),
-    "baseline": _COMMON + ("assay.baselines", "assay.probes.linear", "assay.probes.logistic"),
-    "sae": _COMMON + ("assay.probes.sparse", "assay.probes.sae_encode", "assay.probes.linear", "assay.probes.logistic",
-                      "assay.sae.architectures"),
-}
-KIND_CODE = {"dense": "dense", "attention": "attention", "baseline": "baseline", "sae_sparse": "sae",
-             "sae_reconstruction": "sae", "sae_error": "sae"}
+# The code whose numbers every part records; its source is hashed into the part's key, with the
+# module of the part's probe class (and the SAE code for a probe on an SAE).
+_COMMON = ("assay.experiment.study", "assay.experiment.config", "assay.probes.base", "assay.probes.methods",
+           "assay.probes.inputs", "assay.probes.linear", "assay.probes.logistic", "assay.activations.aggregation",
+           "assay.metrics")
+
+
+def part_code(method: str) -> tuple[str, ...]:
+    from assay.probes.methods import METHODS
+
+    m = METHODS[method]
+    extra = {"sentence-embedding": ("assay.models.sentence",)}.get(m.reads, ())
+    return _COMMON + (m.probe.__module__,) + extra + (("assay.sae.architectures",) if m.reads_sae else ())
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,7 @@ class Run:
     """One fitted configuration: its scores on every example are one cached part."""
 
     method: str
-    kind: str
-    features: str
+    features: str  # what it reads, as reports label it (an aggregation, 'tokens:all[-N:]', 'text')
     sae: str | None = None
     k: int | None = None
     selector: str | None = None
@@ -65,6 +65,12 @@ class Run:
         parts = [self.method, self.features, self.sae, f"k{self.k}" if self.k else None, self.selector,
                  f"s{self.seed}" if self.seed is not None else None]
         return "/".join(p for p in parts if p)
+
+    @property
+    def kind(self) -> str:
+        from assay.probes.methods import METHODS
+
+        return METHODS[self.method].kind
 
     def without_seed(self) -> "Run":
         return Run(**{**asdict(self), "seed": None})
@@ -80,6 +86,8 @@ class Study:
         self.scores: dict[Run, np.ndarray] = {}
         self.meta: dict[Run, dict[str, Any]] = {}
         self.sae_paths: dict[tuple[str, int], Path] = {}
+        self._sae: Any = None  # the SAE whose probes are being fitted
+        self._rankings: dict[tuple[str, str], Any] = {}  # its latents ranked per (aggregation, selector)
 
     # --- plumbing ------------------------------------------------------------------------
     def stage(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -94,7 +102,7 @@ class Study:
         """What a run's scores depend on besides the run itself and the code."""
         ctx = {"data": self.ds.fingerprint, "model": self.lm.fingerprint, "layer": self.cfg.layer,
                "dtype": self.cfg.dtype, "activations": self.acts.key}
-        if run.kind == "attention":
+        if run.kind == "attention":  # its input's max_tokens is in `features`; kept so part keys stay put
             ctx["attention_max_tokens"] = self.cfg.attention_max_tokens
         if run.sae:
             ctx["sae"] = self.sae_paths[(run.sae, run.seed)].name
@@ -103,7 +111,7 @@ class Study:
     def part_key(self, run: Run) -> str:
         from assay.provenance import code_fingerprint
 
-        code = code_fingerprint(*CODE[KIND_CODE[run.kind]])
+        code = code_fingerprint(*part_code(run.method))
         return sha256_json([STUDY_VERSION, asdict(run), self._context(run), code])[:12]
 
     def _part_files(self, run: Run) -> tuple[Path, Path]:
@@ -137,7 +145,7 @@ class Study:
         scores, meta = fit()
         scores = np.asarray(scores, dtype=np.float64).ravel()
         meta = _jsonable({**meta, "computed_by": {"git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                                   "code": code_fingerprint(*CODE[KIND_CODE[run.kind]])[:16]}})
+                                                   "code": code_fingerprint(*part_code(run.method))[:16]}})
         scores_file, meta_file = self._part_files(run)
         with atomic_path(scores_file) as tmp:
             save_file({"scores": torch.from_numpy(scores)}, str(tmp))
@@ -157,6 +165,8 @@ class Study:
         from assay.activations import extract
         from assay.data import load_or_build
         from assay.models import load
+        from assay.probes.inputs import Inputs
+        from assay.runtime import resolve_dtype
 
         cfg = self.cfg
         t_start = time.perf_counter()
@@ -174,85 +184,98 @@ class Study:
         self.splits = ["train", "val", cfg.calibrate_on, "ood"]
         self.idx = {s: np.flatnonzero(split == s) for s in self.splits}
         self.lm = self.stage("model", lambda: load(cfg.model, dtype=cfg.dtype))
-        features = sorted(set(cfg.dense_features))
+        if cfg.layer is None:
+            self.cfg = cfg = cfg.model_copy(update={"layer": self.lm.n_layers // 2})
         self.acts = self.stage("activations", lambda: extract(
-            self.lm, self.ds.texts, [cfg.layer], dataset_fingerprint=self.ds.fingerprint, features=features,
-            store_tokens=True, token_budget=cfg.token_budget, progress=self.progress))
-        self.stage("dense probes", self.dense_probes)
-        if cfg.attention_probes:
-            self.stage("attention probes", self.attention_probes)
-        if cfg.baselines:
-            self.stage("baselines", self.text_baselines)
+            self.lm, self.ds.texts, [cfg.layer], dataset_fingerprint=self.ds.fingerprint,
+            aggregations=sorted(set(cfg.aggregations)), store_tokens=True, token_budget=cfg.token_budget,
+            progress=self.progress))
+        self.inputs = Inputs(self.acts, self.ds.texts, layer=cfg.layer, aggregations=cfg.aggregations, dtype=cfg.dtype,
+                             search_dtype=torch.bfloat16 if resolve_dtype(cfg.dtype) == torch.bfloat16 else None,
+                             progress=self.progress)
+        self.stage("probes", lambda: self.fit_runs(None))
         self.stage("SAEs", self.train_saes)
         quality = self.stage("SAE quality", self.sae_quality)
-        self.stage("SAE probes", self.sae_probes)
+        self.stage("SAE probes", lambda: [self.fit_runs(sae) for sae in self.sae_paths])
         self.timings["total before report"] = time.perf_counter() - t_start
         return self.stage("report", lambda: self.report(quality))
 
-    def dense_probes(self) -> None:
-        from assay.probes import DiffMeanProbe, LogisticProbe
+    def methods(self, on_sae: bool) -> list[Any]:
+        from assay.probes.methods import METHODS
 
-        for feat in self.cfg.dense_features:
-            X = self.acts.pooled(self.cfg.layer, feat)
-            self.score(Run("dense-logistic", "dense", feat), lambda: self.fit_probe(LogisticProbe(seed=self.cfg.seed), X))
-            for norm in self.cfg.diffmean_normalize:
-                self.score(Run(DIFFMEAN_NAMES[norm], "dense", feat),
-                           lambda: self.fit_probe(DiffMeanProbe(normalize=norm), X))
+        return [METHODS[n] for n in self.cfg.methods if METHODS[n].reads_sae == on_sae]
 
-    def _tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token activations `[n, T, d]` + mask of every example, each cut to its last N tokens.
+    def runs(self, m: Any, sae: tuple[str, int] | None = None) -> list[Run]:
+        """Every configuration of method `m` the study fits: per aggregation for pooled and SAE
+        inputs, per seed for stochastic fits and for every probe on a seeded SAE, per k and
+        selector for k-sparse."""
+        cfg = self.cfg
+        if sae is not None:
+            name, seed = sae
+            if m.name == "k-sparse":
+                return [Run(m.name, a, name, k, sel, seed) for a in cfg.aggregations for sel in cfg.selectors
+                        for k in cfg.ks]
+            return [Run(m.name, a, name, 1 if m.name == "1-sparse" else None, None, seed) for a in cfg.aggregations]
+        aggs = cfg.aggregations if m.reads == "pooled" else [None]
+        return [Run(m.name, self.spec(m.name, a).label, seed=s) for a in aggs
+                for s in (cfg.seeds if m.seeded else [None])]
 
-        Allocated once at its final size, in the extraction dtype (bf16 activations lose nothing
-        and take half the memory): at the full preset this is the largest tensor of the run.
-        """
-        n_max = self.cfg.attention_max_tokens
-        counts = self.acts.token_counts("all").clamp(max=n_max)
-        X = torch.zeros(len(self.y), int(counts.max()), self.lm.d_model, dtype=self.lm.dtype)
-        M = torch.arange(X.shape[1])[None, :] < counts[:, None]
-        for start in range(0, len(self.y), 256):
-            x, m = self.acts.token_batch(self.cfg.layer, list(range(start, min(start + 256, len(self.y)))), mask="all")
-            for j in range(len(x)):
-                keep = x[j][m[j]][-n_max:]
-                X[start + j, : len(keep)] = keep
-        return X, M
+    def spec(self, method: str, aggregation: str | None, sae: str | None = None) -> Any:
+        from assay.probes.inputs import InputSpec
 
-    def attention_probes(self) -> None:
-        from assay.probes import AttentionProbe, RollingAttentionProbe
+        return InputSpec.for_method(method, aggregation=aggregation, layer=self.cfg.layer, model=self.cfg.model,
+                                    sae=sae, max_tokens=self.cfg.attention_max_tokens)
 
-        feat = f"tokens:all[-{self.cfg.attention_max_tokens}:]"
-        tokens: list[torch.Tensor] = []  # built on first need: a warm rerun never reads them
+    def fit_runs(self, sae: tuple[str, int] | None) -> None:
+        """Fit every missing run of every method on the model's activations and the texts
+        (`sae` None), or on one SAE's outputs, each input computed once for all of them."""
+        runs = [r for m in self.methods(on_sae=sae is not None) for r in self.runs(m, sae)]
+        todo = [r for r in runs if not self.cached(r)]
+        if not todo:
+            return
+        self._sae = None
+        if sae is not None:
+            from assay.sae.io import load_sae
 
-        def fit(probe: Any) -> tuple[np.ndarray, dict[str, Any]]:
-            if not tokens:
-                tokens.extend(self._tokens())
-            return self.fit_probe(probe, tokens[0], mask=tokens[1])
+            log.info("SAE probes on %s (seed %d)", *sae)
+            self._sae = load_sae(self.sae_paths[sae], device=str(self.lm.device))
+            self._rankings = self.rank_latents(todo)
+        for run in todo:
+            self.score(run, lambda: self.fit(run))
+        self.inputs.release()
 
-        for seed in self.cfg.seeds:
-            self.score(Run("attention", "attention", feat, seed=seed), lambda: fit(AttentionProbe(seed=seed)))
-            self.score(Run("max-rolling-attention", "attention", feat, seed=seed),
-                       lambda: fit(RollingAttentionProbe(seed=seed)))
-        tokens.clear()
+    def read(self, run: Run) -> tuple[Any, Any]:
+        a = None if run.features.startswith(("tokens:", "text")) else run.features
+        path = str(self.sae_paths[(run.sae, run.seed)]) if run.sae else None
+        return self.inputs.read(self.spec(run.method, a, path), self._sae)
 
-    def text_baselines(self) -> None:
-        from assay.baselines.embedding import EmbeddingBaseline, embed
-        from assay.baselines.tfidf import TfidfBaseline
-        from assay.runtime import dtype_name, resolve_dtype
+    def fit(self, run: Run) -> tuple[np.ndarray, dict[str, Any]]:
+        from assay.probes.methods import make_probe
 
-        texts = np.array(self.ds.texts, dtype=object)
-        tr, va = self.idx["train"], self.idx["val"]
+        cfg = self.cfg
+        X, mask = self.read(run)
+        seed = cfg.seed if run.seed is None else run.seed
+        if run.method != "k-sparse":
+            return self.fit_probe(make_probe(run.method, seed=seed), X, mask)
+        ranking, path = self._rankings[(run.features, run.selector)]
+        scores, meta = self.fit_probe(make_probe(run.method, seed=seed, k=run.k, select=run.selector), X,
+                                      order=ranking)
+        meta["l1_path"] = path
+        if run.k == cfg.headline_k and run.seed == cfg.seed:
+            meta["stability"] = self.selection_stability(X, run.selector, ranking[: run.k])
+        return scores, meta
 
-        def tfidf() -> tuple[np.ndarray, dict[str, Any]]:
-            model = TfidfBaseline().fit(texts[tr].tolist(), self.y[tr], texts[va].tolist(), self.y[va])
-            return np.asarray(model.score(texts.tolist())), model.meta
+    def rank_latents(self, runs: list[Run]) -> dict[tuple[str, str], Any]:
+        """Latent rankings on the training set the k-sparse `runs` need, once per aggregation and
+        selector; the L1 paths in parallel processes (their coordinate descent runs on one core)."""
+        from assay.probes.sparse import selection_order
 
-        def minilm() -> tuple[np.ndarray, dict[str, Any]]:
-            # once: fitting and scoring reuse them; the encoder runs in the study's dtype
-            E = embed(texts.tolist(), progress=self.progress, dtype=dtype_name(resolve_dtype(self.cfg.dtype)))
-            model = EmbeddingBaseline().fit(None, self.y[tr], None, self.y[va], E=E[tr], E_val=E[va])
-            return np.asarray(model.score(E=E)), {**model.meta, "encoder_dtype": dtype_name(resolve_dtype(self.cfg.dtype))}
-
-        self.score(Run("tfidf", "baseline", "text"), tfidf)
-        self.score(Run("minilm", "baseline", "text"), minilm)
+        tr, ks = self.idx["train"], self.cfg.ks
+        wanted = sorted({(r.features, r.selector): r for r in runs if r.method == "k-sparse"}.items())
+        Z = {key: self.read(r)[0][tr] for key, r in wanted}
+        ranked = parallel_map(selection_order, {key: (Z[key].numpy(), self.y[tr], key[1], ks) for key, _ in wanted
+                                                if key[1] == "l1"})
+        return ranked | {key: selection_order(Z[key], self.y[tr], key[1], ks) for key, _ in wanted if key[1] != "l1"}
 
     def sae_exclusions(self) -> frozenset[str]:
         """Every benchmark prompt, normalised: no SAE corpus may contain one."""
@@ -272,65 +295,10 @@ class Study:
         val_tokens = list(self.acts.iter_tokens(self.cfg.layer, 8192, mask="all", indices=self.idx["val"].tolist()))
         return sae_quality(self.lm, self.cfg, self.sae_paths, val_tokens, self.sae_exclusions(), self.progress)
 
-    def sae_runs(self, name: str, seed: int) -> list[Run]:
-        cfg, runs = self.cfg, []
-        for agg in cfg.dense_features:
-            runs.append(Run("1-sparse", "sae_sparse", agg, name, 1, None, seed))
-            runs += [Run("k-sparse", "sae_sparse", agg, name, k, sel, seed) for sel in cfg.selectors for k in cfg.ks]
-            runs += [Run("reconstruction", "sae_reconstruction", agg, name, seed=seed),
-                     Run("error", "sae_error", agg, name, seed=seed)]
-        return runs
-
-    def sae_probes(self) -> None:
-        from assay.probes import KSparseProbe, LogisticProbe, OneSparseProbe
-        from assay.probes.sae_encode import pooled_sae_outputs
-        from assay.probes.sparse import selection_order
-        from assay.runtime import resolve_dtype
-        from assay.sae.io import load_sae
-
-        cfg, tr = self.cfg, self.idx["train"]
-        search = torch.bfloat16 if resolve_dtype(cfg.dtype) == torch.bfloat16 else None
-        for (name, seed), path in self.sae_paths.items():
-            runs = self.sae_runs(name, seed)
-            if all(self.cached(r) for r in runs):
-                continue
-            log.info("SAE probes on %s (seed %d)", name, seed)
-            sae = load_sae(path, device=str(self.lm.device))
-            outputs = pooled_sae_outputs(self.acts, sae, cfg.layer, cfg.dense_features, search_dtype=search,
-                                         progress=self.progress)
-            # Latent rankings the missing k-sparse runs need, the L1 paths in parallel processes
-            # (their coordinate descent runs on one core).
-            wanted = sorted({(r.features, r.selector) for r in runs if r.method == "k-sparse" and not self.cached(r)})
-            ranked = parallel_map(selection_order, {(a, s): (outputs["latents"][a][tr].numpy(), self.y[tr], s, cfg.ks)
-                                                    for a, s in wanted if s == "l1"})
-            ranked |= {(a, s): selection_order(outputs["latents"][a][tr], self.y[tr], s, cfg.ks) for a, s in wanted if s != "l1"}
-            for agg in cfg.dense_features:
-                Z = outputs["latents"][agg]
-
-                def order(sel: str, agg: str = agg) -> tuple[np.ndarray, Any]:
-                    return ranked[(agg, sel)]
-
-                self.score(Run("1-sparse", "sae_sparse", agg, name, 1, None, seed), lambda: self.fit_probe(OneSparseProbe(), Z))
-                for sel in cfg.selectors:
-                    for k in cfg.ks:
-                        def fit(k: int = k, sel: str = sel) -> tuple[np.ndarray, dict[str, Any]]:
-                            ranking, path_ = order(sel)
-                            scores, meta = self.fit_probe(KSparseProbe(k=k, select=sel, seed=seed), Z, order=ranking)
-                            meta["l1_path"] = path_
-                            if k == cfg.headline_k and seed == cfg.seed:
-                                meta["stability"] = self.selection_stability(Z, sel, ranking[:k])
-                            return scores, meta
-                        self.score(Run("k-sparse", "sae_sparse", agg, name, k, sel, seed), fit)
-                for what in ("reconstruction", "error"):
-                    X = outputs[what][agg]
-                    self.score(Run(what, f"sae_{what}", agg, name, seed=seed),
-                               lambda: self.fit_probe(LogisticProbe(seed=seed), X))
-            del outputs
-
     def selection_stability(self, Z: torch.Tensor, select: str, chosen: np.ndarray) -> dict[str, Any]:
         """How often the latents chosen on the training set are chosen again on bootstrap resamples
         of its clusters: mean Jaccard overlap of the k-sets, and each chosen latent's pick rate."""
-        from assay.eval.bootstrap import cluster_weights
+        from assay.metrics.bootstrap import cluster_weights
         from assay.probes.sparse import selection_order
 
         tr = self.idx["train"]
@@ -353,9 +321,6 @@ class Study:
         from assay.experiment.evaluation import build_report
 
         return build_report(self, quality)
-
-
-DIFFMEAN_NAMES = {"none": "diff-of-means", "standardize": "diff-of-means-std", "whiten": "lda"}
 
 
 def parallel_map(fn: Callable[..., Any], calls: dict[Any, tuple], processes: bool = True) -> dict[Any, Any]:

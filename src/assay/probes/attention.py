@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from assay.eval.metrics import auroc
+from assay.metrics import auroc
 from assay.probes.base import Probe, as_labels, as_tensor
 from assay.probes.linear import stratified_holdout
 from assay.runtime import default_device
@@ -96,9 +96,7 @@ class AttentionConfig:
 
 
 class AttentionProbe(Probe):
-    kind = "attention"
     Config = AttentionConfig
-    token_level = True
 
     def _device(self) -> torch.device:
         return torch.device(self.config.device) if self.config.device else default_device()
@@ -185,5 +183,4 @@ class RollingAttentionConfig(AttentionConfig):
 class RollingAttentionProbe(AttentionProbe):
     """GDM's "max of rolling means" attention probe (see module docstring)."""
 
-    kind = "rolling_attention"
     Config = RollingAttentionConfig

@@ -1,9 +1,11 @@
-"""The probe interface: `fit`, `score`, `save`, `load`, and the on-disk format.
+"""The probe interface: `fit`, `score`, `save`, `load`, and the one on-disk format.
 
-A probe reads pooled features `X [n, d]` or per-token activations `X [n, T, d]` with a bool mask
-`[n, T]`, and returns one real-valued score per example (a logit; higher = harmful). On disk a
-probe is a directory: `probe.json` (kind, config, fitted metadata) and `probe.safetensors`
-(tensors). No pickle, so a probe file cannot run code when loaded.
+A probe reads what its method's input spec names (see `assay.probes.inputs`): pooled activations
+`X [n, d]`, per-token activations `X [n, T, d]` with a bool mask `[n, T]`, SAE outputs, sentence
+embeddings or raw texts; it returns one real-valued score per example (a logit; higher =
+harmful). On disk a probe is a directory: `probe.json` (method, input spec, config, fitted
+metadata, JSON state such as a vocabulary) and `probe.safetensors` (tensors). No pickle, so a
+probe file cannot run code when loaded.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from assay.fileio import atomic_path, write_json
 
 CONFIG_FILE = "probe.json"
 WEIGHTS_FILE = "probe.safetensors"
-_REGISTRY: dict[str, type["Probe"]] = {}
+FORMAT_VERSION = 2  # 1: a class `kind` per file and a separate baseline format (assay < 0.2)
 
 
 def as_tensor(x: Any, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
@@ -39,22 +41,19 @@ def as_labels(y: Any) -> np.ndarray:
 
 
 class Probe:
-    """Base class. Subclasses set `kind` and `Config` (a dataclass), implement `fit`, `score`,
-    `state` (tensors to save) and `set_state`; fitted JSON-able choices go in `self.meta`."""
+    """Base class. Subclasses set `Config` (a dataclass), implement `fit`, `score`, `state`
+    (tensors to save) and `set_state`, and `json_state` / `set_json_state` when they keep
+    something that is not a tensor; fitted JSON-able choices go in `self.meta`. `method` and
+    `inputs` are set by the registry (`assay.probes.methods.make_probe`)."""
 
-    kind: ClassVar[str]
     Config: ClassVar[type]
-    token_level: ClassVar[bool] = False  # True when the probe reads [n, T, d] + mask
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         cfg = config if config is not None else self.Config()
         self.config = dataclasses.replace(cfg, **overrides) if overrides else cfg
         self.meta: dict[str, Any] = {}
-
-    def __init_subclass__(cls, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        if "kind" in cls.__dict__:
-            _REGISTRY[cls.kind] = cls
+        self.method: str | None = None
+        self.inputs: dict[str, Any] | None = None
 
     # -- the interface --------------------------------------------------------------------
     def fit(self, X, y, X_val=None, y_val=None, *, mask=None, mask_val=None) -> Self:
@@ -69,15 +68,24 @@ class Probe:
     def set_state(self, tensors: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
 
+    def json_state(self) -> dict[str, Any]:
+        return {}
+
+    def set_json_state(self, state: dict[str, Any]) -> None:
+        pass
+
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
+        if self.method is None:
+            raise ValueError("only a probe made by assay.probes.make_probe can be saved (it names its method)")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state().items()}
         with atomic_path(path / WEIGHTS_FILE) as tmp:
             save_file(tensors, str(tmp))
         write_json(path / CONFIG_FILE, {
-            "kind": self.kind, "config": dataclasses.asdict(self.config), "meta": self.meta,
+            "format": FORMAT_VERSION, "method": self.method, "inputs": self.inputs,
+            "config": dataclasses.asdict(self.config), "meta": self.meta, "state": self.json_state(),
             "assay_version": __version__,
         })
         return path
@@ -87,47 +95,42 @@ class Probe:
         return load_probe(path)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config})"
+        return f"{type(self).__name__}[{self.method}]({self.config})"
 
 
-def _config_from_dict(config_cls: type, d: dict[str, Any]) -> Any:
+def config_from_dict(config_cls: type, d: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(config_cls)}
     # JSON turns tuples into lists; the dataclasses here accept either
     return config_cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
 
 
 def load_probe(path: str | Path, device: torch.device | str | None = None) -> Probe:
-    """Load any probe saved by `Probe.save`, whatever its kind."""
-    from assay.probes import _register_all
-
-    _register_all()
+    """Load any probe saved by `Probe.save`, whatever its method."""
     from safetensors import SafetensorError
 
     from assay.errors import ConfigMismatchError, InputError
+    from assay.probes.methods import METHODS
 
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise InputError(f"{path} is not a saved probe (no {CONFIG_FILE})")
     try:
         spec = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        cls = _REGISTRY.get(spec["kind"])
-    except (ValueError, KeyError, TypeError) as err:
+        method = METHODS.get(spec.get("method")) if isinstance(spec, dict) else None
+    except (ValueError, TypeError) as err:
         raise ConfigMismatchError(f"{path / CONFIG_FILE} is malformed ({err}); train the probe again") from None
-    if cls is None:
-        raise ConfigMismatchError(f"{path}: unknown probe kind {spec['kind']!r}; known: {sorted(_REGISTRY)}")
+    if method is None:
+        found = spec.get("method", spec.get("kind")) if isinstance(spec, dict) else None
+        raise ConfigMismatchError(f"{path}: unknown probe method {found!r} (a probe saved by an older assay names a "
+                                  f"class kind instead); known: {', '.join(METHODS)}. Train the probe again")
     try:
-        probe = cls(_config_from_dict(cls.Config, spec["config"]))
+        probe = method.probe(config_from_dict(method.probe.Config, spec["config"]))
+        probe.method, probe.inputs = method.name, spec.get("inputs")
         probe.meta = spec.get("meta", {})
+        probe.set_json_state(spec.get("state") or {})
         tensors = load_file(str(path / WEIGHTS_FILE))
         probe.set_state({k: v.to(device) if device else v for k, v in tensors.items()})
     except (OSError, SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise ConfigMismatchError(f"{path}: the saved {spec['kind']} probe is incomplete or does not match "
+        raise ConfigMismatchError(f"{path}: the saved {method.name} probe is incomplete or does not match "
                                   f"{CONFIG_FILE} ({type(err).__name__}: {err}); train it again") from None
     return probe
-
-
-def probe_kinds() -> list[str]:
-    from assay.probes import _register_all
-
-    _register_all()
-    return sorted(_REGISTRY)

@@ -1,6 +1,16 @@
-"""What a probe reads, fetched from the activation cache: the glue between probes and the
-`assay.activations` contract. A `ProbeInputs` spec (model, layer, feature, SAE) is stored with
-every trained probe so evaluation reads exactly the same thing.
+"""The one place that turns (dataset, model, layer, input spec) into what a probe reads.
+
+The study, `assay probe train | eval`, the debugger and the monitor all read through `Inputs`, so
+a probe is fed the same tensors wherever it is fitted or deployed. An `InputSpec` (saved in every
+probe's `probe.json`) names the input; `Inputs.read` returns `(X, mask)` over every example of
+the dataset, computed once and reused:
+
+- `pooled`: `acts.pooled(layer, aggregation)` `[n, d]`, mask None;
+- `tokens`: the last `max_tokens` real tokens of each prompt `[n, T, d]` (the extraction dtype)
+  with their mask `[n, T]`;
+- `sae-latents | sae-reconstruction | sae-error`: the SAE applied to every real token, then pooled
+  by the aggregation's own mask (`all.max` latents are the max over tokens of each latent);
+- `text`: the prompts (an object array); `sentence-embedding`: MiniLM embeddings `[n, 384]`.
 """
 
 from __future__ import annotations
@@ -11,61 +21,196 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from assay.probes.aggregation import Aggregation
-from assay.probes.sae_encode import sae_features
+from assay.activations.aggregation import Aggregation, pool_tokens, real_tokens, token_mask
 
-TEXT_KINDS = ("tfidf", "embedding")
+DEFAULT_MAX_TOKENS = 512  # attention probes read at most the last N tokens of a prompt
+SAE_OUTPUTS = ("latents", "reconstruction", "error")
 
 
 @dataclass(frozen=True)
-class ProbeInputs:
-    kind: str
-    feature: str  # aggregation name for pooled probes; token mask ("all"/"user") for attention probes
-    model: str | None = None
+class InputSpec:
+    reads: str  # one of assay.probes.methods.READS
+    aggregation: str | None = None  # pooled and SAE inputs
     layer: int | None = None
-    sae: str | None = None  # path of an SAE: probe its latents (or reconstruction)
-    sae_output: str = "latents"  # "latents" | "reconstruction"
+    model: str | None = None
+    sae: str | None = None  # the SAE's directory, for sae-* inputs
+    max_tokens: int | None = None  # tokens inputs
+
+    @classmethod
+    def for_method(cls, method: str, *, aggregation: str | None = None, layer: int | None = None,
+                   model: str | None = None, sae: str | None = None,
+                   max_tokens: int = DEFAULT_MAX_TOKENS) -> "InputSpec":
+        """The input `method` reads, keeping only the fields that input uses."""
+        from assay.errors import InputError
+        from assay.probes.methods import method as get_method
+
+        reads = get_method(method).reads
+        if reads.startswith("sae-") and not sae:
+            raise InputError(f"method {method!r} reads an SAE's {reads.removeprefix('sae-')}: pass --sae DIR")
+        activations = reads not in ("text", "sentence-embedding")
+        return cls(reads=reads,
+                   aggregation=str(Aggregation.parse(aggregation or "all.max")) if reads == "pooled" or reads.startswith("sae-") else None,
+                   layer=layer if activations else None, model=model if activations else None,
+                   sae=sae if reads.startswith("sae-") else None, max_tokens=max_tokens if reads == "tokens" else None)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
+        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
-    def features_label(self) -> str:
-        if self.kind in TEXT_KINDS:
+    def label(self) -> str:
+        """What a report row says the method read (its `features`)."""
+        if self.reads in ("text", "sentence-embedding"):
             return "text"
-        base = f"tokens:{self.feature}" if self.token_level else self.feature
-        return f"{base}->recon" if self.sae and self.sae_output == "reconstruction" else base
-
-    @property
-    def token_level(self) -> bool:
-        return self.kind in ("attention", "rolling_attention")
+        if self.reads == "tokens":
+            return f"tokens:all[-{self.max_tokens}:]"
+        return str(self.aggregation)
 
 
-def load_sae(path: str):
-    """An SAE through the sae package (its loader's name is not in CONTRACTS.md yet)."""
-    import assay.sae as sae_pkg
+class Inputs:
+    """What probes read, for every example of one dataset, each input computed once.
 
-    for name in ("load_sae", "load"):
-        if hasattr(sae_pkg, name):
-            return getattr(sae_pkg, name)(path)
-    raise RuntimeError("assay.sae exposes no load_sae/load function yet")
+    `acts` is the dataset's activation cache entry (`assay.activations.extract`) at `layer`;
+    `texts` its prompts. SAE outputs are computed for every aggregation in `aggregations` in one
+    pass over the tokens, and only the last SAE's are kept (they are the largest thing here).
+    """
+
+    def __init__(self, acts: Any = None, texts: Sequence[str] | None = None, *, layer: int | None = None,
+                 aggregations: Sequence[str] = (), dtype: str = "float32", search_dtype: torch.dtype | None = None,
+                 progress: bool = False) -> None:
+        self.acts, self.texts, self.layer = acts, texts, layer
+        self.aggregations = list(aggregations)
+        self.dtype, self.search_dtype, self.progress = dtype, search_dtype, progress
+        self._memo: dict[tuple, Any] = {}
+        self._sae_key: Any = None
+        self._sae_outputs: dict[str, dict[str, torch.Tensor]] = {}
+
+    def read(self, spec: InputSpec, sae: Any = None) -> tuple[Any, torch.Tensor | None]:
+        """`(X, mask)` over every example; `sae` is the loaded SAE of an `sae-*` spec."""
+        if spec.reads == "pooled":
+            return self.acts.pooled(self.layer, spec.aggregation), None
+        if spec.reads == "tokens":
+            key = ("tokens", spec.max_tokens)
+            if key not in self._memo:
+                self._memo = {k: v for k, v in self._memo.items() if k[0] != "tokens"}
+                self._memo[key] = token_inputs(self.acts, self.layer, spec.max_tokens)
+            return self._memo[key]
+        if spec.reads == "text":
+            return np.array(list(self.texts), dtype=object), None
+        if spec.reads == "sentence-embedding":
+            if "embedding" not in self._memo:
+                from assay.models.sentence import embed
+                from assay.runtime import dtype_name, resolve_dtype
+
+                self._memo["embedding"] = embed(list(self.texts), progress=self.progress,
+                                                dtype=dtype_name(resolve_dtype(self.dtype)))
+            return self._memo["embedding"], None
+        if spec.reads.startswith("sae-"):
+            if sae is None:
+                raise ValueError(f"{spec.reads} needs the SAE at {spec.sae}")
+            if self._sae_key is not sae:
+                self._sae_outputs.clear()  # free the last SAE's outputs before computing these
+                aggs = list(dict.fromkeys([*self.aggregations, spec.aggregation]))
+                self._sae_outputs = sae_outputs(self.acts, sae, self.layer, aggs, search_dtype=self.search_dtype,
+                                                progress=self.progress)
+                self._sae_key = sae
+            out = self._sae_outputs[spec.reads.removeprefix("sae-")]
+            if spec.aggregation not in out:
+                raise ValueError(f"{spec.aggregation} was not among the aggregations encoded ({', '.join(out)})")
+            return out[spec.aggregation], None
+        raise ValueError(f"unknown input {spec.reads!r}")
+
+    def release(self) -> None:
+        """Drop every computed input (the study calls it between stages to bound memory)."""
+        self._memo.clear()
+        self._sae_outputs.clear()
+        self._sae_key = None
 
 
-def fetch(acts, spec: ProbeInputs, indices: Sequence[int], sae=None, chunk: int = 256) -> tuple[Any, Any]:
-    """(X, mask) for `indices` of an `ActivationSet`: pooled `[n, d]` (mask None), per-token
-    `[n, T, d]` + mask for attention probes, or SAE latents / reconstructions pooled like `feature`."""
-    idx = np.asarray(indices, dtype=np.int64)
-    if spec.token_level:
-        return acts.token_batch(spec.layer, idx.tolist(), mask=spec.feature)
-    if sae is None:
-        return acts.pooled(spec.layer, spec.feature)[torch.as_tensor(idx)], None
-    agg = Aggregation.parse(spec.feature)
-    if agg.pools_single_token:  # one token: encoding the pooled vector is exact
-        return sae_features(sae, acts.pooled(spec.layer, spec.feature)[torch.as_tensor(idx)], what=spec.sae_output), None
-    if agg.mask not in ("all", "user"):
-        raise ValueError(f"SAE features for {spec.feature!r} need per-token masks the cache serves (all, user)")
-    out = []
-    for i in range(0, len(idx), chunk):  # encode per token, then pool, a chunk of prompts at a time
-        x, m = acts.token_batch(spec.layer, idx[i : i + chunk].tolist(), mask=agg.mask)
-        out.append(sae_features(sae, x, m, agg, what=spec.sae_output))
-    return torch.cat(out), None
+def token_inputs(acts: Any, layer: int, max_tokens: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token activations `[n, T, d]` and mask of every example, each cut to its last
+    `max_tokens` real tokens. Allocated once at its final size, in the extraction dtype (bf16
+    activations lose nothing and take half the memory): at GDM's scale the largest tensor of a run."""
+    counts = acts.token_counts("all").clamp(max=max_tokens)
+    n = len(counts)
+    X = torch.zeros(n, int(counts.max()) if n else 0, acts.d_model, dtype=_dtype_of(acts))
+    M = torch.arange(X.shape[1])[None, :] < counts[:, None]
+    for start in range(0, n, chunk):
+        x, m = acts.token_batch(layer, list(range(start, min(start + chunk, n))), mask="all")
+        for j in range(len(x)):
+            keep = x[j][m[j]][-max_tokens:]
+            X[start + j, : len(keep)] = keep
+    return X, M
+
+
+def _dtype_of(acts: Any) -> torch.dtype:
+    from assay.runtime import resolve_dtype
+
+    return resolve_dtype(acts.spec["dtype"])
+
+
+def _device(sae: Any) -> torch.device:
+    params = getattr(sae, "parameters", None)
+    return next(iter(params()), torch.zeros(())).device if callable(params) else torch.device("cpu")
+
+
+@torch.no_grad()
+def sae_outputs(
+    acts: Any, sae: Any, layer: int, aggregations: Sequence[str], indices: Sequence[int] | None = None,
+    *, token_budget: int = 8192, search_dtype: torch.dtype | None = None, progress: bool = False,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """SAE latents, reconstruction and error (x - x_hat) of every stored token of the examples
+    `indices` (default all), each pooled by every aggregation with that aggregation's own mask:
+    `{output: {aggregation: [n, *]}}`.
+
+    One read and one encoding per token serves every aggregation and output. Examples are batched
+    by length to a token budget so padding costs little; padding is never encoded. A TopK SAE is
+    encoded without its dense code (`encode_topk`, optionally shortlisting in `search_dtype`).
+    """
+    from assay.sae.architectures.topk import TopKSAE
+
+    indices = list(range(acts.n)) if indices is None else [int(i) for i in indices]
+    counts = acts.token_counts("all")[indices]
+    order = sorted(range(len(indices)), key=lambda j: int(counts[j]))
+    aggs = [Aggregation.parse(a) for a in aggregations]
+    device = _device(sae)
+    d_sae, d_in = int(sae.W_dec.shape[0]), int(sae.W_dec.shape[1])
+    out = {o: {a.name: torch.zeros(len(indices), d_sae if o == "latents" else d_in) for a in aggs} for o in SAE_OUTPUTS}
+    batches, cur, longest = [], [], 0
+    for j in order:  # length-sorted, so a batch's padded size is about its real size
+        n = max(1, int(counts[j]))
+        if cur and max(longest, n) * (len(cur) + 1) > token_budget:
+            batches.append(cur)
+            cur, longest = [], 0
+        cur.append(j)
+        longest = max(longest, n)
+    if cur:
+        batches.append(cur)
+    it = batches
+    if progress:
+        from rich.progress import track
+
+        it = track(batches, description="encoding tokens with the SAE")
+    for batch in it:
+        x, roles = acts.token_batch_roles(layer, [indices[j] for j in batch])
+        real = real_tokens(roles)
+        flat = x[real].to(device)
+        if isinstance(sae, TopKSAE):
+            vals, idx = sae.encode_topk(flat, search_dtype)
+            z_real = torch.zeros(len(flat), d_sae, device=device, dtype=vals.dtype).scatter_(1, idx, vals)
+            x_hat = sae.decode_topk(vals, idx)
+        else:
+            z_real = sae.encode(flat)
+            x_hat = sae.decode(z_real)
+        per_token = {"latents": z_real, "reconstruction": x_hat, "error": flat - x_hat.to(flat.dtype)}
+        masks = {a.mask: token_mask(a.mask, roles) for a in aggs}
+        rows = torch.as_tensor(batch)
+        for o, values in per_token.items():
+            full = torch.zeros(*real.shape, values.shape[-1])
+            full[real] = values.float().cpu()
+            for a in aggs:
+                out[o][a.name][rows] = pool_tokens(full, masks[a.mask], a)
+    return out

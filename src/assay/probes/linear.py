@@ -8,7 +8,7 @@ from typing import Self
 import numpy as np
 import torch
 
-from assay.eval.metrics import auroc
+from assay.metrics import auroc
 from assay.probes.base import Probe, as_labels, as_tensor
 from assay.probes.logistic import fit_logreg, logloss, standardize_stats
 from assay.runtime import default_device
@@ -48,7 +48,6 @@ class LogisticProbe(Probe):
     validation log loss). The fit at the chosen C on the training data is kept: validation only
     chooses C, so it stays clean for threshold calibration."""
 
-    kind = "logistic"
     Config = LogisticConfig
 
     def _device(self) -> torch.device:
@@ -140,7 +139,6 @@ class DiffMeanProbe(Probe):
     of the mean difference, so the raw direction mostly measures them; `normalize` says whether
     to standardise features first, or whiten them (LDA), before taking the difference."""
 
-    kind = "diff_mean"
     Config = DiffMeanConfig
 
     def _dev(self) -> torch.device:

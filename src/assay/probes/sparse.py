@@ -18,8 +18,8 @@ from typing import Self, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
+from assay.metrics import column_auroc
 from assay.probes.base import Probe, as_labels
 from assay.probes.linear import DEFAULT_CS, LogisticConfig, LogisticProbe
 
@@ -34,17 +34,6 @@ def _np(Z) -> np.ndarray:
     if Z.ndim != 2:
         raise ValueError(f"SAE probes take pooled latents Z [n, d_sae]; got shape {Z.shape}")
     return Z
-
-
-def latent_auroc(Z, y, chunk: int = 1024) -> np.ndarray:
-    """AUROC of every latent used alone as a score, ties (e.g. zeros) counting one half."""
-    Z, y = _np(Z), as_labels(y)
-    pos, n_pos, n_neg = y == 1, int(y.sum()), int((1 - y).sum())
-    out = np.empty(Z.shape[1])
-    for j in range(0, Z.shape[1], chunk):  # rank a block of columns at a time to bound memory
-        r = rankdata(Z[:, j : j + chunk], axis=0)
-        out[j : j + chunk] = (r[pos].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return out
 
 
 def mean_diff_scores(Z, y) -> np.ndarray:
@@ -189,12 +178,11 @@ class OneSparseConfig:
 
 
 class OneSparseProbe(Probe):
-    kind = "one_sparse"
     Config = OneSparseConfig
 
     def fit(self, X, y, X_val=None, y_val=None, *, mask=None, mask_val=None) -> Self:
         Zs, ys = (X_val, y_val) if self.config.select_on == "val" and X_val is not None else (X, y)
-        auc = latent_auroc(Zs, ys)
+        auc = column_auroc(_np(Zs), as_labels(ys))
         j = int(np.argmax(np.abs(auc - 0.5)))
         self.latents = np.array([j], dtype=np.int64)
         self.sign = 1.0 if auc[j] >= 0.5 else -1.0
@@ -224,7 +212,6 @@ class KSparseConfig:
 
 
 class KSparseProbe(Probe):
-    kind = "k_sparse"
     Config = KSparseConfig
 
     def fit(self, X, y, X_val=None, y_val=None, *, mask=None, mask_val=None,

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from assay import options
+
 app = typer.Typer(help="Sparse autoencoders: train (pretraining or chat data, or finetune), evaluate.",
                   no_args_is_help=True)
 
@@ -20,7 +22,7 @@ def _arch_kwargs(arch: str, k: float, l1: float | None, l0: float | None, omega:
         raise typer.BadParameter(str(err)) from None
 
 
-def _check_train_args(archs: list[str], k: float, width: int, layer: int, corpus: str, n_tokens: int, epochs: int,
+def _check_train_args(archs: list[str], k: float, width: int, layer: int | None, corpus: str, n_tokens: int, epochs: int,
                       batch_size: int, lr: float, resample: float, resample_how: str, max_tokens: int, dtype: str,
                       l1: float | None, l0: float | None, omega: float, finetune_from: Path | None) -> None:
     """Everything checkable without the model, checked before loading it (seconds to minutes)."""
@@ -36,7 +38,7 @@ def _check_train_args(archs: list[str], k: float, width: int, layer: int, corpus
         raise typer.BadParameter(f"architecture listed twice in {','.join(archs)}", param_hint="--arch")
     if corpus not in CORPORA:
         raise typer.BadParameter(f"{corpus!r}; choose one of {', '.join(CORPORA)}", param_hint="--corpus")
-    for name, value, ok in (("--layer", layer, layer >= 0), ("--tokens", n_tokens, n_tokens > 0),
+    for name, value, ok in (("--layer", layer, layer is None or layer >= 0), ("--tokens", n_tokens, n_tokens > 0),
                             ("--epochs", epochs, epochs >= 1), ("--batch-size", batch_size, batch_size >= 1),
                             ("--lr", lr, math.isfinite(lr) and lr > 0), ("--max-tokens", max_tokens, max_tokens >= 2),
                             ("--resample", resample, 0 <= resample < 1)):
@@ -47,7 +49,8 @@ def _check_train_args(archs: list[str], k: float, width: int, layer: int, corpus
                                  param_hint="--tokens")
     if resample_how not in ("random", "least_used"):
         raise typer.BadParameter(f"{resample_how!r}; choose random or least_used", param_hint="--resample-how")
-    resolve_dtype(dtype)
+    if dtype != "auto":
+        resolve_dtype(dtype)
     if finetune_from is not None:
         if len(archs) > 1:
             raise typer.BadParameter("finetune one SAE at a time", param_hint="--arch")
@@ -64,11 +67,11 @@ def train(
                                           "comma-separated trains several on one pass over the data"),
     k: float = typer.Option(32, help="active latents (TopK; average for BatchTopK/Matryoshka)"),
     width: int = typer.Option(4096, help="number of latents (d_sae)"),
-    layer: int = typer.Option(9, help="residual stream after block LAYER (0-indexed)"),
+    layer: Optional[int] = options.LAYER,
     corpus: str = typer.Option("wiki", help="wiki | chat | chat-user"),
     tokens: float = typer.Option(2e6, help="unique training tokens (extracted once, then cached)"),
     epochs: int = typer.Option(1, help="passes over those tokens (extraction costs far more than training)"),
-    model: str = typer.Option("gemma-3-270m", help="model name, HF id or path"),
+    model: str = options.MODEL,
     finetune_from: Optional[Path] = typer.Option(None, help="SAE directory to finetune (e.g. on chat data)"),
     resample: float = typer.Option(0.0, help="fraction of latents to re-initialise before finetuning"),
     resample_how: str = typer.Option("least_used", help="random | least_used"),
@@ -80,9 +83,9 @@ def train(
     omega: float = typer.Option(0.1, help="omega_0 of the quadratic-frequency penalty"),
     sparsity_warmup: int = typer.Option(0, help="steps of linear warm-up of the sparsity coefficient"),
     max_tokens: int = typer.Option(1024, help="tokens per document at most"),
-    dtype: str = typer.Option("float32", help="model dtype for extraction"),
+    dtype: str = options.DTYPE,
     device: Optional[str] = typer.Option(None),
-    seed: int = typer.Option(0),
+    seed: int = options.SEED,
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt"),
     checkpoint_every: int = typer.Option(200, min=1, help="steps between checkpoints (resumable with --resume)"),
 ) -> None:
@@ -91,7 +94,6 @@ def train(
 
     from assay.models import load
     from assay.models.loading import check_layer
-    from assay.models.peek import check_layers
     from assay.runtime import cache_dir
     from assay.sae.base import build_sae
     from assay.sae.corpus import activation_stream
@@ -104,13 +106,16 @@ def train(
     n_tokens = int(tokens)
     _check_train_args(archs, k, width, layer, corpus, n_tokens, epochs, batch_size, lr, resample, resample_how,
                       max_tokens, dtype, l1, l0_coeff, omega, finetune_from)
+    layer = options.resolve_layer(model, layer)
     run = f"{Path(model).name}-L{layer}-{corpus}-{'+'.join(archs)}-w{width}-s{seed}" + ("-ft" if finetune_from else "")
     out = out or cache_dir() / "sae" / run
-    check_layers(model, [layer])
     if (out / "checkpoint.pt").exists() and not resume:
         raise typer.BadParameter(f"{out} holds an interrupted run (checkpoint.pt): pass --resume to continue it, "
                                  "or choose another --out", param_hint="--out")
-    lm = load(model, dtype=dtype, device=device)
+    lm = load(model, dtype=options.resolve_dtype_choice(dtype), device=device)
+    if layer is None:  # a model whose config was not local: its middle block, now that it is loaded
+        layer = lm.n_layers // 2
+        out = out if out != cache_dir() / "sae" / run else cache_dir() / "sae" / run.replace("-LNone-", f"-L{layer}-")
     check_layer(layer, lm.n_layers)
     typer.echo(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; writing to {out}")
 

@@ -131,7 +131,7 @@ def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts:
     if texts is None:
         texts = training_texts(corpus, lm.tokenizer, n_tokens, max_tokens, seed, exclude)
     chat = corpus == "chat-user"
-    acts = extract(lm, texts, [layer], dataset_fingerprint=sha256_json([corpus, texts]), features=("all.mean",),
+    acts = extract(lm, texts, [layer], dataset_fingerprint=sha256_json([corpus, texts]), aggregations=("all.mean",),
                    store_tokens=True, chat=chat, max_tokens=max_tokens, progress=progress)
     # "user" = the user's own words for one-turn chat prompts, and every token but BOS otherwise.
     mask = "user" if chat else "all"

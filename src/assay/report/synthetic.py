@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from assay.eval.evaluate import SplitScores, evaluate_method
-from assay.eval.published import gdm_published
-from assay.eval.schema import Provenance, Report, SAEQuality
+from assay.report.evaluate import SplitScores, evaluate_method
+from assay.report.published import gdm_published
+from assay.report.schema import Provenance, Report, SAEQuality
 from assay.provenance import provenance
 
 FAMILIES = {1: ["none", "aim", "role_play", "gcg"], 0: ["none", "count_words", "ignore_one"]}

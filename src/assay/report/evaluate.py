@@ -13,10 +13,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from assay.eval.bootstrap import bootstrap_auroc_ci, bootstrap_rate_ci, cluster_auroc_ci, recall_ci
-from assay.eval.breakdown import _interval, _num, group_breakdown
-from assay.eval.metrics import auprc, auroc, fpr_at_threshold, recall_at_fpr, roc_curve, threshold_at_fpr
-from assay.eval.schema import MethodResult, RocCurve, ScoreHistogram
+from assay.metrics.bootstrap import bootstrap_auroc_ci, bootstrap_rate_ci, cluster_auroc_ci, recall_ci
+from assay.report.breakdown import _interval, _num, group_breakdown
+from assay.metrics import auprc, auroc, fpr_at_threshold, recall_at_fpr, roc_curve, threshold_at_fpr
+from assay.report.schema import MethodResult, RocCurve, ScoreHistogram
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from assay.eval.plots import primary, row_label
-from assay.eval.schema import Interval, MethodResult, Report
+from assay.report.plots import primary, row_label
+from assay.report.schema import Interval, MethodResult, Report
 
 
 @dataclass

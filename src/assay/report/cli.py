@@ -11,13 +11,13 @@ app = typer.Typer(help="Render reports (markdown, self-contained HTML, PNG) from
 
 @app.command()
 def render(
-    results: Path = typer.Argument(..., help="Results JSON (assay.eval.schema.Report)."),
+    results: Path = typer.Argument(..., help="Results JSON (assay.report.schema.Report)."),
     out: Path = typer.Option(None, help="Output directory; default: beside the JSON."),
     formats: str = typer.Option("md,html,png", help="Comma-separated: json, md, html, png."),
 ) -> None:
     """Validate RESULTS against the schema and write report.{md,html} and figures/*.png."""
-    from assay.eval.render import write_report
-    from assay.eval.schema import load_report
+    from assay.report.render import write_report
+    from assay.report.schema import load_report
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     unknown = sorted(set(fmts) - {"json", "md", "html", "png"})
@@ -34,7 +34,7 @@ def schema(out: Path = typer.Option(None, help="Write the JSON Schema here inste
     """Print the results JSON Schema."""
     import json
 
-    from assay.eval.schema import report_json_schema
+    from assay.report.schema import report_json_schema
 
     text = json.dumps(report_json_schema(), indent=2)
     if out:
@@ -48,8 +48,8 @@ def schema(out: Path = typer.Option(None, help="Write the JSON Schema here inste
 @app.command()
 def demo(out: Path = typer.Argument(Path("runs/report-demo")), seed: int = 0) -> None:
     """A report from synthetic scores: the layout without a model."""
-    from assay.eval.render import write_report
-    from assay.eval.synthetic import synthetic_report
+    from assay.report.render import write_report
+    from assay.report.synthetic import synthetic_report
 
     for what, path in write_report(synthetic_report(seed), out).items():
         typer.echo(f"{what}: {path}")

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from assay.eval.schema import MethodResult, Report  # noqa: E402
+from assay.report.schema import MethodResult, Report  # noqa: E402
 
 
 def row_label(r: MethodResult) -> str:

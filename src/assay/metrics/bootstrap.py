@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from scipy.stats import rankdata
 
-from assay.eval.metrics import (auroc, fpr_at_threshold, recall_at_fpr,
+from assay.metrics import (auroc, fpr_at_threshold, recall_at_fpr,
                                 threshold_at_fpr)
 
 N_BOOT = 1000

@@ -8,9 +8,9 @@ import html
 import json
 from pathlib import Path
 
-from assay.eval.plots import report_figures
-from assay.eval.schema import Report, report_json_schema
-from assay.eval.tables import Table, all_tables
+from assay.report.plots import report_figures
+from assay.report.schema import Report, report_json_schema
+from assay.report.tables import Table, all_tables
 from assay.fileio import atomic_path, write_json, write_text
 
 

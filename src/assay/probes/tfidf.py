@@ -1,4 +1,4 @@
-"""TF-IDF over word (1-2) and character (2-5, within word boundaries) n-grams + logistic regression.
+"""The TF-IDF text baseline: TF-IDF over word (1-2) and character (2-5, within word boundaries) n-grams + logistic regression.
 
 The tf-idf transform is done here (sublinear tf, idf weights, row L2 norm, as scikit-learn's
 `TfidfTransformer`) on counts from a `CountVectorizer` with a fixed vocabulary, so a saved model is
@@ -7,13 +7,14 @@ just vocabularies (JSON) and arrays (safetensors), and training and loading shar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Self, Sequence
 
 import numpy as np
 import torch
 
-from assay.baselines.base import TextBaseline, select_C
-from assay.probes.base import as_labels
+from assay.metrics import auroc
+from assay.probes.base import Probe, as_labels
 
 ANALYZERS = {"word": dict(analyzer="word", ngram_range=(1, 2)), "char": dict(analyzer="char_wb", ngram_range=(2, 5))}
 
@@ -24,12 +25,25 @@ def _counter(name: str, vocabulary: dict[str, int] | None = None, **kw: Any):
     return CountVectorizer(lowercase=True, vocabulary=vocabulary, dtype=np.float64, **ANALYZERS[name], **kw)
 
 
-class TfidfBaseline(TextBaseline):
-    kind = "tfidf"
+def select_C(fit_score, Cs: Sequence[float], y_val) -> tuple[float, list[dict]]:
+    """The C whose validation AUROC is best (ties: the smaller C, i.e. more regularised).
+    `fit_score(C)` fits at C and returns validation scores."""
+    table = [{"C": float(C), "val_auroc": auroc(fit_score(C), y_val)} for C in sorted(Cs)]
+    best = max(table, key=lambda r: (round(r["val_auroc"], 6), -r["C"]))
+    return best["C"], table
 
-    def __init__(self, Cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0), min_df: int = 2,
-                 max_features: int = 50_000, **kw: Any) -> None:
-        super().__init__(Cs=list(Cs), min_df=min_df, max_features=max_features, **kw)
+
+@dataclass(frozen=True)
+class TfidfConfig:
+    Cs: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+    min_df: int = 2
+    max_features: int = 50_000
+
+
+class TfidfProbe(Probe):
+    """Reads raw texts (a list or an object array of str)."""
+
+    Config = TfidfConfig
 
     def _transform(self, texts: Sequence[str]):
         from scipy.sparse import csr_matrix, hstack
@@ -43,14 +57,14 @@ class TfidfBaseline(TextBaseline):
         norms = np.sqrt(np.asarray(X.multiply(X).sum(1))).ravel()
         return csr_matrix(X.multiply(1.0 / np.where(norms > 0, norms, 1.0)[:, None]))
 
-    def fit(self, texts, y, texts_val=None, y_val=None) -> Self:
+    def fit(self, texts, y, texts_val=None, y_val=None, *, mask=None, mask_val=None) -> Self:
         from sklearn.feature_extraction.text import TfidfTransformer
         from sklearn.linear_model import LogisticRegression
 
         y = as_labels(y)
         self.vocab, self.idf = {}, {}
         for name in ANALYZERS:
-            cv = _counter(name, None, min_df=self.config["min_df"], max_features=self.config["max_features"])
+            cv = _counter(name, None, min_df=self.config.min_df, max_features=self.config.max_features)
             try:
                 counts = cv.fit_transform(texts)
             except ValueError as err:  # sklearn: "empty vocabulary" (only stop words or punctuation)
@@ -65,17 +79,17 @@ class TfidfBaseline(TextBaseline):
         def fit_at(C: float):
             return LogisticRegression(C=C, solver="liblinear", max_iter=1000).fit(X, y)
 
-        if texts_val is not None and len(self.config["Cs"]) > 1:
+        if texts_val is not None and len(self.config.Cs) > 1:
             Xv = self._transform(texts_val)
-            C, table = select_C(lambda C: fit_at(C).decision_function(Xv), self.config["Cs"], as_labels(y_val))
+            C, table = select_C(lambda C: fit_at(C).decision_function(Xv), self.config.Cs, as_labels(y_val))
         else:
-            C, table = self.config["Cs"][0], []
+            C, table = self.config.Cs[0], []
         clf = fit_at(C)
         self.coef, self.intercept = clf.coef_.ravel().astype(np.float64), float(clf.intercept_[0])
         self.meta = {"C": C, "selection": table, "n_features": int(len(self.coef))}
         return self
 
-    def score(self, texts) -> np.ndarray:
+    def score(self, texts, mask=None) -> np.ndarray:
         return np.asarray(self._transform(texts) @ self.coef).ravel() + self.intercept
 
     def top_ngrams(self, n: int = 20) -> list[tuple[str, float]]:
@@ -83,12 +97,16 @@ class TfidfBaseline(TextBaseline):
         names = [t for name in ANALYZERS for t, _ in sorted(self.vocab[name].items(), key=lambda kv: kv[1])]
         return [(names[i], float(self.coef[i])) for i in np.argsort(-self.coef)[:n]]
 
-    def state(self):
+    def state(self) -> dict[str, torch.Tensor]:
         tensors = {"coef": torch.from_numpy(self.coef), "intercept": torch.tensor([self.intercept], dtype=torch.float64)}
-        tensors |= {f"idf.{name}": torch.from_numpy(np.asarray(v, dtype=np.float64)) for name, v in self.idf.items()}
-        return tensors, {"vocabulary": self.vocab}
+        return tensors | {f"idf.{name}": torch.from_numpy(np.asarray(v, dtype=np.float64)) for name, v in self.idf.items()}
 
-    def set_state(self, tensors, extra) -> None:
-        self.vocab = {name: {t: int(i) for t, i in v.items()} for name, v in extra["vocabulary"].items()}
+    def json_state(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocab}
+
+    def set_json_state(self, state: dict[str, Any]) -> None:
+        self.vocab = {name: {t: int(i) for t, i in v.items()} for name, v in state["vocabulary"].items()}
+
+    def set_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.idf = {name: tensors[f"idf.{name}"].numpy() for name in ANALYZERS}
         self.coef, self.intercept = tensors["coef"].numpy(), float(tensors["intercept"][0])

@@ -5,7 +5,7 @@ their qualitative findings."""
 
 from __future__ import annotations
 
-from assay.eval.schema import PublishedResult
+from assay.report.schema import PublishedResult
 
 SOURCE = "GDM mech interp team, 'Negative Results for SAEs On Downstream Tasks' (2025)"
 

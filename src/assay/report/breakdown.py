@@ -11,9 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from assay.eval.bootstrap import bootstrap_rate_ci
-from assay.eval.metrics import auroc, auroc_pos_neg
-from assay.eval.schema import GroupResult, Interval
+from assay.metrics.bootstrap import bootstrap_rate_ci
+from assay.metrics import auroc, auroc_pos_neg
+from assay.report.schema import GroupResult, Interval
 
 
 def _interval(ci: tuple[float, float]) -> Interval | None:

@@ -1,0 +1,46 @@
+"""The command-line grammar every `assay` command shares: one flag name, default and help text
+for the dataset, the model, the layer, the aggregation, the dtype and the seed.
+
+Each is a typer `OptionInfo`, used as a parameter default (`model: str = options.MODEL`), so a
+command cannot spell one differently. A layer of None means the model's middle block, resolved by
+`resolve_layer` before any weights load.
+"""
+
+from __future__ import annotations
+
+import typer
+
+DEFAULT_MODEL = "gemma-3-270m"  # assay.models.loading.DEFAULT_MODEL, without importing torch
+
+DATA = typer.Option(..., "--data", "-d", help="A benchmark preset (quick|full), a benchmark directory, or a user "
+                    "JSONL/CSV (text,label[,split,group,cluster]).")
+MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", help="HF id, local directory, .gguf file, or the bundled "
+                     "gemma-3-270m.")
+LAYER = typer.Option(None, "--layer", "-l", help="Residual stream after this block (0-indexed); default: the "
+                     "model's middle block (9 of 18 for the bundled model).")
+AGGREGATION = typer.Option("all.max", "--aggregation", "-a", help="How a prompt's tokens become one vector: "
+                           "'<mask>.<pool>' (mask all|user|lastN, pool mean|max|last) or 'resp-K'.")
+DTYPE = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 for every forward pass (auto: bfloat16 "
+                     "where this hardware multiplies in it at least 1.5x faster, else float32).")
+SEED = typer.Option(0, "--seed", help="Seed of every random choice (data sampling, initialisation, bootstrap).")
+
+
+def resolve_layer(model: str, layer: int | None) -> int | None:
+    """`layer` checked against the model's config, or its middle block when None. None when the
+    config cannot be read cheaply (the model is not local yet): `load` then decides."""
+    from assay.models.peek import check_layers, n_layers
+
+    if layer is not None:
+        check_layers(model, [layer])
+        return layer
+    n = n_layers(model)
+    return None if n is None else n // 2
+
+
+def resolve_dtype_choice(dtype: str) -> str:
+    """`auto` made concrete from a matmul measured here; an unknown name is a one-line error."""
+    from assay.runtime import DTYPES, choose_dtype
+
+    if dtype != "auto" and dtype.lower() not in DTYPES:
+        raise typer.BadParameter(f"unknown dtype {dtype!r}: use auto, float32 or bfloat16", param_hint="--dtype")
+    return choose_dtype(dtype)[0]

@@ -1,0 +1,53 @@
+"""The input assembly: what each method reads, computed by the one module every caller uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from assay.activations import extract
+from assay.errors import InputError
+from assay.probes import METHODS, InputSpec, Inputs
+from assay.probes.inputs import sae_outputs
+from assay.sae import build_sae
+
+from conftest import PROMPTS
+
+
+def test_every_method_has_a_spec_naming_only_what_it_reads():
+    for name, m in METHODS.items():
+        spec = InputSpec.for_method(name, aggregation="resp-5", layer=1, model="m", sae="s", max_tokens=7)
+        assert spec.reads == m.reads
+        assert (spec.aggregation == "resp-5") == (m.reads == "pooled" or m.reads_sae), name
+        assert (spec.sae is not None) == m.reads_sae and (spec.max_tokens is not None) == (m.reads == "tokens")
+        assert (spec.layer is None) == (m.reads in ("text", "sentence-embedding"))
+    assert InputSpec.for_method("attention", max_tokens=64).label == "tokens:all[-64:]"
+    assert InputSpec.for_method("tfidf").label == "text" and InputSpec.for_method("lda", aggregation="all.max").label == "all.max"
+    with pytest.raises(InputError, match="--sae"):
+        InputSpec.for_method("k-sparse")
+    with pytest.raises(InputError, match="unknown aggregation"):
+        InputSpec.for_method("dense-logistic", aggregation="all.median")
+    spec = InputSpec.for_method("k-sparse", aggregation="all.max", layer=2, sae="s")
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_inputs_read_what_the_spec_names(tiny, tmp_path):
+    acts = extract(tiny, PROMPTS, [1], root=tmp_path, progress=False, aggregations=["all.max", "resp-5"])
+    inputs = Inputs(acts, PROMPTS, layer=1, aggregations=["all.max", "resp-5"])
+    X, m = inputs.read(InputSpec.for_method("dense-logistic", aggregation="resp-5", layer=1))
+    assert m is None and torch.equal(X, acts.pooled(1, "resp-5"))
+    # tokens: each prompt's last max_tokens real tokens, left-aligned, the rest masked
+    X, m = inputs.read(InputSpec.for_method("attention", layer=1, max_tokens=3))
+    full, fm = acts.token_batch(1, list(range(len(PROMPTS))), mask="all")
+    for i in range(len(PROMPTS)):
+        want = full[i][fm[i]][-3:]
+        assert int(m[i].sum()) == len(want) and torch.equal(X[i][m[i]].float(), want)
+    # SAE outputs: the same numbers the batched encoder gives, per aggregation and output
+    sae = build_sae("topk", d_in=tiny.d_model, d_sae=32, k=4).eval()
+    ref = sae_outputs(acts, sae, 1, ["all.max", "resp-5"])
+    for method, output in (("1-sparse", "latents"), ("reconstruction", "reconstruction"), ("error", "error")):
+        X, _ = inputs.read(InputSpec.for_method(method, aggregation="resp-5", layer=1, sae="s"), sae)
+        assert torch.equal(X, ref[output]["resp-5"]), method
+    texts, _ = inputs.read(InputSpec.for_method("tfidf"))
+    assert isinstance(texts, np.ndarray) and texts.tolist() == PROMPTS
