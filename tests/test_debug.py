@@ -11,8 +11,9 @@ import torch
 
 from assay.activations import extract
 from assay.debug import explain_latents, rank_probe_latents
-from assay.probes.inputs import sae_outputs as pooled_sae_outputs
-from assay.probes import KSparseProbe
+from assay.models.chat import Role
+from assay.probes import make_probe
+from assay.probes.inputs import sae_outputs
 from assay.sae import TrainConfig, Trainer, build_sae
 
 WORDS = ("river stone paper garden window music lemon travel engine silver cloud market story winter "
@@ -42,12 +43,66 @@ def test_planted_question_mark_cue_is_ranked_first(bundled, tmp_path):
                                       lr=3e-3, progress=False)).fit(stream)
     sae = sae.eval()
 
-    Z = pooled_sae_outputs(acts, sae, layer, ["all.max"], range(len(texts)))["latents"]["all.max"]
-    probe = KSparseProbe(k=5, select="mean_diff").fit(Z, y)
+    Z = sae_outputs(acts, sae, layer, ["all.max"])["latents"]["all.max"]
+    probe = make_probe("k-sparse", k=5, select="mean_diff").fit(Z, y)
     ranked = rank_probe_latents(Z, probe.meta["latents"], probe.head.direction().cpu().numpy())
     reports = explain_latents(acts, sae, layer, ranked, texts, y, lm.tokenizer, top_n=5)
 
     top = reports[0]
     assert "question_mark" in top.flags, [(r.latent, r.flags, r.top_tokens[:3]) for r in reports]
     assert top.weight < 0  # it points to "benign": the cue, not intent
-    assert top.top_tokens[0]["token"].endswith("?") or top.token_cue_share["question_mark"] < 0.5
+
+
+class _Tokens:
+    """A store and tokenizer over a toy vocabulary: token j's activation is the one-hot e_j."""
+
+    def __init__(self, prompts: list[list[str]], vocab: list[str]):
+        self.prompts, self.vocab = prompts, vocab
+
+    def example_tokens(self, layer, i):
+        ids = torch.tensor([self.vocab.index(t) for t in self.prompts[i]])
+        return torch.eye(len(self.vocab))[ids], torch.full((len(ids),), int(Role.USER)), ids
+
+    def convert_ids_to_tokens(self, ids):
+        return [self.vocab[i] for i in ids]
+
+
+class _Reader:
+    """An SAE whose latent j reads the tokens `reads[j]`: relu(x @ W_enc)."""
+
+    def __init__(self, vocab: list[str], reads: list[set[str]]):
+        self.W_enc = torch.tensor([[1.0 if t in r else 0.0 for r in reads] for t in vocab])
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_enc)
+
+
+def test_only_the_planted_cue_is_flagged_beside_a_real_signal():
+    """Harmful prompts carry a harm word (the real signal); a question mark (the planted cue) ends
+    80% of benign and 20% of harmful prompts, so it predicts the label without being it. A
+    k-sparse probe uses both latents; only the cue's latent may be flagged."""
+    rng = random.Random(0)
+    harm, fill = ["bomb", "poison", "malware"], ["river", "stone", "paper", "garden", "window", "music", "lemon"]
+    vocab = harm + fill + ["?", "."]
+    prompts, labels = [], []
+    for i in range(200):
+        harmful = i % 2
+        body = [rng.choice(fill) for _ in range(rng.randint(4, 12))]
+        if harmful:
+            body.insert(rng.randrange(len(body)), rng.choice(harm))
+        question = rng.random() < (0.2 if harmful else 0.8)
+        prompts.append(body + ["?" if question else "."])
+        labels.append(harmful)
+    texts = [" ".join(t) for t in prompts]
+    y = np.array(labels)
+    store = _Tokens(prompts, vocab)
+    sae = _Reader(vocab, [{"?"}, set(harm), {"river", "stone"}])  # cue, signal, noise
+    Z = torch.stack([sae.encode(store.example_tokens(0, i)[0]).amax(0) for i in range(len(prompts))])
+    probe = make_probe("k-sparse", k=2, select="mean_diff", device="cpu").fit(Z, y)
+    assert sorted(probe.meta["latents"]) == [0, 1]
+    ranked = rank_probe_latents(Z, probe.meta["latents"], probe.head.direction().cpu().numpy())
+    reports = {r.latent: r for r in explain_latents(store, sae, 0, ranked, texts, y, store, top_n=5)}
+    assert reports[0].flags == ["question_mark"], reports[0]
+    assert reports[0].weight < 0 and reports[0].token_cue_share["question_mark"] == 1.0
+    assert reports[1].flags == [], reports[1]
+    assert reports[1].weight > 0 and reports[1].token_cue_share["question_mark"] == 0.0

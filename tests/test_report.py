@@ -4,6 +4,7 @@ import json
 import re
 
 import numpy as np
+import pydantic
 import pytest
 
 from assay.report import Report, evaluate_method, load_report, report_json_schema
@@ -47,7 +48,7 @@ def test_report_round_trips_through_json(report, tmp_path):
 def test_schema_rejects_bad_results(report):
     bad = json.loads(report.model_dump_json())
     bad["results"][0]["auroc"] = "high"
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match=r"results\.0\.auroc"):
         Report.model_validate(bad)
 
 
