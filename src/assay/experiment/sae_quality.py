@@ -31,7 +31,8 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
     random perturbation of the same per-token norm. Cached beside each SAE."""
     from assay.sae.corpus import held_out_texts
     from assay.sae.io import load_sae
-    from assay.sae.metrics import ce_recovered, plot_frequency_histogram, reconstruction_stats, text_batches
+    from assay.sae.metrics import ce_recovered, text_batches
+    from assay.sae.recipe import evaluate_sae
 
     spec = cfg.sae
     var = _dim_variance(val_tokens)
@@ -46,12 +47,10 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
             rows[(name, seed)] = read_json(cache)
             continue
         sae = load_sae(path, device=str(lm.device))
-        stats = reconstruction_stats(sae, val_tokens, outlier_dims=outliers)
-        freq = stats.pop("freq")
-        plot_frequency_histogram(freq, path / "freq_hist.png", title=f"{name} (seed {seed}): latent firing frequency")
+        stats = evaluate_sae(sae, val_tokens, path / "freq_hist.png", f"{name} (seed {seed}): latent firing frequency",
+                             outlier_dims=outliers)
         training = read_json(path / "training.json")
-        stats.update(sae=name, seed=seed, corpus=by_name(name).corpus, path=str(path), d_sae=int(sae.cfg.d_sae),
-                     architecture=sae.architecture, freq_hist=str(path / "freq_hist.png"),
+        stats.update(sae=name, seed=seed, corpus=by_name(name).corpus, path=str(path),
                      dead_in_training=(training.get("dead_in_training") or {}).get(name),
                      training_tokens=training.get("tokens"), outlier_dims=outliers.tolist())
         rows[(name, seed)] = stats

@@ -30,7 +30,7 @@ from assay.runtime import cache_dir
 log = logging.getLogger(__name__)
 
 SAE_CODE = ("assay.sae.base", "assay.sae.trainer", "assay.sae.buffer", "assay.sae.sparse", "assay.sae.architectures",
-            "assay.sae.corpus", "assay.sae.io", "assay.sae.resample", "assay.experiment.saes")
+            "assay.sae.corpus", "assay.sae.io", "assay.sae.resample", "assay.sae.recipe", "assay.experiment.saes")
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,9 @@ def by_name(name: str) -> StudySAE:
 def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
                      progress: bool = True) -> dict[tuple[str, int], Path]:
     """Train (or reuse) every study SAE for every seed; returns (name, seed) -> directory."""
-    from assay.sae import build_sae
     from assay.sae.base import sparsity_kwargs
-    from assay.sae.io import load_sae
-    from assay.sae.resample import resample_latents_
-    from assay.sae.trainer import TrainConfig, Trainer
+    from assay.sae.recipe import initial_saes, sae_metadata, train_saes
+    from assay.sae.trainer import TrainConfig
 
     spec = cfg.sae
     corpora = Corpora(lm, cfg, exclude, progress)
@@ -125,29 +123,21 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
             if (path / "sae_weights.safetensors").exists() and (path / "cfg.json").exists():
                 log.info("reusing SAE %s (seed %d) from %s", sae.name, seed, path)
                 continue
-            if sae.parent:
-                model = load_sae(out[(sae.parent, seed)], device=str(lm.device))
-                if spec.resample_fraction > 0:
-                    resample_latents_(model, spec.resample_fraction, how="random", seed=seed)
-            else:
-                model = build_sae(spec.arch, d_in=lm.d_model, d_sae=spec.width, seed=seed,
-                                  **sparsity_kwargs(spec.arch, spec.k))
+            model = next(iter(initial_saes(
+                lm.d_model, [spec.arch], spec.width, seed, {spec.arch: sparsity_kwargs(spec.arch, spec.k)},
+                finetune_from=out[(sae.parent, seed)] if sae.parent else None, resample=spec.resample_fraction,
+                device=str(lm.device)).values()))
             n_tokens = spec.finetune_tokens if sae.parent else {"wiki": spec.pretrain_tokens, "chat": spec.chat_tokens}[sae.corpus]
-            meta = {
-                "model_name": lm.name, "hook_name": f"blocks.{cfg.layer}.hook_resid_post", "assay_layer": cfg.layer,
-                "corpus": sae.corpus, "study_sae": sae.name, "seed": seed, "model_fingerprint": lm.fingerprint,
-                "context_size": spec.max_tokens, "dataset_path": f"assay:{sae.corpus}",
-                "finetuned_from": str(out[(sae.parent, seed)]) if sae.parent else None,
-                "excluded_benchmark_requests": len(exclude),
-            }
+            meta = sae_metadata(lm, cfg.layer, sae.corpus, spec.max_tokens, study_sae=sae.name, seed=seed,
+                                finetuned_from=str(out[(sae.parent, seed)]) if sae.parent else None,
+                                excluded_benchmark_requests=len(exclude))
             train_cfg = TrainConfig(total_tokens=n_tokens * spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
                                     seed=seed, checkpoint_every=50, progress=progress,
                                     lr_warmup_steps=0 if sae.parent else 100,
                                     search_dtype="bfloat16" if lm.dtype == torch.bfloat16 else None)
             log.info("training SAE %s seed %d (%s, %d latents) on %d %s tokens x %d epochs", sae.name, seed, spec.arch,
                      spec.width, n_tokens, sae.corpus, spec.epochs)
-            trainer = Trainer({sae.name: model}, train_cfg, path, metadata=meta)
-            trainer.fit((c.to(lm.device) for c in corpora.stream(sae, seed)),
-                        resume=(path / "checkpoint.pt").exists())
+            train_saes({sae.name: model}, corpora.stream(sae, seed), path, train_cfg, meta, device=lm.device,
+                       resume=(path / "checkpoint.pt").exists())
             (path / "checkpoint.pt").unlink(missing_ok=True)
     return out

@@ -95,12 +95,11 @@ def train(
     from assay.models import load
     from assay.models.loading import check_layer
     from assay.runtime import cache_dir
-    from assay.sae.base import build_sae
+    from assay.sae.checks import check_sae_fits
     from assay.sae.corpus import activation_stream
-    from assay.sae.io import load_sae
     from assay.sae.metrics import reconstruction_stats
-    from assay.sae.resample import resample_latents_
-    from assay.sae.trainer import TrainConfig, Trainer
+    from assay.sae.recipe import initial_saes, sae_metadata, train_saes
+    from assay.sae.trainer import TrainConfig
 
     archs = [a.strip() for a in arch.split(",") if a.strip()]
     n_tokens = int(tokens)
@@ -122,38 +121,27 @@ def train(
     def stream():
         return activation_stream(lm, corpus, layer, n_tokens, seed=seed, max_tokens=max_tokens, epochs=epochs)
 
-    saes = {}
-    if finetune_from:
-        from assay.sae.checks import check_sae_fits
+    def least_used(sae):  # firing frequencies on the first 64k tokens, to re-initialise the rarest
+        sample = []
+        for chunk in stream():
+            sample.append(chunk.to(lm.device))
+            if sum(len(c) for c in sample) >= 65536:
+                break
+        return reconstruction_stats(sae, sample)["freq"]
 
-        sae = load_sae(finetune_from, device=str(lm.device))
-        check_sae_fits(sae, lm.d_model, layer, str(finetune_from))
-        if resample > 0:
-            freq = None
-            if resample_how == "least_used":
-                sample = []
-                for chunk in stream():
-                    sample.append(chunk)
-                    if sum(len(c) for c in sample) >= 65536:
-                        break
-                freq = reconstruction_stats(sae, [c.to(lm.device) for c in sample])["freq"]
-            idx = resample_latents_(sae, resample, how=resample_how, freq=freq, seed=seed)
-            typer.echo(f"re-initialised {len(idx)} latents ({resample_how})")
-        saes[sae.architecture] = sae
-    else:
-        for a in archs:
-            saes[a] = build_sae(a, d_in=lm.d_model, d_sae=width, seed=seed, **_arch_kwargs(a, k, l1, l0_coeff, omega))
-    meta = {
-        "model_name": lm.name, "hook_name": f"blocks.{layer}.hook_resid_post", "hook_head_index": None,
-        "prepend_bos": True, "context_size": max_tokens, "dataset_path": f"assay:{corpus}",
-        "assay_layer": layer, "corpus": corpus, "model_fingerprint": lm.fingerprint,
-        "finetuned_from": str(finetune_from) if finetune_from else None, "resampled_fraction": resample,
-    }
+    saes = initial_saes(lm.d_model, archs, width, seed, {a: _arch_kwargs(a, k, l1, l0_coeff, omega) for a in archs}
+                        if not finetune_from else {}, finetune_from=finetune_from, resample=resample,
+                        resample_how=resample_how, freq=least_used if resample_how == "least_used" else None,
+                        check=lambda sae: check_sae_fits(sae, lm.d_model, layer, str(finetune_from)),
+                        device=str(lm.device))
+    if finetune_from and resample > 0:
+        typer.echo(f"re-initialised {int(round(resample * next(iter(saes.values())).cfg.d_sae))} latents ({resample_how})")
+    meta = sae_metadata(lm, layer, corpus, max_tokens, finetuned_from=str(finetune_from) if finetune_from else None,
+                        resampled_fraction=resample)
     cfg = TrainConfig(total_tokens=n_tokens * epochs, batch_size=batch_size, lr=lr, seed=seed,
                       sparsity_warmup_steps=sparsity_warmup, checkpoint_every=checkpoint_every)
     torch.manual_seed(seed)
-    trainer = Trainer(saes, cfg, out, metadata=meta)
-    trainer.fit((c.to(lm.device) for c in stream()), resume=resume)
+    trainer = train_saes(saes, stream(), out, cfg, meta, device=lm.device, resume=resume)
     if trainer.state.step < cfg.total_steps:
         typer.secho(f"warning: SHORT RUN, {trainer.state.step} of {cfg.total_steps} steps: the corpus ran out "
                     f"({trainer.state.tokens_seen} tokens trained on); training.json says complete: false",
@@ -180,7 +168,8 @@ def evaluate(
     from assay.provenance import provenance
     from assay.sae.corpus import activation_stream, held_out_texts
     from assay.sae.io import load_sae
-    from assay.sae.metrics import ce_recovered, plot_frequency_histogram, plot_sweep, reconstruction_stats, text_batches
+    from assay.sae.metrics import plot_sweep, text_batches
+    from assay.sae.recipe import evaluate_sae
 
     from assay.errors import ConfigMismatchError
     from assay.models.peek import check_layers
@@ -207,13 +196,13 @@ def evaluate(
         sae = sae.to(lm.device)
         texts = held_out_texts(corp, lm.tokenizer, int(tokens), 256, seed=seed)
         held = list(activation_stream(lm, corp, layer, int(tokens), texts=texts, seed=seed, max_tokens=256))
-        stats = reconstruction_stats(sae, [c.to(lm.device) for c in held])
-        freq = stats.pop("freq")
-        plot_frequency_histogram(freq, d / "freq_hist.png", title=f"{sae.architecture} L{layer}")
+        ce_batches = None
         if ce_texts:
             ce_src = held_out_texts(corp, lm.tokenizer, ce_texts * 129, 128, seed=seed, skip=len(texts))[:ce_texts]
-            stats.update(ce_recovered(lm, sae, layer, text_batches(lm.tokenizer, ce_src, 128, 8, lm.device)))
-        write_json(d / "eval.json", provenance(sae=str(d), architecture=sae.architecture, layer=layer, corpus=corp, **stats))
+            ce_batches = text_batches(lm.tokenizer, ce_src, 128, 8, lm.device)
+        stats = evaluate_sae(sae, [c.to(lm.device) for c in held], d / "freq_hist.png", f"{sae.architecture} L{layer}",
+                             lm=lm, layer=layer, ce_batches=ce_batches)
+        write_json(d / "eval.json", provenance(sae=str(d), layer=layer, corpus=corp, **stats))
         typer.echo(f"{d}: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
         points.append({"arch": sae.architecture, **stats})
     if len(dirs) > 1:
