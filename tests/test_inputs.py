@@ -17,13 +17,17 @@ from conftest import PROMPTS
 
 def test_every_method_has_a_spec_naming_only_what_it_reads():
     for name, m in METHODS.items():
-        spec = InputSpec.for_method(name, aggregation="resp-5", layer=1, model="m", sae="s", max_tokens=7)
+        one_vector = m.reads == "pooled" or m.reads_sae
+        spec = InputSpec.for_method(name, aggregation="resp-5" if one_vector else None, layer=1, model="m", sae="s",
+                                    max_tokens=7)
         assert spec.reads == m.reads
-        assert (spec.aggregation == "resp-5") == (m.reads == "pooled" or m.reads_sae), name
+        assert spec.aggregation == ("resp-5" if one_vector else None), name
         assert (spec.sae is not None) == m.reads_sae and (spec.max_tokens is not None) == (m.reads == "tokens")
         assert (spec.layer is None) == (m.reads in ("text", "sentence-embedding"))
     assert InputSpec.for_method("attention", max_tokens=64).label == "tokens:all[-64:]"
     assert InputSpec.for_method("tfidf").label == "text" and InputSpec.for_method("lda", aggregation="all.max").label == "all.max"
+    with pytest.raises(InputError, match="does not apply"):
+        InputSpec.for_method("attention", aggregation="all.max")
     with pytest.raises(InputError, match="--sae"):
         InputSpec.for_method("k-sparse")
     with pytest.raises(InputError, match="unknown aggregation"):

@@ -33,7 +33,7 @@ def _json_edit(path: Path, change) -> None:
 def _entry_then(fx: Fixtures, damage):
     """Extract the good CSV into the case's own cache ({w}/cache), then damage the entry."""
     def setup(work: Path) -> None:
-        _assay("activations", "extract", str(fx.data_csv), "--model", str(fx.model), "--layers", "1",
+        _assay("activations", "extract", "--data", str(fx.data_csv), "--model", str(fx.model), "--layer", "1",
                cache=work / "cache")
         (entry,) = [p for p in (work / "cache" / "activations").iterdir() if p.is_dir()]
         damage(entry)
@@ -55,7 +55,7 @@ def _same_as_fresh(fx: Fixtures):
     def check(work: Path, proc) -> str | None:
         from safetensors.torch import load_file
 
-        _assay("activations", "extract", str(fx.data_csv), "--model", str(fx.model), "--layers", "1",
+        _assay("activations", "extract", "--data", str(fx.data_csv), "--model", str(fx.model), "--layer", "1",
                cache=work / "fresh")
 
         def tensors(root: Path) -> dict:
@@ -79,18 +79,18 @@ def _cache_gone(work: Path, proc) -> str | None:
 
 def _cache_cases(fx: Fixtures) -> list[Case]:
     m = str(fx.model)
-    extract = ["activations", "extract", str(fx.data_csv), "--model", m]
+    extract = ["activations", "extract", "--data", str(fx.data_csv), "--model", m]
     own = {"ASSAY_CACHE": "{w}/cache"}
     rebuilt = dict(expect="ok", env=own, check=_same_as_fresh(fx))
     return [
-        Case("cache", "manifest-count-edited-rebuilt", extract + ["--layers", "1"],
+        Case("cache", "manifest-count-edited-rebuilt", extract + ["--layer", "1"],
              setup=_entry_then(fx, _manifest_edit(_shrink)), **rebuilt),
-        Case("cache", "manifest-complete-shard-record-null-rebuilt", extract + ["--layers", "1"],
+        Case("cache", "manifest-complete-shard-record-null-rebuilt", extract + ["--layer", "1"],
              setup=_entry_then(fx, _manifest_edit(lambda o: o["shards"].__setitem__(0, None))), **rebuilt),
-        Case("cache", "manifest-shard-path-escapes-rebuilt", extract + ["--layers", "1"],
+        Case("cache", "manifest-shard-path-escapes-rebuilt", extract + ["--layer", "1"],
              setup=_entry_then(fx, _manifest_edit(lambda o: o["shards"][0].update(file="../../../etc/hostname"))),
              **rebuilt),
-        Case("cache", "manifest-d-model-edited-rebuilt", extract + ["--layers", "1"],
+        Case("cache", "manifest-d-model-edited-rebuilt", extract + ["--layer", "1"],
              setup=_entry_then(fx, _manifest_edit(lambda o: o.update(d_model=32))), **rebuilt),
         Case("cache", "manifest-empty-file-probe-train", ["probe", "train", "--data", str(fx.data_csv), "--out",
                                                           "{w}/p", "--model", m, "--layer", "1", "--aggregation", "all.mean"],
@@ -104,15 +104,15 @@ def _cache_cases(fx: Fixtures) -> list[Case]:
              setup=_entry_then(fx, lambda e: (e / "manifest.json").write_text("{garbled")), check=_cache_gone),
         Case("cache", "rm-empty-key", ["activations", "rm", ""]),
         Case("cache", "list-empty-cache", ["activations", "list"], expect="ok", env=own),
-        Case("cache", "cache-root-is-a-file", extract + ["--layers", "1"], env={"ASSAY_CACHE": "{w}/file"},
+        Case("cache", "cache-root-is-a-file", extract + ["--layer", "1"], env={"ASSAY_CACHE": "{w}/file"},
              setup=lambda w: (w / "file").write_text("not a folder")),
-        Case("cache", "extract-token-budget-negative", extract + ["--layers", "1", "--token-budget=-5"]),
-        Case("cache", "extract-max-tokens-one", extract + ["--layers", "1", "--max-tokens", "1"]),
-        Case("cache", "extract-max-tokens-below-template", extract + ["--layers", "1", "--max-tokens", "3"]),
-        Case("cache", "extract-dtype-unknown", extract + ["--layers", "1", "--dtype", "float8"]),
-        Case("cache", "extract-layer-astronomical", extract + ["--layers", "99999999999999999999"]),
-        Case("cache", "extract-feature-resp-zero", extract + ["--layers", "1", "--features", "resp-0"]),
-        Case("cache", "extract-layers-float", extract + ["--layers", "1.5"]),
+        Case("cache", "extract-token-budget-negative", extract + ["--layer", "1", "--token-budget=-5"]),
+        Case("cache", "extract-max-tokens-one", extract + ["--layer", "1", "--max-tokens", "1"]),
+        Case("cache", "extract-max-tokens-below-template", extract + ["--layer", "1", "--max-tokens", "3"]),
+        Case("cache", "extract-dtype-unknown", extract + ["--layer", "1", "--dtype", "float8"]),
+        Case("cache", "extract-layer-astronomical", extract + ["--layer", "99999999999999999999"]),
+        Case("cache", "extract-feature-resp-zero", extract + ["--layer", "1", "--aggregation", "resp-0"]),
+        Case("cache", "extract-layers-float", extract + ["--layer", "1.5"]),
     ]
 
 
@@ -124,6 +124,13 @@ def _probe(fx: Fixtures, out: Path, *extra: str) -> None:
 
 def _logistic(fx: Fixtures, out: Path, layer: int = 1) -> None:
     _probe(fx, out, "--model", str(fx.model), "--layer", str(layer), "--aggregation", "all.mean")
+
+
+def _rehash(p: Path) -> None:
+    """Record probe.json's new digest in run.json, as a user covering an edit would."""
+    from assay.fileio import sha256_file
+
+    _json_edit(p / "run.json", lambda o: o["files_sha256"].update({"probe.json": sha256_file(p / "probe.json")}))
 
 
 def _probe_then(fx: Fixtures, damage):
@@ -196,9 +203,8 @@ def _saved_cases(fx: Fixtures) -> list[Case]:
     m, data = str(fx.model), str(fx.data_csv)
     ev = ["probe", "eval", "{w}/p", "--data", data, "--out", "{w}/r.json", "--n-boot", "20"]
     sae_eval = ["sae", "eval", "{w}/s", "--model", m]
-    sae_train = ["probe", "train", "--data", data, "--model", m, "--layer", "1", "--sae", "{w}/s", "--kind",
-                 "k_sparse", "--k", "2", "--aggregation", "all.mean", "--out", "{w}/p"]
-    no_digests = lambda o: [o.pop(k, None) for k in ("inputs_sha256", "files_sha256", "probe_kind")]  # noqa: E731
+    sae_train = ["probe", "train", "--data", data, "--model", m, "--layer", "1", "--sae", "{w}/s", "--method",
+                 "k-sparse", "--k", "2", "--aggregation", "all.mean", "--out", "{w}/p"]
     return [
         Case("saved", "eval-weights-from-another-layers-probe", ev, after=_no_report, setup=_probe_then(
             fx, lambda p: (_logistic(fx, p.parent / "p2", layer=2),
@@ -207,12 +213,14 @@ def _saved_cases(fx: Fixtures) -> list[Case]:
              setup=_probe_then(fx, lambda p: (p / "probe.json").write_text("{x"))),
         Case("saved", "eval-run-json-not-an-object", ev, setup=_probe_then(fx, lambda p: (p / "run.json").write_text("[1]"))),
         Case("saved", "eval-run-json-digest-removed", ev, after=_no_report,
-             setup=_probe_then(fx, lambda p: _json_edit(p / "run.json", lambda o: (
-                 o["inputs"].update(layer=2), o.pop("files_sha256"))))),
-        Case("saved", "eval-old-run-json-layer-string", ev, setup=_probe_then(fx, lambda p: _json_edit(
-            p / "run.json", lambda o: (no_digests(o), o["inputs"].update(layer="one"))))),
-        Case("saved", "eval-old-run-json-kind-edited", ev, after=_no_report, setup=_probe_then(fx, lambda p: _json_edit(
-            p / "run.json", lambda o: (no_digests(o), o["inputs"].update(kind="tfidf"))))),
+             setup=_probe_then(fx, lambda p: (_json_edit(p / "probe.json", lambda o: o["inputs"].update(layer=2)),
+                                              _json_edit(p / "run.json", lambda o: o.pop("files_sha256"))))),
+        Case("saved", "eval-run-json-digests-rewritten", ev, after=_no_report, setup=_probe_then(fx, lambda p: (
+            _json_edit(p / "probe.json", lambda o: o["inputs"].update(layer="one")),
+            _rehash(p)))),
+        Case("saved", "eval-old-probe-format", ev, after=_no_report, setup=_probe_then(fx, lambda p: (
+            _json_edit(p / "probe.json", lambda o: (o.pop("method"), o.update(kind="logistic"))),
+            _rehash(p)))),
         Case("saved", "eval-reused-folder-stale-baseline", ev, expect="ok", setup=_reused_folder(fx),
              check=_scored_as_logistic),
         Case("saved", "eval-second-probe-not-a-probe", ev[:3] + ["{w}"] + ev[3:], after=_no_report,

@@ -29,8 +29,8 @@ def _extracted_then_edited(fx: Fixtures):
     def setup(work: Path) -> None:
         shutil.copytree(fx.model, work / "m")
         env = {**os.environ, "ASSAY_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
-        subprocess.run([sys.executable, "-m", "assay.cli", "activations", "extract", str(fx.data_csv), "--model",
-                        str(work / "m"), "--layers", "1"], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "assay.cli", "activations", "extract", "--data", str(fx.data_csv), "--model",
+                        str(work / "m"), "--layer", "1"], env=env, check=True, capture_output=True)
         f = work / "m" / "model.safetensors"
         data = bytearray(f.read_bytes())
         mid = len(data) // 2
@@ -50,8 +50,8 @@ def _same_as_fresh(fx: Fixtures):
         from safetensors.torch import load_file
 
         env = {**os.environ, "ASSAY_CACHE": str(work / "fresh"), "HF_HUB_OFFLINE": "1"}
-        subprocess.run([sys.executable, "-m", "assay.cli", "activations", "extract", str(fx.data_csv), "--model",
-                        str(fx.model), "--layers", "1"], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "assay.cli", "activations", "extract", "--data", str(fx.data_csv), "--model",
+                        str(fx.model), "--layer", "1"], env=env, check=True, capture_output=True)
 
         def tensors(root: Path) -> dict:
             (entry,) = [p for p in (root / "activations").iterdir() if p.is_dir()]
@@ -67,20 +67,20 @@ def _extract_then(fx: Fixtures, damage, cache: str = "cache"):
     """Extract the good CSV into the case's own cache, then damage the entry."""
     def setup(work: Path) -> None:
         env = {**os.environ, "ASSAY_CACHE": str(work / cache), "HF_HUB_OFFLINE": "1"}
-        subprocess.run([sys.executable, "-m", "assay.cli", "activations", "extract", str(fx.data_csv), "--model",
-                        str(fx.model), "--layers", "1"], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "assay.cli", "activations", "extract", "--data", str(fx.data_csv), "--model",
+                        str(fx.model), "--layer", "1"], env=env, check=True, capture_output=True)
         (entry,) = [p for p in (work / cache / "activations").iterdir() if p.is_dir()]
         damage(entry)
     return setup
 
 
-def _probe_then(fx: Fixtures, damage, kind: str = "logistic"):
+def _probe_then(fx: Fixtures, damage, kind: str = "dense-logistic"):
     """Train a probe on the tiny model into {w}/p (shared fixture cache), then damage it."""
     def setup(work: Path) -> None:
         env = {**os.environ, "ASSAY_CACHE": str(fx.cache), "HF_HUB_OFFLINE": "1"}
         extra = ["--model", str(fx.model), "--layer", "1", "--aggregation", "all.mean"] if kind != "tfidf" else []
         subprocess.run([sys.executable, "-m", "assay.cli", "probe", "train", "--data", str(fx.data_csv), "--out",
-                        str(work / "p"), "--kind", kind, *extra], env=env, check=True, capture_output=True)
+                        str(work / "p"), "--method", kind, *extra], env=env, check=True, capture_output=True)
         damage(work / "p")
     return setup
 
@@ -112,7 +112,7 @@ def _truncate(path: Path) -> None:
 def cases(fx: Fixtures) -> list[Case]:
     m = str(fx.model)
     out: list[Case] = []  # user data files: cases_data.py
-    extract = ["activations", "extract", str(fx.data_csv), "--model"]
+    extract = ["activations", "extract", "--data", str(fx.data_csv), "--model"]
     out += [
         Case("models", "empty-name", ["models", "prepare", ""]),
         Case("models", "missing-path", ["models", "prepare", "{w}/nope"]),
@@ -135,13 +135,13 @@ def cases(fx: Fixtures) -> list[Case]:
         Case("models", "uncached-hub-id-offline", ["models", "prepare", "some-org/not-a-real-model"],
              check=None, timeout=30),
         Case("models", "dtype-unknown", ["models", "prepare", m, "--dtype", "int4"]),
-        Case("models", "extract-missing-model", extract + ["{w}/nope", "--layers", "1"]),
-        Case("models", "extract-layer-past-last-block", extract + [m, "--layers", "4"]),
-        Case("models", "extract-layers-not-numbers", extract + [m, "--layers", "a,b"]),
-        Case("models", "extract-no-layers", extract + [m, "--layers", ","]),
-        Case("models", "extract-negative-layer", extract + [m, "--layers", "-1"]),
-        Case("models", "changed-middle-bytes-new-key", ["activations", "extract", str(fx.data_csv), "--model", "{w}/m",
-                                                        "--layers", "1"], expect="ok", env={"ASSAY_CACHE": "{w}/cache"},
+        Case("models", "extract-missing-model", extract + ["{w}/nope", "--layer", "1"]),
+        Case("models", "extract-layer-past-last-block", extract + [m, "--layer", "4"]),
+        Case("models", "extract-layers-not-numbers", extract + [m, "--layer", "a"]),
+        Case("models", "extract-no-layers", extract + [m, "--layer", ""]),
+        Case("models", "extract-negative-layer", extract + [m, "--layer=-1"]),
+        Case("models", "changed-middle-bytes-new-key", ["activations", "extract", "--data", str(fx.data_csv), "--model", "{w}/m",
+                                                        "--layer", "1"], expect="ok", env={"ASSAY_CACHE": "{w}/cache"},
              setup=_extracted_then_edited(fx), check=_two_entries),
     ]
 
@@ -149,12 +149,12 @@ def cases(fx: Fixtures) -> list[Case]:
         return None
 
     out += [
-        Case("cache", "extract-unknown-feature", extract + [m, "--layers", "1", "--features", "all.median"]),
-        Case("cache", "extract-features-empty", extract + [m, "--layers", "1", "--features", ","]),
-        Case("cache", "extract-token-budget-zero", extract + [m, "--layers", "1", "--token-budget", "0"]),
-        Case("cache", "extract-max-tokens-zero", extract + [m, "--layers", "1", "--max-tokens", "0"]),
-        Case("cache", "extract-unknown-split", extract + [m, "--layers", "1", "--split", "nope"]),
-        Case("cache", "extract-missing-data", ["activations", "extract", "{w}/nope.csv", "--model", m, "--layers", "1"]),
+        Case("cache", "extract-unknown-feature", extract + [m, "--layer", "1", "--aggregation", "all.median"]),
+        Case("cache", "extract-features-empty", extract + [m, "--layer", "1", "--aggregation", ","]),
+        Case("cache", "extract-token-budget-zero", extract + [m, "--layer", "1", "--token-budget", "0"]),
+        Case("cache", "extract-max-tokens-zero", extract + [m, "--layer", "1", "--max-tokens", "0"]),
+        Case("cache", "extract-unknown-split", extract + [m, "--layer", "1", "--split", "nope"]),
+        Case("cache", "extract-missing-data", ["activations", "extract", "{w}/nope.csv", "--model", m, "--layer", "1"]),
         Case("cache", "rm-unknown-key", ["activations", "rm", "deadbeef"]),
         Case("cache", "rm-no-key", ["activations", "rm"]),
         Case("cache", "rm-absolute-path", ["activations", "rm", "{w}/victim"], setup=lambda w: (
@@ -164,7 +164,7 @@ def cases(fx: Fixtures) -> list[Case]:
              setup=lambda w: ((w / "victim").mkdir(), (w / "victim" / "manifest.json").write_text("{}"),
                               (w / "cache" / "activations").mkdir(parents=True)),
              after=lambda w: None if (w / "victim").exists() else "deleted a folder outside the cache"),
-        Case("cache", "manifest-invalid-json-extract-rebuilds", extract + [m, "--layers", "1"], expect="ok", check=_same_as_fresh(fx),
+        Case("cache", "manifest-invalid-json-extract-rebuilds", extract + [m, "--layer", "1"], expect="ok", check=_same_as_fresh(fx),
              env={"ASSAY_CACHE": "{w}/cache"},
              setup=_extract_then(fx, lambda e: (e / "manifest.json").write_text("{oops"))),
         Case("cache", "manifest-invalid-json-list-survives", ["activations", "list"], expect="ok",
@@ -174,11 +174,11 @@ def cases(fx: Fixtures) -> list[Case]:
                                                            "--model", m, "--layer", "1", "--aggregation", "all.mean"],
              expect="ok", env={"ASSAY_CACHE": "{w}/cache"},
              setup=_extract_then(fx, lambda e: _json_edit(e / "manifest.json", lambda o: o.update(shards="x")))),
-        Case("cache", "shard-truncated-reextracted", extract + [m, "--layers", "1"], expect="ok", check=_same_as_fresh(fx),
+        Case("cache", "shard-truncated-reextracted", extract + [m, "--layer", "1"], expect="ok", check=_same_as_fresh(fx),
              env={"ASSAY_CACHE": "{w}/cache"}, setup=_extract_then(fx, lambda e: _truncate(next(e.glob("shard-*"))))),
-        Case("cache", "shard-deleted-reextracted", extract + [m, "--layers", "1"], expect="ok", check=_same_as_fresh(fx),
+        Case("cache", "shard-deleted-reextracted", extract + [m, "--layer", "1"], expect="ok", check=_same_as_fresh(fx),
              env={"ASSAY_CACHE": "{w}/cache"}, setup=_extract_then(fx, lambda e: next(e.glob("shard-*")).unlink())),
-        Case("cache", "digest-cache-corrupt", extract + [m, "--layers", "1"], expect="ok",
+        Case("cache", "digest-cache-corrupt", extract + [m, "--layer", "1"], expect="ok",
              env={"ASSAY_CACHE": "{w}/cache"},
              setup=lambda w: ((w / "cache").mkdir(), (w / "cache" / "file-digests.json").write_text("{nope"))),
     ]
@@ -188,19 +188,18 @@ def cases(fx: Fixtures) -> list[Case]:
     out += [
         Case("saved", "eval-not-a-probe", ["probe", "eval", "{w}", "--data", str(fx.data_csv), "--out", "{w}/r.json"]),
         Case("saved", "eval-run-json-invalid", ev, setup=_probe_then(fx, lambda p: (p / "run.json").write_text("{x"), "tfidf")),
-        Case("saved", "eval-run-json-edited-layer", ev, after=no_report,
-             setup=_probe_then(fx, lambda p: _json_edit(p / "run.json", lambda o: o["inputs"].update(layer=2)))),
-        Case("saved", "eval-run-json-edited-feature", ev, after=no_report,
-             setup=_probe_then(fx, lambda p: _json_edit(p / "run.json", lambda o: o["inputs"].update(feature="all.max")))),
-        Case("saved", "eval-run-json-edited-kind", ev, after=no_report,
-             setup=_probe_then(fx, lambda p: _json_edit(p / "run.json", lambda o: (
-                 o["inputs"].update(kind="diff_mean"), o.pop("inputs_sha256"))))),
+        Case("saved", "eval-probe-json-edited-layer", ev, after=no_report,
+             setup=_probe_then(fx, lambda p: _json_edit(p / "probe.json", lambda o: o["inputs"].update(layer=2)))),
+        Case("saved", "eval-probe-json-edited-aggregation", ev, after=no_report,
+             setup=_probe_then(fx, lambda p: _json_edit(p / "probe.json", lambda o: o["inputs"].update(aggregation="all.max")))),
+        Case("saved", "eval-probe-json-edited-reads", ev, after=no_report,
+             setup=_probe_then(fx, lambda p: _json_edit(p / "probe.json", lambda o: o["inputs"].update(reads="text")))),
         Case("saved", "eval-probe-weights-missing", ev,
              setup=_probe_then(fx, lambda p: (p / "probe.safetensors").unlink())),
         Case("saved", "eval-probe-weights-truncated", ev,
              setup=_probe_then(fx, lambda p: _truncate(p / "probe.safetensors"))),
-        Case("saved", "eval-probe-json-kind-edited", ev,
-             setup=_probe_then(fx, lambda p: _json_edit(p / "probe.json", lambda o: o.update(kind="k_sparse")))),
+        Case("saved", "eval-probe-json-method-edited", ev, after=no_report,
+             setup=_probe_then(fx, lambda p: _json_edit(p / "probe.json", lambda o: o.update(method="k-sparse")))),
         Case("saved", "eval-target-fpr-above-one", ev + ["--target-fpr", "2"], setup=_probe_then(fx, lambda p: None, "tfidf")),
         Case("saved", "eval-target-fpr-zero", ev + ["--target-fpr", "0"], setup=_probe_then(fx, lambda p: None, "tfidf")),
         Case("saved", "eval-n-boot-zero", ev[:-2] + ["--n-boot", "0"], setup=_probe_then(fx, lambda p: None, "tfidf")),

@@ -81,7 +81,7 @@ def _loaded(work: Path, proc) -> str | None:
 def cases(fx: Fixtures) -> list[Case]:
     m = str(fx.model)
     prep = ["models", "prepare"]
-    extract = ["activations", "extract", str(fx.data_csv), "--model"]
+    extract = ["activations", "extract", "--data", str(fx.data_csv), "--model"]
     no_hub = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "https://127.0.0.1:9"}
     return [
         Case("models", "blank-name", prep + ["   "]),
@@ -93,25 +93,25 @@ def cases(fx: Fixtures) -> list[Case]:
         Case("models", "config-is-a-folder", prep + ["{w}/m"], setup=_copy(fx, _config_dir)),
         Case("models", "config-contradicts-itself", prep + ["{w}/m"],
              setup=_copy(fx, _edit_config('"num_hidden_layers": 4', '"num_hidden_layers": 2'))),
-        Case("models", "extract-config-contradicts-itself", extract + ["{w}/m", "--layers", "1"],
+        Case("models", "extract-config-contradicts-itself", extract + ["{w}/m", "--layer", "1"],
              setup=_copy(fx, _edit_config('"num_hidden_layers": 4', '"num_hidden_layers": 2'))),
         Case("models", "config-shape-mismatch", prep + ["{w}/m"],
              setup=_copy(fx, _edit_config('"hidden_size": 64', '"hidden_size": 96'))),
-        Case("models", "weights-missing-a-tensor", extract + ["{w}/m", "--layers", "1"], setup=_copy(fx, _drop_tensor)),
+        Case("models", "weights-missing-a-tensor", extract + ["{w}/m", "--layer", "1"], setup=_copy(fx, _drop_tensor)),
         Case("models", "weights-random-bytes", prep + ["{w}/m"], setup=_copy(fx, _garbage_weights)),
         Case("models", "weights-empty-file", prep + ["{w}/m"],
              setup=_copy(fx, lambda d: (d / "model.safetensors").write_bytes(b""))),
         Case("models", "weights-pickle-garbage", prep + ["{w}/m"], setup=_copy(fx, _pickle_garbage)),
         Case("models", "tokenizer-json-corrupt", prep + ["{w}/m"],
              setup=_copy(fx, lambda d: (d / "tokenizer.json").write_text('{"model": '))),
-        Case("models", "tokenizer-of-another-model", extract + ["{w}/m", "--layers", "1"], setup=_copy(fx, _other_tokenizer)),
+        Case("models", "tokenizer-of-another-model", extract + ["{w}/m", "--layer", "1"], setup=_copy(fx, _other_tokenizer)),
         Case("models", "gguf-magic-then-garbage", prep + ["{w}/x.gguf"], setup=_file("x.gguf", b"GGUF" + os.urandom(4096))),
         Case("models", "gguf-empty-file", prep + ["{w}/x.gguf"], setup=_file("x.gguf", b"")),
         Case("models", "gguf-is-a-folder", prep + ["{w}/x.gguf"], setup=lambda w: (w / "x.gguf").mkdir()),
         Case("models", "hub-id-bad-characters", prep + ["bad id!!"]),
         # Not offline by setting, but no Hub: refused after one quick connection attempt, not ~1 min of retries.
         Case("models", "hub-unreachable-fails-fast", prep + ["some-org/not-cached-anywhere"], env=no_hub, timeout=30),
-        Case("models", "extract-layer-huge", extract + [m, "--layers", "99999999999999999999"]),
+        Case("models", "extract-layer-huge", extract + [m, "--layer", "99999999999999999999"]),
         # A garbled digest cache is ignored (and rewritten): the model still loads.
         Case("models", "digest-cache-corrupt", prep + [m], expect="ok", env={"ASSAY_CACHE": "{w}/cache"},
              setup=lambda w: ((w / "cache").mkdir(), (w / "cache" / "file-digests.json").write_text("{garbage")),

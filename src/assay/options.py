@@ -18,8 +18,9 @@ MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", help="HF id, local director
                      "gemma-3-270m.")
 LAYER = typer.Option(None, "--layer", "-l", help="Residual stream after this block (0-indexed); default: the "
                      "model's middle block (9 of 18 for the bundled model).")
-AGGREGATION = typer.Option("all.max", "--aggregation", "-a", help="How a prompt's tokens become one vector: "
-                           "'<mask>.<pool>' (mask all|user|lastN, pool mean|max|last) or 'resp-K'.")
+AGGREGATION = typer.Option(None, "--aggregation", "-a", help="How a prompt's tokens become one vector: "
+                           "'<mask>.<pool>' (mask all|user|lastN, pool mean|max|last) or 'resp-K'; default all.max "
+                           "(only for methods that read one vector per prompt).")
 DTYPE = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 for every forward pass (auto: bfloat16 "
                      "where this hardware multiplies in it at least 1.5x faster, else float32).")
 SEED = typer.Option(0, "--seed", help="Seed of every random choice (data sampling, initialisation, bootstrap).")

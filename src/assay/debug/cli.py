@@ -22,7 +22,7 @@ def latents_cmd(
     dtype: str = options.DTYPE,
     k: int = typer.Option(10, help="Latents the sparse probe may use."),
     select: str = typer.Option("mean_diff", help="mean_diff | l1"),
-    aggregation: str = options.AGGREGATION,
+    aggregation: Optional[str] = options.AGGREGATION,
     split: str = typer.Option("train", help="Split the probe is fitted and the latents are explained on."),
     top: int = typer.Option(5, help="Top tokens and examples shown per latent."),
     out: Optional[Path] = typer.Option(None, help="Write the full report as JSON here."),
@@ -47,7 +47,7 @@ def latents_cmd(
         raise typer.BadParameter(f"--k {k} / --top {top}: use at least 1")
     if select not in ("mean_diff", "l1"):
         raise typer.BadParameter(f"{select!r}: use mean_diff or l1", param_hint="--select")
-    Aggregation.parse(aggregation)
+    aggregation = str(Aggregation.parse(aggregation or "all.max"))
     sae = load_sae(sae_dir)  # a broken SAE fails before the model loads
     layer = options.resolve_layer(model, layer)
     ds = load_or_build(data)

@@ -59,7 +59,7 @@ def train(
     data: str = options.DATA,
     out: Path = typer.Option(..., help="Directory to write the probe into."),
     method: str = typer.Option("dense-logistic", help="A method of `assay probe methods`."),
-    aggregation: str = options.AGGREGATION,
+    aggregation: Optional[str] = options.AGGREGATION,
     model: str = options.MODEL,
     layer: Optional[int] = options.LAYER,
     sae: Optional[str] = typer.Option(None, help="SAE directory, for methods on SAE latents, reconstruction or error."),
@@ -235,6 +235,7 @@ def _read_run(path: Path, saes: dict[str, object] | None = None):
     from assay.fileio import read_json
     from assay.probes.base import CONFIG_FILE, WEIGHTS_FILE, load_probe
     from assay.probes.inputs import InputSpec
+    from assay.probes.methods import METHODS
     from assay.sae.io import load_sae
 
     where = path / RUN_FILE
@@ -259,10 +260,10 @@ def _read_run(path: Path, saes: dict[str, object] | None = None):
             raise ConfigMismatchError(f"{path / name} changed or was damaged after training (its sha256 differs from "
                                       f"the one in {RUN_FILE}); restore it or train the probe again")
     probe = load_probe(path)
-    try:
-        spec = InputSpec.from_dict(probe.inputs)
-    except TypeError as err:
-        raise ConfigMismatchError(f"{path / CONFIG_FILE} records no input spec ({err}); train the probe again") from None
+    spec = InputSpec.from_dict(probe.inputs)
+    if spec.reads != METHODS[probe.method].reads:
+        raise ConfigMismatchError(f"{path / CONFIG_FILE}: a {probe.method} probe reads {METHODS[probe.method].reads}, "
+                                  f"but its input spec says {spec.reads}; train the probe again")
     saes = {} if saes is None else saes
     if spec.sae and spec.sae not in saes:
         saes[spec.sae] = load_sae(spec.sae)

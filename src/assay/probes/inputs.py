@@ -47,6 +47,9 @@ class InputSpec:
         reads = get_method(method).reads
         if reads.startswith("sae-") and not sae:
             raise InputError(f"method {method!r} reads an SAE's {reads.removeprefix('sae-')}: pass --sae DIR")
+        if aggregation is not None and reads not in ("pooled", "sae-latents", "sae-reconstruction", "sae-error"):
+            raise InputError(f"method {method!r} reads {reads}, not one vector per prompt: an aggregation "
+                             f"({aggregation!r}) does not apply to it; leave --aggregation out")
         activations = reads not in ("text", "sentence-embedding")
         return cls(reads=reads,
                    aggregation=str(Aggregation.parse(aggregation or "all.max")) if reads == "pooled" or reads.startswith("sae-") else None,
@@ -54,7 +57,22 @@ class InputSpec:
                    sae=sae if reads.startswith("sae-") else None, max_tokens=max_tokens if reads == "tokens" else None)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
+    def from_dict(cls, d: Any) -> "InputSpec":
+        """A spec read back from a probe's `probe.json`, its fields' types checked."""
+        from assay.errors import ConfigMismatchError
+        from assay.probes.methods import READS
+
+        types = {"reads": str, "aggregation": (str, type(None)), "layer": (int, type(None)),
+                 "model": (str, type(None)), "sae": (str, type(None)), "max_tokens": (int, type(None))}
+        bad = "not an object" if not isinstance(d, dict) else next(
+            (f"{k}={d.get(k)!r}" for k, t in types.items() if not isinstance(d.get(k), t) or isinstance(d.get(k), bool)),
+            None) or (f"reads={d['reads']!r}" if d["reads"] not in READS else None)
+        if bad is None and set(d) - set(types):
+            bad = f"unknown fields {sorted(set(d) - set(types))}"
+        if bad:
+            raise ConfigMismatchError(f"the probe's input spec is malformed ({bad}); train the probe again")
+        if d["aggregation"] is not None:
+            Aggregation.parse(d["aggregation"])
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
