@@ -27,6 +27,7 @@ def _user_turns_of(tokenizer) -> dict[str, list[str]]:
             for c in sources.sharegpt_conversations()}
 
 
+@pytest.mark.slow  # builds the quick benchmark and reads all of ShareGPT
 def test_chat_corpus_excludes_benchmark_sharegpt_requests(tokenizer, exclude):
     assert len(exclude) > 100
     keys = {t.lower() for t in exclude}

@@ -91,8 +91,9 @@ def train(
     m = get_method(method)
     if sae is not None and not (Path(sae) / "cfg.json").is_file():
         raise typer.BadParameter(f"{sae} is not a saved SAE (no cfg.json)", param_hint="--sae")
+    reads_activations = m.reads not in ("text", "sentence-embedding")  # text methods never touch the model
     spec = InputSpec.for_method(method, aggregation=aggregation, model=model, sae=sae, max_tokens=max_tokens,
-                                layer=options.resolve_layer(model, layer))
+                                layer=options.resolve_layer(model, layer) if reads_activations else None)
     dtype = options.resolve_dtype_choice(dtype) if spec.model else "float32"
     takes = {f.name for f in dataclasses.fields(m.probe.Config)}
     probe = make_probe(method, seed=seed, **{o: v for o, v in (("k", k), ("select", select), ("window", window))
