@@ -44,6 +44,11 @@ for _name, _module in _GROUPS:
         raise
     app.add_typer(_sub, name=_name)
 
+# A single command rather than a group: `assay autointerp SAE_DIR`.
+from assay.autointerp.cli import autointerp_command  # noqa: E402  (typer only: keeps `assay --help` fast)
+
+app.command("autointerp")(autointerp_command)
+
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
