@@ -18,6 +18,8 @@ MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", help="HF id, local director
                      "gemma-3-270m.")
 LAYER = typer.Option(None, "--layer", "-l", help="Residual stream after this block (0-indexed); default: the "
                      "model's middle block (9 of 18 for the bundled model).")
+STUDY_LAYER = typer.Option(None, "--layer", "-l", help="Residual stream after this block (0-indexed); default: "
+                           "the layer whose dense probe is best on validation in the study's layer sweep.")
 AGGREGATION = typer.Option(None, "--aggregation", "-a", help="How a prompt's tokens become one vector: "
                            "'<mask>.<pool>' (mask all|user|lastN, pool mean|max|last) or 'resp-K'; default all.max "
                            "(only for methods that read one vector per prompt).")

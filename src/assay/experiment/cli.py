@@ -16,7 +16,11 @@ app = typer.Typer(help="Run a whole study: data, activations, SAEs, probes, base
 def harmful_intent(
     preset: str = typer.Option("quick", help="quick (minutes on a laptop CPU) | full (GDM's scale)."),
     model: str = options.MODEL,
-    layer: Optional[int] = options.LAYER,
+    layer: Optional[int] = options.STUDY_LAYER,
+    layer_sweep: bool = typer.Option(True, "--layer-sweep/--no-layer-sweep", help="Fit the dense probe at every layer "
+                                     "first (and, without --layer, use the layer best on validation)."),
+    layer_stride: Optional[int] = typer.Option(None, "--layer-stride", min=1, help="Sweep every N-th block (and always "
+                                               "the last, the middle one and a given --layer; default: the preset's)."),
     dtype: str = options.DTYPE,
     seed: int = options.SEED,
     seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train SAEs and stochastic probes with this many seeds (default: the preset's: quick 1, full 3)."),
@@ -56,6 +60,7 @@ def harmful_intent(
     methods = [n for n, m in METHODS.items()
                if not (no_attention and m.kind == "attention") and not (no_baselines and m.kind == "baseline")]
     cfg = StudyConfig.preset_config(preset, model=model, layer=layer, dtype=dtype, seed=seed, methods=methods,
+                                    layer_sweep=layer_sweep, **({"layer_stride": layer_stride} if layer_stride else {}),
                                     data=data, subsample=subsample, dtype_choice=why,
                                     **({"n_seeds": seeds} if seeds else {}))
     if sae_width or sae_tokens:
@@ -75,6 +80,7 @@ def harmful_intent(
 
 def _check_study_args(model: str, layer: int | None, data: str | None, subsample: int | None, sae_width: int | None,
                       sae_tokens: float | None) -> int | None:
+    # `layer` stays None when not given: the study's layer sweep chooses it on validation.
     """What can be checked in seconds, before an hour of work starts."""
     for name, value in (("--subsample", subsample), ("--sae-width", sae_width), ("--sae-tokens", sae_tokens)):
         if value is not None and not value >= 1:
@@ -84,7 +90,44 @@ def _check_study_args(model: str, layer: int | None, data: str | None, subsample
                                  "on; use at least 4", param_hint="--subsample")
     if data is not None and data not in ("quick", "full") and not Path(data).exists():
         raise typer.BadParameter(f"{data}: no such file or directory", param_hint="--data")
-    return options.resolve_layer(model, layer)
+    if layer is not None:
+        from assay.models.peek import check_layers
+
+        check_layers(model, [layer])
+    return layer
+
+
+@app.command("layers")
+def layers(
+    preset: str = typer.Option("quick", help="quick | full: the benchmark (and the quick preset's layer stride)."),
+    model: str = options.MODEL,
+    dtype: str = options.DTYPE,
+    seed: int = options.SEED,
+    data: Optional[str] = typer.Option(None, help="Benchmark directory or user JSONL/CSV (text,label,split) instead of the preset's."),
+    layer_stride: Optional[int] = typer.Option(None, "--layer-stride", min=1, help="Sweep every N-th block (default: the preset's)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default runs/layers-<preset>)."),
+) -> None:
+    """The study's layer sweep alone: the dense probe at every layer, the layer chosen on validation.
+
+    The same sweep `harmful-intent` runs first (same data, splits, probe and rule), without the
+    rest of the study: writes layer_sweep.json, layer_sweep.png and layer_sweep.md."""
+    from rich import print as rprint
+
+    from assay.experiment import StudyConfig
+    from assay.experiment.layers import write_sweep
+    from assay.experiment.study import Study
+
+    if preset not in ("quick", "full"):
+        raise typer.BadParameter(f"unknown preset {preset!r}: use quick or full", param_hint="--preset")
+    _check_study_args(model, None, data, None, None, None)
+    dtype = options.resolve_dtype_choice(dtype)
+    cfg = StudyConfig.preset_config(preset, model=model, dtype=dtype, seed=seed, data=data,
+                                    **({"layer_stride": layer_stride} if layer_stride else {}))
+    out = out or Path("runs") / f"layers-{preset}"
+    study = Study(cfg, out)
+    study.prepare()
+    text = write_sweep(study.layer_sweep, out, cfg, study.timings)
+    rprint(f"{text}\n({out}/layer_sweep.md, layer_sweep.png, layer_sweep.json)")
 
 
 @app.command("readme")

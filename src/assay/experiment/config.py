@@ -36,8 +36,12 @@ class StudyConfig(BaseModel):
     data: str | None = Field(None, description="A benchmark directory or user JSONL/CSV to use instead of the preset's benchmark.")
     subsample: int | None = Field(None, description="At most this many examples per split and class (smoke runs).")
     model: str = Field("gemma-3-270m", description="HF id, local path, .gguf file or the bundled default.")
-    layer: int | None = Field(None, description="Residual stream after this block (0-indexed); None: the model's "
-                              "middle block (9 of 18 for the bundled model), fixed once the model is loaded.")
+    layer: int | None = Field(None, description="Residual stream after this block (0-indexed); None: the layer whose "
+                              "dense probe is best on validation in the layer sweep (the middle block without one), "
+                              "fixed once the model is loaded.")
+    layer_sweep: bool = Field(True, description="Fit the dense probe at every layer (one forward pass), plot it, and, "
+                              "when `layer` is None, use the layer best on validation.")
+    layer_stride: int = Field(1, ge=1, description="Sweep every N-th block (and always the last, the middle one and a given `layer`).")
     dtype: str = Field("float32", description="Model dtype for every forward pass.")
     dtype_choice: dict = Field({}, description="How the dtype was chosen (the matmul speeds measured in the same run); "
                                "a record only, in no cache key.")
@@ -86,10 +90,10 @@ class StudyConfig(BaseModel):
             base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=3, stability_resamples=10)
         elif preset == "quick":
             # Sized for a 2-core CPU in minutes: extraction dominates, so the SAEs see few unique
-            # tokens, several times over; one seed.
+            # tokens, several times over; one seed; the layer sweep reads every other block.
             sae = SAESpec(width=2048, k=32, pretrain_tokens=100_000, chat_tokens=100_000, finetune_tokens=50_000,
                           epochs=3, max_tokens=256, batch_size=2048, eval_texts=64, eval_max_tokens=64)
-            base = cls(preset="quick", n_boot=500, sae=sae, stability_resamples=10)
+            base = cls(preset="quick", n_boot=500, sae=sae, stability_resamples=10, layer_stride=2)
         else:
             raise ValueError(f"unknown preset {preset!r}: use quick or full")
         return base.model_copy(update=overrides)

@@ -232,7 +232,11 @@ def findings(report: Any) -> list[Any]:
             "", f"{what} ({label(ref)}): calib AUROC {w.result(ref, 'calib')}, OOD {w.with_ci(ref, 'ood')}: "
             f"{verdict} the dense probe OOD (dense minus it {d}).", None))
 
-    # 7. Why difference of means fails.
+    # 7. Which layer.
+    if report.diagnostics.get("layer_sweep"):
+        out.append(layer_finding(report.diagnostics["layer_sweep"], w))
+
+    # 8. Why difference of means fails.
     dm = report.diagnostics.get("diff_of_means", [])
     if dm:
         i = max(range(len(dm)), key=lambda j: dm[j]["top8_variance_share"])
@@ -248,7 +252,7 @@ def findings(report: Any) -> list[Any]:
             f"(val AUROC {v.get('diff-of-means', 'n/a')}); standardised {v.get('diff-of-means-std', 'n/a')}; whitened "
             f"(LDA) {v.get('lda', 'n/a')}; logistic regression {v.get('dense-logistic', 'n/a')}.", None))
 
-    # 8. What the SAE's reconstruction costs the model, and why.
+    # 9. What the SAE's reconstruction costs the model, and why.
     q = next((q for q in report.sae_quality if q.sae == "pretrain" and q.seed == cfg["seed"] and q.delta_lm_loss is not None), None)
     if q is not None:
         sref = _quality_ref(q)
@@ -271,7 +275,7 @@ def findings(report: Any) -> list[Any]:
             f"[{f3(q.delta_lm_loss_ci.low)}, {f3(q.delta_lm_loss_ci.high)}]) at FVU {fv}. FVU is dominated by a few "
             f"massive-activation dimensions: without the 8 highest-variance ones it is {fo}. " + random_txt, None))
 
-    # 9. How stable the k-sparse latent choice is.
+    # 10. How stable the k-sparse latent choice is.
     stab = report.diagnostics.get("latent_stability", [])
     if stab:
         parts = []
@@ -284,6 +288,39 @@ def findings(report: Any) -> list[Any]:
             f"overlap with the full-data choice {', '.join(parts)} (1 = always the same latents; over "
             f"{len(stab)} SAE x aggregation x selector configurations, {stab[0]['resamples']} resamples each).", None))
     return out
+
+
+def layer_finding(sweep: dict[str, Any], w: "_Writer | None" = None) -> Any:
+    """Which layer the sweep chose, on validation, and what reading it (or several) buys, like for like
+    (`w` collects the citations when the finding goes into a report)."""
+    w = w or _Writer(None)
+    rows, used = sweep["rows"], sweep["used"]
+    at = {(r["layer"], r["aggregation"]): (i, r) for i, r in enumerate(rows)}
+    agg = max(sweep["aggregations"], key=lambda a: (at[(used, a)][1]["val_auroc"], a))  # best on val at that layer
+    i, r = at[(used, agg)]
+    cite = lambda j, m: w.value("diagnostic", f"layer_sweep/rows/{j}/{m}", rows[j][m])  # noqa: E731
+
+    def versus(a: Any, b: Any) -> str:
+        j, c = next((j, c) for j, c in enumerate(sweep["comparisons"])
+                    if c["a"] == a and c["b"] == b and c["aggregation"] == agg and c["split"] == "ood")
+        d = w.value("diagnostic", f"layer_sweep/comparisons/{j}/diff", c["diff"], fmt=signed)
+        return f"{d} [{signed(c['low'])}, {signed(c['high'])}]"
+
+    how = ("chosen as the best on validation AUROC averaged over the aggregations" if sweep["how"] == "validation"
+           else f"given by the user (the validation rule would choose layer {sweep['chosen']})")
+    text = (f"Dense logistic probe at each of {len(sweep['layers'])} layers, from one forward pass: the study reads "
+            f"layer {used} of {sweep['n_layers']}, {how}. There, at {agg}: val AUROC {cite(i, 'val_auroc')}, OOD "
+            f"{cite(i, 'ood_auroc')}, OOD recall at {sweep['target_fpr']:.0%} FPR {cite(i, 'ood_recall')}.")
+    if used != sweep["middle"] and (sweep["middle"], agg) in at:
+        text += f" Against the middle block (layer {sweep['middle']}), OOD AUROC difference {versus(used, sweep['middle'])}."
+    j, c = at[("concat", agg)]
+    text += (f" Layers {'+'.join(map(str, sweep['concat_layers']))} concatenated (the best three on validation): OOD "
+             f"AUROC {cite(j, 'ood_auroc')}, minus layer {used}'s {versus('concat', used)}.")
+    single = [(k, x) for k, x in enumerate(rows) if isinstance(x["layer"], int) and x["aggregation"] == agg]
+    k, best_ood = max(single, key=lambda kx: kx[1]["ood_auroc"])
+    text += (f" Not used for any choice: the best single layer on OOD at {agg} is {best_ood['layer']} "
+             f"(AUROC {cite(k, 'ood_auroc')}).")
+    return w.finding("GDM chose the probing layer by sweeping layers.", text, None)
 
 
 def _against_dense(w: _Writer, best: dict[str, Any], dense: Any, saes: list[str], family: str,

@@ -163,13 +163,32 @@ class Study:
     # --- the study -----------------------------------------------------------------------
     def run(self) -> Any:
         from assay.activations import extract
-        from assay.data import load_or_build
-        from assay.models import load
         from assay.probes.inputs import Inputs
         from assay.runtime import resolve_dtype
 
-        cfg = self.cfg
         t_start = time.perf_counter()
+        self.prepare()
+        cfg = self.cfg
+        self.acts = self.stage("activations", lambda: extract(
+            self.lm, self.ds.texts, [cfg.layer], dataset_fingerprint=self.ds.fingerprint,
+            aggregations=sorted(set(cfg.aggregations)), store_tokens=True, token_budget=cfg.token_budget,
+            progress=self.progress))
+        self.inputs = Inputs(self.acts, self.ds.texts, layer=cfg.layer, aggregations=cfg.aggregations, dtype=cfg.dtype,
+                             search_dtype=torch.bfloat16 if resolve_dtype(cfg.dtype) == torch.bfloat16 else None,
+                             progress=self.progress)
+        self.stage("probes", lambda: self.fit_runs(None))
+        self.stage("SAEs", self.train_saes)
+        quality = self.stage("SAE quality", self.sae_quality)
+        self.stage("SAE probes", lambda: [self.fit_runs(sae) for sae in self.sae_paths])
+        self.timings["total before report"] = time.perf_counter() - t_start
+        return self.stage("report", lambda: self.report(quality))
+
+    def prepare(self) -> None:
+        """Data, splits, model and layer sweep; the study's layer fixed (the sweep's choice when not given)."""
+        from assay.data import load_or_build
+        from assay.models import load
+
+        cfg = self.cfg
         self.ds = self.stage("data", lambda: with_calibration_split(
             subsample(load_or_build(cfg.data or cfg.preset, cfg.seed), cfg.subsample, cfg.seed), cfg.calibrate_on,
             cfg.seed))
@@ -184,21 +203,15 @@ class Study:
         self.splits = ["train", "val", cfg.calibrate_on, "ood"]
         self.idx = {s: np.flatnonzero(split == s) for s in self.splits}
         self.lm = self.stage("model", lambda: load(cfg.model, dtype=cfg.dtype))
+        self.layer_sweep = self.stage("layer sweep", self.sweep_layers) if cfg.layer_sweep else None
         if cfg.layer is None:
-            self.cfg = cfg = cfg.model_copy(update={"layer": self.lm.n_layers // 2})
-        self.acts = self.stage("activations", lambda: extract(
-            self.lm, self.ds.texts, [cfg.layer], dataset_fingerprint=self.ds.fingerprint,
-            aggregations=sorted(set(cfg.aggregations)), store_tokens=True, token_budget=cfg.token_budget,
-            progress=self.progress))
-        self.inputs = Inputs(self.acts, self.ds.texts, layer=cfg.layer, aggregations=cfg.aggregations, dtype=cfg.dtype,
-                             search_dtype=torch.bfloat16 if resolve_dtype(cfg.dtype) == torch.bfloat16 else None,
-                             progress=self.progress)
-        self.stage("probes", lambda: self.fit_runs(None))
-        self.stage("SAEs", self.train_saes)
-        quality = self.stage("SAE quality", self.sae_quality)
-        self.stage("SAE probes", lambda: [self.fit_runs(sae) for sae in self.sae_paths])
-        self.timings["total before report"] = time.perf_counter() - t_start
-        return self.stage("report", lambda: self.report(quality))
+            chosen = self.layer_sweep["chosen"] if self.layer_sweep else self.lm.n_layers // 2
+            self.cfg = cfg.model_copy(update={"layer": chosen})
+
+    def sweep_layers(self) -> dict[str, Any]:
+        from assay.experiment.layers import layer_sweep
+
+        return layer_sweep(self)
 
     def methods(self, on_sae: bool) -> list[Any]:
         from assay.probes.methods import METHODS

@@ -123,6 +123,42 @@ def k_sweep_figure(report: Report):
     return fig
 
 
+def layer_sweep_figure(sweep: dict | None):
+    """The dense probe against depth (`diagnostics.layer_sweep`): validation and OOD AUROC (left)
+    and recall at the target FPR (right), one colour per aggregation (validation solid, OOD
+    dashed), the layer used marked, and the concatenated-layers probe as points at the right;
+    None without a sweep."""
+    if not sweep:
+        return None
+    rows = [r for r in sweep["rows"] if isinstance(r["layer"], int)]
+    concat = [r for r in sweep["rows"] if r["layer"] == "concat"]
+    x_concat = sweep["n_layers"] + 0.5
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for i, agg in enumerate(sweep["aggregations"]):
+        colour = plt.cm.tab10(i)
+        pts = sorted((r["layer"], r) for r in rows if r["aggregation"] == agg)
+        c = next((r for r in concat if r["aggregation"] == agg), None)
+        for ax, metric in zip(axes, ("auroc", "recall")):
+            for split, ls in (("val", "-"), ("ood", "--")):
+                ax.plot([layer for layer, _ in pts], [r[f"{split}_{metric}"] for _, r in pts], ls=ls, lw=1.2,
+                        marker="o", ms=2.5, color=colour, label=f"{agg} {split}" if metric == "auroc" else None)
+                if c is not None:
+                    ax.plot([x_concat], [c[f"{split}_{metric}"]], marker="s" if split == "val" else "D", ms=5,
+                            color=colour, mfc="none" if split == "ood" else colour)
+    layers_txt = "+".join(map(str, sweep["concat_layers"]))
+    for ax, what in zip(axes, ("AUROC", f"recall at {sweep['target_fpr']:.0%} FPR")):
+        ax.axvline(sweep["used"], color="black", lw=0.9, ls=":")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set(xlabel=f"layer (block index; right: layers {layers_txt} concatenated)", ylabel=what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6.5, ncol=2, loc="lower right")
+    how = "chosen on validation" if sweep["how"] == "validation" else "given"
+    fig.suptitle(f"Dense logistic probe at every layer ({sweep['dtype']}); dotted: layer {sweep['used']} ({how}); "
+                 "solid: validation, dashed: OOD", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def family_figure(report: Report):
     """Each family's configuration chosen on validation: AUROC with its clustered 95% interval on
     the calibration (held-out in-distribution) and OOD splits."""
@@ -173,4 +209,6 @@ def report_figures(report: Report, hist_split: str | None = None, max_hists: int
         figs[f"hist_{hist_split}_{i:02d}"] = png_bytes(histogram_figure(r))
     if (fig := k_sweep_figure(report)) is not None:
         figs["k_sweep"] = png_bytes(fig)
+    if (fig := layer_sweep_figure(report.diagnostics.get("layer_sweep"))) is not None:
+        figs["layer_sweep"] = png_bytes(fig)
     return figs

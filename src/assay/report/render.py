@@ -14,7 +14,7 @@ from assay.report.tables import Table, all_tables
 from assay.fileio import atomic_path, write_json, write_text
 
 
-def _md_table(t: Table) -> str:
+def md_table(t: Table) -> str:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = [f"### {t.title}", ""]
     if t.caption:
@@ -47,7 +47,7 @@ def render_markdown(report: Report, figure_files: list[str] | None = None) -> st
     extra = [n for n in report.notes if n not in {f.text for f in report.findings}]
     if extra:
         parts += ["## Notes", ""] + [f"- {n}" for n in extra] + [""]
-    parts += ["## Results", ""] + [_md_table(t) for t in all_tables(report)]
+    parts += ["## Results", ""] + [md_table(t) for t in all_tables(report)]
     if figure_files:
         parts += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figure_files] + [""]
     parts += ["## Provenance", ""] + _provenance_lines(report)

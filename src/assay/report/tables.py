@@ -209,8 +209,30 @@ def k_sweep_table(report: Report, split: str = "ood") -> Table | None:
                  "Every k-sparse configuration (first seed); latents chosen on train.", f"table-k-{split}")
 
 
+def layer_sweep_table(sweep: dict | None, calibrate_on: str = "calib") -> Table | None:
+    if not sweep:
+        return None
+    aggs = sweep["aggregations"]
+    cell = {(r["layer"], r["aggregation"]): r for r in sweep["rows"]}
+    order = [layer for layer in sweep["layers"]] + ["concat"]
+    rows = []
+    for layer in order:
+        name = f"{'+'.join(map(str, sweep['concat_layers']))}" if layer == "concat" else str(layer)
+        mark = " (used)" if layer == sweep["used"] else ""
+        rows.append([name + mark] + [f"{fmt(cell[(layer, a)]['val_auroc'])} / {fmt(cell[(layer, a)]['ood_auroc'])} / "
+                                     f"{fmt(cell[(layer, a)]['ood_recall'], 2)}" for a in aggs])
+    how = ("the layer used is the one best on validation AUROC averaged over the aggregations"
+           if sweep["how"] == "validation" else f"the layer used was given (the validation rule would choose {sweep['chosen']})")
+    return Table("Dense probe at every layer", ["layer"] + [f"{a}: val / OOD AUROC / OOD recall" for a in aggs], rows,
+                 f"Dense logistic probe fitted on train at each layer (C on val); recall at {sweep['target_fpr']:.0%} FPR "
+                 f"with the threshold set on {calibrate_on} benign prompts; {how}. OOD "
+                 "is shown, never used to choose.", "table-layers")
+
+
 def diagnostics_tables(report: Report) -> list[Table]:
     d, out = report.diagnostics, []
+    if (t := layer_sweep_table(d.get("layer_sweep"), report.config.get("calibrate_on", "calib"))) is not None:
+        out.append(t)
     if d.get("gap_closed"):
         out.append(Table("Share of the pretraining SAE's gap closed", ["SAE", "split", "AUROC dense / pretrain / it",
                                                                        "gap [95% CI]", "share closed [95% CI]", "per seed"],

@@ -1,0 +1,187 @@
+"""Which layer: the dense probe at every layer, from one forward pass, and the study's layer chosen
+on validation alone.
+
+GDM chose their layer by sweeping. Here the pooled activations of every swept layer come from one
+extraction (the forward stops at the deepest), a dense logistic probe is fitted at each layer and
+aggregation exactly as the study fits its own (train, C chosen on val), and:
+
+- the study's layer is the one whose probe has the highest validation AUROC averaged over the
+  study's aggregations (ties: the shallower layer, which is cheaper to reach); OOD never enters;
+- the three layers best on that same validation score are concatenated into one probe, to ask
+  whether reading several layers beats reading the best one;
+- each is compared like for like (same aggregation, same examples) with paired, clustered
+  intervals against the layer chosen, and the chosen layer against the model's middle block (the
+  study's default before it swept).
+
+The sweep is cached in the run folder, keyed on the data, model, dtype, layers, settings and the
+code that computes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from assay.fileio import atomic_path, read_json, sha256_json, write_json
+
+log = logging.getLogger(__name__)
+
+CONCAT_LAYERS = 3  # how many of the best validation layers the concatenated probe reads
+SWEEP_CODE = ("assay.experiment.layers", "assay.probes.linear", "assay.probes.logistic", "assay.probes.inputs",
+              "assay.activations.aggregation", "assay.metrics", "assay.metrics.bootstrap")
+
+
+def sweep_layers(n_layers: int, stride: int = 1) -> list[int]:
+    """Blocks 0, stride, 2*stride, ... and always the last block (0-indexed)."""
+    if stride < 1:
+        raise ValueError(f"layer stride must be >= 1, got {stride}")
+    layers = list(range(0, n_layers, stride))
+    return layers if layers[-1] == n_layers - 1 else layers + [n_layers - 1]
+
+
+def choose_layer(rows: list[dict[str, Any]]) -> int:
+    """The layer with the highest validation AUROC averaged over aggregations; ties go to the
+    shallower layer. Reads `val_auroc` only."""
+    by_layer: dict[int, list[float]] = {}
+    for r in rows:
+        if isinstance(r["layer"], int):
+            by_layer.setdefault(r["layer"], []).append(r["val_auroc"])
+    return min(by_layer, key=lambda layer: (-float(np.mean(by_layer[layer])), layer))
+
+
+def best_layers(rows: list[dict[str, Any]], n: int) -> list[int]:
+    """The `n` layers best on mean validation AUROC, in depth order."""
+    by_layer: dict[int, list[float]] = {}
+    for r in rows:
+        if isinstance(r["layer"], int):
+            by_layer.setdefault(r["layer"], []).append(r["val_auroc"])
+    ranked = sorted(by_layer, key=lambda layer: (-float(np.mean(by_layer[layer])), layer))
+    return sorted(ranked[:n])
+
+
+def layer_sweep(study: Any) -> dict[str, Any]:
+    """The sweep for `study` (data, model and splits loaded), from its cache when it has one."""
+    from assay.provenance import code_fingerprint
+
+    cfg, lm = study.cfg, study.lm
+    # the middle block (the default before sweeping) and a given layer are always read, so both
+    # can be compared with the others like for like whatever the stride
+    extra = {lm.n_layers // 2} | ({cfg.layer} if cfg.layer is not None else set())
+    layers = sorted(set(sweep_layers(lm.n_layers, cfg.layer_stride)) | extra)
+    key = sha256_json({"data": study.ds.fingerprint, "model": lm.fingerprint, "dtype": cfg.dtype, "layers": layers,
+                       "aggregations": cfg.aggregations, "seed": cfg.seed, "target_fpr": cfg.target_fpr,
+                       "calibrate_on": cfg.calibrate_on, "n_boot": cfg.n_boot, "given_layer": cfg.layer,
+                       "code": code_fingerprint(*SWEEP_CODE)})[:12]
+    path = study.out / f"layer_sweep-{key}.json"
+    if path.exists():
+        return read_json(path)
+    sweep = _run_sweep(study, layers)
+    write_json(path, sweep)
+    return sweep
+
+
+def _run_sweep(study: Any, layers: list[int]) -> dict[str, Any]:
+    from assay.activations import extract
+    from assay.probes.inputs import InputSpec, Inputs
+    from assay.probes.methods import make_probe
+
+    cfg, lm = study.cfg, study.lm
+    acts = extract(lm, study.ds.texts, layers, dataset_fingerprint=study.ds.fingerprint,
+                   aggregations=sorted(set(cfg.aggregations)), store_tokens=False, token_budget=cfg.token_budget,
+                   progress=study.progress)
+    scores: dict[tuple[Any, str], np.ndarray] = {}
+    rows = []
+    inputs = {layer: Inputs(acts, study.ds.texts, layer=layer) for layer in layers}
+
+    def read(layer: int, agg: str) -> torch.Tensor:
+        spec = InputSpec.for_method("dense-logistic", aggregation=agg, layer=layer, model=cfg.model)
+        return inputs[layer].read(spec)[0]
+
+    def fit(name: Any, agg: str, X: torch.Tensor) -> None:
+        s, _ = study.fit_probe(make_probe("dense-logistic", seed=cfg.seed), X)
+        scores[(name, agg)] = np.asarray(s, np.float64).ravel()
+        rows.append({"layer": name, "aggregation": agg, **_metrics(study, scores[(name, agg)])})
+
+    for layer in _progress(layers, study.progress):
+        for agg in cfg.aggregations:
+            fit(layer, agg, read(layer, agg))
+    middle = lm.n_layers // 2
+    chosen = choose_layer(rows)
+    concat = best_layers(rows, CONCAT_LAYERS)
+    for agg in cfg.aggregations:
+        fit("concat", agg, torch.cat([read(layer, agg) for layer in concat], 1))
+    used = cfg.layer if cfg.layer is not None else chosen
+    comparisons = []
+    for agg in cfg.aggregations:
+        pairs = [("concat", used)] + ([(used, middle)] if used != middle else [])
+        for a, b in pairs:
+            for split in (cfg.calibrate_on, "ood"):
+                comparisons.append({"a": a, "b": b, "aggregation": agg, "split": split,
+                                    **_paired(study, scores[(a, agg)], scores[(b, agg)], split)})
+    return {"layers": layers, "aggregations": list(cfg.aggregations), "chosen": chosen, "used": used,
+            "how": "given" if cfg.layer is not None else "validation", "middle": middle, "concat_layers": concat,
+            "n_layers": lm.n_layers, "dtype": cfg.dtype, "target_fpr": cfg.target_fpr, "method": "dense-logistic",
+            "rule": "highest validation AUROC averaged over the aggregations; ties to the shallower layer",
+            "rows": rows, "comparisons": comparisons}
+
+
+def write_sweep(sweep: dict[str, Any], out: Any, cfg: Any, timings: dict[str, float]) -> str:
+    """`layer_sweep.json`, `.png` and `.md` in `out` (the sweep run on its own); returns the finding's text."""
+    from pathlib import Path
+
+    from assay.experiment.findings import layer_finding
+    from assay.fileio import write_text
+    from assay.provenance import provenance
+    from assay.report.plots import layer_sweep_figure, png_bytes
+    from assay.report.render import md_table
+    from assay.report.tables import layer_sweep_table
+
+    out = Path(out)
+    text = layer_finding(sweep).text
+    record = {**sweep, "finding": text, "provenance": provenance(
+        model=cfg.model, dtype=cfg.dtype, seed=cfg.seed, preset=cfg.preset, data=cfg.data,
+        timings_seconds={k: round(v, 1) for k, v in timings.items()})}
+    write_json(out / "layer_sweep.json", record)
+    with atomic_path(out / "layer_sweep.png") as tmp:
+        tmp.write_bytes(png_bytes(layer_sweep_figure(sweep)))
+    table = layer_sweep_table(sweep, cfg.calibrate_on)
+    write_text(out / "layer_sweep.md", f"# Which layer ({cfg.preset} preset, {cfg.model}, {cfg.dtype})\n\n{text}\n\n"
+               f"![layer sweep](layer_sweep.png)\n\n{md_table(table)}\n")
+    return text
+
+
+def _metrics(study: Any, s: np.ndarray) -> dict[str, Any]:
+    """Validation and OOD AUROC (clustered intervals), and recall at the target FPR with the
+    threshold set on the calibration split's benign prompts."""
+    from assay.metrics import auroc, fpr_at_threshold, recall_at_fpr, threshold_at_fpr
+    from assay.metrics.bootstrap import cluster_auroc_ci
+
+    cfg, y, units = study.cfg, study.y, study.units
+    cal = study.idx[cfg.calibrate_on]
+    threshold = threshold_at_fpr(s[cal][y[cal] == 0], cfg.target_fpr)
+    out: dict[str, Any] = {"threshold": float(threshold)}
+    for split in ("val", "ood"):
+        i = study.idx[split]
+        out[f"{split}_auroc"] = auroc(s[i], y[i])
+        out[f"{split}_auroc_ci"] = list(cluster_auroc_ci(s[i], y[i], units[i], n_boot=cfg.n_boot, seed=cfg.seed))
+        out[f"{split}_recall"] = recall_at_fpr(s[i], y[i], threshold)
+        out[f"{split}_fpr"] = fpr_at_threshold(s[i], y[i], threshold)
+    return out
+
+
+def _paired(study: Any, a: np.ndarray, b: np.ndarray, split: str) -> dict[str, Any]:
+    from assay.metrics.bootstrap import paired_auroc_diff
+
+    i = study.idx[split]
+    return paired_auroc_diff(a[i], b[i], study.y[i], study.units[i], n_boot=study.cfg.n_boot, seed=study.cfg.seed)
+
+
+def _progress(layers: list[int], enabled: bool):
+    if not enabled:
+        return layers
+    from rich.progress import track
+
+    return track(layers, description="dense probe at every layer")

@@ -1,0 +1,116 @@
+"""The layer sweep: which layers it reads, how it chooses (validation only), and that the study
+then reads the layer it chose."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from assay.experiment.layers import best_layers, choose_layer, sweep_layers
+
+
+def _rows(val: dict[int, list[float]], ood: dict[int, list[float]]) -> list[dict]:
+    return [{"layer": layer, "aggregation": f"a{j}", "val_auroc": v, "ood_auroc": ood[layer][j]}
+            for layer, vs in val.items() for j, v in enumerate(vs)]
+
+
+def test_sweep_layers_takes_the_stride_and_always_the_last_block():
+    assert sweep_layers(18) == list(range(18))
+    assert sweep_layers(18, 2) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 17]
+    assert sweep_layers(18, 17) == [0, 17]
+    assert sweep_layers(1, 4) == [0]
+    with pytest.raises(ValueError, match="stride"):
+        sweep_layers(18, 0)
+
+
+def test_choice_reads_validation_only_and_averages_the_aggregations():
+    # layer 2 has the best single validation AUROC but the worse mean; layer 3 is best on OOD
+    val = {1: [0.80, 0.90], 2: [0.95, 0.70], 3: [0.60, 0.60]}
+    ood = {1: [0.50, 0.50], 2: [0.50, 0.50], 3: [0.99, 0.99]}
+    assert choose_layer(_rows(val, ood)) == 1
+    # changing OOD numbers changes nothing
+    assert choose_layer(_rows(val, {k: [0.0, 0.0] for k in ood})) == 1
+    # the concatenated probe's row is not a layer to choose
+    rows = _rows(val, ood) + [{"layer": "concat", "aggregation": "a0", "val_auroc": 1.0, "ood_auroc": 1.0}]
+    assert choose_layer(rows) == 1
+    assert best_layers(rows, 2) == [1, 2]
+
+
+def test_ties_go_to_the_shallower_layer():
+    val = {4: [0.9, 0.9], 2: [0.9, 0.9], 7: [0.8, 0.8]}
+    assert choose_layer(_rows(val, val)) == 2
+    assert best_layers(_rows(val, val), 2) == [2, 4]
+
+
+def test_study_reads_the_layer_its_sweep_chose(tmp_path, monkeypatch, tiny):
+    """With no layer given, the study extracts its token activations at the sweep's choice; with a
+    layer given, at that layer, and the sweep is still reported with what it would have chosen."""
+    import assay.activations
+    from assay.experiment import StudyConfig
+    from assay.experiment.study import Study
+
+    rng = np.random.default_rng(0)
+    words = ["how", "do", "I", "make", "bake", "a", "bomb", "cake", "steal", "car", "wash", "the"]
+    rows = []
+    for split in ("train", "val", "calib", "ood"):
+        for i in range(12):
+            label = i % 2
+            text = " ".join(rng.choice(words, 6)) + (" bomb" if label else " cake")
+            rows.append({"text": text, "label": label, "split": split, "cluster": f"{split}-{i // 4}"})
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    real_extract = assay.activations.extract
+    seen: dict[str, list[int]] = {}
+
+    class Stop(Exception):
+        pass
+
+    def extract(lm, texts, layers, **kw):
+        if kw.get("store_tokens", True):  # the study's own extraction: record its layer and stop there
+            seen["layers"] = list(layers)
+            raise Stop
+        return real_extract(lm, texts, layers, progress=False, **{k: v for k, v in kw.items() if k != "progress"})
+
+    monkeypatch.setattr(assay.activations, "extract", extract)
+    monkeypatch.setattr("assay.models.load", lambda *a, **k: tiny)
+    for given in (None, 0):
+        cfg = StudyConfig(data=str(data), layer=given, aggregations=["all.mean", "all.max"], n_boot=20,
+                          methods=["dense-logistic"])
+        study = Study(cfg, tmp_path / f"run-{given}", progress=False)
+        with pytest.raises(Stop):
+            study.run()
+        sweep = study.layer_sweep
+        assert sweep["layers"] == list(range(tiny.n_layers))
+        assert sweep["chosen"] == choose_layer(sweep["rows"])
+        assert seen["layers"] == [sweep["chosen"] if given is None else given]
+        assert sweep["used"] == seen["layers"][0] and sweep["how"] == ("validation" if given is None else "given")
+        assert len(sweep["rows"]) == (tiny.n_layers + 1) * 2  # every layer and the concatenation, per aggregation
+        assert {c["split"] for c in sweep["comparisons"]} == {"calib", "ood"}
+        for r in sweep["rows"]:
+            assert 0 <= r["val_auroc"] <= 1 and r["val_auroc_ci"][0] <= r["val_auroc_ci"][1]
+
+    # the sweep on its own (`assay experiment layers`): its files, and a finding that quotes its numbers
+    from assay.experiment.layers import write_sweep
+
+    text = write_sweep(sweep, tmp_path / "alone", cfg, {"layer sweep": 1.0})
+    used = next(r for r in sweep["rows"] if r["layer"] == sweep["used"] and r["aggregation"] in text)
+    assert f"layer {sweep['used']} of {tiny.n_layers}" in text and f"{used['val_auroc']:.3f}" in text
+    assert text in (tmp_path / "alone" / "layer_sweep.md").read_text()
+    assert (tmp_path / "alone" / "layer_sweep.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "alone" / "layer_sweep.json").read_text())["chosen"] == sweep["chosen"]
+
+
+def test_layers_command_refuses_bad_input_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from assay.cli import app
+
+    for args, message in ((["--preset", "huge"], "unknown preset"), (["--data", str(tmp_path / "no.jsonl")], "no such file"),
+                          (["--layer-stride", "0"], "layer-stride")):
+        res = CliRunner().invoke(app, ["experiment", "layers", *args, "--out", str(tmp_path / "o")],
+                                 env={"COLUMNS": "400", "NO_COLOR": "1"})
+        assert res.exit_code == 2 and message in res.output.lower(), (args, res.output)
+    assert not (tmp_path / "o").exists()
