@@ -26,7 +26,8 @@ def smoke_config():
     # layer 9 (the middle block) is given, as the pinned numbers were recorded there before the
     # study chose its layer by sweeping; the sweep still runs and is reported
     return StudyConfig(preset="quick", subsample=10, layer=9, layer_stride=3, ks=[1, 5], headline_k=5, n_boot=50, sae=sae, n_seeds=2,
-                       aggregations=["all.max", "resp-5"], attention_max_tokens=64, stability_resamples=3)
+                       aggregations=["all.max", "resp-5"], attention_max_tokens=64, stability_resamples=3,
+                       autointerp_latents=6, autointerp_lm_latents=2, autointerp_tokens=2000, autointerp_max_tokens=64)
 
 
 def platform_signature() -> dict:

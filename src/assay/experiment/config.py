@@ -65,6 +65,13 @@ class StudyConfig(BaseModel):
     n_boot: int = Field(1000, description="Bootstrap resamples for confidence intervals.")
     stability_resamples: int = Field(20, description="Bootstrap resamples of the training clusters used to measure "
                                      "how stable the k-sparse probes' latent choice is.")
+    autointerp_latents: int = Field(30, ge=0, description="Random live latents per SAE (first seed) explained and "
+                                    "scored after the k-sparse probe's own (rule-based pair; 0 skips auto-interp).")
+    autointerp_lm_latents: int = Field(6, ge=0, description="Latents of the first SAE also explained and scored by "
+                                       "the studied model itself (half probe-selected, half random; 0 skips).")
+    autointerp_tokens: int = Field(20_000, ge=1000, description="Held-out Wikipedia and ShareGPT tokens (half each) "
+                                   "that, with the training prompts, the latents are explained and scored on.")
+    autointerp_max_tokens: int = Field(128, ge=8, description="Tokens per auto-interp document, at most.")
     token_budget: int | None = Field(None, description="Padded tokens per forward batch (default by device).")
     sae: SAESpec = Field(default_factory=SAESpec, description="The SAEs.")
 
@@ -87,7 +94,8 @@ class StudyConfig(BaseModel):
             # GDM's (Gemma Scope saw billions of tokens): raise the token counts where compute allows.
             sae = SAESpec(width=4096, k=32, pretrain_tokens=600_000, chat_tokens=600_000, finetune_tokens=200_000,
                           epochs=2, max_tokens=512)
-            base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=3, stability_resamples=10)
+            base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=3, stability_resamples=10,
+                       autointerp_latents=50, autointerp_lm_latents=16, autointerp_tokens=40_000)
         elif preset == "quick":
             # Sized for a 2-core CPU in minutes: extraction dominates, so the SAEs see few unique
             # tokens, several times over; one seed; the layer sweep reads every other block.

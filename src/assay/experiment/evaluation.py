@@ -307,7 +307,9 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
         provenance=Provenance(**prov), config=cfg.model_dump(), results=results, sae_quality=sae_rows,
         published=gdm_published(), comparisons=comparisons,
         diagnostics={"headline_k": cfg.headline_k, **chosen,
-                     **({"layer_sweep": study.layer_sweep} if getattr(study, "layer_sweep", None) else {}), "gap_closed": ev.gap_closed(results),
+                     **({"layer_sweep": study.layer_sweep} if getattr(study, "layer_sweep", None) else {}),
+                     **({"autointerp": study.autointerp} if getattr(study, "autointerp", None) else {}),
+                     "gap_closed": ev.gap_closed(results),
                      "diff_of_means": ev.diff_of_means_diagnostic(), "latent_stability": stability},
     )
     write_report(attach_findings(report), study.out)

@@ -236,7 +236,11 @@ def findings(report: Any) -> list[Any]:
     if report.diagnostics.get("layer_sweep"):
         out.append(layer_finding(report.diagnostics["layer_sweep"], w))
 
-    # 8. Why difference of means fails.
+    # 8. Auto-interpretability, uniform and frequency-weighted.
+    if (report.diagnostics.get("autointerp") or {}).get("rows"):
+        out.append(autointerp_finding(report.diagnostics["autointerp"], w))
+
+    # 9. Why difference of means fails.
     dm = report.diagnostics.get("diff_of_means", [])
     if dm:
         i = max(range(len(dm)), key=lambda j: dm[j]["top8_variance_share"])
@@ -252,7 +256,7 @@ def findings(report: Any) -> list[Any]:
             f"(val AUROC {v.get('diff-of-means', 'n/a')}); standardised {v.get('diff-of-means-std', 'n/a')}; whitened "
             f"(LDA) {v.get('lda', 'n/a')}; logistic regression {v.get('dense-logistic', 'n/a')}.", None))
 
-    # 9. What the SAE's reconstruction costs the model, and why.
+    # 10. What the SAE's reconstruction costs the model, and why.
     q = next((q for q in report.sae_quality if q.sae == "pretrain" and q.seed == cfg["seed"] and q.delta_lm_loss is not None), None)
     if q is not None:
         sref = _quality_ref(q)
@@ -275,7 +279,7 @@ def findings(report: Any) -> list[Any]:
             f"[{f3(q.delta_lm_loss_ci.low)}, {f3(q.delta_lm_loss_ci.high)}]) at FVU {fv}. FVU is dominated by a few "
             f"massive-activation dimensions: without the 8 highest-variance ones it is {fo}. " + random_txt, None))
 
-    # 10. How stable the k-sparse latent choice is.
+    # 11. How stable the k-sparse latent choice is.
     stab = report.diagnostics.get("latent_stability", [])
     if stab:
         parts = []
@@ -321,6 +325,64 @@ def layer_finding(sweep: dict[str, Any], w: "_Writer | None" = None) -> Any:
     text += (f" Not used for any choice: the best single layer on OOD at {agg} is {best_ood['layer']} "
              f"(AUROC {cite(k, 'ood_auroc')}).")
     return w.finding("GDM chose the probing layer by sweeping layers.", text, None)
+
+
+def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None) -> Any:
+    """How interpretable each SAE's latents are by each weighting, against the controls; the probe's
+    latents against random ones; and what the studied model is worth as its own explainer."""
+    import math
+
+    w = w or _Writer(None)
+    rows = ai["rows"]
+    ok = lambda x: x is not None and math.isfinite(x)  # noqa: E731
+
+    def get(i: int, run: str, wt: str, test: str = "detection") -> float | None:
+        return ((rows[i].get(run) or {}).get(test) or {}).get(wt)
+
+    def cite(i: int, run: str, wt: str, test: str = "detection") -> str:
+        return w.value("diagnostic", f"autointerp/rows/{i}/{run}/{test}/{wt}", get(i, run, wt, test))
+
+    rule = [i for i, r in enumerate(rows) if r["pair"] == "rule" and ok(get(i, "real", "uniform"))
+            and ok(get(i, "real", "weighted"))]
+    if not rule:
+        return w.finding("GDM: uniform averages over latents hide dense, uninterpretable ones.",
+                         "Auto-interpretability: no latent could be scored (too few activating windows).", None)
+    first = rule[0]
+    text = (f"Auto-interpretability with the rule-based pair ({rows[first]['explainer']} explainer, "
+            f"{rows[first]['scorer']} scorer; detection AUROC, 0.5 = chance), uniform / frequency-weighted mean over "
+            "latents: " + "; ".join(f"{rows[i]['sae']} {cite(i, 'real', 'uniform')} / {cite(i, 'real', 'weighted')}"
+                                    for i in rule) + ".")
+    controls = [(run, name) for run, name in (("shuffled", "shuffled explanations"), ("random_sae", "a random SAE"))
+                if ok(get(first, run, "uniform")) and ok(get(first, run, "weighted"))]
+    if controls:
+        text += f" Controls on {rows[first]['sae']}: " + ", ".join(
+            f"{name} {cite(first, run, 'uniform')} / {cite(first, run, 'weighted')}" for run, name in controls) + "."
+    if len(rule) > 1:
+        for wt, name in (("uniform", "uniform"), ("weighted", "frequency-weighted")):
+            best = max(rule, key=lambda i: get(i, "real", wt))
+            lo, hi = (rows[best]["real"]["detection"].get(f"{wt}_ci") or [None, None])
+            rivals = [i for i in rule if i != best and ok(lo) and (rows[i]["real"]["detection"].get(f"{wt}_ci")
+                                                                   or [0, 0])[1] >= lo]
+            text += (f" Highest by {name} weighting: {rows[best]['sae']}"
+                     + (" (its interval overlaps " + ", ".join(rows[i]["sae"] for i in rivals) + ")" if rivals
+                        else " (its interval clear of the others)") + ".")
+    if ok(get(first, "real_probe", "uniform")) and ok(get(first, "real_random", "uniform")):
+        text += (f" On {rows[first]['sae']}, the k-sparse probe's own latents score {cite(first, 'real_probe', 'uniform')}"
+                 f" (uniform) against {cite(first, 'real_random', 'uniform')} for random latents.")
+    lm = next((i for i, r in enumerate(rows) if r["pair"] == "lm" and ok(get(i, "real", "uniform"))), None)
+    if lm is not None and ok(get(lm, "shuffled", "uniform")):
+        r = rows[lm]["real"]["detection"]
+        s_hi = rows[lm]["shuffled"]["detection"]
+        above = ok(r["uniform_ci"][0]) and r["uniform_ci"][0] > s_hi["uniform"]
+        text += (f" The studied model itself as explainer and scorer ({rows[lm]['explainer']}, "
+                 f"{r['n_scored']} latents of {rows[lm]['sae']}): detection {cite(lm, 'real', 'uniform')} against "
+                 f"{cite(lm, 'shuffled', 'uniform')} with shuffled explanations, "
+                 + ("its interval above that control." if above else
+                    "not distinguishable from that control: a small base model is too weak an explainer and "
+                    "judge to say what a latent means; use the rule-based pair or a larger model (--explainer "
+                    "URL).") )
+    return w.finding("GDM: uniform averages over latents hide dense, uninterpretable ones; weight by firing "
+                     "frequency.", text, None)
 
 
 def _against_dense(w: _Writer, best: dict[str, Any], dense: Any, saes: list[str], family: str,

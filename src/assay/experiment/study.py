@@ -180,6 +180,8 @@ class Study:
         self.stage("SAEs", self.train_saes)
         quality = self.stage("SAE quality", self.sae_quality)
         self.stage("SAE probes", lambda: [self.fit_runs(sae) for sae in self.sae_paths])
+        self.autointerp = (self.stage("auto-interp", self.autointerp_saes)
+                           if cfg.autointerp_latents or cfg.autointerp_lm_latents else None)
         self.timings["total before report"] = time.perf_counter() - t_start
         return self.stage("report", lambda: self.report(quality))
 
@@ -301,6 +303,11 @@ class Study:
         from assay.experiment.saes import train_study_saes
 
         self.sae_paths = train_study_saes(self.lm, self.cfg, self.sae_exclusions(), progress=self.progress)
+
+    def autointerp_saes(self) -> dict[str, Any]:
+        from assay.experiment.study_autointerp import study_autointerp
+
+        return study_autointerp(self)
 
     def sae_quality(self) -> list[dict[str, Any]]:
         from assay.experiment.sae_quality import sae_quality

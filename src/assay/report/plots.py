@@ -159,6 +159,42 @@ def layer_sweep_figure(sweep: dict | None):
     return fig
 
 
+def autointerp_figure(ai: dict | None):
+    """Detection AUROC per study SAE (`diagnostics.autointerp`), uniform (left) and
+    frequency-weighted (right): all scored latents with their 95% interval, the probe's latents,
+    the random ones, and the two controls; None without auto-interp."""
+    if not ai or not ai.get("rows"):
+        return None
+    series = [("real", "all latents"), ("real_probe", "probe latents"), ("real_random", "random latents"),
+              ("shuffled", "shuffled explanations"), ("random_sae", "random SAE")]
+    rows = ai["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows) + 4), 4), sharey=True)
+    width = 0.8 / len(series)
+    for ax, (w, title) in zip(axes, (("uniform", "uniform mean over latents"), ("weighted", "frequency-weighted"))):
+        for j, (run, name) in enumerate(series):
+            xs, ys, errs = [], [], [[], []]
+            for i, r in enumerate(rows):
+                m = (r.get(run) or {}).get("detection") or {}
+                v = m.get(w)
+                if v is None or v != v:
+                    continue
+                lo, hi = m.get(f"{w}_ci") or [v, v]
+                xs.append(i + (j - len(series) / 2 + 0.5) * width)
+                ys.append(v)
+                errs[0].append(max(0.0, v - lo) if run == "real" else 0.0)
+                errs[1].append(max(0.0, hi - v) if run == "real" else 0.0)
+            ax.bar(xs, ys, width, yerr=errs, label=name, color=plt.cm.tab10(j), capsize=2)
+        ax.axhline(0.5, color="black", lw=0.8, ls=":")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([f"{r['sae']}\n{r['explainer']}" for r in rows], fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("detection AUROC (0.5 = chance)")
+    axes[0].legend(fontsize=6.5, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
 def family_figure(report: Report):
     """Each family's configuration chosen on validation: AUROC with its clustered 95% interval on
     the calibration (held-out in-distribution) and OOD splits."""
@@ -211,4 +247,6 @@ def report_figures(report: Report, hist_split: str | None = None, max_hists: int
         figs["k_sweep"] = png_bytes(fig)
     if (fig := layer_sweep_figure(report.diagnostics.get("layer_sweep"))) is not None:
         figs["layer_sweep"] = png_bytes(fig)
+    if (fig := autointerp_figure(report.diagnostics.get("autointerp"))) is not None:
+        figs["autointerp"] = png_bytes(fig)
     return figs

@@ -229,9 +229,47 @@ def layer_sweep_table(sweep: dict | None, calibrate_on: str = "calib") -> Table 
                  "is shown, never used to choose.", "table-layers")
 
 
+def autointerp_table(ai: dict | None) -> Table | None:
+    """Per study SAE (and explainer/scorer pair): detection AUROC of the explanations, uniform and
+    frequency-weighted over latents, beside its controls and split by where the latents came from."""
+    if not ai or not ai.get("rows"):
+        return None
+
+    def cell(m: dict | None, w: str, ci: bool = True) -> str:
+        if not m or m.get(w) is None or m[w] != m[w]:
+            return "n/a"
+        lo, hi = m.get(f"{w}_ci") or [None, None]
+        return f"{m[w]:.3f}" + (f" [{lo:.2f}, {hi:.2f}]" if ci and lo is not None and lo == lo else "")
+
+    rows = []
+    for r in ai["rows"]:
+        det = lambda run: (r.get(run) or {}).get("detection")  # noqa: E731
+        n = lambda run: (det(run) or {}).get("n_scored", 0)  # noqa: E731
+        rows.append([f"{r['sae']} (s{r['seed']})", f"{r['explainer']} / {r['scorer']}", f"{n('real_probe')} + {n('real_random')}",
+                     cell(det("real"), "uniform"), cell(det("real"), "weighted"),
+                     cell(det("real_probe"), "uniform", False), cell(det("real_random"), "uniform", False),
+                     f"{cell(det('shuffled'), 'uniform', False)} / {cell(det('shuffled'), 'weighted', False)}",
+                     f"{cell(det('random_sae'), 'uniform', False)} / {cell(det('random_sae'), 'weighted', False)}",
+                     f"{cell((r.get('real') or {}).get('fuzzing'), 'uniform', False)} / "
+                     f"{cell((r.get('real') or {}).get('fuzzing'), 'weighted', False)}"])
+    t = ai["texts"]
+    return Table("Auto-interpretability of the SAEs' latents",
+                 ["SAE", "explainer / scorer", "latents (probe + random)", "detection, uniform [95% CI]",
+                  "detection, freq-weighted [95% CI]", "probe latents (uniform)", "random latents (uniform)",
+                  "shuffled control (uniform / weighted)", "random-SAE control (uniform / weighted)",
+                  "fuzzing (uniform / weighted)"], rows,
+                 f"Detection AUROC of each latent's explanation (0.5 = chance) on held-out windows of {t['n']} texts "
+                 f"(the {t['train_prompts']} training prompts and {t['held_out_tokens']} held-out Wikipedia and ShareGPT "
+                 "tokens); frequency-weighted = sum f_i s_i / sum f_i over latents, f_i its firing frequency. "
+                 "Probe latents: those the headline k-sparse probe (its configuration best on validation) selects.",
+                 "table-autointerp")
+
+
 def diagnostics_tables(report: Report) -> list[Table]:
     d, out = report.diagnostics, []
     if (t := layer_sweep_table(d.get("layer_sweep"), report.config.get("calibrate_on", "calib"))) is not None:
+        out.append(t)
+    if (t := autointerp_table(d.get("autointerp"))) is not None:
         out.append(t)
     if d.get("gap_closed"):
         out.append(Table("Share of the pretraining SAE's gap closed", ["SAE", "split", "AUROC dense / pretrain / it",

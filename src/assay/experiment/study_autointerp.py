@@ -1,0 +1,111 @@
+"""Auto-interpretability of the study's SAEs: are the latents the sparse probes read interpretable,
+and how does each SAE's interpretability look by uniform and by frequency-weighted averaging?
+
+Per SAE (first seed), the latents the headline k-sparse probe selects (its configuration best on
+validation: aggregation and selector) are explained and scored first, then a seeded random sample
+of live latents, with the shuffled-explanation and random-SAE controls (`assay.autointerp`). Every
+SAE reads the same texts, so the SAEs compare like for like: the benchmark's training prompts (where
+the probe latents were chosen; nothing here chooses anything) and held-out Wikipedia and ShareGPT
+text in equal parts. The default pair is the rule-based one (top tokens, token-set detector). The
+bundled language model also explains and scores a few latents of the first SAE, to show what a
+small local explainer is worth against its own shuffled control.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TESTS = ("detection", "fuzzing")
+
+
+def probe_latents(study: Any, sae: str, seed: int) -> tuple[list[int], dict[str, Any] | None]:
+    """The latents of the headline k-sparse probe on (`sae`, `seed`) whose configuration is best on
+    validation AUROC, in selection order, and that configuration."""
+    from assay.metrics import auroc
+
+    cfg, va = study.cfg, study.idx["val"]
+    runs = [r for r in study.scores if r.method == "k-sparse" and r.sae == sae and r.seed == seed
+            and r.k == cfg.headline_k and "stability" in study.meta.get(r, {})]
+    if not runs:
+        return [], None
+    best = max(runs, key=lambda r: (auroc(study.scores[r][va], study.y[va]), r.features, r.selector or ""))
+    chosen = [int(j) for j in study.meta[best]["stability"]["pick_rate"]]
+    return chosen, {"aggregation": best.features, "selector": best.selector, "k": best.k,
+                    "val_auroc": float(auroc(study.scores[best][va], study.y[va]))}
+
+
+def autointerp_texts(study: Any) -> list[str]:
+    """The benchmark's training prompts and held-out Wikipedia and ShareGPT text (half each)."""
+    from assay.sae.corpus import held_out_texts
+
+    cfg, tok = study.cfg, study.lm.tokenizer
+    prompts = [study.ds.texts[i] for i in study.idx["train"]]
+    half = cfg.autointerp_tokens // 2
+    exclude = study.sae_exclusions()
+    return (prompts + held_out_texts("wiki", tok, half, cfg.autointerp_max_tokens, seed=cfg.seed)
+            + held_out_texts("chat", tok, half, cfg.autointerp_max_tokens, seed=cfg.seed, exclude=exclude))
+
+
+def compact(summary: dict[str, Any], where: str) -> dict[str, Any]:
+    """What the report keeps of an autointerp summary: per run (real, shuffled, random_sae) and per
+    group of real latents (probe, random), detection and fuzzing, uniform and weighted with CIs."""
+    keep = ("n_scored", "uniform", "uniform_ci", "weighted", "weighted_ci")
+    out: dict[str, Any] = {"dir": where, "explainer": summary["settings"]["explainer"],
+                           "scorer": summary["settings"]["scorer"], "dictionary": summary["dictionaries"]["real"]}
+    for run, r in summary["runs"].items():
+        out[run] = {t: {k: r[t][k] for k in keep} for t in TESTS}
+    for group, r in summary["runs"]["real"].get("by_group", {}).items():
+        out[f"real_{'probe' if group == 'given' else group}"] = {t: {k: r[t][k] for k in keep} for t in TESTS}
+    return out
+
+
+def study_autointerp(study: Any) -> dict[str, Any]:
+    """Every study SAE of the first seed with the rule-based pair; the first SAE also with the
+    bundled LM as explainer and scorer. Resumes per latent from `out/autointerp/`."""
+    from assay.autointerp import autointerp_sae
+    from assay.autointerp.explainers import HFExplainer
+    from assay.autointerp.scorers import LMScorer
+    from assay.sae.io import load_sae
+
+    cfg = study.cfg
+    texts = autointerp_texts(study)
+    root = Path(study.out) / "autointerp"
+    rows = []
+    saes = [(name, seed) for (name, seed) in study.sae_paths if seed == cfg.seed]
+    for name, seed in saes:
+        sae = load_sae(study.sae_paths[(name, seed)], device=str(study.lm.device)).eval()
+        ids, config = probe_latents(study, name, seed)
+        log.info("auto-interp of SAE %s: %d probe latents + %d random", name, len(ids), cfg.autointerp_latents)
+        summary = autointerp_sae(sae, study.lm, cfg.layer, texts, latent_ids=ids, n_random=cfg.autointerp_latents,
+                                 out_dir=root / f"{name}-s{seed}", max_tokens=cfg.autointerp_max_tokens, seed=seed,
+                                 progress=study.progress)
+        rows.append({"sae": name, "seed": seed, "architecture": sae.architecture, "probe": config,
+                     "pair": "rule", **compact(summary, f"autointerp/{name}-s{seed}")})
+        if name == saes[0][0] and cfg.autointerp_lm_latents > 0:
+            n_probe = min(len(ids), cfg.autointerp_lm_latents // 2)
+            lm_summary = autointerp_sae(
+                sae, study.lm, cfg.layer, texts, latent_ids=ids[:n_probe],
+                n_random=cfg.autointerp_lm_latents - n_probe, explainer=HFExplainer(study.lm),
+                scorer=LMScorer(study.lm), out_dir=root / f"{name}-s{seed}-lm", max_tokens=cfg.autointerp_max_tokens,
+                seed=seed, progress=study.progress, per_quantile=1)
+            rows.append({"sae": name, "seed": seed, "architecture": sae.architecture, "probe": config,
+                         "pair": "lm", **compact(lm_summary, f"autointerp/{name}-s{seed}-lm")})
+    return {"texts": {"n": len(texts), "train_prompts": int(len(study.idx["train"])),
+                      "held_out_tokens": cfg.autointerp_tokens, "max_tokens": cfg.autointerp_max_tokens},
+            "random_latents": cfg.autointerp_latents, "rows": rows}
+
+
+def summary_value(row: dict[str, Any], run: str, test: str, weighting: str) -> float:
+    """One number of a compact row (NaN when missing)."""
+    v = row.get(run, {}).get(test, {}).get(weighting)
+    return float("nan") if v is None else float(v)
+
+
+def is_finite(x: Any) -> bool:
+    return x is not None and bool(np.isfinite(x))
