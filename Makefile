@@ -17,8 +17,10 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 setup: $(BIN)/.installed
 
+# The study (quick preset), then the SAE-architecture comparison at matched L0 in its reduced form.
 demo: setup
 	$(BIN)/assay experiment harmful-intent --preset quick
+	$(BIN)/assay experiment sae-frequency --preset demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -181,7 +181,7 @@ def refresh_findings(
 
 @app.command("sae-frequency")
 def sae_frequency(
-    preset: str = typer.Option("quick", help="quick (~15 min on a 2-core CPU) | full (~45 min)."),
+    preset: str = typer.Option("quick", help="demo (what make demo runs) | quick | full."),
     model: str = options.MODEL,
     layer: Optional[int] = options.LAYER,
     dtype: str = options.DTYPE,

@@ -309,11 +309,23 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
         diagnostics={"headline_k": cfg.headline_k, **chosen,
                      **({"layer_sweep": study.layer_sweep} if getattr(study, "layer_sweep", None) else {}),
                      **({"autointerp": study.autointerp} if getattr(study, "autointerp", None) else {}),
+                     "related": RELATED,
                      "gap_closed": ev.gap_closed(results),
                      "diff_of_means": ev.diff_of_means_diagnostic(), "latent_stability": stability},
     )
     write_report(attach_findings(report), study.out)
     return report
+
+
+# The parts of GDM's study that run as their own commands, linked from every study report.
+RELATED = [
+    {"command": "assay experiment sae-frequency --preset quick",
+     "what": "Gated vs JumpReLU vs quadratic-frequency JumpReLU (omega_0 0.1, 0.01) vs TopK at matched L0: "
+             "latents firing on >10% of tokens, FVU and delta LM loss against L0, frequency-weighted auto-interp",
+     "report": "docs/results/sae-frequency-quick/report.md"},
+    {"command": "assay experiment layers --preset full",
+     "what": "the layer sweep alone, on the full benchmark", "report": "docs/results/layers-full/layer_sweep.md"},
+]
 
 
 def model_description(name: str, lm: Any) -> str:

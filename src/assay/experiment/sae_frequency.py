@@ -331,7 +331,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['sae']} | {r['target_l0']} | {r['l0']:.1f} | {'yes' if r['l0_matched'] else '**no**'} | "
                      f"{coef} | {r['fvu']:.4f} | {r['delta_lm_loss']:.4f} | {r['ce_recovered']:.3f} | {r['dead']} | "
                      f"{r['dense']} ({r['dense_share']:.1%}) |")
-    lines += ["", "## Figures", ""] + [f"- {k}: `{Path(v).name}`" for k, v in report["figures"].items()]
+    lines += ["", "## Figures", ""] + [f"![{k}]({Path(v).name})" for k, v in report["figures"].items()]
     lines += ["", "## Probes on each SAE (harmful intent)", ""]
     pr = report["probes"]
     if "status" in pr:

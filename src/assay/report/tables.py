@@ -271,6 +271,10 @@ def diagnostics_tables(report: Report) -> list[Table]:
         out.append(t)
     if (t := autointerp_table(d.get("autointerp"))) is not None:
         out.append(t)
+    if d.get("related"):
+        out.append(Table("Related experiments", ["command", "what it answers", "committed report"],
+                         [[f"`{r['command']}`", r["what"], r["report"]] for r in d["related"]],
+                         "Parts of GDM's study run as their own commands (each has its own report).", "table-related"))
     if d.get("gap_closed"):
         out.append(Table("Share of the pretraining SAE's gap closed", ["SAE", "split", "AUROC dense / pretrain / it",
                                                                        "gap [95% CI]", "share closed [95% CI]", "per seed"],
