@@ -93,7 +93,7 @@ def study_autointerp(study: Any) -> dict[str, Any]:
                 sae, study.lm, cfg.layer, texts, latent_ids=ids[:n_probe],
                 n_random=cfg.autointerp_lm_latents - n_probe, explainer=HFExplainer(study.lm),
                 scorer=LMScorer(study.lm), out_dir=root / f"{name}-s{seed}-lm", max_tokens=cfg.autointerp_max_tokens,
-                seed=seed, progress=study.progress, per_quantile=1)
+                seed=seed, progress=study.progress, per_quantile=1, random_control=False)  # shuffled is its control
             rows.append({"sae": name, "seed": seed, "architecture": sae.architecture, "probe": config,
                          "pair": "lm", **compact(lm_summary, f"autointerp/{name}-s{seed}-lm")})
     return {"texts": {"n": len(texts), "train_prompts": int(len(study.idx["train"])),
