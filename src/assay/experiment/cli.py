@@ -80,8 +80,8 @@ def harmful_intent(
 
 def _check_study_args(model: str, layer: int | None, data: str | None, subsample: int | None, sae_width: int | None,
                       sae_tokens: float | None) -> int | None:
-    # `layer` stays None when not given: the study's layer sweep chooses it on validation.
     """What can be checked in seconds, before an hour of work starts."""
+    # `layer` stays None when not given: the study's layer sweep chooses it on validation.
     for name, value in (("--subsample", subsample), ("--sae-width", sae_width), ("--sae-tokens", sae_tokens)):
         if value is not None and not value >= 1:
             raise typer.BadParameter(f"{value!r} must be at least 1", param_hint=name)

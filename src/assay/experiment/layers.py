@@ -42,24 +42,25 @@ def sweep_layers(n_layers: int, stride: int = 1) -> list[int]:
     return layers if layers[-1] == n_layers - 1 else layers + [n_layers - 1]
 
 
-def choose_layer(rows: list[dict[str, Any]]) -> int:
-    """The layer with the highest validation AUROC averaged over aggregations; ties go to the
-    shallower layer. Reads `val_auroc` only."""
+def _ranked(rows: list[dict[str, Any]]) -> list[int]:
+    """Layers by validation AUROC averaged over aggregations, best first; ties to the shallower.
+    Reads `val_auroc` only."""
     by_layer: dict[int, list[float]] = {}
     for r in rows:
         if isinstance(r["layer"], int):
             by_layer.setdefault(r["layer"], []).append(r["val_auroc"])
-    return min(by_layer, key=lambda layer: (-float(np.mean(by_layer[layer])), layer))
+    return sorted(by_layer, key=lambda layer: (-float(np.mean(by_layer[layer])), layer))
+
+
+def choose_layer(rows: list[dict[str, Any]]) -> int:
+    """The layer with the highest validation AUROC averaged over aggregations; ties go to the
+    shallower layer."""
+    return _ranked(rows)[0]
 
 
 def best_layers(rows: list[dict[str, Any]], n: int) -> list[int]:
     """The `n` layers best on mean validation AUROC, in depth order."""
-    by_layer: dict[int, list[float]] = {}
-    for r in rows:
-        if isinstance(r["layer"], int):
-            by_layer.setdefault(r["layer"], []).append(r["val_auroc"])
-    ranked = sorted(by_layer, key=lambda layer: (-float(np.mean(by_layer[layer])), layer))
-    return sorted(ranked[:n])
+    return sorted(_ranked(rows)[:n])
 
 
 def layer_sweep(study: Any) -> dict[str, Any]:

@@ -17,8 +17,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 TESTS = ("detection", "fuzzing")
@@ -34,10 +32,10 @@ def probe_latents(study: Any, sae: str, seed: int) -> tuple[list[int], dict[str,
             and r.k == cfg.headline_k and "stability" in study.meta.get(r, {})]
     if not runs:
         return [], None
-    best = max(runs, key=lambda r: (auroc(study.scores[r][va], study.y[va]), r.features, r.selector or ""))
+    val = {r: float(auroc(study.scores[r][va], study.y[va])) for r in runs}
+    best = max(runs, key=lambda r: (val[r], r.features, r.selector or ""))
     chosen = [int(j) for j in study.meta[best]["stability"]["pick_rate"]]
-    return chosen, {"aggregation": best.features, "selector": best.selector, "k": best.k,
-                    "val_auroc": float(auroc(study.scores[best][va], study.y[va]))}
+    return chosen, {"aggregation": best.features, "selector": best.selector, "k": best.k, "val_auroc": val[best]}
 
 
 def autointerp_texts(study: Any) -> list[str]:
@@ -100,12 +98,3 @@ def study_autointerp(study: Any) -> dict[str, Any]:
                       "held_out_tokens": cfg.autointerp_tokens, "max_tokens": cfg.autointerp_max_tokens},
             "random_latents": cfg.autointerp_latents, "rows": rows}
 
-
-def summary_value(row: dict[str, Any], run: str, test: str, weighting: str) -> float:
-    """One number of a compact row (NaN when missing)."""
-    v = row.get(run, {}).get(test, {}).get(weighting)
-    return float("nan") if v is None else float(v)
-
-
-def is_finite(x: Any) -> bool:
-    return x is not None and bool(np.isfinite(x))
