@@ -76,13 +76,14 @@ def test_study_reads_the_layer_its_sweep_chose(tmp_path, monkeypatch, tiny):
 
     monkeypatch.setattr(assay.activations, "extract", extract)
     monkeypatch.setattr("assay.models.load", lambda *a, **k: tiny)
+    sweeps = {}
     for given in (None, 0):
         cfg = StudyConfig(data=str(data), layer=given, aggregations=["all.mean", "all.max"], n_boot=20,
                           methods=["dense-logistic"])
         study = Study(cfg, tmp_path / f"run-{given}", progress=False)
         with pytest.raises(Stop):
             study.run()
-        sweep = study.layer_sweep
+        sweep = sweeps[given] = study.layer_sweep
         assert sweep["layers"] == list(range(tiny.n_layers))
         assert sweep["chosen"] == choose_layer(sweep["rows"])
         assert seen["layers"] == [sweep["chosen"] if given is None else given]
@@ -101,6 +102,38 @@ def test_study_reads_the_layer_its_sweep_chose(tmp_path, monkeypatch, tiny):
     assert text in (tmp_path / "alone" / "layer_sweep.md").read_text()
     assert (tmp_path / "alone" / "layer_sweep.png").stat().st_size > 1000
     assert json.loads((tmp_path / "alone" / "layer_sweep.json").read_text())["chosen"] == sweep["chosen"]
+
+    # a study that reuses the sweep's file reads the layer it chose, reports where the sweep came
+    # from, and refuses a file of another setting, naming what differs
+    from assay.errors import InputError
+    from assay.experiment.findings import layer_finding
+
+    cfg = cfg.model_copy(update={"layer": None})
+    write_sweep(sweeps[None], tmp_path / "chosen", cfg, {"layer sweep": 1.0})
+    reuse = Study(cfg.model_copy(update={"layer_sweep_from": str(tmp_path / "chosen" / "layer_sweep.json")}),
+                  tmp_path / "reuse", progress=False)
+    with pytest.raises(Stop):
+        reuse.run()
+    assert seen["layers"] == [sweeps[None]["chosen"]] and reuse.layer_sweep["rows"] == sweeps[None]["rows"]
+    assert reuse.layer_sweep["source"]["checked"] == "data and model fingerprints"
+    assert "its own command" in layer_finding(reuse.layer_sweep).text
+    for update, message in (({"seed": 1}, "seed"), ({"aggregations": ["all.mean"]}, "aggregations"),
+                            ({"layer": sweeps[None]["chosen"] + 1}, "layer")):
+        other = Study(reuse.cfg.model_copy(update={"layer": None, **update}), tmp_path / "other", progress=False)
+        with pytest.raises(InputError, match=message):
+            other.run()
+    # a file older than its fingerprints is checked on the clusters of each split it compared
+    legacy = json.loads((tmp_path / "chosen" / "layer_sweep.json").read_text())
+    del legacy["dataset_fingerprint"], legacy["model_fingerprint"]
+    legacy["comparisons"][0]["n_units"] += 1
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    with pytest.raises(InputError, match="clusters in"):
+        Study(cfg.model_copy(update={"layer_sweep_from": str(tmp_path / "legacy.json")}), tmp_path / "l",
+              progress=False).run()
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(InputError, match="not a layer sweep"):
+        Study(cfg.model_copy(update={"layer_sweep_from": str(tmp_path / "junk.json")}), tmp_path / "j",
+              progress=False).run()
 
 
 def test_layers_command_refuses_bad_input_before_loading_anything(tmp_path):

@@ -21,9 +21,12 @@ def harmful_intent(
                                      "first (and, without --layer, use the layer best on validation)."),
     layer_stride: Optional[int] = typer.Option(None, "--layer-stride", min=1, help="Sweep every N-th block (and always "
                                                "the last, the middle one and a given --layer; default: the preset's)."),
+    layer_sweep_from: Optional[Path] = typer.Option(
+        None, "--layer-sweep-from", help="Reuse the layer_sweep.json of `assay experiment layers` run with the same "
+        "settings instead of sweeping again (the full preset's sweep alone takes most of an hour here)."),
     dtype: str = options.DTYPE,
     seed: int = options.SEED,
-    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train SAEs and stochastic probes with this many seeds (default: the preset's: quick 1, full 3)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train SAEs and stochastic probes with this many seeds (default: the preset's: quick 1, full 2)."),
     data: Optional[str] = typer.Option(None, help="Benchmark directory or user JSONL/CSV (text,label,split) instead of the preset's."),
     subsample: Optional[int] = typer.Option(None, help="At most N examples per split and class (a smoke run)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/harmful-intent-<preset>)."),
@@ -50,6 +53,13 @@ def harmful_intent(
         raise typer.BadParameter(f"unknown dtype {dtype!r}: use auto, float32 or bfloat16", param_hint="--dtype")
 
     layer = _check_study_args(model, layer, data, subsample, sae_width, sae_tokens)
+    if layer_sweep_from is not None:
+        if not layer_sweep:
+            raise typer.BadParameter("--layer-sweep-from gives a sweep to use; drop --no-layer-sweep",
+                                     param_hint="--layer-sweep-from")
+        if not layer_sweep_from.is_file():
+            raise typer.BadParameter(f"{layer_sweep_from}: no such file (it is the layer_sweep.json that `assay "
+                                     "experiment layers --out DIR` writes in DIR)", param_hint="--layer-sweep-from")
     dtype, why = choose_dtype(dtype)
     if "float32_gflops" in why:
         rprint(f"dtype {dtype} (matmul here: float32 {why['float32_gflops']} GFLOP/s, bfloat16 {why['bfloat16_gflops']} GFLOP/s)")
@@ -61,6 +71,7 @@ def harmful_intent(
                if not (no_attention and m.kind == "attention") and not (no_baselines and m.kind == "baseline")]
     cfg = StudyConfig.preset_config(preset, model=model, layer=layer, dtype=dtype, seed=seed, methods=methods,
                                     layer_sweep=layer_sweep, **({"layer_stride": layer_stride} if layer_stride else {}),
+                                    layer_sweep_from=str(layer_sweep_from) if layer_sweep_from else None,
                                     data=data, subsample=subsample, dtype_choice=why,
                                     **({"n_seeds": seeds} if seeds else {}))
     if sae_width or sae_tokens:

@@ -41,6 +41,9 @@ class StudyConfig(BaseModel):
                               "fixed once the model is loaded.")
     layer_sweep: bool = Field(True, description="Fit the dense probe at every layer (one forward pass), plot it, and, "
                               "when `layer` is None, use the layer best on validation.")
+    layer_sweep_from: str | None = Field(None, description="A layer_sweep.json written by `assay experiment layers` "
+                                         "for this same setting, used instead of sweeping again (checked against "
+                                         "the study; the full preset's sweep is run this way, as its own command).")
     layer_stride: int = Field(1, ge=1, description="Sweep every N-th block (and always the last, the middle one and a given `layer`).")
     dtype: str = Field("float32", description="Model dtype for every forward pass.")
     dtype_choice: dict = Field({}, description="How the dtype was chosen (the matmul speeds measured in the same run); "
@@ -90,12 +93,17 @@ class StudyConfig(BaseModel):
     @classmethod
     def preset_config(cls, preset: str, **overrides) -> "StudyConfig":
         if preset == "full":
-            # GDM's data scale. The SAEs are sized for about an hour on a 2-core CPU, far below
-            # GDM's (Gemma Scope saw billions of tokens): raise the token counts where compute allows.
-            sae = SAESpec(width=4096, k=32, pretrain_tokens=600_000, chat_tokens=600_000, finetune_tokens=200_000,
+            # GDM's data scale, sized to finish within 90 minutes on a 2-core CPU once its layer
+            # sweep has run as its own command (`assay experiment layers --preset full`, about an
+            # hour alone: reading 18 blocks for a million tokens). The SAEs are far below GDM's
+            # (Gemma Scope saw billions of tokens): raise the token counts where compute allows.
+            # Two seeds, not three, and 30 auto-interp latents: at the swept layer (deeper than the
+            # middle block) every extraction costs more, and three seeds no longer fit the budget.
+            # The LM-explainer pass reads 4 latents (about 2 to 3 minutes each here).
+            sae = SAESpec(width=4096, k=32, pretrain_tokens=500_000, chat_tokens=500_000, finetune_tokens=200_000,
                           epochs=2, max_tokens=512)
-            base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=3, stability_resamples=10,
-                       autointerp_latents=50, autointerp_lm_latents=16, autointerp_tokens=40_000)
+            base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=2, stability_resamples=10,
+                       autointerp_latents=30, autointerp_lm_latents=4, autointerp_tokens=20_000)
         elif preset == "quick":
             # Sized for a 2-core CPU in minutes: extraction dominates, so the SAEs see few unique
             # tokens, several times over; one seed; the layer sweep reads every other block.

@@ -324,6 +324,12 @@ def layer_finding(sweep: dict[str, Any], w: "_Writer | None" = None) -> Any:
     k, best_ood = max(single, key=lambda kx: kx[1]["ood_auroc"])
     text += (f" Not used for any choice: the best single layer on OOD at {agg} is {best_ood['layer']} "
              f"(AUROC {cite(k, 'ood_auroc')}).")
+    if src := sweep.get("source"):
+        prov = src["provenance"]
+        secs = (prov.get("timings_seconds") or {}).get("layer sweep")
+        text += (f" The sweep ran as its own command (`assay experiment layers`, commit "
+                 f"{str(prov.get('git_commit'))[:7]}{f', {secs / 60:.0f} min' if secs else ''}); this study read its "
+                 f"file {src['path']}, checked against this study's {src['checked']}.")
     return w.finding("GDM chose the probing layer by sweeping layers.", text, None)
 
 

@@ -84,6 +84,53 @@ def layer_sweep(study: Any) -> dict[str, Any]:
     return sweep
 
 
+def load_sweep(path: Any, study: Any) -> dict[str, Any]:
+    """A sweep written by `assay experiment layers` (its layer_sweep.json), for a study that reuses
+    it instead of sweeping again: the full preset's sweep alone takes longer than the rest of the
+    study's budget, so it is run once as its own command.
+
+    The file must describe this study's sweep: same model, dtype, seed, benchmark, aggregations,
+    target FPR and number of blocks, and (when it records them) the same data and model
+    fingerprints; a file without fingerprints (older than they are) is checked instead on the
+    number of clusters in each split its comparisons read. Raises `InputError` naming what differs."""
+    from pathlib import Path
+
+    from assay.errors import InputError
+
+    path, cfg = Path(path), study.cfg
+    try:
+        sweep = read_json(path)
+        prov = sweep["provenance"]
+        expected = {"model": cfg.model, "dtype": cfg.dtype, "seed": cfg.seed, "preset": cfg.preset, "data": cfg.data}
+        found = {k: prov.get(k) for k in expected}
+        keys = (sweep["rows"], sweep["chosen"], sweep["used"], sweep["comparisons"], sweep["layers"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not a layer sweep written by `assay experiment layers` ({e}); run "
+                         f"`assay experiment layers --preset {cfg.preset} --out DIR` and pass DIR/layer_sweep.json") from e
+    del keys
+    diff = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
+    for k, v in (("aggregations", list(cfg.aggregations)), ("target_fpr", cfg.target_fpr),
+                 ("n_layers", study.lm.n_layers), ("dataset_fingerprint", study.ds.fingerprint),
+                 ("model_fingerprint", study.lm.fingerprint)):
+        if k in sweep and sweep[k] != v:
+            diff[k] = ("(differs)" if k.endswith("fingerprint") else sweep[k], "(this study's)" if k.endswith(
+                "fingerprint") else v)
+    if "dataset_fingerprint" not in sweep:
+        n_units = {s: len(np.unique(study.units[study.idx[s]])) for s in study.idx}
+        for c in sweep["comparisons"]:
+            if c["split"] in n_units and c.get("n_units") != n_units[c["split"]]:
+                diff[f"clusters in {c['split']}"] = (c.get("n_units"), n_units[c["split"]])
+    if cfg.layer is not None and sweep["used"] != cfg.layer:
+        diff["layer"] = (sweep["used"], cfg.layer)
+    if diff:
+        what = "; ".join(f"{k}: the sweep has {a!r}, this study {b!r}" for k, (a, b) in diff.items())
+        raise InputError(f"{path} is a sweep of another setting ({what}); rerun `assay experiment layers` with this "
+                         "study's settings, or drop --layer-sweep-from to sweep as part of the study")
+    checked = "data and model fingerprints" if "dataset_fingerprint" in sweep else "clusters per split (no fingerprints recorded)"
+    return {**{k: v for k, v in sweep.items() if k not in ("finding", "provenance")},
+            "source": {"path": str(path), "checked": checked, "provenance": prov}}
+
+
 def _run_sweep(study: Any, layers: list[int]) -> dict[str, Any]:
     from assay.activations import extract
     from assay.probes.inputs import InputSpec, Inputs
@@ -126,7 +173,8 @@ def _run_sweep(study: Any, layers: list[int]) -> dict[str, Any]:
             "how": "given" if cfg.layer is not None else "validation", "middle": middle, "concat_layers": concat,
             "n_layers": lm.n_layers, "dtype": cfg.dtype, "target_fpr": cfg.target_fpr, "method": "dense-logistic",
             "rule": "highest validation AUROC averaged over the aggregations; ties to the shallower layer",
-            "rows": rows, "comparisons": comparisons}
+            "rows": rows, "comparisons": comparisons, "dataset_fingerprint": study.ds.fingerprint,
+            "model_fingerprint": lm.fingerprint}
 
 
 def write_sweep(sweep: dict[str, Any], out: Any, cfg: Any, timings: dict[str, float]) -> str:

@@ -211,8 +211,10 @@ class Study:
             self.cfg = cfg.model_copy(update={"layer": chosen})
 
     def sweep_layers(self) -> dict[str, Any]:
-        from assay.experiment.layers import layer_sweep
+        from assay.experiment.layers import layer_sweep, load_sweep
 
+        if self.cfg.layer_sweep_from:
+            return load_sweep(self.cfg.layer_sweep_from, self)
         return layer_sweep(self)
 
     def methods(self, on_sae: bool) -> list[Any]:
