@@ -99,6 +99,7 @@ def test_study_reads_the_layer_its_sweep_chose(tmp_path, monkeypatch, tiny):
     text = write_sweep(sweep, tmp_path / "alone", cfg, {"layer sweep": 1.0})
     used = next(r for r in sweep["rows"] if r["layer"] == sweep["used"] and r["aggregation"] in text)
     assert f"layer {sweep['used']} of {tiny.n_layers}" in text and f"{used['val_auroc']:.3f}" in text
+    assert "leads layer" in text  # how far the choice is ahead on the score it was chosen by
     assert text in (tmp_path / "alone" / "layer_sweep.md").read_text()
     assert (tmp_path / "alone" / "layer_sweep.png").stat().st_size > 1000
     assert json.loads((tmp_path / "alone" / "layer_sweep.json").read_text())["chosen"] == sweep["chosen"]

@@ -324,7 +324,9 @@ RELATED = [
              "latents firing on >10% of tokens, FVU and delta LM loss against L0, frequency-weighted auto-interp",
      "report": "docs/results/sae-frequency-quick/report.md"},
     {"command": "assay experiment layers --preset full",
-     "what": "the layer sweep alone, on the full benchmark", "report": "docs/results/layers-full/layer_sweep.md"},
+     "what": "the layer sweep alone, on the full benchmark (float32; the bfloat16 run is in "
+             "docs/results/layers-full-bf16); `harmful-intent --preset full --layer-sweep-from` reuses its file",
+     "report": "docs/results/layers-full/layer_sweep.md"},
 ]
 
 

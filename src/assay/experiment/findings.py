@@ -8,9 +8,11 @@ alone, so `assay report readme` can regenerate the prose from `report.json`.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from assay.experiment.evaluation import family_best
+from assay.experiment.layers import mean_val_auroc
 
 _CMP_SPLITS = ("calib", "ood")
 
@@ -312,9 +314,21 @@ def layer_finding(sweep: dict[str, Any], w: "_Writer | None" = None) -> Any:
 
     how = ("chosen as the best on validation AUROC averaged over the aggregations" if sweep["how"] == "validation"
            else f"given by the user (the validation rule would choose layer {sweep['chosen']})")
+    # how far ahead the chosen layer is on the very score it was chosen by: when validation is
+    # saturated, a lead far inside one probe's interval says the choice is close to a tie
+    score = mean_val_auroc(rows)
+    ranked = sorted(score, key=lambda layer: (-score[layer], layer))
+    margin = ""
+    if len(ranked) > 1 and ranked[0] == sweep["chosen"]:
+        first, second = ranked[0], ranked[1]
+        lead = score[first] - score[second]
+        width = statistics.median(x["val_auroc_ci"][1] - x["val_auroc_ci"][0] for x in rows if x["layer"] == first)
+        margin = (f" Its validation AUROC averaged over the aggregations ({score[first]:.4f}) leads layer {second}'s "
+                  f"by {lead:.4f}, against a median 95% interval width of {width:.3f} for one of its probes"
+                  + (": on validation the choice is close to a tie." if lead < 0.1 * width else "."))
     text = (f"Dense logistic probe at each of {len(sweep['layers'])} layers, from one forward pass: the study reads "
             f"layer {used} of {sweep['n_layers']}, {how}. There, at {agg}: val AUROC {cite(i, 'val_auroc')}, OOD "
-            f"{cite(i, 'ood_auroc')}, OOD recall at {sweep['target_fpr']:.0%} FPR {cite(i, 'ood_recall')}.")
+            f"{cite(i, 'ood_auroc')}, OOD recall at {sweep['target_fpr']:.0%} FPR {cite(i, 'ood_recall')}.{margin}")
     if used != sweep["middle"] and (sweep["middle"], agg) in at:
         text += f" Against the middle block (layer {sweep['middle']}), OOD AUROC difference {versus(used, sweep['middle'])}."
     j, c = at[("concat", agg)]

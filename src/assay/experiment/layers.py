@@ -42,14 +42,20 @@ def sweep_layers(n_layers: int, stride: int = 1) -> list[int]:
     return layers if layers[-1] == n_layers - 1 else layers + [n_layers - 1]
 
 
-def _ranked(rows: list[dict[str, Any]]) -> list[int]:
-    """Layers by validation AUROC averaged over aggregations, best first; ties to the shallower.
-    Reads `val_auroc` only."""
+def mean_val_auroc(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Each single layer's validation AUROC averaged over the aggregations (the score the study's
+    layer is chosen by). Reads `val_auroc` only."""
     by_layer: dict[int, list[float]] = {}
     for r in rows:
         if isinstance(r["layer"], int):
             by_layer.setdefault(r["layer"], []).append(r["val_auroc"])
-    return sorted(by_layer, key=lambda layer: (-float(np.mean(by_layer[layer])), layer))
+    return {layer: float(np.mean(v)) for layer, v in by_layer.items()}
+
+
+def _ranked(rows: list[dict[str, Any]]) -> list[int]:
+    """Layers by validation AUROC averaged over aggregations, best first; ties to the shallower."""
+    score = mean_val_auroc(rows)
+    return sorted(score, key=lambda layer: (-score[layer], layer))
 
 
 def choose_layer(rows: list[dict[str, Any]]) -> int:
