@@ -93,13 +93,15 @@ class StudyConfig(BaseModel):
     @classmethod
     def preset_config(cls, preset: str, **overrides) -> "StudyConfig":
         if preset == "full":
-            # GDM's data scale, sized to finish within 90 minutes on a 2-core CPU once its layer
-            # sweep has run as its own command (`assay experiment layers --preset full`, about an
-            # hour alone: reading 18 blocks for a million tokens). The SAEs are far below GDM's
-            # (Gemma Scope saw billions of tokens): raise the token counts where compute allows.
-            # Two seeds, not three, and 30 auto-interp latents: at the swept layer (deeper than the
-            # middle block) every extraction costs more, and three seeds no longer fit the budget.
-            # The LM-explainer pass reads 4 latents (about 2 to 3 minutes each here).
+            # GDM's data scale. Its layer sweep runs as its own command (`assay experiment layers
+            # --preset full`: 18 blocks for a million tokens, 47 min in float32 on an AVX2 CPU) and
+            # is reused with --layer-sweep-from. Two seeds, 500k-token SAE corpora and 30
+            # auto-interp latents (three, 600k and 50 before the sweep moved the study deeper, which
+            # makes every extraction dearer) aim at 90 minutes on a 2-core AMX CPU in bfloat16,
+            # where three seeds at the middle block took 84; not yet measured. On AVX2-only CPUs,
+            # in float32, the forward passes alone take longer than that. The SAEs are far below
+            # GDM's (Gemma Scope saw billions of tokens): raise the token counts where compute allows.
+            # The LM-explainer pass reads 4 latents (2 to 3 minutes each on a CPU).
             sae = SAESpec(width=4096, k=32, pretrain_tokens=500_000, chat_tokens=500_000, finetune_tokens=200_000,
                           epochs=2, max_tokens=512)
             base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=2, stability_resamples=10,

@@ -109,27 +109,30 @@ def load_sweep(path: Any, study: Any) -> dict[str, Any]:
         prov = sweep["provenance"]
         expected = {"model": cfg.model, "dtype": cfg.dtype, "seed": cfg.seed, "preset": cfg.preset, "data": cfg.data}
         found = {k: prov.get(k) for k in expected}
-        keys = (sweep["rows"], sweep["chosen"], sweep["used"], sweep["comparisons"], sweep["layers"])
+        missing = [k for k in ("rows", "chosen", "used", "comparisons", "layers") if k not in sweep]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: not a layer sweep written by `assay experiment layers` ({e}); run "
                          f"`assay experiment layers --preset {cfg.preset} --out DIR` and pass DIR/layer_sweep.json") from e
-    del keys
-    diff = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
+    diff = {k: f"the sweep has {found[k]!r}, this study {v!r}" for k, v in expected.items() if found[k] != v}
     for k, v in (("aggregations", list(cfg.aggregations)), ("target_fpr", cfg.target_fpr),
-                 ("n_layers", study.lm.n_layers), ("dataset_fingerprint", study.ds.fingerprint),
-                 ("model_fingerprint", study.lm.fingerprint)):
+                 ("n_layers", study.lm.n_layers)):
         if k in sweep and sweep[k] != v:
-            diff[k] = ("(differs)" if k.endswith("fingerprint") else sweep[k], "(this study's)" if k.endswith(
-                "fingerprint") else v)
+            diff[k] = f"the sweep has {sweep[k]!r}, this study {v!r}"
+    for k, v in (("dataset_fingerprint", study.ds.fingerprint), ("model_fingerprint", study.lm.fingerprint)):
+        if k in sweep and sweep[k] != v:
+            diff[k.replace("_", " ")] = "differs (another benchmark, subsample or split)" if k.startswith(
+                "dataset") else "differs (other weights, dtype or tokenizer)"
     if "dataset_fingerprint" not in sweep:
         n_units = {s: len(np.unique(study.units[study.idx[s]])) for s in study.idx}
         for c in sweep["comparisons"]:
             if c["split"] in n_units and c.get("n_units") != n_units[c["split"]]:
-                diff[f"clusters in {c['split']}"] = (c.get("n_units"), n_units[c["split"]])
+                diff[f"clusters in {c['split']}"] = f"the sweep has {c.get('n_units')}, this study {n_units[c['split']]}"
     if cfg.layer is not None and sweep["used"] != cfg.layer:
-        diff["layer"] = (sweep["used"], cfg.layer)
+        diff["layer"] = f"the sweep used {sweep['used']}, this study is given {cfg.layer}"
     if diff:
-        what = "; ".join(f"{k}: the sweep has {a!r}, this study {b!r}" for k, (a, b) in diff.items())
+        what = "; ".join(f"{k}: {d}" for k, d in diff.items())
         raise InputError(f"{path} is a sweep of another setting ({what}); rerun `assay experiment layers` with this "
                          "study's settings, or drop --layer-sweep-from to sweep as part of the study")
     checked = "data and model fingerprints" if "dataset_fingerprint" in sweep else "clusters per split (no fingerprints recorded)"
