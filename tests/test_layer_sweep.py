@@ -119,10 +119,17 @@ def test_study_reads_the_layer_its_sweep_chose(tmp_path, monkeypatch, tiny):
     assert reuse.layer_sweep["source"]["checked"] == "data and model fingerprints"
     assert "its own command" in layer_finding(reuse.layer_sweep).text
     for update, message in (({"seed": 1}, "seed"), ({"aggregations": ["all.mean"]}, "aggregations"),
-                            ({"layer": sweeps[None]["chosen"] + 1}, "layer")):
+                            ({"layer": sweeps[None]["chosen"] + 1}, "this study is given")):
         other = Study(reuse.cfg.model_copy(update={"layer": None, **update}), tmp_path / "other", progress=False)
         with pytest.raises(InputError, match=message):
             other.run()
+    # a file of other data (same settings otherwise) is refused on its fingerprint
+    other_data = json.loads((tmp_path / "chosen" / "layer_sweep.json").read_text())
+    other_data["dataset_fingerprint"] = "0" * 64
+    (tmp_path / "other_data.json").write_text(json.dumps(other_data))
+    with pytest.raises(InputError, match="dataset fingerprint: differs"):
+        Study(cfg.model_copy(update={"layer_sweep_from": str(tmp_path / "other_data.json")}), tmp_path / "d",
+              progress=False).run()
     # a file older than its fingerprints is checked on the clusters of each split it compared
     legacy = json.loads((tmp_path / "chosen" / "layer_sweep.json").read_text())
     del legacy["dataset_fingerprint"], legacy["model_fingerprint"]

@@ -12,7 +12,7 @@ import statistics
 from typing import Any
 
 from assay.experiment.evaluation import family_best
-from assay.experiment.layers import mean_val_auroc
+from assay.experiment.layers import mean_val_auroc, ranked_layers
 
 _CMP_SPLITS = ("calib", "ood")
 
@@ -316,10 +316,9 @@ def layer_finding(sweep: dict[str, Any], w: "_Writer | None" = None) -> Any:
            else f"given by the user (the validation rule would choose layer {sweep['chosen']})")
     # how far ahead the chosen layer is on the very score it was chosen by: when validation is
     # saturated, a lead far inside one probe's interval says the choice is close to a tie
-    score = mean_val_auroc(rows)
-    ranked = sorted(score, key=lambda layer: (-score[layer], layer))
+    score, ranked = mean_val_auroc(rows), ranked_layers(rows)
     margin = ""
-    if len(ranked) > 1 and ranked[0] == sweep["chosen"]:
+    if len(ranked) > 1:
         first, second = ranked[0], ranked[1]
         lead = score[first] - score[second]
         width = statistics.median(x["val_auroc_ci"][1] - x["val_auroc_ci"][0] for x in rows if x["layer"] == first)

@@ -52,7 +52,7 @@ def mean_val_auroc(rows: list[dict[str, Any]]) -> dict[int, float]:
     return {layer: float(np.mean(v)) for layer, v in by_layer.items()}
 
 
-def _ranked(rows: list[dict[str, Any]]) -> list[int]:
+def ranked_layers(rows: list[dict[str, Any]]) -> list[int]:
     """Layers by validation AUROC averaged over aggregations, best first; ties to the shallower."""
     score = mean_val_auroc(rows)
     return sorted(score, key=lambda layer: (-score[layer], layer))
@@ -61,12 +61,12 @@ def _ranked(rows: list[dict[str, Any]]) -> list[int]:
 def choose_layer(rows: list[dict[str, Any]]) -> int:
     """The layer with the highest validation AUROC averaged over aggregations; ties go to the
     shallower layer."""
-    return _ranked(rows)[0]
+    return ranked_layers(rows)[0]
 
 
 def best_layers(rows: list[dict[str, Any]], n: int) -> list[int]:
     """The `n` layers best on mean validation AUROC, in depth order."""
-    return sorted(_ranked(rows)[:n])
+    return sorted(ranked_layers(rows)[:n])
 
 
 def layer_sweep(study: Any) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def load_sweep(path: Any, study: Any) -> dict[str, Any]:
         missing = [k for k in ("rows", "chosen", "used", "comparisons", "layers") if k not in sweep]
         if missing:
             raise KeyError(f"no {', '.join(missing)}")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{path}: not a layer sweep written by `assay experiment layers` ({e}); run "
                          f"`assay experiment layers --preset {cfg.preset} --out DIR` and pass DIR/layer_sweep.json") from e
     diff = {k: f"the sweep has {found[k]!r}, this study {v!r}" for k, v in expected.items() if found[k] != v}
