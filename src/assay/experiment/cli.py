@@ -141,6 +141,51 @@ def layers(
     rprint(f"{text}\n({out}/layer_sweep.md, layer_sweep.png, layer_sweep.json)")
 
 
+@app.command("saes")
+def saes(
+    preset: str = typer.Option("quick", help="quick | full: the SAE recipe and the benchmark whose validation tokens "
+                               "measure them."),
+    model: str = options.MODEL,
+    layer: Optional[int] = options.STUDY_LAYER,
+    layer_sweep_from: Optional[Path] = typer.Option(
+        None, "--layer-sweep-from", help="The layer_sweep.json of `assay experiment layers` whose chosen layer the "
+        "SAEs read (as `harmful-intent --layer-sweep-from` would)."),
+    dtype: str = options.DTYPE,
+    seed: int = options.SEED,
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train every SAE with this many seeds (default: the preset's)."),
+    data: Optional[str] = typer.Option(None, help="Benchmark directory or user JSONL/CSV (text,label,split) instead of the preset's."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default runs/saes-<preset>)."),
+) -> None:
+    """The study's SAEs alone: trained on every seed and measured, as `harmful-intent` would.
+
+    For presets too big to run in one go: `harmful-intent` with the same settings afterwards reuses
+    these SAEs and their quality records instead of extracting their corpora and training them, and
+    its report names the run that trained them. Writes saes.json and saes.md."""
+    from rich import print as rprint
+
+    from assay.experiment import StudyConfig
+    from assay.experiment.study_saes import run_study_saes
+
+    if preset not in ("quick", "full"):
+        raise typer.BadParameter(f"unknown preset {preset!r}: use quick or full", param_hint="--preset")
+    if layer is not None and layer_sweep_from is not None:
+        raise typer.BadParameter("give --layer or --layer-sweep-from, not both", param_hint="--layer")
+    layer = _check_study_args(model, layer, data, None, None, None)
+    if layer_sweep_from is not None and not layer_sweep_from.is_file():
+        raise typer.BadParameter(f"{layer_sweep_from}: no such file (it is the layer_sweep.json that `assay "
+                                 "experiment layers --out DIR` writes in DIR)", param_hint="--layer-sweep-from")
+    dtype = options.resolve_dtype_choice(dtype)
+    # Without --layer, the layer is chosen as `harmful-intent` chooses it: by the sweep (run here
+    # when no file is given), so that the study finds these SAEs.
+    cfg = StudyConfig.preset_config(preset, model=model, layer=layer, dtype=dtype, seed=seed, data=data,
+                                    layer_sweep=layer is None,
+                                    layer_sweep_from=str(layer_sweep_from) if layer_sweep_from else None,
+                                    **({"n_seeds": seeds} if seeds else {}))
+    out = out or Path("runs") / f"saes-{preset}"
+    result = run_study_saes(cfg, out)
+    rprint(f"{len(result['saes'])} SAEs at layer {result['layer']} ({out}/saes.md, saes.json)")
+
+
 @app.command("readme")
 def readme(
     reports: list[Path] = typer.Argument(..., help="report.json files, the main one (e.g. the full preset's) first."),

@@ -309,6 +309,7 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
         diagnostics={"headline_k": cfg.headline_k, **chosen,
                      **({"layer_sweep": study.layer_sweep} if getattr(study, "layer_sweep", None) else {}),
                      **({"autointerp": study.autointerp} if getattr(study, "autointerp", None) else {}),
+                     **({"sae_provenance": study.sae_provenance} if getattr(study, "sae_provenance", None) else {}),
                      "related": RELATED,
                      "gap_closed": ev.gap_closed(results),
                      "diff_of_means": ev.diff_of_means_diagnostic(), "latent_stability": stability},

@@ -293,7 +293,36 @@ def findings(report: Any) -> list[Any]:
             "", f"Latent choice of the k={k} probes under bootstrap resamples of the training behaviours: mean Jaccard "
             f"overlap with the full-data choice {', '.join(parts)} (1 = always the same latents; over "
             f"{len(stab)} SAE x aggregation x selector configurations, {stab[0]['resamples']} resamples each).", None))
+
+    # 12. Which run trained the SAEs, when it was not this one.
+    if text := sae_source_text(report.diagnostics.get("sae_provenance") or []):
+        out.append(w.finding("", text, None))
     return out
+
+
+def sae_source_text(made: list[dict[str, Any]]) -> str:
+    """A sentence on the SAEs this study reused rather than trained (empty when it trained all):
+    which commits trained them and what that cost there, outside this report's timings."""
+    before = [m for m in made if not m["trained_in_this_run"]]
+    if not before:
+        return ""
+    commits = sorted({str(m.get("git_commit") or "unknown")[:7] for m in before})
+    timed = [m for m in before if m.get("train_seconds") is not None]
+    cost = ""
+    if timed:
+        train = sum(m["train_seconds"] for m in timed) / 60
+        corpus = sum(m.get("corpus_seconds") or 0 for m in timed) / 60
+        cost = (f"; training them took {train:.0f} min and extracting their corpora {corpus:.0f} min there"
+                + ("" if len(timed) == len(before) else f" (timed for {len(timed)} of them)"))
+    return (f"{len(before)} of the {len(made)} SAEs were trained before this run and read from the SAE cache (commit "
+            f"{', '.join(commits)}, e.g. by `assay experiment saes`{cost}), so this run's SAE stage only loaded them "
+            "and its timings leave that work out" + ("; their quality records (L0, FVU, LM loss) were measured before "
+                                                    "this run as well" if all(_before(m) for m in before) else "") + ".")
+
+
+def _before(m: dict[str, Any]) -> bool:
+    """Whether an SAE's quality record was measured before the run that reports it."""
+    return m.get("quality_measured") is not None and m["quality_measured"] < m["run_started"]
 
 
 def layer_finding(sweep: dict[str, Any], w: "_Writer | None" = None) -> Any:

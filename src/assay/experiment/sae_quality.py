@@ -8,6 +8,7 @@ Kept apart from `saes.py` (training), whose source is part of every SAE's cache 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,15 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], Path], val_tokens: list[torch.Tensor],
-                exclude: frozenset[str], progress: bool = True) -> list[dict[str, Any]]:
+                val_key: str, exclude: frozenset[str], progress: bool = True) -> list[dict[str, Any]]:
     """Per SAE and seed: L0, FVU (also without the residual stream's highest-variance dimensions),
     latents that never fire on the benchmark's validation tokens and latents dead at the end of
     training; for the first seed also delta LM loss and CE loss recovered (zero ablation) on
     held-out text of the SAE's own corpus, with intervals over documents, beside the cost of a
-    random perturbation of the same per-token norm. Cached beside each SAE."""
+    random perturbation of the same per-token norm. Cached beside each SAE, keyed on `val_key`
+    (which benchmark examples `val_tokens` are) rather than on how they were extracted, so the study
+    reuses what `assay experiment saes` measured; each record says which run computed it."""
+    from assay.provenance import git_commit
     from assay.sae.corpus import held_out_texts
     from assay.sae.io import load_sae
     from assay.sae.metrics import ce_recovered, text_batches
@@ -40,7 +44,7 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     todo_ce: dict[str, dict[str, Any]] = {}
     for (name, seed), path in paths.items():
-        key = sha256_json([cfg.preset, cfg.seed, cfg.layer, spec.eval_texts, spec.eval_max_tokens, len(val_tokens),
+        key = sha256_json([cfg.preset, cfg.seed, cfg.layer, spec.eval_texts, spec.eval_max_tokens, val_key,
                            sum(len(t) for t in val_tokens), seed == cfg.seed, QUALITY_VERSION])[:10]
         cache = path / f"study-quality-{key}.json"
         if cache.exists():
@@ -52,7 +56,9 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
         training = read_json(path / "training.json")
         stats.update(sae=name, seed=seed, corpus=by_name(name).corpus, path=str(path),
                      dead_in_training=(training.get("dead_in_training") or {}).get(name),
-                     training_tokens=training.get("tokens"), outlier_dims=outliers.tolist())
+                     training_tokens=training.get("tokens"), outlier_dims=outliers.tolist(),
+                     computed_by={"git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                  "unix": time.time()})
         rows[(name, seed)] = stats
         if seed == cfg.seed:
             todo_ce[name] = {"sae": sae, "cache": cache}
@@ -82,7 +88,7 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
 
 
 N_OUTLIER_DIMS = 8  # residual dimensions reported apart: Gemma's massive-activation dimensions
-QUALITY_VERSION = 2
+QUALITY_VERSION = 3
 
 
 def _dim_variance(batches: list[torch.Tensor]) -> torch.Tensor:

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
 from assay.experiment.config import StudyConfig
-from assay.fileio import sha256_json
+from assay.fileio import sha256_json, write_json
 from assay.models.loading import LoadedModel
 from assay.runtime import cache_dir
 
@@ -55,34 +56,41 @@ def study_saes_for(cfg: StudyConfig) -> list[StudySAE]:
 
 
 class Corpora:
-    """The SAE training texts, extracted once per corpus: `wiki` holds the pretraining SAE's texts
-    followed by the control's fresh ones; `chat` the chat SAE's texts, whose first documents also
-    serve the finetune."""
+    """The SAE training texts: `wiki` holds the pretraining SAE's texts followed by the control's
+    fresh ones; `chat` the chat SAE's texts, whose first documents also serve the finetune. Chosen
+    (tokenised, not run) on construction; each corpus is extracted once, on first use, so a run
+    whose SAEs all exist already (`assay experiment saes` ran first) never extracts them."""
 
     def __init__(self, lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str], progress: bool):
-        from assay.activations import extract
         from assay.sae.corpus import training_texts
 
-        spec, self.lm, self.cfg = cfg.sae, lm, cfg
+        spec, self.lm, self.cfg, self.progress = cfg.sae, lm, cfg, progress
         self.exclude = exclude
-        self.texts: dict[str, list[str]] = {}
-        self.ranges: dict[str, range] = {}
         wiki_pre = training_texts("wiki", lm.tokenizer, spec.pretrain_tokens, spec.max_tokens, cfg.seed)
         wiki = (training_texts("wiki", lm.tokenizer, spec.pretrain_tokens + spec.finetune_tokens, spec.max_tokens,
                                cfg.seed) if spec.control else wiki_pre)
         chat = training_texts("chat", lm.tokenizer, spec.chat_tokens, spec.max_tokens, cfg.seed, exclude)
         chat_ft = training_texts("chat", lm.tokenizer, spec.finetune_tokens, spec.max_tokens, cfg.seed, exclude)
         assert wiki[: len(wiki_pre)] == wiki_pre and chat[: len(chat_ft)] == chat_ft  # prefixes of one order
-        self.texts = {"wiki": wiki, "chat": chat}
-        self.ranges = {"pretrain": range(len(wiki_pre)), "pretrain+wiki-ft": range(len(wiki_pre), len(wiki)),
-                       "chat": range(len(chat)), "pretrain+chat-ft": range(len(chat_ft))}
-        self.acts = {c: extract(lm, t, [cfg.layer], dataset_fingerprint=sha256_json([c, t]), aggregations=("all.mean",),
-                                store_tokens=True, chat=False, max_tokens=spec.max_tokens, progress=progress)
-                     for c, t in self.texts.items()}
+        self.texts: dict[str, list[str]] = {"wiki": wiki, "chat": chat}
+        self.ranges: dict[str, range] = {"pretrain": range(len(wiki_pre)), "pretrain+wiki-ft": range(len(wiki_pre), len(wiki)),
+                                         "chat": range(len(chat)), "pretrain+chat-ft": range(len(chat_ft))}
+        self._acts: dict[str, object] = {}
+
+    def activations(self, corpus: str):
+        """The corpus's token activations at the study's layer (extracted into the cache on first use)."""
+        if corpus not in self._acts:
+            from assay.activations import extract
+
+            t = self.texts[corpus]
+            self._acts[corpus] = extract(self.lm, t, [self.cfg.layer], dataset_fingerprint=sha256_json([corpus, t]),
+                                         aggregations=("all.mean",), store_tokens=True, chat=False,
+                                         max_tokens=self.cfg.sae.max_tokens, progress=self.progress)
+        return self._acts[corpus]
 
     def stream(self, sae: StudySAE, seed: int) -> Iterator[torch.Tensor]:
         """Token activations for `sae`, `epochs` passes, each in a new order seeded by `seed`."""
-        acts = self.acts[sae.corpus]
+        acts = self.activations(sae.corpus)
         idx = list(self.ranges[sae.name])
         return itertools.chain.from_iterable(
             acts.iter_tokens(self.cfg.layer, 8192, mask="all", shuffle_seed=1000 * seed + epoch, indices=idx)
@@ -110,6 +118,7 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
     """Train (or reuse) every study SAE for every seed; returns (name, seed) -> directory."""
     from assay.sae.base import sparsity_kwargs
     from assay.sae.recipe import initial_saes, sae_metadata, train_saes
+    from assay.provenance import git_commit
     from assay.sae.trainer import TrainConfig
 
     spec = cfg.sae
@@ -137,7 +146,29 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
                                     search_dtype="bfloat16" if lm.dtype == torch.bfloat16 else None)
             log.info("training SAE %s seed %d (%s, %d latents) on %d %s tokens x %d epochs", sae.name, seed, spec.arch,
                      spec.width, n_tokens, sae.corpus, spec.epochs)
+            t0 = time.perf_counter()
+            corpora.activations(sae.corpus)  # extracted (or read from the cache) by the first SAE that needs it
+            t1 = time.perf_counter()
             train_saes({sae.name: model}, corpora.stream(sae, seed), path, train_cfg, meta, device=lm.device,
                        resume=(path / "checkpoint.pt").exists())
+            # how it was made, for the reports of runs that reuse it (training.json has no clock)
+            write_json(path / "trained.json", {"train_seconds": round(time.perf_counter() - t1, 1),
+                                               "corpus_seconds": round(t1 - t0, 1), "git_commit": git_commit(),
+                                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                               "unix": time.time()})
             (path / "checkpoint.pt").unlink(missing_ok=True)
     return out
+
+
+def sae_provenance(paths: dict[tuple[str, int], Path], started: float) -> list[dict[str, Any]]:
+    """Per SAE: trained by this run (after `started`, a `time.time()`) or before it, and by which
+    commit in how long, from its `trained.json` (absent for SAEs older than that record)."""
+    from assay.fileio import read_json
+
+    rows = []
+    for (name, seed), path in paths.items():
+        made = read_json(path / "trained.json") if (path / "trained.json").exists() else {}
+        rows.append({"sae": name, "seed": seed, "dir": path.name, "run_started": started,
+                     "trained_in_this_run": made.get("unix", 0.0) >= started,
+                     **{k: made.get(k) for k in ("git_commit", "created", "train_seconds", "corpus_seconds")}})
+    return rows

@@ -162,28 +162,37 @@ class Study:
 
     # --- the study -----------------------------------------------------------------------
     def run(self) -> Any:
-        from assay.activations import extract
         from assay.probes.inputs import Inputs
         from assay.runtime import resolve_dtype
 
         t_start = time.perf_counter()
         self.prepare()
         cfg = self.cfg
-        self.acts = self.stage("activations", lambda: extract(
-            self.lm, self.ds.texts, [cfg.layer], dataset_fingerprint=self.ds.fingerprint,
-            aggregations=sorted(set(cfg.aggregations)), store_tokens=True, token_budget=cfg.token_budget,
-            progress=self.progress))
+        self.acts = self.stage("activations", self.benchmark_activations)
         self.inputs = Inputs(self.acts, self.ds.texts, layer=cfg.layer, aggregations=cfg.aggregations, dtype=cfg.dtype,
                              search_dtype=torch.bfloat16 if resolve_dtype(cfg.dtype) == torch.bfloat16 else None,
                              progress=self.progress)
         self.stage("probes", lambda: self.fit_runs(None))
         self.stage("SAEs", self.train_saes)
         quality = self.stage("SAE quality", self.sae_quality)
+        for m, q in zip(self.sae_provenance, quality):  # both in sae_paths' order
+            m["quality_measured"] = (q.get("computed_by") or {}).get("unix")
         self.stage("SAE probes", lambda: [self.fit_runs(sae) for sae in self.sae_paths])
         self.autointerp = (self.stage("auto-interp", self.autointerp_saes)
                            if cfg.autointerp_latents or cfg.autointerp_lm_latents else None)
         self.timings["total before report"] = time.perf_counter() - t_start
         return self.stage("report", lambda: self.report(quality))
+
+    def benchmark_activations(self, indices: Any = None) -> Any:
+        """Token and pooled activations at the study's layer of every benchmark prompt (or of the
+        examples at `indices`, e.g. the validation split alone)."""
+        from assay.activations import extract
+
+        cfg, texts, fp = self.cfg, self.ds.texts, self.ds.fingerprint
+        if indices is not None:
+            texts, fp = [texts[i] for i in indices], sha256_json([fp, [int(i) for i in indices]])
+        return extract(self.lm, texts, [cfg.layer], dataset_fingerprint=fp, aggregations=sorted(set(cfg.aggregations)),
+                       store_tokens=True, token_budget=cfg.token_budget, progress=self.progress)
 
     def prepare(self) -> None:
         """Data, splits, model and layer sweep; the study's layer fixed (the sweep's choice when not given)."""
@@ -302,20 +311,30 @@ class Study:
         return sharegpt_requests(self.ds) | frozenset(normalize_text(t) for t in self.ds.texts)
 
     def train_saes(self) -> None:
-        from assay.experiment.saes import train_study_saes
+        from assay.experiment.saes import sae_provenance, train_study_saes
 
+        started = time.time()
         self.sae_paths = train_study_saes(self.lm, self.cfg, self.sae_exclusions(), progress=self.progress)
+        self.sae_provenance = sae_provenance(self.sae_paths, started)
 
     def autointerp_saes(self) -> dict[str, Any]:
         from assay.experiment.study_autointerp import study_autointerp
 
         return study_autointerp(self)
 
-    def sae_quality(self) -> list[dict[str, Any]]:
+    def sae_quality(self, val_tokens: list[torch.Tensor] | None = None) -> list[dict[str, Any]]:
+        """Every SAE's quality on the validation split's tokens (`val_tokens`, by default read from
+        the study's activations)."""
         from assay.experiment.sae_quality import sae_quality
 
-        val_tokens = list(self.acts.iter_tokens(self.cfg.layer, 8192, mask="all", indices=self.idx["val"].tolist()))
-        return sae_quality(self.lm, self.cfg, self.sae_paths, val_tokens, self.sae_exclusions(), self.progress)
+        if val_tokens is None:
+            val_tokens = list(self.acts.iter_tokens(self.cfg.layer, 8192, mask="all", indices=self.idx["val"].tolist()))
+        return sae_quality(self.lm, self.cfg, self.sae_paths, val_tokens, self.val_key(), self.sae_exclusions(),
+                           self.progress)
+
+    def val_key(self) -> str:
+        """Which examples the SAE-quality tokens are: the benchmark's validation split."""
+        return sha256_json([self.ds.fingerprint, self.idx["val"].tolist()])[:16]
 
     def selection_stability(self, Z: torch.Tensor, select: str, chosen: np.ndarray) -> dict[str, Any]:
         """How often the latents chosen on the training set are chosen again on bootstrap resamples

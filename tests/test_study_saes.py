@@ -1,0 +1,89 @@
+"""`assay experiment saes`: the study's SAEs trained as their own command, then reused by the
+study, which neither extracts their corpora nor trains them again and says where they came from."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def _data(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["how", "do", "I", "make", "bake", "a", "bomb", "cake", "steal", "car", "wash", "the"]
+    rows = []
+    for split in ("train", "val", "calib", "ood"):
+        for i in range(12):
+            label = i % 2
+            text = " ".join(rng.choice(words, 6)) + (" bomb" if label else " cake")
+            rows.append({"text": text, "label": label, "split": split, "cluster": f"{split}-{i // 4}"})
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_study_reuses_the_saes_command_and_says_so(tmp_path, monkeypatch, tiny):
+    import assay.experiment.saes as saes_mod
+    from assay.experiment import SAESpec, StudyConfig, run_study
+    from assay.experiment.study_saes import run_study_saes
+    from assay.sae.trainer import Trainer
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("assay.models.load", lambda *a, **k: tiny)
+    sae = SAESpec(width=64, k=8, pretrain_tokens=1500, chat_tokens=1500, finetune_tokens=600, max_tokens=64,
+                  batch_size=256, eval_texts=2, eval_max_tokens=16)
+    cfg = StudyConfig(data=str(_data(tmp_path)), layer=1, layer_sweep=False, aggregations=["all.max"], n_boot=20,
+                      methods=["dense-logistic", "1-sparse"], sae=sae, autointerp_latents=0, autointerp_lm_latents=0)
+
+    result = run_study_saes(cfg, tmp_path / "saes", progress=False)
+    assert {(r["sae"], r["seed"]) for r in result["saes"]} == {
+        (n, 0) for n in ("pretrain", "chat", "pretrain+chat-ft", "pretrain+wiki-ft")}
+    assert all(r["trained"]["trained_in_this_run"] and r["trained"]["train_seconds"] >= 0 for r in result["saes"])
+    # the first SAE of each corpus extracted it; the others found it extracted
+    assert sum(r["trained"]["corpus_seconds"] > 0 for r in result["saes"]) >= 2
+    md = (tmp_path / "saes" / "saes.md").read_text()
+    assert "| pretrain | 0 | wiki |" in md and "Wall time per stage" in md
+    assert (tmp_path / "saes" / "figures" / "freq_hist-chat.png").exists()
+    assert json.loads((tmp_path / "saes" / "saes.json").read_text())["layer"] == 1
+
+    # the study: no corpus extracted, no SAE trained, quality records read from beside the SAEs
+    monkeypatch.setattr(saes_mod.Corpora, "activations", lambda *a: pytest.fail("extracted an SAE corpus again"))
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained an SAE again"))
+    report = run_study(cfg, tmp_path / "study", progress=False)
+    made = report.diagnostics["sae_provenance"]
+    assert len(made) == 4 and not any(m["trained_in_this_run"] for m in made)
+    by_sae = {r["sae"]: r for r in result["saes"]}
+    for q in report.sae_quality:
+        assert q.fvu == pytest.approx(by_sae[q.sae]["fvu"]) and q.l0 == pytest.approx(by_sae[q.sae]["l0"])
+    text = next(f.text for f in report.findings if "trained before this run" in f.text)
+    assert "4 of the 4 SAEs" in text and "measured before this run as well" in text and " min there" in text
+
+
+def test_sae_source_sentence_only_for_reused_saes():
+    from assay.experiment.findings import sae_source_text
+
+    fresh = {"sae": "chat", "seed": 0, "trained_in_this_run": True, "run_started": 10.0, "quality_measured": 11.0}
+    assert sae_source_text([fresh]) == ""
+    old = {"sae": "pretrain", "seed": 0, "trained_in_this_run": False, "git_commit": "abcdef123", "train_seconds": 600,
+           "corpus_seconds": 1200, "run_started": 10.0, "quality_measured": 11.0}
+    text = sae_source_text([fresh, old])
+    assert text.startswith("1 of the 2 SAEs") and "abcdef1" in text and "10 min" in text and "20 min" in text
+    assert "measured before" not in text  # its quality was measured in this run
+    untimed = {**old, "train_seconds": None, "quality_measured": 5.0}
+    assert "took" not in sae_source_text([untimed]) and "measured before" in sae_source_text([untimed])
+
+
+def test_saes_command_refuses_bad_input_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from assay.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "400", "NO_COLOR": "1"})
+    res = runner.invoke(app, ["experiment", "saes", "--preset", "huge"])
+    assert res.exit_code == 2 and "unknown preset" in res.output
+    res = runner.invoke(app, ["experiment", "saes", "--layer-sweep-from", str(tmp_path / "none.json")])
+    assert res.exit_code == 2 and "no such file" in res.output
+    res = runner.invoke(app, ["experiment", "saes", "--layer", "3", "--layer-sweep-from", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "not both" in res.output
