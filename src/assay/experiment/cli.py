@@ -26,7 +26,7 @@ def harmful_intent(
         "settings instead of sweeping again (the full preset's sweep alone takes most of an hour here)."),
     dtype: str = options.DTYPE,
     seed: int = options.SEED,
-    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train SAEs and stochastic probes with this many seeds (default: the preset's: quick 1, full 2)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train SAEs and stochastic probes with this many seeds (default: the preset's: 1)."),
     data: Optional[str] = typer.Option(None, help="Benchmark directory or user JSONL/CSV (text,label,split) instead of the preset's."),
     subsample: Optional[int] = typer.Option(None, help="At most N examples per split and class (a smoke run)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/harmful-intent-<preset>)."),

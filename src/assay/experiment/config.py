@@ -93,19 +93,20 @@ class StudyConfig(BaseModel):
     @classmethod
     def preset_config(cls, preset: str, **overrides) -> "StudyConfig":
         if preset == "full":
-            # GDM's data scale. Its layer sweep runs as its own command (`assay experiment layers
-            # --preset full`: 18 blocks for a million tokens, 47 min in float32 on an AVX2 CPU) and
-            # is reused with --layer-sweep-from. Two seeds, 500k-token SAE corpora and 30
-            # auto-interp latents (three, 600k and 50 before the sweep moved the study deeper, which
-            # makes every extraction dearer) aim at 90 minutes on a 2-core AMX CPU in bfloat16,
-            # where three seeds at the middle block took 84; not yet measured. On AVX2-only CPUs,
-            # in float32, the forward passes alone take longer than that. The SAEs are far below
-            # GDM's (Gemma Scope saw billions of tokens): raise the token counts where compute allows.
-            # The LM-explainer pass reads 4 latents (2 to 3 minutes each on a CPU).
+            # GDM's data scale, as three commands, each under 90 minutes on a 2-core CPU: the layer
+            # sweep (`assay experiment layers --preset full`: 18 blocks for a million tokens, 47 min
+            # in float32 on an AVX2 CPU), the SAEs (`assay experiment saes --preset full
+            # --layer-sweep-from ...`: 1.2M corpus tokens to extract, then training), then this study
+            # with --layer-sweep-from, which reuses both. One seed (three at the middle block took 84
+            # minutes in bfloat16 on an AMX CPU; the sweep moved the study deeper, which makes every
+            # extraction dearer, and on AVX2 CPUs float32 is the fast dtype): the study's own forward
+            # pass over the benchmark alone takes about 34 minutes there. The SAEs are far below
+            # GDM's (Gemma Scope saw billions of tokens): raise the token counts where compute
+            # allows. The LM-explainer pass reads 2 latents (2 to 3 minutes each on a CPU).
             sae = SAESpec(width=4096, k=32, pretrain_tokens=500_000, chat_tokens=500_000, finetune_tokens=200_000,
                           epochs=2, max_tokens=512)
-            base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=2, stability_resamples=10,
-                       autointerp_latents=30, autointerp_lm_latents=4, autointerp_tokens=20_000)
+            base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=1, stability_resamples=10,
+                       autointerp_latents=30, autointerp_lm_latents=2, autointerp_tokens=20_000)
         elif preset == "quick":
             # Sized for a 2-core CPU in minutes: extraction dominates, so the SAEs see few unique
             # tokens, several times over; one seed; the layer sweep reads every other block.
