@@ -328,6 +328,10 @@ RELATED = [
      "what": "the layer sweep alone, on the full benchmark (float32; the bfloat16 run is in "
              "docs/results/layers-full-bf16); `harmful-intent --preset full --layer-sweep-from` reuses its file",
      "report": "docs/results/layers-full/layer_sweep.md"},
+    {"command": "assay experiment saes --preset full --layer-sweep-from docs/results/layers-full/layer_sweep.json",
+     "what": "the full preset's SAEs alone, trained and measured (L0, FVU, delta LM loss, firing histograms) at the "
+             "sweep's layer; `harmful-intent --preset full` then reuses them and their quality records",
+     "report": "docs/results/saes-full/saes.md"},
 ]
 
 
