@@ -87,3 +87,19 @@ def test_saes_command_refuses_bad_input_before_loading_anything(tmp_path):
     assert res.exit_code == 2 and "no such file" in res.output
     res = runner.invoke(app, ["experiment", "saes", "--layer", "3", "--layer-sweep-from", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_readme_says_what_ran_as_separate_commands():
+    from types import SimpleNamespace
+
+    from assay.experiment.summary import _elsewhere
+
+    assert _elsewhere(SimpleNamespace(diagnostics={})) == ""
+    sweep = {"source": {"provenance": {"timings_seconds": {"layer sweep": 2799.0}}}}
+    made = [{"trained_in_this_run": False, "train_seconds": 300.0, "corpus_seconds": 1500.0},
+            {"trained_in_this_run": False, "train_seconds": 300.0, "corpus_seconds": 0.0},
+            {"trained_in_this_run": True, "train_seconds": 1.0}]
+    text = _elsewhere(SimpleNamespace(diagnostics={"layer_sweep": sweep, "sae_provenance": made}))
+    assert text == "; its layer sweep (47 min) and its 2 SAEs (corpus extraction and training, 35 min) ran as separate commands"
+    made[1]["train_seconds"] = None  # an SAE older than trained.json: no time claimed
+    assert _elsewhere(SimpleNamespace(diagnostics={"sae_provenance": made})) == "; its 2 SAEs ran as separate commands"

@@ -35,7 +35,24 @@ def _describe(report: Report, path: Path) -> str:
     total = sum(v for k, v in (p.get("timings_seconds") or {}).items() if k != "total before report")
     return (f"`{report.config.get('preset')}` preset ({path}): {sizes} rows; {p.get('model_description', p.get('model'))}, "
             f"layer {p.get('layer')}, dtype {p.get('dtype')}, {len(seeds)} seed(s); this report's run took "
-            f"{total / 60:.0f} min (stage times in its provenance; cached stages count as reused)")
+            f"{total / 60:.0f} min (stage times in its provenance; cached stages count as reused){_elsewhere(report)}")
+
+
+def _elsewhere(report: Report) -> str:
+    """What the run did not do itself because another command had: the layer sweep read from a
+    file, the SAEs found in the cache (with the time each took where it was done)."""
+    parts = []
+    src = (report.diagnostics.get("layer_sweep") or {}).get("source")
+    if src:
+        secs = ((src.get("provenance") or {}).get("timings_seconds") or {}).get("layer sweep")
+        parts.append("its layer sweep" + (f" ({secs / 60:.0f} min)" if secs else ""))
+    made = [m for m in report.diagnostics.get("sae_provenance") or [] if not m["trained_in_this_run"]]
+    if made:
+        timed = [m for m in made if m.get("train_seconds") is not None]
+        secs = sum(m["train_seconds"] + (m.get("corpus_seconds") or 0) for m in timed)
+        parts.append(f"its {len(made)} SAEs" + (f" (corpus extraction and training, {secs / 60:.0f} min)"
+                                                 if len(timed) == len(made) else ""))
+    return f"; {' and '.join(parts)} ran as separate commands" if parts else ""
 
 
 def readme_section(reports: list[tuple[Path, Report]]) -> str:
