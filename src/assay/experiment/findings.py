@@ -275,11 +275,18 @@ def findings(report: Any) -> list[Any]:
         else:
             random_txt = (f"A random perturbation of the same per-token norm costs less ({rn} nats): the SAE's error "
                           "points in directions the model is more sensitive to than random ones.")
+        if q.fvu_other_dims is None:
+            dims_txt = ""
+        elif q.fvu_other_dims <= q.fvu:
+            dims_txt = (f"FVU is dominated by a few massive-activation dimensions: without the 8 highest-variance ones "
+                        f"it is {fo}. ")
+        else:
+            dims_txt = (f"Without the 8 highest-variance (massive-activation) dimensions FVU is higher, {fo}: the SAE "
+                        "reconstructs those dimensions better than the rest. ")
         out.append(w.finding(
             "", f"Splicing the pretraining SAE's reconstruction into layer {report.provenance.layer} (every token but "
             f"BOS) raises the LM loss by {dl} nats/token on {q.ce_texts} held-out documents (95% interval "
-            f"[{f3(q.delta_lm_loss_ci.low)}, {f3(q.delta_lm_loss_ci.high)}]) at FVU {fv}. FVU is dominated by a few "
-            f"massive-activation dimensions: without the 8 highest-variance ones it is {fo}. " + random_txt, None))
+            f"[{f3(q.delta_lm_loss_ci.low)}, {f3(q.delta_lm_loss_ci.high)}]) at FVU {fv}. " + dims_txt + random_txt, None))
 
     # 11. How stable the k-sparse latent choice is.
     stab = report.diagnostics.get("latent_stability", [])
