@@ -76,3 +76,23 @@ def smoke_run(smoke_cfg, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("study") / "run"
     return run_study(smoke_cfg, out, progress=False), out
+
+
+def toy_benchmark(tmp_path):
+    """A 48-row JSONL benchmark (12 rows per split, labels by the last word, clusters of 4) for study
+    tests on the tiny model; returns its path."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = ["how", "do", "I", "make", "bake", "a", "bomb", "cake", "steal", "car", "wash", "the"]
+    rows = []
+    for split in ("train", "val", "calib", "ood"):
+        for i in range(12):
+            label = i % 2
+            text = " ".join(rng.choice(words, 6)) + (" bomb" if label else " cake")
+            rows.append({"text": text, "label": label, "split": split, "cluster": f"{split}-{i // 4}"})
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from assay.experiment.layers import best_layers, choose_layer, sweep_layers
@@ -51,16 +50,9 @@ def test_study_reads_the_layer_its_sweep_chose(tmp_path, monkeypatch, tiny):
     from assay.experiment import StudyConfig
     from assay.experiment.study import Study
 
-    rng = np.random.default_rng(0)
-    words = ["how", "do", "I", "make", "bake", "a", "bomb", "cake", "steal", "car", "wash", "the"]
-    rows = []
-    for split in ("train", "val", "calib", "ood"):
-        for i in range(12):
-            label = i % 2
-            text = " ".join(rng.choice(words, 6)) + (" bomb" if label else " cake")
-            rows.append({"text": text, "label": label, "split": split, "cluster": f"{split}-{i // 4}"})
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from conftest import toy_benchmark
+
+    data = toy_benchmark(tmp_path)
 
     real_extract = assay.activations.extract
     seen: dict[str, list[int]] = {}

@@ -5,22 +5,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-
-
-def _data(tmp_path):
-    rng = np.random.default_rng(0)
-    words = ["how", "do", "I", "make", "bake", "a", "bomb", "cake", "steal", "car", "wash", "the"]
-    rows = []
-    for split in ("train", "val", "calib", "ood"):
-        for i in range(12):
-            label = i % 2
-            text = " ".join(rng.choice(words, 6)) + (" bomb" if label else " cake")
-            rows.append({"text": text, "label": label, "split": split, "cluster": f"{split}-{i // 4}"})
-    path = tmp_path / "data.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.mark.slow
@@ -29,12 +14,13 @@ def test_study_reuses_the_saes_command_and_says_so(tmp_path, monkeypatch, tiny):
     from assay.experiment import SAESpec, StudyConfig, run_study
     from assay.experiment.study_saes import run_study_saes
     from assay.sae.trainer import Trainer
+    from conftest import toy_benchmark
 
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("assay.models.load", lambda *a, **k: tiny)
     sae = SAESpec(width=64, k=8, pretrain_tokens=1500, chat_tokens=1500, finetune_tokens=600, max_tokens=64,
                   batch_size=256, eval_texts=2, eval_max_tokens=16)
-    cfg = StudyConfig(data=str(_data(tmp_path)), layer=1, layer_sweep=False, aggregations=["all.max"], n_boot=20,
+    cfg = StudyConfig(data=str(toy_benchmark(tmp_path)), layer=1, layer_sweep=False, aggregations=["all.max"], n_boot=20,
                       methods=["dense-logistic", "1-sparse"], sae=sae, autointerp_latents=0, autointerp_lm_latents=0)
 
     result = run_study_saes(cfg, tmp_path / "saes", progress=False)
