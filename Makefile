@@ -17,10 +17,12 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 setup: $(BIN)/.installed
 
-# The study (quick preset), then the SAE-architecture comparison at matched L0 in its reduced form.
+# The study (quick preset), the SAE-architecture comparison at matched L0 in its reduced form, then
+# a monitor bundle built on the study's data (it prints how to serve it).
 demo: setup
 	$(BIN)/assay experiment harmful-intent --preset quick
 	$(BIN)/assay experiment sae-frequency --preset demo
+	$(BIN)/assay monitor build --data quick --min-calibration 40 --out runs/monitor-quick
 
 test: setup
 	$(BIN)/python -m pytest -q

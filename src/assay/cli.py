@@ -33,6 +33,7 @@ _GROUPS = [
     ("report", "assay.report.cli"),
     ("experiment", "assay.experiment.cli"),
     ("debug", "assay.debug.cli"),
+    ("monitor", "assay.monitor.cli"),
 ]
 
 for _name, _module in _GROUPS:

@@ -164,7 +164,7 @@ def _extract_shard(
     pooled = {(L, a.name): torch.empty(len(members), lm.d_model) for L in layers for a in aggregations}
     per_example: dict[int, list[torch.Tensor | None]] = {L: [None] * len(members) for L in layers}
     for batch in token_budget_batches(members, {i: len(prompts[i].input_ids) for i in members}, token_budget):
-        ids, attn, roles, lens = _pad([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device)
+        ids, attn, roles, lens = pad_prompts([prompts[i] for i in batch], lm.tokenizer.pad_token_id, lm.device)
         acts = residual_stream(lm, ids, attn, layers)
         rows = [position[i] for i in batch]
         for L in layers:
@@ -189,7 +189,7 @@ def _extract_shard(
     return tensors
 
 
-def _pad(
+def pad_prompts(
     prompts: list[FormattedPrompt], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right padding: real tokens keep the positions they have alone, so no position-id fix-up."""

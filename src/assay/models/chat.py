@@ -104,3 +104,67 @@ def _bos(tokenizer: Any) -> list[int]:
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def format_conversation(tokenizer: Any, messages: Sequence[dict], max_tokens: int | None = None) -> FormattedPrompt:
+    """Tokenise a role/content conversation, ending with the generation prompt. The user's words are
+    `Role.USER`; system and assistant text and the template are `Role.TEMPLATE`, so pooled masks
+    read a conversation as they read a prompt (one user message gives exactly `format_prompts`).
+
+    Each message's content is tokenised apart from the template around it (as `format_prompts`
+    does), so no token straddles a boundary. A conversation over `max_tokens` is an error: cutting
+    it would silently drop the turn the monitor is asked about."""
+    from assay.errors import InputError
+
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError("a conversation is a non-empty list of {role, content} messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in CHAT_ROLES:
+            raise InputError(f"message {i} must be {{'role': one of {'/'.join(CHAT_ROLES)}, 'content': a string}}; "
+                             f"got {m!r:.120}")
+    if [m["role"] for m in messages] == ["user"]:
+        [p] = format_prompts(tokenizer, [messages[0]["content"]], max_tokens=None)
+        pieces = None
+    else:
+        pieces = _conversation_pieces(tokenizer, messages)
+    if pieces is not None:
+        bos = [] if pieces[0][0].startswith(tokenizer.bos_token or "\x01") else _bos(tokenizer)
+        ids, roles = list(bos), [int(Role.SPECIAL)] * len(bos)
+        for text, role in pieces:
+            piece = _encode(tokenizer, text)
+            ids += piece
+            roles += [int(role)] * len(piece)
+        if ids and ids[0] == tokenizer.bos_token_id:
+            roles[0] = int(Role.SPECIAL)
+        p = FormattedPrompt(input_ids=ids, roles=roles)
+    if max_tokens is not None and len(p.input_ids) > max_tokens:
+        raise InputError(f"the conversation is {len(p.input_ids)} tokens, over the limit of {max_tokens}; "
+                         "send fewer or shorter messages")
+    return p
+
+
+def _conversation_pieces(tokenizer: Any, messages: Sequence[dict]) -> list[tuple[str, Role]]:
+    """(text, role) pieces of the rendered conversation: template text between the messages'
+    contents, found by rendering sentinels in place of the contents."""
+    if getattr(tokenizer, "chat_template", None):
+        marks = [f"\x00ASSAY_MESSAGE_{i}\x00" for i in range(len(messages))]
+        rendered = tokenizer.apply_chat_template([{"role": m["role"], "content": s} for m, s in zip(messages, marks)],
+                                                 tokenize=False, add_generation_prompt=True)
+        if all(rendered.count(s) == 1 for s in marks):
+            pieces, rest = [], rendered
+            for m, s in zip(messages, marks):
+                before, _, rest = rest.partition(s)
+                pieces += [(before, Role.TEMPLATE), (m["content"], Role.USER if m["role"] == "user" else Role.TEMPLATE)]
+            return [(t, r) for t, r in pieces + [(rest, Role.TEMPLATE)] if t]
+        log.warning("chat template drops or repeats message text; falling back to Gemma's turn format")
+    pieces = []
+    for m in messages:  # Gemma has no system turn: its text goes in a user turn, as Gemma's template does
+        turn = "model" if m["role"] == "assistant" else "user"
+        pieces += [(f"<start_of_turn>{turn}\n", Role.TEMPLATE),
+                   (m["content"], Role.USER if m["role"] == "user" else Role.TEMPLATE),
+                   ("<end_of_turn>\n", Role.TEMPLATE)]
+    pieces.append(("<start_of_turn>model\n", Role.TEMPLATE))
+    return [(t, r) for t, r in pieces if t]

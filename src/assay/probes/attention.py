@@ -165,6 +165,16 @@ class AttentionProbe(Probe):
         X, m = self._inputs(X, mask)
         return self._logits(X, m).double().numpy()
 
+    def token_scores(self, X, mask=None) -> list[np.ndarray]:
+        """Per real token, the logit the probe would give a prompt made of that token alone (its
+        value summed over heads, plus the bias): where in the prompt the evidence sits."""
+        X, m = self._inputs(X, mask)
+        dev = self._device()
+        self.net.eval()
+        with torch.no_grad():
+            v = self.net.value((X.to(dev, torch.float32) - self.mu) / self.sd).sum(-1) + self.net.bias
+        return [v[j][m[j]].double().cpu().numpy() for j in range(len(X))]
+
     def state(self) -> dict[str, torch.Tensor]:
         return {"mu": self.mu, "sd": self.sd, **{f"net.{k}": v for k, v in self.net.state_dict().items()}}
 

@@ -1,0 +1,1 @@
+"""Monitors: a probe shipped as a calibrated detector (bundle, offline scoring and evaluation, HTTP)."""

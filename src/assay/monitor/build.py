@@ -1,0 +1,251 @@
+"""`build_monitor`: train, choose by leave-one-collection-out, calibrate and write a bundle.
+
+1. Every labelled prompt the dataset has (all splits but `calib`) is training data: a monitor should
+   know every collection the project ships, not only the study's in-distribution split.
+2. Candidates (method x layer x aggregation) are compared by leave-one-collection-out (`select`);
+   the one with the best mean held-out AUROC ships. The card's per-collection numbers are nested,
+   so no collection it reports chose anything.
+3. The chosen probe is fitted on all training rows; thresholds at 0.1%, 1% and 5% FPR are set on
+   the benign calibration prompts (never trained on).
+4. The card also reports the study's protocol (the same candidate trained on the ID `train` split
+   only: val and OOD numbers) and the study-protocol probe on each held-out collection beside the
+   monitor, on the same rows, so a reader sees what the extra data and the selection bought.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from assay.errors import InputError
+from assay.metrics import auroc, fpr_at_threshold, recall_at_fpr
+from assay.monitor.folds import CALIBRATION_SPLIT, calibration_rows, fold, list_collections, trainable
+from assay.monitor.select import CARD_FPR, OPERATING_FPRS, Candidate, fpr_label, loco, n_fits, thresholds
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHODS = ("dense-logistic",)
+DEFAULT_AGGREGATIONS = ("resp-5", "all.mean", "all.max")
+DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0)  # fewer than a study probe's grid: the selection fits hundreds of probes
+MIN_CALIBRATION = 100  # benign calibration prompts: below this a 1% threshold is the top one or two scores
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """A third, half and two thirds of the way up: one forward pass to the deepest serves all three,
+    and on the full benchmark the selection preferred the shallowest (Gemma 3 270M: 6 over 9 and 12)."""
+    return sorted({n_layers // 3, n_layers // 2, (2 * n_layers) // 3})
+
+
+class Features:
+    """What each candidate reads, for every row of the dataset, computed once."""
+
+    def __init__(self, acts: Any, max_tokens: int = 512) -> None:
+        self.acts, self.max_tokens = acts, max_tokens
+        self._memo: dict[tuple, Any] = {}
+
+    def spec(self, c: Candidate, model: str) -> Any:
+        from assay.probes.inputs import InputSpec
+
+        return InputSpec.for_method(c.method, aggregation=c.aggregation, layer=c.layer, model=model,
+                                    max_tokens=self.max_tokens)
+
+    def read(self, c: Candidate) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from assay.probes.inputs import token_inputs
+        from assay.probes.methods import method
+
+        reads = method(c.method).reads
+        key = (reads, c.layer, c.aggregation)
+        if key not in self._memo:
+            if reads == "pooled":
+                self._memo[key] = (self.acts.pooled(c.layer, c.aggregation).float(), None)
+            elif reads == "tokens":
+                self._memo[key] = token_inputs(self.acts, c.layer, self.max_tokens)
+            else:
+                raise InputError(f"method {c.method!r} reads {reads}; a monitor serves probes on the model's "
+                                 "activations: pick a pooled or attention method")
+        return self._memo[key]
+
+
+def build_monitor(
+    data: str, out: str | Path, *, model: str | None = None, layers: Sequence[int] | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS, aggregations: Sequence[str] = DEFAULT_AGGREGATIONS,
+    dtype: str = "auto", inner_k: int = 4, default_fpr: float = CARD_FPR, seed: int = 0,
+    progress: bool = True, min_calibration: int = MIN_CALIBRATION, lm: Any = None,
+) -> Path:
+    """Build a monitor bundle from a benchmark (preset name or directory) or a labelled user file.
+    `lm` is an already loaded model to use instead of loading `model` (tests, notebooks)."""
+    from assay.data import load_or_build
+    from assay.models import load
+    from assay.models.chat import chat_affixes
+    from assay.models.loading import DEFAULT_MODEL, check_layer
+    from assay.monitor.bundle import model_identity, save_bundle
+    from assay.monitor.card import render_card
+    from assay.monitor.features import monitor_activations
+    from assay.probes.methods import method as get_method
+    from assay.provenance import provenance
+    from assay.runtime import choose_dtype
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    model = model or (lm.name if lm is not None else DEFAULT_MODEL)
+    if default_fpr not in OPERATING_FPRS:
+        raise InputError(f"--default-fpr {default_fpr} is not one of the calibrated FPRs {list(OPERATING_FPRS)}")
+    for m in methods:
+        if get_method(m).reads not in ("pooled", "tokens"):
+            raise InputError(f"method {m!r} reads {get_method(m).reads}; a monitor serves probes on the model's "
+                             "activations: pick a pooled or attention method (`assay probe methods`)")
+    ds = load_or_build(data, seed)
+    y = ds.labels
+    calib = calibration_rows(ds)
+    n_calib_benign = int((y[calib] == 0).sum())
+    if n_calib_benign < min_calibration:
+        raise InputError(f"{data} has {n_calib_benign} benign rows in a `{CALIBRATION_SPLIT}` split; a monitor sets "
+                         f"its thresholds there and needs at least {min_calibration}: add a `split` column with "
+                         f"'{CALIBRATION_SPLIT}' on held-out benign prompts")
+    collections = list_collections(ds)
+    if len(collections) < 2:
+        raise InputError(f"{data} has {len(collections)} collection(s) to hold out; leave-one-collection-out needs "
+                         "at least 2 (sources, jailbreak families, or a `group` column in a user file)")
+
+    if lm is None:
+        dtype_name, dtype_why = choose_dtype(dtype)
+        lm = load(model, dtype=dtype_name)
+    else:
+        from assay.runtime import dtype_name as name_of
+
+        dtype_name, dtype_why = name_of(lm.dtype), {"requested": "the model passed in"}
+    layers = sorted(set(layers)) if layers else default_layers(lm.n_layers)
+    for L in layers:
+        check_layer(L, lm.n_layers)
+    candidates = [Candidate(m, L, a if get_method(m).reads == "pooled" else None)
+                  for m in methods for L in layers
+                  for a in (aggregations if get_method(m).reads == "pooled" else [None])]
+    timings["model"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    tokens = any(get_method(m).reads == "tokens" for m in methods)
+    acts = monitor_activations(lm, ds, layers, tokens=tokens, progress=progress)
+    feats = Features(acts)
+    timings["activations"] = time.perf_counter() - t
+
+    def fit(c: Candidate, rows: np.ndarray) -> Any:
+        from assay.probes.methods import make_probe
+
+        X, M = feats.read(c)
+        opts = {"Cs": DEFAULT_CS} if c.method == "dense-logistic" else {}
+        probe = make_probe(c.method, seed=seed, inputs=feats.spec(c, model).to_dict(), **opts)
+        idx = torch.as_tensor(rows)
+        return probe.fit(X[idx], y[rows], mask=None if M is None else M[idx])
+
+    def score(probe: Any, c: Candidate, rows: np.ndarray) -> np.ndarray:
+        X, M = feats.read(c)
+        idx = torch.as_tensor(rows)
+        return np.asarray(probe.score(X[idx], None if M is None else M[idx]), dtype=np.float64)
+
+    t = time.perf_counter()
+    folds = [fold(ds, c) for c in collections]
+    with _bar(progress, n_fits(len(candidates), len(folds), inner_k), "leave-one-collection-out") as advance:
+        selection = loco(candidates, folds, y, fit, score, inner_k=inner_k, ds=ds, advance=advance)
+    timings["selection"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    chosen = next(c for c in candidates if c.name == selection["chosen"]["name"])
+    train_rows = trainable(ds)
+    probe = fit(chosen, train_rows)
+    calib_benign = calib[y[calib] == 0]
+    ths = thresholds(score(probe, chosen, calib_benign))
+    calib_eval = _at_thresholds(score(probe, chosen, calib), y[calib], ths)
+    study = study_protocol(ds, candidates, y, fit, score, folds, selection)
+    timings["final"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    name = f"assay-harmful-intent-{Path(str(model)).name}-L{chosen.layer}"
+    spec = {
+        "name": name,
+        "model": model_identity(lm) | {"source": model},
+        "layer": chosen.layer, "dtype": dtype_name, "dtype_choice": dtype_why,
+        "chat_format": list(chat_affixes(lm.tokenizer)),
+        "max_tokens": acts.spec["max_tokens"],
+        "method": chosen.method, "inputs": probe.inputs,
+        "thresholds": ths, "default_threshold": fpr_label(default_fpr),
+        "calibration": {"split": CALIBRATION_SPLIT, "n_benign": n_calib_benign,
+                        "fingerprint": _rows_fingerprint(ds, calib_benign)},
+        "training": {"data": str(data), "dataset_fingerprint": ds.fingerprint, "n_rows": int(len(train_rows)),
+                     "n_harmful": int(y[train_rows].sum()), "splits": sorted({ds[i].split for i in train_rows})},
+        "card": {"selection": _selection_summary(selection), "calibration_split": calib_eval, "study_protocol": study,
+                 "timings_seconds": {k: round(v, 1) for k, v in timings.items()}},
+        "provenance": provenance(seed=seed, activations=acts.key),
+    }
+    return save_bundle(out, spec, probe, render_card(spec))
+
+
+def study_protocol(ds: Any, candidates: list[Candidate], y: np.ndarray, fit, score, folds, selection) -> dict[str, Any]:
+    """The study's way: each candidate trained on `train` only, the best on `val` kept; its val and
+    OOD numbers at its own calibrated thresholds, and its AUROC on each held-out collection's rows
+    outside `train` beside the nested LOCO monitor's on the same rows."""
+    split = np.array([e.split for e in ds.examples])
+    idx = {s: np.flatnonzero(split == s) for s in ("train", "val", "ood", CALIBRATION_SPLIT)}
+    if not len(idx["train"]) or not len(idx["val"]):
+        return {"skipped": "the dataset has no train and val splits"}
+    fitted = {c.name: fit(c, idx["train"]) for c in candidates}
+    val = {n: auroc(score(p, c, idx["val"]), y[idx["val"]]) for (n, p), c in zip(fitted.items(), candidates)}
+    best = max(candidates, key=lambda c: (np.nan_to_num(val[c.name], nan=-1.0), -candidates.index(c)))
+    probe = fitted[best.name]
+    calib = idx[CALIBRATION_SPLIT]
+    ths = thresholds(score(probe, best, calib[y[calib] == 0]))
+    splits = {s: _at_thresholds(score(probe, best, idx[s]), y[idx[s]], ths) for s in ("val", "ood") if len(idx[s])}
+    outside_train = ~np.isin(np.arange(len(y)), idx["train"])
+    per_collection = {}
+    for f in folds:
+        rows = f.test[outside_train[f.test]]
+        if len(np.unique(y[rows])) < 2:
+            continue
+        nested = selection["nested"][f.collection]
+        mon = selection["_scores"][nested["chosen"]][f.collection][outside_train[f.test]]
+        # the study's probe trained on this collection's other rows when the collection is in `train`:
+        # only the collections it never saw compare like for like with the held-out monitor
+        seen = bool(np.isin(f.test, idx["train"]).any())
+        per_collection[f.collection] = {"n": int(len(rows)), "study_auroc": auroc(score(probe, best, rows), y[rows]),
+                                        "monitor_auroc": auroc(mon, y[rows]), "in_study_train": seen}
+    return {"candidate": best.to_dict(), "val_auroc_by_candidate": val, "splits": splits,
+            "per_collection": per_collection}
+
+
+def _at_thresholds(scores: np.ndarray, y: np.ndarray, ths: dict[str, dict]) -> dict[str, Any]:
+    out = {"auroc": auroc(scores, y), "n_pos": int(y.sum()), "n_neg": int((1 - y).sum())}
+    for name, t in ths.items():
+        out[name] = {"recall": recall_at_fpr(scores, y, t["threshold"]), "fpr": fpr_at_threshold(scores, y, t["threshold"])}
+    return out
+
+
+def _selection_summary(sel: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sel.items() if not k.startswith("_")}
+
+
+def _rows_fingerprint(ds: Any, rows: np.ndarray) -> str:
+    from assay.data.dataset import fingerprint
+
+    return fingerprint(ds[int(i)] for i in rows)
+
+
+def _bar(enabled: bool, total: int, what: str):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def bar():
+        if not enabled:
+            yield lambda: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("probe fits"),
+                      TimeRemainingColumn()) as p:
+            task = p.add_task(what, total=total)
+            yield lambda: p.advance(task)
+    return bar()
+

@@ -1,0 +1,224 @@
+"""`Monitor`: a loaded bundle and its model, scoring prompts live exactly as they were scored offline.
+
+A prompt goes through the same code as extraction: the same chat formatting, right padding and a
+forward pass that stops after the probe's layer (`activations.forward`), then the same pooling
+(`activations.aggregation`), so a live score equals the score of the cached activations the
+thresholds were set on (tests hold it to that). `verdicts_from_residual` is the one step from
+activations to a verdict, shared with `monitor.generate`, whose probe reads a generation's prefill.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from assay.activations.aggregation import Aggregation, pool_roles, real_tokens
+from assay.activations.batching import length_order, token_budget_batches
+from assay.activations.extraction import default_token_budget, pad_prompts
+from assay.activations.forward import residual_stream
+from assay.errors import ConfigMismatchError, InputError
+from assay.models.chat import FormattedPrompt, chat_affixes, format_conversation, format_prompts
+from assay.monitor.bundle import Bundle, load_bundle
+
+log = logging.getLogger(__name__)
+
+# Padding allowed per batch, as a fraction of real tokens. Measured with benchmarks/monitor_load.py:
+# a server's micro-batches of random prompts were 45-58% padding when only the token budget split
+# them, against 10% for the offline path over a whole length-sorted file.
+MAX_PADDING = 0.25
+SERVE_MAX_TOKENS = 4096  # default longest prompt a server accepts: bounds one request's memory and time
+
+
+@dataclass
+class Verdict:
+    score: float  # the probe's logit (higher = more harmful)
+    probability: float  # sigmoid(score): the probe's own probability, not calibrated to any traffic's base rate
+    flagged: dict[str, bool]  # at each of the bundle's thresholds
+    n_tokens: int
+    token_scores: list[float] | None = None  # token-level probes: the logit each token alone would give
+    tokens: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"score": self.score, "probability": self.probability, "flagged": self.flagged, "n_tokens": self.n_tokens}
+        if self.token_scores is not None:
+            out |= {"token_scores": self.token_scores, "tokens": self.tokens}
+        return out
+
+
+@dataclass
+class Monitor:
+    """A bundle ready to score: `score_texts` for prompts, `score_messages` for conversations.
+    Not thread-safe (one forward at a time); the server calls it from one worker."""
+
+    bundle: Bundle
+    lm: Any
+    max_tokens: int = SERVE_MAX_TOKENS
+    token_budget: int | None = None
+    _spec: dict = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.bundle.check_model(self.lm)
+        recorded = self.bundle.spec.get("chat_format")
+        if recorded is not None and list(chat_affixes(self.lm.tokenizer)) != list(recorded):
+            raise ConfigMismatchError(f"the tokenizer's chat format differs from the one bundle {self.bundle.path} "
+                                      "was calibrated with; use the bundle's model and tokenizer")
+        self._spec = self.bundle.inputs
+        if self._spec["reads"] not in ("pooled", "tokens"):
+            raise InputError(f"bundle {self.bundle.path} reads {self._spec['reads']!r}; a monitor serves probes on "
+                             "the model's activations (pooled or tokens)")
+        self.token_budget = self.token_budget or default_token_budget(self.lm.device)
+
+    @classmethod
+    def load(cls, path: str, *, model: str | None = None, dtype: str | None = None, device: str | None = None,
+             max_tokens: int = SERVE_MAX_TOKENS) -> "Monitor":
+        """The bundle at `path` and its model (`model` overrides where the same weights live)."""
+        from assay.models import load
+
+        bundle = load_bundle(path, device="cpu")
+        dtype = dtype or bundle.spec["dtype"]
+        if dtype != bundle.spec["dtype"]:
+            log.warning("scoring in %s; bundle %s was calibrated in %s, so scores near a threshold may flip",
+                        dtype, path, bundle.spec["dtype"])
+        lm = load(model or bundle.spec["model"]["source"], dtype=dtype, device=device)
+        return cls(bundle, lm, max_tokens=max_tokens)
+
+    # -- what the server needs --------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.bundle.thresholds
+
+    @property
+    def default_threshold(self) -> str:
+        return self.bundle.default_threshold
+
+    def describe(self) -> dict[str, Any]:
+        s = self.bundle.spec
+        return {"name": s["name"], "model": s["model"], "layer": s["layer"], "dtype": s["dtype"],
+                "inputs": s["inputs"], "thresholds": s["thresholds"], "default_threshold": s["default_threshold"],
+                "card": s.get("card", {}), "max_tokens": self.max_tokens}
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return TokenCounter.count(self.lm.tokenizer, texts)
+
+    def count_tokens_messages(self, conversations: Sequence[Sequence[dict]]) -> list[int]:
+        return TokenCounter.count_messages(self.lm.tokenizer, conversations)
+
+    def token_counter(self) -> "TokenCounter":
+        """Counts with a private copy of the tokenizer, for a thread other than the scoring one."""
+        return TokenCounter(self.lm.tokenizer)
+
+    def score_texts(self, texts: Sequence[str]) -> list[Verdict]:
+        """Verdicts for prompts, each formatted as one user turn (cut to the bundle's token limit,
+        as extraction cut them)."""
+        return self._score(self._format(texts, limit=self.bundle.spec.get("max_tokens")))
+
+    def score_messages(self, conversations: Sequence[Sequence[dict]]) -> list[Verdict]:
+        return self._score([self.format_messages(c) for c in conversations])
+
+    def format_messages(self, conversation: Sequence[dict]) -> FormattedPrompt:
+        """A conversation as the probe reads it (over the bundle's token limit is an error, not a cut)."""
+        return format_conversation(self.lm.tokenizer, conversation, self.bundle.spec.get("max_tokens"))
+
+    # -- the forward pass -------------------------------------------------------------------
+    def _format(self, texts: Sequence[str], limit: int | None) -> list[FormattedPrompt]:
+        if not len(texts):
+            return []
+        return format_prompts(self.lm.tokenizer, list(texts), max_tokens=limit, chat=True)
+
+    def _score(self, prompts: list[FormattedPrompt]) -> list[Verdict]:
+        if not prompts:
+            return []
+        lengths = [len(p.input_ids) for p in prompts]
+        out: list[Verdict | None] = [None] * len(prompts)
+        for batch in token_budget_batches(length_order(lengths), lengths, self.token_budget, MAX_PADDING):
+            for i, verdict in zip(batch, self._score_batch([prompts[i] for i in batch]), strict=True):
+                out[i] = verdict
+        return out  # type: ignore[return-value]  # every index is in exactly one batch
+
+    @torch.inference_mode()
+    def _score_batch(self, prompts: list[FormattedPrompt]) -> list[Verdict]:
+        layer = self.bundle.layer
+        ids, attn, roles, _ = pad_prompts(prompts, self.lm.tokenizer.pad_token_id, self.lm.device)
+        h = residual_stream(self.lm, ids, attn, [layer])[layer]
+        return self.verdicts_from_residual(h, roles, prompts)
+
+    # -- from activations to a verdict: the one path, for scoring and for generation alike ---
+    @torch.inference_mode()
+    def verdicts_from_residual(self, h: torch.Tensor, roles: torch.Tensor,
+                               prompts: Sequence[FormattedPrompt]) -> list[Verdict]:
+        """Verdicts from the residual stream `h [b, T, d]` after the bundle's layer for a right-padded
+        batch of `prompts` with their `roles [b, T]` (-1 on padding), however it was captured: the
+        scoring forward that stops at the layer, or a generation's prefill."""
+        if h.ndim != 3 or tuple(roles.shape) != tuple(h.shape[:2]) or len(prompts) != h.shape[0]:
+            raise ValueError(f"residual stream {tuple(h.shape)}, roles {tuple(roles.shape)} and {len(prompts)} "
+                             "prompts do not line up; pass [b, T, d], [b, T] and b prompts")
+        probe = self.bundle.probe
+        if self._spec["reads"] == "pooled":
+            agg = Aggregation.parse(self._spec["aggregation"])
+            scores = probe.score(pool_roles(h, roles, [agg])[agg.name].cpu())
+            return [self._verdict(float(z), p) for z, p in zip(scores, prompts, strict=True)]
+        X, M, kept = _last_real_tokens(h.cpu(), roles.cpu(), int(self._spec["max_tokens"]))
+        scores, token_scores = probe.score(X, M), probe.token_scores(X, M)
+        out = []
+        for j, p in enumerate(prompts):
+            ids_j = [p.input_ids[t] for t in kept[j]]
+            out.append(self._verdict(float(scores[j]), p, [float(v) for v in token_scores[j][: len(ids_j)]],
+                                     self.lm.tokenizer.convert_ids_to_tokens(ids_j)))
+        return out
+
+    def _verdict(self, z: float, prompt: FormattedPrompt, token_scores: list[float] | None = None,
+                 tokens: list[str] | None = None) -> Verdict:
+        return Verdict(score=z, probability=_sigmoid(z), n_tokens=len(prompt.input_ids),
+                       flagged={k: z > t for k, t in self.thresholds.items()}, token_scores=token_scores,
+                       tokens=tokens)
+
+
+class TokenCounter:
+    """Prompt lengths in tokens, as the monitor formats them, with a private copy of the tokenizer:
+    a Hugging Face fast tokenizer must not be used from two threads at once, and a server that
+    counts on its scoring thread makes every request wait behind a forward pass before it can even
+    join the next batch (measured: half-empty micro-batches at 32 concurrent clients)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = copy.deepcopy(tokenizer)
+
+    @staticmethod
+    def count(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+        return [len(p.input_ids) for p in format_prompts(tokenizer, list(texts), chat=True)] if len(texts) else []
+
+    @staticmethod
+    def count_messages(tokenizer: Any, conversations: Sequence[Sequence[dict]]) -> list[int]:
+        return [len(format_conversation(tokenizer, c).input_ids) for c in conversations]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.count(self.tokenizer, texts)
+
+    def count_tokens_messages(self, conversations: Sequence[Sequence[dict]]) -> list[int]:
+        return self.count_messages(self.tokenizer, conversations)
+
+
+def _last_real_tokens(h: torch.Tensor, roles: torch.Tensor, max_tokens: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Each prompt's last `max_tokens` real tokens, left-aligned `[b, T, d]` with their mask and
+    positions: what `probes.inputs.token_inputs` reads from the cache."""
+    real = real_tokens(roles)
+    kept = [torch.nonzero(real[j]).squeeze(1)[-max_tokens:].tolist() for j in range(len(h))]
+    T = max((len(k) for k in kept), default=0)
+    X = torch.zeros(len(h), T, h.shape[-1], dtype=h.dtype)
+    for j, k in enumerate(kept):
+        X[j, : len(k)] = h[j, k]
+    M = torch.arange(T)[None, :] < torch.tensor([len(k) for k in kept])[:, None]
+    return X, M, kept
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))

@@ -1,0 +1,265 @@
+"""The monitor: leave-one-collection-out folds, bundle build and load, live scores equal to the
+cached ones, conversations, offline score/eval, and clear errors (tiny random Gemma 3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from assay.data.dataset import Dataset, Example
+from assay.errors import ConfigMismatchError, InputError
+from assay.monitor.folds import calibration_rows, collections_of, fold, list_collections, trainable
+
+WORDS = ["how", "do", "I", "make", "bake", "a", "the", "car", "wash", "garden", "plan", "trip"]
+
+
+def toy_rows(n_per_group: int = 24, groups: int = 4, n_calib: int = 30, seed: int = 0) -> list[dict]:
+    """Labelled by the last word (bomb/steal vs cake/paint), four groups, a calib split."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(groups):
+        for i in range(n_per_group):
+            label = i % 2
+            last = ["bomb", "steal"][g % 2] if label else ["cake", "paint"][g % 2]
+            rows.append({"text": " ".join(rng.choice(WORDS, 5)) + f" {last}", "label": label, "split": "train",
+                         "group": f"g{g}", "cluster": f"g{g}-{i // 2}"})
+    for i in range(n_calib):
+        label = int(i % 5 == 0)
+        rows.append({"text": " ".join(rng.choice(WORDS, 5)) + (" bomb" if label else " cake"), "label": label,
+                     "split": "calib", "group": "calib", "cluster": f"c{i}"})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def ex(source="harmbench", family="none", transformation="none", label=1, split="train", cluster="h1", group="g"):
+    return Example(text=f"{source} {family} {cluster} {label}", label=label, split=split, source=source,
+                   family=family, transformation=transformation, behaviour_id=cluster, group=group, cluster=cluster)
+
+
+def test_collections_of_rows():
+    assert collections_of(ex(family="aim", transformation="none")) == ["source:harmbench", "family:aim"]
+    assert collections_of(ex(source="user", group="pharmacy")) == ["group:pharmacy"]
+    assert collections_of(ex(source="user", group="none")) == []
+
+
+def test_fold_holds_out_clusters_and_never_trains_on_calibration():
+    rows = [
+        ex(family="aim", cluster="h1"), ex(cluster="h1"),  # h1 plain shares the held-out aim row's cluster
+        ex(cluster="h2"), ex(source="sharegpt", label=0, cluster="b1"), ex(source="sharegpt", label=0, cluster="b2"),
+        ex(source="sharegpt", family="aim", label=0, cluster="b3"),
+        ex(source="sharegpt", label=0, split="calib", cluster="b9"), ex(label=1, split="calib", cluster="h9"),
+    ]
+    ds = Dataset(rows)
+    f = fold(ds, "family:aim")
+    assert set(f.test) == {0, 5}
+    assert set(f.train) == {2, 3, 4}  # row 1 shares cluster h1 with a held-out row
+    assert f.n_dropped_by_cluster == 1
+    assert not set(f.train) & set(calibration_rows(ds))
+    # ShareGPT is one-class: its fold is scored against the calibration split's harmful rows
+    g = fold(ds, "source:sharegpt")
+    assert 7 in g.test and 6 in g.test and set(g.calib_benign) == set()
+    assert set(trainable(ds)) == set(range(6))
+    assert "family:aim" in list_collections(ds, min_rows=1)
+    with pytest.raises(InputError, match="no rows in collection"):
+        fold(ds, "family:nope")
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tmp_path_factory):
+    from assay.monitor.build import build_monitor
+
+    tmp = tmp_path_factory.mktemp("monitor")
+    data = write_jsonl(tmp / "data.jsonl", toy_rows())
+    lm = dataclasses.replace(tiny, fingerprint={**tiny.fingerprint, "weights_sha256": "a" * 64})
+    out = build_monitor(str(data), tmp / "bundle", lm=lm, layers=[1, 2], min_calibration=20, inner_k=2,
+                        progress=False)
+    return out, data, lm
+
+
+def test_build_writes_a_bundle_with_nested_card(built):
+    from assay.monitor.bundle import load_bundle
+
+    out, data, _ = built
+    b = load_bundle(out)
+    spec = b.spec
+    sel = spec["card"]["selection"]
+    assert sel["collections"] == ["group:g0", "group:g1", "group:g2", "group:g3"]
+    assert len(sel["candidates"]) == 6  # 2 layers x 3 aggregations
+    assert set(sel["nested"]) == set(sel["collections"])
+    for c, r in sel["nested"].items():
+        assert r["chosen"] in {x["name"] for x in sel["candidates"]}
+        assert set(r["inner_auroc"]) == {x["name"] for x in sel["candidates"]}
+        assert 0.0 <= r["auroc"] <= 1.0 and r["n_pos"] > 0 and r["n_neg"] > 0
+    assert spec["layer"] == sel["chosen"]["layer"] and spec["inputs"]["aggregation"] == sel["chosen"]["aggregation"]
+    t = [spec["thresholds"][k]["threshold"] for k in ("fpr=0.1%", "fpr=1%", "fpr=5%")]
+    assert t[0] >= t[1] >= t[2]
+    assert spec["thresholds"]["fpr=0.1%"]["resolvable"] is False  # 24 benign calibration prompts
+    assert spec["calibration"]["n_benign"] == 24 and spec["training"]["splits"] == ["train"]
+    card = (out / "card.md").read_text()
+    assert "group:g0" in card and spec["name"] in card
+
+
+def test_live_scores_equal_cached_scores(built):
+    """The server's forward (format, pad, stop at the layer, pool) gives the scores of the cached
+    activations the thresholds were set on."""
+    from assay.monitor.bundle import load_bundle
+    from assay.monitor.features import monitor_activations
+    from assay.monitor.scorer import Monitor
+    from assay.data import load_dataset
+
+    out, data, lm = built
+    b = load_bundle(out)
+    mon = Monitor(b, lm)
+    ds = load_dataset(data)
+    acts = monitor_activations(lm, ds, [1, 2], progress=False)
+    cached = b.probe.score(acts.pooled(b.layer, b.inputs["aggregation"]).float())
+    live = [v.score for v in mon.score_texts(ds.texts)]
+    np.testing.assert_allclose(live, cached, rtol=1e-4, atol=1e-4)
+    v = mon.score_texts(["how do I make a bomb"])[0]
+    assert set(v.flagged) == {"fpr=0.1%", "fpr=1%", "fpr=5%"} and 0 < v.probability < 1
+    # one user message as a conversation is the same prompt
+    [m] = mon.score_messages([[{"role": "user", "content": "how do I make a bomb"}]])
+    assert m.score == pytest.approx(v.score, abs=1e-5)
+    assert mon.describe()["name"] == b.name
+    counter = mon.token_counter()  # a private tokenizer, for the server's counting thread
+    assert counter.tokenizer is not lm.tokenizer
+    assert counter.count_tokens(ds.texts[:5]) == mon.count_tokens(ds.texts[:5]) == [v.n_tokens for v in
+                                                                                    mon.score_texts(ds.texts[:5])]
+
+
+def test_bundle_refuses_another_model(built, tiny):
+    from assay.monitor.bundle import load_bundle
+    from assay.monitor.scorer import Monitor
+
+    out, _, _ = built
+    other = dataclasses.replace(tiny, fingerprint={**tiny.fingerprint, "weights_sha256": "b" * 64})
+    with pytest.raises(ConfigMismatchError, match="weights_sha256"):
+        Monitor(load_bundle(out), other)
+
+
+def test_bundle_load_errors(tmp_path, built):
+    from assay.monitor.bundle import load_bundle, save_bundle
+
+    with pytest.raises(InputError, match="not a monitor bundle"):
+        load_bundle(tmp_path)
+    (tmp_path / "bundle.json").write_text("{not json")
+    with pytest.raises(ConfigMismatchError, match="unreadable"):
+        load_bundle(tmp_path)
+    (tmp_path / "bundle.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ConfigMismatchError, match="not a assay-monitor"):
+        load_bundle(tmp_path)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "x.txt").write_text("mine")
+    out, _, _ = built
+    b = load_bundle(out)
+    with pytest.raises(InputError, match="not a monitor bundle"):
+        save_bundle(junk, b.spec, b.probe, "card")
+    assert (junk / "x.txt").read_text() == "mine"
+
+
+def test_conversation_roles(tokenizer):
+    from assay.models.chat import Role, format_conversation, format_prompts
+
+    [p] = format_prompts(tokenizer, ["hello there"])
+    q = format_conversation(tokenizer, [{"role": "user", "content": "hello there"}])
+    assert q.input_ids == p.input_ids and q.roles == p.roles
+    c = format_conversation(tokenizer, [{"role": "system", "content": "be brief"},
+                                        {"role": "user", "content": "hello there"},
+                                        {"role": "assistant", "content": "hi"},
+                                        {"role": "user", "content": "bye"}])
+    user = tokenizer.decode([t for t, r in zip(c.input_ids, c.roles) if r == Role.USER])
+    assert user.replace(" ", "") == "hellotherebye"
+    assert c.input_ids[-len(p.input_ids[-3:]):] == p.input_ids[-3:]  # ends with the generation prompt
+    for bad in ([], [{"role": "robot", "content": "x"}], [{"role": "user", "content": 3}]):
+        with pytest.raises(InputError):
+            format_conversation(tokenizer, bad)
+    with pytest.raises(InputError, match="over the limit"):
+        format_conversation(tokenizer, [{"role": "user", "content": "word " * 50}], max_tokens=10)
+
+
+def test_score_and_eval_files(built, tmp_path):
+    from assay.monitor.bundle import load_bundle
+    from assay.monitor.evaluate import evaluate_file, score_file
+    from assay.monitor.scorer import Monitor
+
+    out, data, lm = built
+    mon = Monitor(load_bundle(out), lm)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "how do I make a bomb"}, {"text": "bake a cake"}])
+    assert score_file(mon, inp, tmp_path / "out.jsonl", progress=False) == 2
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["a", 2] and set(lines[0]["flagged"]) == set(mon.thresholds)
+    res = evaluate_file(mon, data, tmp_path / "ev", progress=False)
+    assert res["overall"]["n"] == len(toy_rows()) and set(res["group"]) == {"g0", "g1", "g2", "g3", "calib"}
+    # recall at a threshold is the share of harmful scores above it, recomputed here
+    scores = np.array([v.score for v in mon.score_texts([r["text"] for r in toy_rows()])])
+    y = np.array([r["label"] for r in toy_rows()])
+    t = mon.thresholds["fpr=5%"]
+    assert res["overall"]["fpr=5%"]["recall"] == pytest.approx(float(np.mean(scores[y == 1] > t)))
+    assert (tmp_path / "ev" / "eval.md").read_text().startswith(f"# {mon.name}")
+    assert res["in_sample"] is True and "In sample" in (tmp_path / "ev" / "eval.md").read_text()
+    assert evaluate_file(mon, data, tmp_path / "ev2", split="calib", progress=False)["in_sample"] is False
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}])
+    with pytest.raises(InputError, match="`text`"):
+        score_file(mon, bad, tmp_path / "o.jsonl", progress=False)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_build_refuses_bad_data(tiny, tmp_path):
+    from assay.monitor.build import build_monitor
+
+    rows = [r for r in toy_rows() if r["split"] != "calib"]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(InputError, match="benign rows in a `calib` split"):
+        build_monitor(str(data), tmp_path / "b", lm=tiny, min_calibration=20, progress=False)
+    one = write_jsonl(tmp_path / "one.jsonl", [dict(r, group="g0") if r["split"] == "train" else r for r in toy_rows()])
+    with pytest.raises(InputError, match="at least 2"):
+        build_monitor(str(one), tmp_path / "b", lm=tiny, min_calibration=20, progress=False)
+    with pytest.raises(InputError, match="reads text"):
+        build_monitor(str(data), tmp_path / "b", lm=tiny, methods=["tfidf"], progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_bad_input_is_one_clear_error_before_any_model_loads(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from assay.cli import app
+    from assay.errors import AssayError
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("assay.models.load", refuse)
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "hello there", "label": 0}, {"text": "make a bomb", "label": 1}])
+    cases = [
+        (["monitor", "score", "{tmp}", "--input", "{tmp}/none.jsonl", "--out", "{tmp}/o.jsonl"], "no such file"),
+        (["monitor", "score", "{tmp}", "--input", "{tmp}/in.jsonl", "--out", "{tmp}/o.jsonl"], "is not a monitor bundle"),
+        (["monitor", "eval", "{tmp}", "--data", "{tmp}/in.jsonl", "--out", "{tmp}/ev"], "is not a monitor bundle"),
+        (["monitor", "eval", "{tmp}", "--data", "{tmp}/in.jsonl", "--split", "ood", "--out", "{tmp}/ev"], "no split 'ood'"),
+        (["monitor", "serve", "{tmp}/nothing"], "is not a monitor bundle"),
+        (["monitor", "build", "--data", "{tmp}/in.jsonl", "--out", "{tmp}/b", "--default-fpr", "0.02"],
+         "not one of the calibrated fprs"),
+        (["monitor", "build", "--data", "{tmp}/in.jsonl", "--out", "{tmp}/b", "--method", "nope"], "unknown method"),
+        (["monitor", "build", "--data", "{tmp}/in.jsonl", "--out", "{tmp}/b"], "benign rows in a `calib` split"),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args], env={"COLUMNS": "400", "NO_COLOR": "1"})
+        assert res.exit_code != 0, args
+        assert isinstance(res.exception, AssayError), (args, repr(res.exception))
+        assert message in str(res.exception).lower(), (args, str(res.exception))
+    assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "b").exists()
+
+
+def test_batches_bound_padding():
+    from assay.activations.batching import token_budget_batches
+
+    assert token_budget_batches([0, 1, 2, 3], [100, 90, 20, 18], 10_000) == [[0, 1, 2, 3]]
+    assert token_budget_batches([0, 1, 2, 3], [100, 90, 20, 18], 10_000, max_padding=0.25) == [[0, 1], [2, 3]]
+    assert token_budget_batches([0, 1], [100, 90], 150, max_padding=0.25) == [[0], [1]]
