@@ -91,7 +91,7 @@ def test_build_writes_a_bundle_with_nested_card(built):
     spec = b.spec
     sel = spec["card"]["selection"]
     assert sel["collections"] == ["group:g0", "group:g1", "group:g2", "group:g3"]
-    assert len(sel["candidates"]) == 6  # 2 layers x 3 aggregations
+    assert len(sel["candidates"]) == 12  # 2 methods x 2 layers x 3 aggregations; the toy has one mix (no val or ood)
     assert set(sel["nested"]) == set(sel["collections"])
     for c, r in sel["nested"].items():
         assert r["chosen"] in {x["name"] for x in sel["candidates"]}
@@ -263,3 +263,37 @@ def test_batches_bound_padding():
     assert token_budget_batches([0, 1, 2, 3], [100, 90, 20, 18], 10_000) == [[0, 1, 2, 3]]
     assert token_budget_batches([0, 1, 2, 3], [100, 90, 20, 18], 10_000, max_padding=0.25) == [[0, 1], [2, 3]]
     assert token_budget_batches([0, 1], [100, 90], 150, max_padding=0.25) == [[0], [1]]
+
+
+def test_monitor_load_uses_the_bundles_dtype_and_warns_where_it_is_slow(built, monkeypatch, caplog):
+    from assay.monitor.scorer import Monitor
+
+    out, _, lm = built
+    asked = {}
+
+    def fake_load(name, dtype=None, device=None):
+        asked.update(name=name, dtype=dtype)
+        return lm
+
+    monkeypatch.setattr("assay.models.load", fake_load)
+    monkeypatch.setattr("assay.runtime.choose_dtype", lambda requested, device=None: ("bfloat16", {"fake": True}))
+    with caplog.at_level("WARNING", logger="assay.monitor.scorer"):
+        mon = Monitor.load(str(out))
+    assert asked == {"name": "tiny-gemma3", "dtype": "float32"} and mon.max_tokens == 4096
+    assert "runs slowly" in caplog.text and "--dtype bfloat16" in caplog.text
+
+
+def test_mix_pools():
+    from assay.monitor.build import mix_pools
+
+    rows = [ex(label=1, split="train", cluster="h1"), ex(source="sharegpt", label=0, split="val", cluster="b1"),
+            ex(label=1, split="ood", cluster="h2"), ex(source="sharegpt", label=0, split="ood", cluster="b2"),
+            ex(source="sharegpt", label=0, split="calib", cluster="b3")]
+    pools = mix_pools(Dataset(rows), ["all", "id"])
+    assert pools["all"].tolist() == [0, 1, 2, 3] and pools["id"].tolist() == [0, 1]
+    one_class_id = [dict(r.to_row(), label=1) if r.split == "val" else r.to_row() for r in rows]
+    assert list(mix_pools(Dataset([Example(**r) for r in one_class_id]), ["all", "id"])) == ["all"]
+    with pytest.raises(InputError, match="unknown data mix"):
+        from assay.monitor.build import build_monitor
+
+        build_monitor("x.jsonl", "out", mixes=["weird"], progress=False)

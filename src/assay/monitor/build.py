@@ -1,11 +1,12 @@
 """`build_monitor`: train, choose by leave-one-collection-out, calibrate and write a bundle.
 
-1. Every labelled prompt the dataset has (all splits but `calib`) is training data: a monitor should
-   know every collection the project ships, not only the study's in-distribution split.
-2. Candidates (method x layer x aggregation) are compared by leave-one-collection-out (`select`);
-   the one with the best mean held-out AUROC ships. The card's per-collection numbers are nested,
-   so no collection it reports chose anything.
-3. The chosen probe is fitted on all training rows; thresholds at 0.1%, 1% and 5% FPR are set on
+1. Every labelled prompt the dataset has (all splits but `calib`) may be training data: a monitor
+   should know every collection the project ships, not only the study's in-distribution split.
+   Whether that helps is itself a choice: the data mix `all` against `id` (train and val only).
+2. Candidates (method x layer x aggregation x data mix) are compared by leave-one-collection-out
+   (`select`); the one with the best mean held-out AUROC ships. The card's per-collection numbers
+   are nested, so no collection it reports chose anything.
+3. The chosen probe is fitted on its mix's rows; thresholds at 0.1%, 1% and 5% FPR are set on
    the benign calibration prompts (never trained on).
 4. The card also reports the study's protocol (the same candidate trained on the ID `train` split
    only: val and OOD numbers) and the study-protocol probe on each held-out collection beside the
@@ -29,7 +30,11 @@ from assay.monitor.select import CARD_FPR, OPERATING_FPRS, Candidate, fpr_label,
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("dense-logistic",)
+DEFAULT_METHODS = ("dense-logistic", "diff-of-means-std")
+# Data mixes a candidate may train on (always within the rows a fold leaves it).
+MIXES = {"all": "every labelled row outside `calib` (train, val and ood)",
+         "id": "the study's in-distribution splits only (train and val)"}
+DEFAULT_MIXES = ("all", "id")
 DEFAULT_AGGREGATIONS = ("resp-5", "all.mean", "all.max")
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0)  # fewer than a study probe's grid: the selection fits hundreds of probes
 MIN_CALIBRATION = 100  # benign calibration prompts: below this a 1% threshold is the top one or two scores
@@ -74,6 +79,7 @@ class Features:
 def build_monitor(
     data: str, out: str | Path, *, model: str | None = None, layers: Sequence[int] | None = None,
     methods: Sequence[str] = DEFAULT_METHODS, aggregations: Sequence[str] = DEFAULT_AGGREGATIONS,
+    mixes: Sequence[str] = DEFAULT_MIXES,
     dtype: str = "auto", inner_k: int = 4, default_fpr: float = CARD_FPR, seed: int = 0,
     progress: bool = True, min_calibration: int = MIN_CALIBRATION, lm: Any = None,
 ) -> Path:
@@ -95,6 +101,9 @@ def build_monitor(
     model = model or (lm.name if lm is not None else DEFAULT_MODEL)
     if default_fpr not in OPERATING_FPRS:
         raise InputError(f"--default-fpr {default_fpr} is not one of the calibrated FPRs {list(OPERATING_FPRS)}")
+    unknown = [m for m in mixes if m not in MIXES]
+    if unknown or not mixes:
+        raise InputError(f"unknown data mix {unknown or mixes}; choose from {', '.join(MIXES)}")
     for m in methods:
         if get_method(m).reads not in ("pooled", "tokens"):
             raise InputError(f"method {m!r} reads {get_method(m).reads}; a monitor serves probes on the model's "
@@ -122,8 +131,9 @@ def build_monitor(
     layers = sorted(set(layers)) if layers else default_layers(lm.n_layers)
     for L in layers:
         check_layer(L, lm.n_layers)
-    candidates = [Candidate(m, L, a if get_method(m).reads == "pooled" else None)
-                  for m in methods for L in layers
+    pools = mix_pools(ds, mixes)
+    candidates = [Candidate(m, L, a if get_method(m).reads == "pooled" else None, mix)
+                  for mix in pools for m in methods for L in layers
                   for a in (aggregations if get_method(m).reads == "pooled" else [None])]
     timings["model"] = time.perf_counter() - t0
 
@@ -136,6 +146,9 @@ def build_monitor(
     def fit(c: Candidate, rows: np.ndarray) -> Any:
         from assay.probes.methods import make_probe
 
+        rows = rows[np.isin(rows, pools[c.mix])]
+        if len(np.unique(y[rows])) < 2:
+            return None  # this mix leaves one class in this fold: a probe that cannot be trained scores nothing
         X, M = feats.read(c)
         opts = {"Cs": DEFAULT_CS} if c.method == "dense-logistic" else {}
         probe = make_probe(c.method, seed=seed, inputs=feats.spec(c, model).to_dict(), **opts)
@@ -143,6 +156,8 @@ def build_monitor(
         return probe.fit(X[idx], y[rows], mask=None if M is None else M[idx])
 
     def score(probe: Any, c: Candidate, rows: np.ndarray) -> np.ndarray:
+        if probe is None:
+            return np.zeros(len(rows))  # AUROC 0.5: no evidence either way
         X, M = feats.read(c)
         idx = torch.as_tensor(rows)
         return np.asarray(probe.score(X[idx], None if M is None else M[idx]), dtype=np.float64)
@@ -155,12 +170,13 @@ def build_monitor(
 
     t = time.perf_counter()
     chosen = next(c for c in candidates if c.name == selection["chosen"]["name"])
-    train_rows = trainable(ds)
+    train_rows = pools[chosen.mix]
     probe = fit(chosen, train_rows)
     calib_benign = calib[y[calib] == 0]
     ths = thresholds(score(probe, chosen, calib_benign))
     calib_eval = _at_thresholds(score(probe, chosen, calib), y[calib], ths)
-    study = study_protocol(ds, candidates, y, fit, score, folds, selection)
+    # the study trains on `train` whatever the mix: one candidate per method, layer and aggregation
+    study = study_protocol(ds, [c for c in candidates if c.mix == next(iter(pools))], y, fit, score, folds, selection)
     timings["final"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
@@ -171,7 +187,7 @@ def build_monitor(
         "layer": chosen.layer, "dtype": dtype_name, "dtype_choice": dtype_why,
         "chat_format": list(chat_affixes(lm.tokenizer)),
         "max_tokens": acts.spec["max_tokens"],
-        "method": chosen.method, "inputs": probe.inputs,
+        "method": chosen.method, "inputs": probe.inputs, "mix": chosen.mix,
         "thresholds": ths, "default_threshold": fpr_label(default_fpr),
         "calibration": {"split": CALIBRATION_SPLIT, "n_benign": n_calib_benign,
                         "fingerprint": _rows_fingerprint(ds, calib_benign)},
@@ -182,6 +198,23 @@ def build_monitor(
         "provenance": provenance(seed=seed, activations=acts.key),
     }
     return save_bundle(out, spec, probe, render_card(spec))
+
+
+def mix_pools(ds: Any, mixes: Sequence[str]) -> dict[str, np.ndarray]:
+    """The rows each data mix may train on. A mix with one class, or with the same rows as an
+    earlier one (a user file without `ood` rows), is dropped: it would only repeat or fail."""
+    pool = trainable(ds)
+    split = np.array([e.split for e in ds.examples])
+    out: dict[str, np.ndarray] = {}
+    for m in mixes:
+        rows = pool if m == "all" else pool[np.isin(split[pool], ("train", "val"))]
+        if len(np.unique(ds.labels[rows])) < 2 or any(np.array_equal(rows, r) for r in out.values()):
+            log.info("data mix %r dropped: one class, or the same rows as another mix", m)
+            continue
+        out[m] = rows
+    if not out:
+        raise InputError(f"no data mix among {list(mixes)} has both harmful and benign rows to train on")
+    return out
 
 
 def study_protocol(ds: Any, candidates: list[Candidate], y: np.ndarray, fit, score, folds, selection) -> dict[str, Any]:

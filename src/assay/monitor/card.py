@@ -21,11 +21,12 @@ def render_card(spec: dict[str, Any]) -> str:
     lines = [
         f"# Monitor card: {spec['name']}", "",
         f"- Model: `{spec['model']['model']}` (weights sha256 {str(spec['model'].get('weights_sha256'))[:16]}), "
-        f"layer {spec['layer']}, {spec['dtype']}; probe `{spec['method']}` reading `{_reads(spec['inputs'])}`.",
+        f"layer {spec['layer']}, {spec['dtype']}; probe `{spec['method']}` reading `{_reads(spec['inputs'])}`, "
+        f"trained on data mix `{spec.get('mix', 'all')}`.",
         f"- Trained on {spec['training']['n_rows']} prompts ({spec['training']['n_harmful']} harmful) from splits "
         f"{', '.join(spec['training']['splits'])} of `{spec['training']['data']}`; thresholds set on "
         f"{spec['calibration']['n_benign']} benign prompts of the `{spec['calibration']['split']}` split, never trained on.",
-        f"- Chosen among {len(sel['candidates'])} candidate(s) by mean leave-one-collection-out AUROC over "
+        f"- Chosen among {len(sel['candidates'])} candidates (method x layer x aggregation x data mix) by mean leave-one-collection-out AUROC over "
         f"{len(sel['collections'])} collections: {', '.join(f'{k} {_f(v)}' for k, v in sel['mean_auroc'].items())}.",
         "",
         "## Held-out collections (nested: the collection shown chose nothing)", "",

@@ -34,9 +34,12 @@ def build(
                                               "selection choose among several (default: a third, half and two "
                                               "thirds of the way up)."),
     method: Optional[List[str]] = typer.Option(None, "--method", help="Candidate method; repeat for several "
-                                               "(default: dense-logistic). Pooled and attention methods only."),
+                                               "(default: dense-logistic and diff-of-means-std). Pooled and attention "
+                                               "methods only."),
     aggregation: Optional[List[str]] = typer.Option(None, "--aggregation", "-a", help="Candidate aggregation for "
                                                     "pooled methods; repeat (default: resp-5, all.mean, all.max)."),
+    mix: Optional[List[str]] = typer.Option(None, "--mix", help="Candidate training data: 'all' (every split but "
+                                            "calib) or 'id' (train and val); repeat (default: both)."),
     dtype: str = options.DTYPE,
     inner_k: int = typer.Option(4, "--inner-folds", min=2, help="Grouped folds that choose the candidate inside each "
                                 "held-out collection's training rows (the card's nested estimate)."),
@@ -46,10 +49,10 @@ def build(
     seed: int = options.SEED,
 ) -> None:
     """Train, choose by leave-one-collection-out, calibrate, and write a monitor bundle with its card."""
-    from assay.monitor.build import DEFAULT_AGGREGATIONS, DEFAULT_METHODS, build_monitor
+    from assay.monitor.build import DEFAULT_AGGREGATIONS, DEFAULT_METHODS, DEFAULT_MIXES, build_monitor
 
     path = build_monitor(data, out, model=model, layers=layer or None, methods=method or DEFAULT_METHODS,
-                         aggregations=aggregation or DEFAULT_AGGREGATIONS, dtype=dtype, inner_k=inner_k,
+                         aggregations=aggregation or DEFAULT_AGGREGATIONS, mixes=mix or DEFAULT_MIXES, dtype=dtype, inner_k=inner_k,
                          default_fpr=default_fpr, seed=seed,
                          min_calibration=min_calibration)
     typer.echo((path / "card.md").read_text(encoding="utf-8"))

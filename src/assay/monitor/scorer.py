@@ -79,9 +79,17 @@ class Monitor:
         """The bundle at `path` and its model (`model` overrides where the same weights live)."""
         from assay.models import load
 
+        from assay.runtime import choose_dtype
+
         bundle = load_bundle(path, device="cpu")
-        dtype = dtype or bundle.spec["dtype"]
-        if dtype != bundle.spec["dtype"]:
+        if dtype is None:  # the calibration's dtype by default, but say so where it runs slowly here
+            dtype = bundle.spec["dtype"]
+            fast, why = choose_dtype("auto", device)
+            if fast != dtype:
+                log.warning("bundle %s was calibrated in %s, which this hardware runs slowly (%s); --dtype %s is "
+                            "faster, at the cost of scores moving slightly from the calibration", path, dtype,
+                            why, fast)
+        elif dtype != bundle.spec["dtype"]:
             log.warning("scoring in %s; bundle %s was calibrated in %s, so scores near a threshold may flip",
                         dtype, path, bundle.spec["dtype"])
         lm = load(model or bundle.spec["model"]["source"], dtype=dtype, device=device)

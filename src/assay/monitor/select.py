@@ -33,13 +33,15 @@ class Candidate:
     method: str
     layer: int
     aggregation: str | None  # None for methods that read tokens or text
+    mix: str = "all"  # which training rows (`build.MIXES`)
 
     @property
     def name(self) -> str:
-        return f"{self.method}@L{self.layer}" + (f"[{self.aggregation}]" if self.aggregation else "")
+        return f"{self.method}@L{self.layer}" + (f"[{self.aggregation}]" if self.aggregation else "") + f"/{self.mix}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "layer": self.layer, "aggregation": self.aggregation, "name": self.name}
+        return {"method": self.method, "layer": self.layer, "aggregation": self.aggregation, "mix": self.mix,
+                "name": self.name}
 
 
 # (features of one candidate, train rows, train labels) -> fitted probe; (probe, features, rows) -> scores
