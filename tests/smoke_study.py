@@ -44,6 +44,19 @@ def platform_signature() -> dict:
             "threads": torch.get_num_threads()}
 
 
+# Methods fitted by scikit-learn (LDA's shrunk covariance, TF-IDF's logistic regression): their bits
+# follow the scikit-learn / SciPy / NumPy build, not only torch and the CPU.
+SKLEARN_METHODS = ("lda", "tfidf")
+
+
+def library_versions() -> dict:
+    import numpy
+    import scipy
+    import sklearn
+
+    return {"numpy": numpy.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__}
+
+
 def measure(out: Path, report: dict | None = None) -> dict:
     """Scores digest per part (keyed by the run id part of its file name) and metrics per row of
     `report` (default: `out/report.json`; other tests rerun the study into `out` with fewer methods)."""
@@ -77,6 +90,7 @@ if __name__ == "__main__" and "--record" in sys.argv:
         numbers = measure(Path(tmp) / "run")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     NUMBERS.parent.mkdir(exist_ok=True)
-    NUMBERS.write_text(json.dumps({"recorded_at_commit": commit, "platform": platform_signature(), **numbers},
+    NUMBERS.write_text(json.dumps({"recorded_at_commit": commit, "platform": platform_signature(),
+                                   "libraries": library_versions(), **numbers},
                                   indent=1, sort_keys=True) + "\n")
     print(f"wrote {NUMBERS}: {len(numbers['parts'])} parts, {len(numbers['rows'])} rows")
