@@ -297,3 +297,28 @@ def test_mix_pools():
         from assay.monitor.build import build_monitor
 
         build_monitor("x.jsonl", "out", mixes=["weird"], progress=False)
+
+
+def test_attention_bundle_scores_tokens_like_its_cache(tiny, tmp_path):
+    """The token-level path: an attention probe's live score equals its score on the cached tokens,
+    and each real token gets a score and its token string."""
+    from assay.data import load_dataset
+    from assay.monitor.build import build_monitor
+    from assay.monitor.bundle import load_bundle
+    from assay.monitor.features import monitor_activations
+    from assay.monitor.scorer import Monitor
+    from assay.probes.inputs import token_inputs
+
+    data = write_jsonl(tmp_path / "data.jsonl", toy_rows())
+    out = build_monitor(str(data), tmp_path / "bundle", lm=tiny, layers=[2], methods=["attention"],
+                        min_calibration=20, inner_k=2, progress=False)
+    b = load_bundle(out)
+    assert b.inputs["reads"] == "tokens"
+    ds = load_dataset(data)
+    acts = monitor_activations(tiny, ds, [2], tokens=True, progress=False)
+    X, M = token_inputs(acts, 2, b.inputs["max_tokens"])
+    mon = Monitor(b, tiny)
+    verdicts = mon.score_texts(ds.texts[:6])
+    np.testing.assert_allclose([v.score for v in verdicts], b.probe.score(X[:6], M[:6]), rtol=1e-4, atol=1e-4)
+    for v, m in zip(verdicts, M[:6]):
+        assert len(v.token_scores) == len(v.tokens) == int(m.sum())
