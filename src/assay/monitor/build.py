@@ -173,8 +173,9 @@ def build_monitor(
     train_rows = pools[chosen.mix]
     probe = fit(chosen, train_rows)
     calib_benign = calib[y[calib] == 0]
-    ths = thresholds(score(probe, chosen, calib_benign))
-    calib_eval = _at_thresholds(score(probe, chosen, calib), y[calib], ths)
+    calib_scores = score(probe, chosen, calib)  # once: the benign ones set the thresholds, all are evaluated
+    ths = thresholds(calib_scores[y[calib] == 0])
+    calib_eval = _at_thresholds(calib_scores, y[calib], ths)
     # the study trains on `train` whatever the mix: one candidate per method, layer and aggregation
     study = study_protocol(ds, [c for c in candidates if c.mix == next(iter(pools))], y, fit, score, folds, selection)
     timings["final"] = time.perf_counter() - t

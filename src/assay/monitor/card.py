@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 
-def _f(x: Any, nd: int = 3) -> str:
+def fmt(x: Any, nd: int = 3) -> str:
+    """A metric for a table: three decimals, a dash where it is undefined (None or NaN)."""
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
 
 
@@ -27,11 +28,11 @@ def render_card(spec: dict[str, Any]) -> str:
         f"{', '.join(spec['training']['splits'])} of `{spec['training']['data']}`; thresholds set on "
         f"{spec['calibration']['n_benign']} benign prompts of the `{spec['calibration']['split']}` split, never trained on.",
         f"- Chosen among {len(sel['candidates'])} candidates (method x layer x aggregation x data mix) by mean leave-one-collection-out AUROC over "
-        f"{len(sel['collections'])} collections: {', '.join(f'{k} {_f(v)}' for k, v in sel['mean_auroc'].items())}.",
+        f"{len(sel['collections'])} collections: {', '.join(f'{k} {fmt(v)}' for k, v in sel['mean_auroc'].items())}.",
         "",
         "## Held-out collections (nested: the collection shown chose nothing)", "",
-        f"Nested leave-one-collection-out AUROC ranges {_f(min(aurocs))}–{_f(max(aurocs))} (mean {_f(float(np.mean(aurocs)))}); "
-        f"the worst collection is {worst[0]} ({_f(worst[1]['auroc'])}). "
+        f"Nested leave-one-collection-out AUROC ranges {fmt(min(aurocs))}–{fmt(max(aurocs))} (mean {fmt(float(np.mean(aurocs)))}); "
+        f"the worst collection is {worst[0]} ({fmt(worst[1]['auroc'])}). "
         + (f"{len(below)} of {len(aurocs)} collections fall below 0.85: {', '.join(below)}." if below
            else f"Every one of the {len(aurocs)} collections is at or above 0.85."),
         "Recall and FPR are at the 1% threshold set on that fold's benign calibration prompts.",
@@ -40,7 +41,7 @@ def render_card(spec: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for c, r in nested.items():
-        lines.append(f"| {c} | {_f(r['auroc'])} | {_f(r['recall'])} | {_f(r['fpr'])} | {r['n_pos']} / {r['n_neg']} "
+        lines.append(f"| {c} | {fmt(r['auroc'])} | {fmt(r['recall'])} | {fmt(r['fpr'])} | {r['n_pos']} / {r['n_neg']} "
                      f"| {r['n_train']} | {r['chosen']} |")
     study = card.get("study_protocol", {})
     if "splits" in study:
@@ -50,7 +51,7 @@ def render_card(spec: dict[str, Any]) -> str:
                   "| split | AUROC | " + " | ".join(f"recall@{k}" for k in spec["thresholds"]) + " |",
                   "|---|---|" + "---|" * len(spec["thresholds"])]
         for s, r in study["splits"].items():
-            lines.append(f"| {s} | {_f(r['auroc'])} | " + " | ".join(_f(r[k]['recall']) for k in spec["thresholds"]) + " |")
+            lines.append(f"| {s} | {fmt(r['auroc'])} | " + " | ".join(fmt(r[k]['recall']) for k in spec["thresholds"]) + " |")
         pc = study.get("per_collection", {})
         if pc:
             unseen = {c: r for c, r in pc.items() if not r["in_study_train"]}
@@ -60,13 +61,13 @@ def render_card(spec: dict[str, Any]) -> str:
                       "| collection | n | in the study's train split | study probe AUROC | monitor (nested LOCO) AUROC |",
                       "|---|---|---|---|---|"]
             for c, r in pc.items():
-                lines.append(f"| {c} | {r['n']} | {'yes' if r['in_study_train'] else 'no'} | {_f(r['study_auroc'])} "
-                             f"| {_f(r['monitor_auroc'])} |")
+                lines.append(f"| {c} | {r['n']} | {'yes' if r['in_study_train'] else 'no'} | {fmt(r['study_auroc'])} "
+                             f"| {fmt(r['monitor_auroc'])} |")
             if unseen:
                 s_mean = float(np.mean([r["study_auroc"] for r in unseen.values()]))
                 m_mean = float(np.mean([r["monitor_auroc"] for r in unseen.values()]))
                 lines += ["", f"On the {len(unseen)} collection(s) the study's probe never trained on "
-                          f"({', '.join(unseen)}), mean AUROC is {_f(s_mean)} for the study's probe and {_f(m_mean)} "
+                          f"({', '.join(unseen)}), mean AUROC is {fmt(s_mean)} for the study's probe and {fmt(m_mean)} "
                           "for the monitor held out from each."]
     cal = card["calibration_split"]
     lines += ["", "## Thresholds", "",
@@ -75,8 +76,8 @@ def render_card(spec: dict[str, Any]) -> str:
               "|---|---|---|---|---|"]
     for k, t in spec["thresholds"].items():
         lines.append(f"| {k} | {t['threshold']:.4f} | {'yes' if t['resolvable'] else 'no: the highest benign score'} "
-                     f"| {_f(cal[k]['recall'])} | {_f(cal[k]['fpr'])} |")
-    lines += ["", f"Calibration-split AUROC: {_f(cal['auroc'])} ({cal['n_pos']} harmful, {cal['n_neg']} benign; "
+                     f"| {fmt(cal[k]['recall'])} | {fmt(cal[k]['fpr'])} |")
+    lines += ["", f"Calibration-split AUROC: {fmt(cal['auroc'])} ({cal['n_pos']} harmful, {cal['n_neg']} benign; "
               "the benign rows set the thresholds, so their FPR is at most the target by construction).", "",
               f"Build time: {card['timings_seconds'].get('total')} s. Dtype chosen: {spec['dtype']} "
               f"({spec.get('dtype_choice')})."]

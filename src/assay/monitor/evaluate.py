@@ -103,10 +103,9 @@ def _in_sample(monitor: Any, ds: Any, split: str | None) -> bool:
 
 
 def render_eval(r: dict[str, Any]) -> str:
-    names = list(r["thresholds"])
+    from assay.monitor.card import fmt as f
 
-    def f(x: Any) -> str:
-        return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
+    names = list(r["thresholds"])
 
     def row(label: str, m: dict[str, Any]) -> str:
         return (f"| {label} | {m['n_pos']} / {m['n_neg']} | {f(m['auroc'])} | {f(m['auprc'])} | "

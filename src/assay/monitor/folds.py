@@ -83,12 +83,7 @@ def fold(ds: Any, collection: str, pool: np.ndarray | None = None) -> Fold:
     held = np.array([i for i, e in enumerate(ex) if collection in collections_of(e)], dtype=np.int64)
     if not len(held):
         raise InputError(f"no rows in collection {collection!r}; collections: {', '.join(list_collections(ds))}")
-    clusters = ds.clusters
-    held_clusters = set(clusters[held])
-    in_pool = np.isin(pool, held, invert=True)
-    kept = pool[in_pool]
-    shares_cluster = np.isin(clusters[kept], list(held_clusters))
-    train = kept[~shares_cluster]
+    train, n_dropped = _train_without(ds, pool, held)
     y = ds.labels
     calib = calibration_rows(ds)
     test = held
@@ -96,7 +91,16 @@ def fold(ds: Any, collection: str, pool: np.ndarray | None = None) -> Fold:
         if not (y[held] == cls).any():
             test = np.union1d(test, calib[y[calib] == cls])
     calib_benign = np.setdiff1d(calib[y[calib] == 0], test)
-    return Fold(collection, train, np.sort(test), calib_benign, int(shares_cluster.sum()))
+    return Fold(collection, train, np.sort(test), calib_benign, n_dropped)
+
+
+def _train_without(ds: Any, pool: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, int]:
+    """`pool` minus the `held` rows and every row sharing a near-duplicate cluster with one of them;
+    and how many rows the cluster rule alone removed."""
+    clusters = ds.clusters
+    rest = pool[np.isin(pool, held, invert=True)]
+    shares = np.isin(clusters[rest], list(set(clusters[held])))
+    return rest[~shares], int(shares.sum())
 
 
 def group_folds(collections: list[str], k: int) -> list[list[str]]:
@@ -112,7 +116,4 @@ def fold_out(ds: Any, held: list[str], pool: np.ndarray) -> tuple[np.ndarray, np
     ex = ds.examples
     in_held = np.array([any(c in held for c in collections_of(ex[i])) for i in pool], dtype=bool)
     test = pool[in_held]
-    rest = pool[~in_held]
-    clusters = ds.clusters
-    train = rest[~np.isin(clusters[rest], list(set(clusters[test])))]
-    return train, test
+    return _train_without(ds, pool, test)[0], test
