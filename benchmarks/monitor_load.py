@@ -3,8 +3,9 @@ lost requests, score agreement, malformed traffic and resident memory, in one pr
 
 One `Monitor` (one model) serves both sides: first its offline batched path (`score_texts` on all
 the prompts at once, the reference), then the real server (`create_app` under uvicorn in a
-background thread, on a free loopback port) with one prompt per request and N concurrent closed-loop
-clients (httpx, in this process). Per concurrency level it records prompts/s, the ratio to the offline
+background thread, on a free loopback port, with its default scoring workers unless --workers) with one
+prompt per request and N concurrent closed-loop clients (keep-alive HTTP/1.1 spoken by hand, in this
+process: see `Connection`). Per concurrency level it records prompts/s, the ratio to the offline
 prompts/s (target >= 0.8 at concurrency 32), p50/p99 latency, errors, lost requests (sent minus
 answered), the largest |served score - offline score| (bf16 batches of another composition round
 differently, so it is recorded, not asserted), and the server's own metrics for the level (batch-size
@@ -35,6 +36,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -111,16 +113,63 @@ class Reply:
     error: str | None = None  # exception type, when no answer
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection, spoken by hand: a load generator must cost the server's cores
+    as little as it can: on a 2-core box every client cycle is taken from the server it measures (the
+    no-forward ceiling phase cost 9.7 CPU ms per request, client and server together, with httpx clients;
+    1.1-1.8 ms with this one, against ~50 CPU ms per prompt for the forward pass)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split()[1])
+        length, close = None, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+            elif name == "transfer-encoding":
+                raise ValueError("chunked response: this client reads content-length bodies only")
+        payload = await self.reader.readexactly(length) if length is not None else await self.reader.read()
+        if close or length is None:
+            await self.close()
+        return status, payload
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
 async def drive(base_url: str, bodies: Callable[[int], bytes], n: int, concurrency: int, deadline: float,
                 timeout: float, on_reply: Callable[[int, Reply], None]) -> tuple[float, int, bool]:
     """Send n requests from `concurrency` closed-loop clients; (wall seconds, sent, stopped by the cap)."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
     sent = 0
     stopped = False
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, trust_env=False) as client:
-        async def client_loop() -> None:
-            nonlocal sent, stopped
+    async def client_loop() -> None:
+        nonlocal sent, stopped
+        conn = Connection(host, int(port))
+        try:
             while sent < n:
                 if time.monotonic() > deadline:
                     stopped = True
@@ -130,15 +179,16 @@ async def drive(base_url: str, bodies: Callable[[int], bytes], n: int, concurren
                 body = bodies(i)
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(ROUTE, content=body, headers=JSON_HEADERS)
+                    status, payload = await asyncio.wait_for(conn.post(ROUTE, body), timeout)
                     latency = time.perf_counter() - t0
-                except httpx.HTTPError as err:
+                except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, TimeoutError) as err:
+                    await conn.close()
                     on_reply(i, Reply(None, time.perf_counter() - t0, error=type(err).__name__))
                     continue
-                reply = Reply(r.status_code, latency)
+                reply = Reply(status, latency)
                 try:
-                    data = r.json()
-                    if r.status_code == 200:
+                    data = json.loads(payload)
+                    if status == 200:
                         reply.score = float(data["results"][0]["assay"]["score"])
                         reply.flagged = data["results"][0]["assay"]["flagged"]
                     else:
@@ -146,10 +196,12 @@ async def drive(base_url: str, bodies: Callable[[int], bytes], n: int, concurren
                 except (ValueError, KeyError, IndexError, TypeError):
                     reply.code = "unparseable_response"
                 on_reply(i, reply)
+        finally:
+            await conn.close()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
-        return time.perf_counter() - t0, sent, stopped
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    return time.perf_counter() - t0, sent, stopped
 
 
 def run_load(base_url: str, bodies: Callable[[int], bytes], n: int, concurrency: int, deadline: float,
@@ -210,7 +262,7 @@ def scrape(url: str) -> dict[tuple, float]:
     return out
 
 
-def metrics_delta(before: dict, after: dict, wall: float) -> dict[str, Any]:
+def metrics_delta(before: dict, after: dict, wall: float, workers: int = 1) -> dict[str, Any]:
     """The server's own view of one phase: batches, batch-size histogram, time in forward passes."""
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
 
@@ -237,8 +289,9 @@ def metrics_delta(before: dict, after: dict, wall: float) -> dict[str, Any]:
         "batches": int(batches), "items": int(items), "mean_batch_size": items / batches if batches else None,
         "mean_batch_tokens": tokens / batches if batches else None,
         "batch_size_histogram": hist,
-        "forward_seconds": forward_s, "worker_busy_fraction": forward_s / wall if wall else None,
-        "forward_tokens_per_s": tokens / forward_s if forward_s else None,
+        # Summed over the scoring workers: busy 1.0 means every worker scored the whole phase.
+        "forward_seconds": forward_s, "worker_busy_fraction": forward_s / (wall * workers) if wall else None,
+        "forward_tokens_per_s_per_worker": tokens / forward_s if forward_s else None,
         "responses_by_status": dict(sorted(statuses.items())),
     }
 
@@ -331,7 +384,8 @@ def offline(monitor: Monitor, texts: list[str], lengths: list[int]) -> tuple[dic
 
 def level(url: str, items: list[Item], bodies: list[bytes], lengths: list[int], ref: list[Verdict] | None,
           concurrency: int, deadline: float, args: argparse.Namespace,
-          reference: dict[str, Any] | None = None, first_reference: dict[str, Any] | None = None) -> dict[str, Any]:
+          reference: dict[str, Any] | None = None, first_reference: dict[str, Any] | None = None,
+          workers: int = 1) -> dict[str, Any]:
     """One load phase: `items` at `concurrency`; good ones checked against the offline verdicts `ref`.
     `reference` is the offline measurement the ratios are taken to (the one just before, by default)."""
     replies: dict[int, Reply] = {}
@@ -340,7 +394,7 @@ def level(url: str, items: list[Item], bodies: list[bytes], lengths: list[int], 
     wall, sent, stopped = run_load(url, lambda i: items[i].body or bodies[items[i].prompt], len(items),
                                    concurrency, deadline, args.timeout, replies.__setitem__)
     cpu = cpu_seconds() - c0
-    server = metrics_delta(before, scrape(url), wall)
+    server = metrics_delta(before, scrape(url), wall, workers)
     good = [i for i in range(sent) if items[i].prompt is not None]
     bad = [i for i in range(sent) if items[i].prompt is None]
     answered = [i for i in range(sent) if i in replies and replies[i].status is not None]
@@ -405,7 +459,7 @@ def score_check(pairs: list[tuple[Reply, Verdict]], tolerance: float) -> dict[st
 
 
 def rss_phase(url: str, bodies: list[bytes], checkpoints: list[int], concurrency: int, deadline: float,
-              args: argparse.Namespace) -> dict[str, Any]:
+              args: argparse.Namespace, workers: int = 1) -> dict[str, Any]:
     """Short requests cycled up to the last checkpoint; RSS when each checkpoint's reply arrives."""
     n = checkpoints[-1]
     lat = np.zeros(n)
@@ -440,7 +494,7 @@ def rss_phase(url: str, bodies: list[bytes], checkpoints: list[int], concurrency
         "rss_at_start_bytes": start_rss,
         "rss_after": {str(k): v for k, v in sorted(marks.items())},
         "rss_ratio_last_to_first": ratio, "rss_within_10pct": None if ratio is None else ratio <= 1.10,
-        "rss_trend": trend, "peak_rss_bytes": peak_rss(), "server": metrics_delta(before, scrape(url), wall),
+        "rss_trend": trend, "peak_rss_bytes": peak_rss(), "server": metrics_delta(before, scrape(url), wall, workers),
     }
 
 
@@ -465,6 +519,7 @@ def summary(results: dict[str, Any], top: int) -> dict[str, Any]:
         "flag_flips": sum(sum(r["score_check"].get("flag_flips", {}).values()) for r in phases),
         "malformed_all_expected": mal.get("malformed_all_expected"),
         "rss_ratio": rss_row.get("rss_ratio_last_to_first"), "rss_within_10pct": rss_row.get("rss_within_10pct"),
+        "ratio_at_top_one_worker": (results.get("one_worker_at_top") or {}).get("ratio_to_offline"),
         "stopped_by_time_cap": any(r.get("stopped_by_time_cap") or r.get("skipped") for r in
                                    results["levels"] + [mal, rss_row]),
     }
@@ -497,6 +552,7 @@ def main() -> None:
     ap.add_argument("--max-batch-tokens", type=int, default=8192)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--max-items", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=None, help="scoring threads (default: the server's own default)")
     ap.add_argument("--timeout", type=float, default=600, help="client timeout per request, seconds")
     ap.add_argument("--reference", choices=["adjacent", "once"], default="adjacent",
                     help="offline reference measured again just before each phase (adjacent), or only at the start")
@@ -600,7 +656,9 @@ def main() -> None:
 
     # 3. The real server, same Monitor: each concurrency level, then malformed traffic, then RSS.
     app = create_app(monitor, max_items=args.max_items, max_batch_tokens=args.max_batch_tokens,
-                     max_wait_ms=args.max_wait_ms)
+                     max_wait_ms=args.max_wait_ms, workers=args.workers)
+    workers = results["server_options"]["workers"] = app.state.batcher.workers
+    results["server_options"]["threads_per_worker"] = app.state.batcher.threads
     good_items = [Item(b"", prompt=i) for i in range(len(texts))]
     results["levels"] = []
     with ServerThread(app) as srv:
@@ -609,12 +667,12 @@ def main() -> None:
             if time.monotonic() > deadline:
                 results["levels"].append({"concurrency": conc, "skipped": "time cap"})
                 continue
-            row = level(srv.url, good_items, bodies, lengths, ref, conc, deadline, args, reference(), first)
+            row = level(srv.url, good_items, bodies, lengths, ref, conc, deadline, args, reference(), first, workers)
             results["levels"].append(row)
             show(f"concurrency {conc:>3}", row)
         if time.monotonic() <= deadline:
             mixed = interleave(len(texts), args.malformed_fraction, kinds)
-            row = level(srv.url, mixed, bodies, lengths, ref, top, deadline, args, reference(), first)
+            row = level(srv.url, mixed, bodies, lengths, ref, top, deadline, args, reference(), first, workers)
             results["malformed"] = row
             show(f"malformed at {top:>3}", row)
             print(f"  malformed: {row.get('malformed')}; every one its expected 4xx: "
@@ -623,7 +681,7 @@ def main() -> None:
             results["malformed"] = {"skipped": "time cap"}
         if time.monotonic() <= deadline:
             checkpoints = sorted(set(args.rss_requests))
-            row = rss_phase(srv.url, short_bodies, checkpoints, args.rss_concurrency, deadline, args)
+            row = rss_phase(srv.url, short_bodies, checkpoints, args.rss_concurrency, deadline, args, workers)
             results["rss"] = row
             marks = ", ".join(f"{int(v['rss_bytes']) / 2**20:.0f} MiB after {k} ({v['elapsed_s']:.0f} s)"
                               for k, v in row["rss_after"].items())
@@ -631,6 +689,17 @@ def main() -> None:
                   f"{num(row['prompts_per_s'], '.1f')} prompts/s", flush=True)
         else:
             results["rss"] = {"skipped": "time cap"}
+    # The same top level served by one scoring worker (the default before two): what the second bought.
+    if workers != 1 and time.monotonic() <= deadline:
+        one = create_app(monitor, max_items=args.max_items, max_batch_tokens=args.max_batch_tokens,
+                         max_wait_ms=args.max_wait_ms, workers=1)
+        with ServerThread(one) as srv:
+            row = level(srv.url, good_items, bodies, lengths, ref, top, deadline, args, reference(), first, 1)
+        results["one_worker_at_top"] = row | {"threads_per_worker": one.state.batcher.threads}
+        show(f"1 worker at {top:>3}", row)
+    # The offline references ran on this thread after the workers set their own thread counts: say
+    # that this thread's count (what offline used) did not change.
+    results["torch_threads_main_at_end"] = torch.get_num_threads()
     results["total_seconds"] = time.monotonic() - started
     results["loadavg_at_end"] = loadavg()
     results["summary"] = summary(results, top)

@@ -255,6 +255,9 @@ def test_cli_bad_input_is_one_clear_error_before_any_model_loads(tmp_path, monke
         assert isinstance(res.exception, AssayError), (args, repr(res.exception))
         assert message in str(res.exception).lower(), (args, str(res.exception))
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "b").exists()
+    res = CliRunner().invoke(app, ["monitor", "serve", str(tmp_path), "--generate", "--workers", "2"],
+                             env={"COLUMNS": "400", "NO_COLOR": "1"})
+    assert res.exit_code == 2 and "one scoring thread" in res.output, res.output
 
 
 def test_batches_bound_padding():
@@ -322,3 +325,86 @@ def test_attention_bundle_scores_tokens_like_its_cache(tiny, tmp_path):
     np.testing.assert_allclose([v.score for v in verdicts], b.probe.score(X[:6], M[:6]), rtol=1e-4, atol=1e-4)
     for v, m in zip(verdicts, M[:6]):
         assert len(v.token_scores) == len(v.tokens) == int(m.sum())
+
+
+def test_residual_stream_keeps_each_threads_hooks_apart(tiny):
+    """Two scoring threads share one model: thread A is held inside its forward (its hooks on the
+    model) while thread B runs a whole forward. Without per-thread hooks, A's hook on the deepest
+    block fires in B's forward, takes B's tensor and stops B before B's own hook runs."""
+    import threading
+
+    import torch
+
+    from assay.activations.forward import residual_stream
+
+    ids_a, ids_b = torch.randint(5, 200, (2, 7)), torch.randint(5, 200, (3, 5))
+    mask_a, mask_b = torch.ones_like(ids_a), torch.ones_like(ids_b)
+    want_a = residual_stream(tiny, ids_a, mask_a, [1, 2])
+    want_b = residual_stream(tiny, ids_b, mask_b, [1, 2])
+    a_inside, b_done, got = threading.Event(), threading.Event(), {}
+
+    def hold(_module, _args):
+        if threading.current_thread().name == "A":
+            a_inside.set()
+            assert b_done.wait(30)
+
+    gate = tiny.block(0).register_forward_pre_hook(hold)
+    try:
+        a = threading.Thread(target=lambda: got.__setitem__("a", residual_stream(tiny, ids_a, mask_a, [1, 2])),
+                             name="A")
+        a.start()
+        assert a_inside.wait(30)
+        got["b"] = residual_stream(tiny, ids_b, mask_b, [1, 2])
+        b_done.set()
+        a.join(30)
+    finally:
+        gate.remove()
+    for key, want in (("a", want_a), ("b", want_b)):
+        assert set(got[key]) == {1, 2}
+        for layer in (1, 2):
+            torch.testing.assert_close(got[key][layer], want[layer])
+
+
+def test_two_scoring_workers_serve_the_offline_scores(built):
+    """The server's default on a CPU: two workers, each with a replica (own tokenizer, same weights)."""
+    from fastapi.testclient import TestClient
+
+    from assay.data import load_dataset
+    from assay.monitor.bundle import load_bundle
+    from assay.monitor.scorer import Monitor
+    from assay.monitor.server import create_app
+
+    out, data, lm = built
+    mon = Monitor(load_bundle(out), lm)
+    twin = mon.replica()
+    assert twin.lm.tokenizer is not mon.lm.tokenizer and twin.lm.model is mon.lm.model
+    texts = load_dataset(data).texts[:24]
+    offline = [v.score for v in mon.score_texts(texts)]
+    app = create_app(mon, workers=2, max_wait_ms=0)
+    assert app.state.batcher.workers == 2
+    with TestClient(app) as client:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda t: client.post("/v1/moderations", json={"input": t}), texts))
+    assert all(r.status_code == 200 for r in replies)
+    served = [r.json()["results"][0]["assay"]["score"] for r in replies]
+    np.testing.assert_allclose(served, offline, rtol=1e-4, atol=1e-4)
+
+
+def test_scoring_workers_options(built):
+    from assay.monitor.bundle import load_bundle
+    from assay.monitor.scorer import Monitor
+    from assay.monitor.server import create_app, default_workers
+
+    out, _, lm = built
+    mon = Monitor(load_bundle(out), lm)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        create_app(mon, workers=0)
+
+    class Gen:  # enough of a generator for create_app's checks
+        threshold, max_new_tokens, model_name, context_length = "fpr=1%", 8, "m", None
+
+    with pytest.raises(ValueError, match="share one thread"):
+        create_app(mon, workers=2, generator=Gen())
+    assert default_workers("cuda", False) == 1 and default_workers("cpu", True) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from assay.models.loading import LoadedModel
@@ -15,12 +17,18 @@ class _StopForward(Exception):
 def residual_stream(
     lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[int]
 ) -> dict[int, torch.Tensor]:
-    """Residual stream `[b, T, d]` after each block in `layers`, for a right-padded batch."""
+    """Residual stream `[b, T, d]` after each block in `layers`, for a right-padded batch.
+
+    Safe to call from several threads on one model at once (a server's scoring workers): a module's
+    hooks fire for every thread's forward, so each call's hooks act only on its own thread's."""
     captured: dict[int, torch.Tensor] = {}
     deepest = max(layers)
+    caller = threading.get_ident()
 
     def hook_for(layer: int):
         def hook(_module, _args, output):
+            if threading.get_ident() != caller:
+                return None
             captured[layer] = output[0] if isinstance(output, tuple) else output
             if layer == deepest:
                 raise _StopForward

@@ -120,6 +120,9 @@ def serve(
                                              "instead of generating."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="With --generate: the most tokens a "
                                        "request may generate (its default max_tokens)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Scoring threads sharing the model, each "
+                                          "with its share of the cores (default: 2 on a CPU with 2+ cores, else 1; "
+                                          "1 with --generate)."),
 ) -> None:
     """Serve a bundle over HTTP: /v1/moderations, /v1/score, /v1/models, /healthz, /metrics, and with
     --generate /v1/chat/completions. Set ASSAY_MONITOR_KEY to require `Authorization: Bearer <key>`."""
@@ -128,6 +131,9 @@ def serve(
     if refuse_when_flagged and not generate:
         raise typer.BadParameter("--refuse-when-flagged needs --generate (it decides whether to generate)",
                                  param_hint="--refuse-when-flagged")
+    if generate and workers is not None and workers > 1:
+        raise typer.BadParameter("--generate serves with one scoring thread (generation hooks the model for its "
+                                 "own forward pass); drop --workers or set it to 1", param_hint="--workers")
     monitor = _load(bundle, model, dtype, max_tokens)
     generator = None
     if generate:
@@ -136,4 +142,4 @@ def serve(
         generator = Generator(monitor, threshold=threshold, refuse_when_flagged=refuse_when_flagged,
                               max_new_tokens=max_new_tokens)
     run(monitor, host=host, port=port, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, threshold=threshold,
-        generator=generator)
+        generator=generator, workers=workers)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -53,7 +53,7 @@ class Verdict:
 @dataclass
 class Monitor:
     """A bundle ready to score: `score_texts` for prompts, `score_messages` for conversations.
-    Not thread-safe (one forward at a time); the server calls it from one worker."""
+    Not thread-safe (its tokenizer is not): a second thread scores through a `replica()`."""
 
     bundle: Bundle
     lm: Any
@@ -119,6 +119,14 @@ class Monitor:
 
     def count_tokens_messages(self, conversations: Sequence[Sequence[dict]]) -> list[int]:
         return TokenCounter.count_messages(self.lm.tokenizer, conversations)
+
+    def replica(self) -> "Monitor":
+        """A scorer for another thread: the same weights and probe, its own copy of the tokenizer
+        (a Hugging Face fast tokenizer must not be used from two threads at once; the forward pass
+        may: it runs in inference mode and `residual_stream` keeps each thread's hooks apart)."""
+        twin = copy.copy(self)
+        twin.lm = replace(self.lm, tokenizer=copy.deepcopy(self.lm.tokenizer))
+        return twin
 
     def token_counter(self) -> "TokenCounter":
         """Counts with a private copy of the tokenizer, for a thread other than the scoring one."""

@@ -2,13 +2,16 @@
 and with a `Generator` (`monitor.generate`) OpenAI-shaped `/v1/chat/completions` whose every answer
 carries the monitor's verdict on its prompt, read from the generation's own prefill.
 
-One `Monitor` holds one model, and its scoring calls are blocking and not thread-safe, so every call
-into it (token counting included: a Hugging Face fast tokenizer must not be used from two threads
-at once) runs on a single worker thread. Concurrent requests are queued and micro-batched: the
-worker groups queued items until their tokens would pass `max_batch_tokens` or `max_wait_ms` has
-passed since the oldest one arrived, then scores the group in one forward pass. A generation is one
-job on that same thread (prefill and every decoding step), its events handed to the event loop
-through a queue, so a chat answer can stream while scoring waits its turn rather than sharing the model.
+One `Monitor` holds one model, and its scoring calls are blocking. They run on scoring worker threads,
+each with its own `Monitor.replica()` (the same weights, a private tokenizer: a Hugging Face fast
+tokenizer must not be used from two threads at once); token counting runs on a thread of its own.
+Concurrent requests are queued and micro-batched: when a worker is free, the queued items are grouped
+until their tokens would pass `max_batch_tokens` or `max_wait_ms` has passed since the oldest one
+arrived, and the worker scores the group in one forward pass. On a CPU two workers, each with half the
+cores, keep the cores busy while the other dispatches Python (`default_workers`). A generation is one
+job on the first worker (prefill and every decoding step), its events handed to the event loop
+through a queue, so a chat answer can stream while scoring waits its turn rather than sharing the model;
+a server that generates has one worker.
 
     from assay.monitor.scorer import Monitor
     from assay.monitor.server import run
@@ -34,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import torch
 
 try:
     import uvicorn
@@ -214,17 +219,30 @@ class Job:
 
 
 class Batcher:
-    """Owns the one worker thread that touches the monitor, and the queue feeding it."""
+    """Owns the scoring worker threads that touch the monitor, and the queue feeding them."""
 
-    def __init__(self, monitor: ScoringMonitor, *, max_batch_tokens: int, max_wait_ms: float) -> None:
-        self.monitor = monitor
+    def __init__(self, monitor: ScoringMonitor, *, max_batch_tokens: int, max_wait_ms: float,
+                 workers: int = 1) -> None:
+        if workers > 1 and not hasattr(monitor, "replica"):
+            raise ValueError("several scoring workers need a monitor with replica() (one tokenizer per thread)")
+        self.monitor, self.workers = monitor, workers
+        # Sized here, in the caller's thread: a thread PyTorch first meets after a worker has set its own
+        # count would read that count as its default, not the cores.
+        self.threads = threads_per_worker(workers)
         self.max_batch_tokens, self.max_wait = max_batch_tokens, max_wait_ms / 1000
         self.pending: dict[str, deque[Job]] = {TEXT: deque(), MESSAGES: deque()}
         self.metrics: Metrics | None = None
         self._arrived = asyncio.Event()
-        self._executor: ThreadPoolExecutor | None = None
+        self._executors: list[ThreadPoolExecutor] = []
+        self._free: asyncio.Queue | None = None  # (executor, monitor) pairs not scoring a batch now
+        self._busy: set[asyncio.Task] = set()
         self._counter: ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
+
+    @property
+    def _executor(self) -> ThreadPoolExecutor | None:
+        """The first worker: token counting for counter-less monitors, and generations, run there."""
+        return self._executors[0] if self._executors else None
 
     def depth(self) -> int:
         return sum(len(q) for q in self.pending.values())
@@ -235,7 +253,12 @@ class Batcher:
 
     async def start(self) -> None:
         self._arrived = asyncio.Event()  # bound to this loop: an app may be started again on a new loop
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assay-monitor")
+        self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"assay-monitor-{i}",
+                                              initializer=_set_threads, initargs=(self.threads,))
+                           for i in range(self.workers)]
+        self._free = asyncio.Queue()
+        for i, executor in enumerate(self._executors):
+            self._free.put_nowait((executor, self.monitor if i == 0 else self.monitor.replica()))
         self._counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assay-monitor-tokenize")
         self._task = asyncio.create_task(self._work(), name="assay-monitor-batcher")
 
@@ -244,17 +267,22 @@ class Batcher:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._busy):  # batches being scored: their items get a 503, their thread finishes
+            task.cancel()
+        with suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._busy, return_exceptions=True)
         shutting = APIError(503, "the monitor server is shutting down; retry against a running server",
                             code="shutting_down", type="server_error")
         for queue in self.pending.values():
             while queue:
                 _resolve(queue.popleft().future, error=shutting)
-        if self._executor is not None:
+        for executor in self._executors:
             # Let a forward pass already running finish rather than leave the thread behind.
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
+            await asyncio.to_thread(executor.shutdown, wait=True)
         if self._counter is not None:
             await asyncio.to_thread(self._counter.shutdown, wait=True)
-        self._task = self._executor = self._counter = None
+        self._task = self._counter = self._free = None
+        self._executors = []
 
     async def count(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a token count on the counting thread (never the scoring one)."""
@@ -286,15 +314,26 @@ class Batcher:
         return [j.future for j in jobs]
 
     async def _work(self) -> None:
+        assert self._free is not None
         while True:
             try:
-                kind, jobs = await self._next_batch()
-                if jobs:
-                    await self._score(kind, jobs)
+                worker = await self._free.get()  # a batch is formed only once a worker can take it
+                try:
+                    kind, jobs = await self._next_batch()
+                except BaseException:
+                    self._free.put_nowait(worker)
+                    raise
+                task = asyncio.create_task(self._score(kind, jobs, *worker))
+                self._busy.add(task)
+                task.add_done_callback(lambda t, w=worker: (self._busy.discard(t), self._release(w)))
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug here must not stop every later request from being answered
                 log.exception("monitor batcher error; continuing")
+
+    def _release(self, worker: tuple[ThreadPoolExecutor, ScoringMonitor]) -> None:
+        if self._free is not None:
+            self._free.put_nowait(worker)
 
     async def _next_batch(self) -> tuple[str, list[Job]]:
         """Wait for items, then gather one kind's items until the token budget or the wait runs out."""
@@ -323,11 +362,11 @@ class Batcher:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
 
-    async def _score(self, kind: str, jobs: list[Job]) -> None:
-        fn = self.monitor.score_texts if kind == TEXT else self.monitor.score_messages
+    async def _score(self, kind: str, jobs: list[Job], executor: ThreadPoolExecutor, monitor: ScoringMonitor) -> None:
+        fn = monitor.score_texts if kind == TEXT else monitor.score_messages
         start = time.perf_counter()
         try:
-            verdicts = await asyncio.get_running_loop().run_in_executor(self._executor, fn, [j.payload for j in jobs])
+            verdicts = await asyncio.get_running_loop().run_in_executor(executor, fn, [j.payload for j in jobs])
             if len(verdicts) != len(jobs):
                 raise RuntimeError(f"{fn.__name__} returned {len(verdicts)} verdicts for {len(jobs)} inputs")
         except asyncio.CancelledError:
@@ -358,6 +397,26 @@ class Batcher:
     def _observe_failure(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.failures.labels(kind).inc()
+
+
+def default_workers(device: str, generating: bool) -> int:
+    """Scoring threads for a server on `device`: two on a CPU with two or more cores, else one.
+
+    One forward at a time leaves a CPU's cores idle while Python dispatches each op and while an
+    OpenMP team waits at a barrier for a thread the HTTP side preempted; two forwards at a time, each
+    on half the cores, fill those gaps (measured in benchmarks/monitor_load.py). A GPU runs one
+    stream of kernels anyway, and generation hooks the model for its own forward, so both get one."""
+    cores = torch.get_num_threads()
+    return 2 if device == "cpu" and cores >= 2 and not generating else 1
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, torch.get_num_threads() // workers)
+
+
+def _set_threads(n: int) -> None:
+    """Run in each scoring thread as it starts: its OpenMP team's size (per thread in PyTorch)."""
+    torch.set_num_threads(n)
 
 
 def _resolve(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
@@ -702,13 +761,17 @@ def _resolve_threshold(monitor: ScoringMonitor, threshold: str | None) -> str:
     return name
 
 
-def _check_options(max_items: int, max_batch_tokens: int, max_wait_ms: float, max_body_bytes: int) -> None:
+def _check_options(max_items: int, max_batch_tokens: int, max_wait_ms: float, max_body_bytes: int,
+                   workers: int = 1, generating: bool = False) -> None:
     for name, value in (("max_items", max_items), ("max_batch_tokens", max_batch_tokens),
-                        ("max_body_bytes", max_body_bytes)):
+                        ("max_body_bytes", max_body_bytes), ("workers", workers)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if max_wait_ms < 0:
         raise ValueError(f"max_wait_ms must be 0 or more, got {max_wait_ms}")
+    if generating and workers > 1:
+        raise ValueError(f"workers={workers} with a generator: generation hooks the model for its own forward "
+                         "pass, so scoring and generation share one thread; use workers=1")
 
 
 def _check_generator(monitor: ScoringMonitor, generator: ChatGenerator | None, threshold: str) -> None:
@@ -724,14 +787,19 @@ def _check_generator(monitor: ScoringMonitor, generator: ChatGenerator | None, t
 
 def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items: int = 64,
                max_batch_tokens: int = 8192, max_wait_ms: float = 5.0, threshold: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, generator: ChatGenerator | None = None) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, generator: ChatGenerator | None = None,
+               workers: int | None = None) -> FastAPI:
     """A FastAPI app serving `monitor`; with `api_key`, every route but /healthz needs it as a bearer token.
     `threshold` names the operating point `flagged` means in /v1/moderations (default: the generator's,
-    else the monitor's). With `generator` (built on `monitor`), /v1/chat/completions is served too."""
+    else the monitor's). With `generator` (built on `monitor`), /v1/chat/completions is served too.
+    `workers` scoring threads share the model (default: `default_workers`)."""
     threshold = _resolve_threshold(monitor, threshold or getattr(generator, "threshold", None))
     _check_generator(monitor, generator, threshold)
-    _check_options(max_items, max_batch_tokens, max_wait_ms, max_body_bytes)
-    batcher = Batcher(monitor, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
+    if workers is None:
+        device = str(getattr(getattr(monitor, "lm", None), "device", "cpu")).split(":")[0]
+        workers = default_workers(device, generator is not None) if hasattr(monitor, "replica") else 1
+    _check_options(max_items, max_batch_tokens, max_wait_ms, max_body_bytes, workers, generator is not None)
+    batcher = Batcher(monitor, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, workers=workers)
     metrics = batcher.metrics = Metrics(batcher.depth)
     generations: set[threading.Event] = set()  # the cancel flags of generations queued or running
 
