@@ -408,3 +408,40 @@ def test_scoring_workers_options(built):
     with pytest.raises(ValueError, match="share one thread"):
         create_app(mon, workers=2, generator=Gen())
     assert default_workers("cuda", False) == 1 and default_workers("cpu", True) == 1
+
+
+def test_interrupted_selection_resumes_from_its_last_held_out_collection(built, tmp_path, monkeypatch):
+    """A build killed during the third held-out collection refits only the collections not yet
+    finished on the rerun, and ships what an uninterrupted build ships."""
+    import assay.monitor.select as select
+    from assay.monitor.build import build_monitor
+    from assay.monitor.bundle import load_bundle
+
+    first, data, lm = built
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    real_inner = select.inner_scores
+    calls = {"n": 0}
+
+    def dies_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_inner(*a, **k)
+
+    monkeypatch.setattr(select, "inner_scores", dies_on_third)
+    opts = dict(lm=lm, layers=[1, 2], min_calibration=20, inner_k=2, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        build_monitor(str(data), tmp_path / "bundle", **opts)
+    assert not (tmp_path / "bundle").exists()
+    [ckpt] = (tmp_path / "cache" / "monitor-selection").iterdir()
+    assert len(json.loads(ckpt.read_text())["folds"]) == 2
+
+    calls["n"] = 100  # no more interruptions; count the inner selections the rerun makes
+    out = build_monitor(str(data), tmp_path / "bundle", **opts)
+    assert calls["n"] - 100 == 2  # 4 collections, 2 resumed
+    assert not ckpt.exists()
+    want, got = load_bundle(first).spec["card"]["selection"], load_bundle(out).spec["card"]["selection"]
+    assert got["chosen"] == want["chosen"] and got["mean_auroc"] == pytest.approx(want["mean_auroc"])
+    for c in want["nested"]:
+        assert got["nested"][c]["chosen"] == want["nested"][c]["chosen"]
+        assert got["nested"][c]["auroc"] == pytest.approx(want["nested"][c]["auroc"])

@@ -164,8 +164,12 @@ def build_monitor(
 
     t = time.perf_counter()
     folds = [fold(ds, c) for c in collections]
+    checkpoint = SelectionCheckpoint({"dataset": ds.fingerprint, "activations": acts.key, "collections": collections,
+                                      "candidates": [c.name for c in candidates], "inner_k": inner_k, "seed": seed,
+                                      "Cs": DEFAULT_CS, "code": provenance().get("git_commit")})
     with _bar(progress, n_fits(len(candidates), len(folds), inner_k), "leave-one-collection-out") as advance:
-        selection = loco(candidates, folds, y, fit, score, inner_k=inner_k, ds=ds, advance=advance)
+        selection = loco(candidates, folds, y, fit, score, inner_k=inner_k, ds=ds, advance=advance,
+                         done=checkpoint.done, on_fold=checkpoint.save)
     timings["selection"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -198,7 +202,49 @@ def build_monitor(
                  "timings_seconds": {k: round(v, 1) for k, v in timings.items()}},
         "provenance": provenance(seed=seed, activations=acts.key),
     }
-    return save_bundle(out, spec, probe, render_card(spec))
+    written = save_bundle(out, spec, probe, render_card(spec))
+    checkpoint.clear()
+    return written
+
+
+class SelectionCheckpoint:
+    """The finished held-out collections of an interrupted selection (hours on a large benchmark),
+    in assay's cache under a key of everything that decides them: a rerun of the same build takes
+    them as they are and fits only the rest; any other build (data, activations, candidates, code)
+    gets another key. Written atomically after each collection; removed once the bundle is written."""
+
+    def __init__(self, key: dict[str, Any]) -> None:
+        from assay.fileio import read_json, sha256_json
+        from assay.runtime import cache_dir
+
+        self.key = key
+        self.path = cache_dir() / "monitor-selection" / f"{sha256_json(key)[:20]}.json"
+        self.done: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            try:
+                saved = read_json(self.path)
+                if saved.get("key") == json_roundtrip(key):
+                    self.done = saved["folds"]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log.warning("ignoring an unreadable selection checkpoint %s", self.path)
+        if self.done:
+            log.info("resuming leave-one-collection-out from %s: %d of %d held-out collections already done",
+                     self.path, len(self.done), len(key["collections"]))
+
+    def save(self, collection: str, record: dict[str, Any]) -> None:
+        from assay.fileio import write_json
+
+        self.done[collection] = record
+        write_json(self.path, {"key": self.key, "folds": self.done})
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def json_roundtrip(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
 
 
 def mix_pools(ds: Any, mixes: Sequence[str]) -> dict[str, np.ndarray]:

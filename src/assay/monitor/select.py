@@ -58,14 +58,28 @@ def fold_record(scores: np.ndarray, y: np.ndarray, calib_scores: np.ndarray, fpr
 
 
 def loco(candidates: Sequence[Candidate], folds: Sequence[Fold], y: np.ndarray, fit: Fitter, score: Scorer,
-         *, inner_k: int = 4, ds: Any = None, advance: Callable[[], None] = lambda: None) -> dict[str, Any]:
+         *, inner_k: int = 4, ds: Any = None, advance: Callable[[], None] = lambda: None,
+         done: dict[str, dict[str, Any]] | None = None,
+         on_fold: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every candidate's LOCO record, the nested choice for each held-out collection, and the
-    candidate chosen on all of them."""
+    candidate chosen on all of them.
+
+    Resumable: `on_fold(collection, record)` is called as each held-out collection finishes, and the
+    records passed back as `done` (by collection) are taken as they are instead of refitted."""
     per: dict[str, dict[str, dict[str, Any]]] = {c.name: {} for c in candidates}
     nested: dict[str, dict[str, Any]] = {}
     kept: dict[str, dict[str, np.ndarray]] = {c.name: {} for c in candidates}  # test scores, for paired comparisons
     collections = [f.collection for f in folds]
     for f in folds:
+        saved = (done or {}).get(f.collection)
+        if saved is not None:
+            for c in candidates:
+                per[c.name][f.collection] = saved["per"][c.name]
+                kept[c.name][f.collection] = np.asarray(saved["scores"][c.name], dtype=np.float64)
+            nested[f.collection] = saved["nested"]
+            for _ in range(n_fits(len(candidates), 1, inner_k)):
+                advance()
+            continue
         for c in candidates:
             probe = fit(c, f.train)
             kept[c.name][f.collection] = s = score(probe, c, f.test)
@@ -79,6 +93,10 @@ def loco(candidates: Sequence[Candidate], folds: Sequence[Fold], y: np.ndarray, 
             chosen = max(candidates, key=lambda c: (np.nan_to_num(inner[c.name], nan=-1.0), -candidates.index(c)))
         nested[f.collection] = {"chosen": chosen.name, "inner_auroc": inner,
                                 **per[chosen.name][f.collection], **f.summary()}
+        if on_fold is not None:
+            on_fold(f.collection, {"per": {c.name: per[c.name][f.collection] for c in candidates},
+                                   "scores": {c.name: kept[c.name][f.collection].tolist() for c in candidates},
+                                   "nested": nested[f.collection]})
     means = {c.name: _mean([r["auroc"] for r in per[c.name].values()]) for c in candidates}
     best = max(candidates, key=lambda c: (np.nan_to_num(means[c.name], nan=-1.0), -candidates.index(c)))
     return {"candidates": [c.to_dict() for c in candidates], "collections": collections, "per_candidate": per,
