@@ -26,8 +26,16 @@ def extract_cmd(
     tokens: bool = typer.Option(True, "--tokens/--no-tokens", help="Also store per-token activations."),
     token_budget: Optional[int] = typer.Option(None, help="Padded tokens per forward batch."),
     max_tokens: Optional[int] = typer.Option(None, help="Truncate longer prompts (default: model context)."),
+    shard_tokens: int = typer.Option(1 << 15, "--shard-tokens", min=64, help="Real tokens per cache shard: the "
+                                     "unit an interrupted run resumes from and parts split the work by."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Extract only part i of n (`i/n`, 0-based), for n "
+                                        "independent processes such as a Slurm array; under torchrun each rank "
+                                        "takes its part by itself. The last part to finish writes the manifest."),
 ) -> None:
-    """Extract activations of a dataset (resumes an interrupted run; reuses a finished one)."""
+    """Extract activations of a dataset (resumes an interrupted run; reuses a finished one).
+
+    Across processes: `torchrun --nproc-per-node N -m assay activations extract ...`, or the same
+    command N times with `--shard i/N`."""
     from rich import print as rprint
 
     from assay.activations import DEFAULT_AGGREGATIONS, extract
@@ -42,6 +50,13 @@ def extract_cmd(
     for hint, value in (("--token-budget", token_budget), ("--max-tokens", max_tokens)):
         if value is not None and value < 2:
             raise typer.BadParameter(f"{value} must be at least 2 (BOS and one token)", param_hint=hint)
+    from assay.distributed import launched_part, local_device, parse_part
+
+    launched = launched_part()
+    part = parse_part(shard) if shard is not None else launched
+    if shard is not None and launched is not None:
+        raise typer.BadParameter("torchrun already gives each rank its part; drop --shard or run without torchrun",
+                                 param_hint="--shard")
     layer_list = [options.resolve_layer(model, x) for x in dict.fromkeys(layer or [None])]
     dtype = options.resolve_dtype_choice(dtype)
     ds = load_or_build(data)
@@ -49,14 +64,18 @@ def extract_cmd(
         if split not in ds.splits:
             raise typer.BadParameter(f"no split {split!r}; splits: {', '.join(ds.splits)}", param_hint="--split")
         ds = ds.split(split)
-    lm = load(model, dtype=dtype)
+    lm = load(model, dtype=dtype, device=local_device())
     layer_list = [lm.n_layers // 2 if x is None else x for x in layer_list]
     t0 = time.perf_counter()
     acts = extract(
         lm, ds.texts, layer_list, dataset_fingerprint=ds.fingerprint, aggregations=feats, store_tokens=tokens,
-        token_budget=token_budget, max_tokens=max_tokens,
+        token_budget=token_budget, max_tokens=max_tokens, shard_tokens=shard_tokens, part=part, progress=part is None or part[0] == 0,
     )
-    rprint(f"{acts} in {time.perf_counter() - t0:.1f} s -> {acts.path}")
+    if acts is None:
+        rprint(f"part {part[0]}/{part[1]} finished in {time.perf_counter() - t0:.1f} s; the other parts' shards are "
+               "not all there yet: the last part to finish writes the manifest")
+    else:
+        rprint(f"{acts} in {time.perf_counter() - t0:.1f} s -> {acts.path}")
 
 
 @app.command("list")

@@ -17,7 +17,7 @@ from assay.activations.forward import residual_stream
 from assay.activations.store import (
     MANIFEST, ActivationSet, activations_root, read_manifest, shard_name, verify_shard,
 )
-from assay.fileio import atomic_path, sha256_file, sha256_json, write_json
+from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from assay.models.chat import FormattedPrompt, chat_affixes, format_prompts
 from assay.models.loading import LoadedModel, check_layer
 from assay.provenance import provenance
@@ -67,12 +67,21 @@ def extract(
     shard_tokens: int = 1 << 15,
     root: str | Path | None = None,
     progress: bool = True,
-) -> ActivationSet:
+    part: tuple[int, int] | None = None,
+) -> ActivationSet | None:
     """Residual-stream activations of `texts` at `layers`, from the cache or extracted into it.
 
     Runs the model only up to the deepest layer. An interrupted extraction resumes from its last
     complete shard; a shard whose checksum fails is extracted again.
+
+    `part=(i, n)` extracts only shards s with s % n == i, for n processes sharing the work (torchrun
+    ranks, or a Slurm or Ray array with `--shard i/n`). Parts never write the shared manifest while
+    they work: each shard gets a record beside it, written after the shard, and whichever part finds
+    every shard there writes the complete manifest and gets the `ActivationSet`; the others get None.
+    A killed part's missing shards are extracted by its next run; finished ones are kept.
     """
+    if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
+        raise ValueError(f"part {part[0]}/{part[1]}: need 0 <= i < n")
     layers = [layers] if isinstance(layers, int) else list(layers)
     if not layers:
         raise ValueError("no layers requested")
@@ -95,10 +104,15 @@ def extract(
             return ActivationSet(path)
         (path / MANIFEST).unlink()
         manifest = _load_or_start_manifest(path, spec, plan, prompts, lm)
-    todo = [s for s in range(len(plan)) if not _shard_ok(path, manifest, s)]
+    if manifest.get("complete") and all(_shard_ok(path, manifest, s) for s in range(len(plan))):
+        return ActivationSet(path)
+    _adopt_records(path, manifest)
+    mine = range(len(plan)) if part is None else range(part[0], len(plan), part[1])
+    todo = [s for s in mine if not _shard_ok(path, manifest, s)]
     if todo:
         budget = token_budget or default_token_budget(lm.device)
-        log.info("extracting %d/%d shards of %s into %s", len(todo), len(plan), lm.name, path)
+        log.info("extracting %d/%d shards of %s into %s%s", len(todo), len(plan), lm.name, path,
+                 "" if part is None else f" (part {part[0]}/{part[1]})")
         with _progress(progress, sum(lengths[i] for s in todo for i in plan[s])) as advance:
             for s in todo:
                 t0 = time.perf_counter()
@@ -109,10 +123,39 @@ def extract(
                     "file": shard_name(s), "sha256": sha256_file(path / shard_name(s)),
                     "n_examples": len(plan[s]), "seconds": round(time.perf_counter() - t0, 3),
                 }
-                write_json(path / MANIFEST, manifest)
+                if part is None:
+                    write_json(path / MANIFEST, manifest)
+                else:  # the manifest is shared by every part: each shard's record goes beside it
+                    write_json(path / _record_name(s), manifest["shards"][s])
+    if part is not None:
+        _adopt_records(path, manifest)
+        missing = [s for s in range(len(plan)) if not _shard_ok(path, manifest, s)]
+        if missing:
+            log.info("part %d/%d done; %d of %d shards are still to come from other parts (the last part to "
+                     "finish writes the manifest)", part[0], part[1], len(missing), len(plan))
+            return None
     manifest["complete"] = True
     write_json(path / MANIFEST, manifest)
     return ActivationSet(path)
+
+
+def _record_name(s: int) -> str:
+    return shard_name(s) + ".json"
+
+
+def _adopt_records(path: Path, manifest: dict[str, Any]) -> None:
+    """Take into `manifest` the records parts wrote beside the shards it does not list yet (a
+    record is written only after its shard, so a record names a finished shard or a corrupt one,
+    which `_shard_ok` then catches)."""
+    for s, info in enumerate(manifest["shards"]):
+        record = path / _record_name(s)
+        if info is None and record.is_file():
+            try:
+                found = read_json(record)
+                if isinstance(found, dict) and found.get("file") == shard_name(s) and isinstance(found.get("sha256"), str):
+                    manifest["shards"][s] = found
+            except (OSError, ValueError):
+                log.warning("unreadable shard record %s: extracting that shard again", record)
 
 
 def _load_or_start_manifest(
