@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
 from pathlib import Path
@@ -109,5 +110,11 @@ def choose_dtype(requested: str = "auto", device: "torch.device | str | None" = 
     fp32, bf16 = matmul_gflops(torch.float32, on), matmul_gflops(torch.bfloat16, on)
     why = {"requested": requested, "float32_gflops": round(fp32, 1), "bfloat16_gflops": round(bf16, 1), "device": on.type}
     if requested != "auto":
-        return dtype_name(resolve_dtype(requested)), why
+        name = dtype_name(resolve_dtype(requested))
+        if name == "bfloat16" and bf16 < fp32:
+            # Kept (the user asked), but said: on AVX2-only CPUs bf16 matmuls ran ~50x slower than fp32.
+            logging.getLogger(__name__).warning(
+                "--dtype %s is slower than float32 on this %s (matmul measured now: bfloat16 %.1f GFLOP/s, float32 "
+                "%.1f GFLOP/s); --dtype float32 or auto is faster", requested, on.type, bf16, fp32)
+        return name, why
     return ("bfloat16" if bf16 >= 1.5 * fp32 else "float32"), why

@@ -63,8 +63,6 @@ def harmful_intent(
     dtype, why = choose_dtype(dtype)
     if "float32_gflops" in why:
         rprint(f"dtype {dtype} (matmul here: float32 {why['float32_gflops']} GFLOP/s, bfloat16 {why['bfloat16_gflops']} GFLOP/s)")
-        if why["requested"] == "bfloat16" and why["bfloat16_gflops"] < why["float32_gflops"]:
-            rprint("[yellow]warning: bfloat16 is slower than float32 on this CPU; --dtype float32 (or auto) is faster[/]")
     from assay.probes.methods import METHODS
 
     methods = [n for n, m in METHODS.items()
