@@ -6,7 +6,7 @@ the prompts at once, the reference), then the real server (`create_app` under uv
 background thread, on a free loopback port, with its default scoring workers unless --workers) with one
 prompt per request and N concurrent closed-loop clients (keep-alive HTTP/1.1 spoken by hand, in this
 process: see `Connection`). Per concurrency level it records prompts/s, the ratio to the offline
-prompts/s (target >= 0.8 at concurrency 32), p50/p99 latency, errors, lost requests (sent minus
+prompts/s (target >= 0.8 at concurrency 32, judged on the median of --top-repeats runs), p50/p99 latency, errors, lost requests (sent minus
 answered), the largest |served score - offline score| (bf16 batches of another composition round
 differently, so it is recorded, not asserted), and the server's own metrics for the level (batch-size
 histogram, time in forward passes). Then: the same at the top concurrency with a fraction of malformed
@@ -503,14 +503,18 @@ def summary(results: dict[str, Any], top: int) -> dict[str, Any]:
     levels = [r for r in results["levels"] if "prompts_per_s" in r]
     at_top = next((r for r in levels if r["concurrency"] == top), None)
     mal, rss_row = results.get("malformed", {}), results.get("rss", {})
-    phases = levels + ([mal] if "sent" in mal else [])
+    repeats = results.get("top_repeats", [])
+    top_runs = [round(r["ratio_to_offline"], 3) for r in ([at_top] if at_top else []) + repeats]
+    phases = levels + repeats + ([mal] if "sent" in mal else [])
     return {
         "offline_prompts_per_s": results["offline"]["prompts_per_s"],
         "prompts_per_s_by_concurrency": {str(r["concurrency"]): round(r["prompts_per_s"], 3) for r in levels},
         "ratio_by_concurrency": {str(r["concurrency"]): round(r["ratio_to_offline"], 3) for r in levels},
         "cpu_ratio_by_concurrency": {str(r["concurrency"]): round(r["cpu_ratio_to_offline"] or 0, 3) for r in levels},
         "ratio_at_top": at_top and at_top["ratio_to_offline"],
-        "meets_ratio_target": None if at_top is None else at_top["ratio_to_offline"] >= 0.8,
+        "ratio_at_top_runs": top_runs,
+        "ratio_at_top_median": float(np.median(top_runs)) if top_runs else None,
+        "meets_ratio_target": None if not top_runs else float(np.median(top_runs)) >= 0.8,
         "p99_ms_by_concurrency": {str(r["concurrency"]): round((r["latency_ms"] or {}).get("p99", 0)) for r in levels},
         "lost": sum(r["lost"] for r in phases) + (rss_row.get("sent", 0) - rss_row.get("answered", 0)),
         "good_errors": sum(r["good_errors"] for r in phases),
@@ -543,6 +547,8 @@ def main() -> None:
     ap.add_argument("--rss-concurrency", type=int, default=32)
     ap.add_argument("--rss-prompts", type=int, default=256, help="distinct short prompts cycled in the RSS phase")
     ap.add_argument("--malformed-fraction", type=float, default=0.1)
+    ap.add_argument("--top-repeats", type=int, default=3, help="runs of the top concurrency level (each beside its "
+                    "own offline reference); the target is judged on their median")
     ap.add_argument("--max-seconds", type=float, default=3600, help="overall cap: phases stop sending past it")
     ap.add_argument("--data", default="full")
     ap.add_argument("--split", default="ood", help="benchmark split the prompts are sampled from")
@@ -670,6 +676,15 @@ def main() -> None:
             row = level(srv.url, good_items, bodies, lengths, ref, conc, deadline, args, reference(), first, workers)
             results["levels"].append(row)
             show(f"concurrency {conc:>3}", row)
+        # The target's level again, each time beside a fresh offline reference: one pair of runs on a
+        # shared 2-core box moves by +-0.05, so the target is judged on the median of the repeats.
+        results["top_repeats"] = []
+        for r in range(1, args.top_repeats):
+            if time.monotonic() > deadline:
+                break
+            row = level(srv.url, good_items, bodies, lengths, ref, top, deadline, args, reference(), first, workers)
+            results["top_repeats"].append(row)
+            show(f"concurrency {top:>3} (repeat {r})", row)
         if time.monotonic() <= deadline:
             mixed = interleave(len(texts), args.malformed_fraction, kinds)
             row = level(srv.url, mixed, bodies, lengths, ref, top, deadline, args, reference(), first, workers)
