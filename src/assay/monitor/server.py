@@ -323,6 +323,9 @@ class Batcher:
                 except BaseException:
                     self._free.put_nowait(worker)
                     raise
+                if not jobs:  # every queued client went away while the batch formed
+                    self._free.put_nowait(worker)
+                    continue
                 task = asyncio.create_task(self._score(kind, jobs, *worker))
                 self._busy.add(task)
                 task.add_done_callback(lambda t, w=worker: (self._busy.discard(t), self._release(w)))
