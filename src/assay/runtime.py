@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported lazily so `assay --help` stays fast
     import torch
 
+log = logging.getLogger(__name__)
+
 # Accepted spellings of each dtype, by torch attribute name.
 DTYPES: dict[str, str] = {
     "float32": "float32", "fp32": "float32",
@@ -113,7 +115,7 @@ def choose_dtype(requested: str = "auto", device: "torch.device | str | None" = 
         name = dtype_name(resolve_dtype(requested))
         if name == "bfloat16" and bf16 < fp32:
             # Kept (the user asked), but said: on AVX2-only CPUs bf16 matmuls ran ~50x slower than fp32.
-            logging.getLogger(__name__).warning(
+            log.warning(
                 "--dtype %s is slower than float32 on this %s (matmul measured now: bfloat16 %.1f GFLOP/s, float32 "
                 "%.1f GFLOP/s); --dtype float32 or auto is faster", requested, on.type, bf16, fp32)
         return name, why

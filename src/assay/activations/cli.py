@@ -69,7 +69,8 @@ def extract_cmd(
     t0 = time.perf_counter()
     acts = extract(
         lm, ds.texts, layer_list, dataset_fingerprint=ds.fingerprint, aggregations=feats, store_tokens=tokens,
-        token_budget=token_budget, max_tokens=max_tokens, shard_tokens=shard_tokens, part=part, progress=part is None or part[0] == 0,
+        token_budget=token_budget, max_tokens=max_tokens, shard_tokens=shard_tokens, part=part,
+        progress=part is None or part[0] == 0,  # one bar per job, not one per rank
     )
     if acts is None:
         rprint(f"part {part[0]}/{part[1]} finished in {time.perf_counter() - t0:.1f} s; the other parts' shards are "

@@ -97,15 +97,13 @@ def extract(
     plan = shard_plan(length_order(lengths), lengths, shard_tokens)
 
     manifest = _load_or_start_manifest(path, spec, plan, prompts, lm)
-    if manifest["plan"] != sha256_json(plan):
-        # Made with another shard size: sharding never changes the numbers, so a finished, intact
-        # entry is reused as it is; anything else starts again under the current plan.
-        if manifest.get("complete") and all(_shard_ok(path, manifest, s) for s in range(len(manifest["shards"]))):
-            return ActivationSet(path)
+    # A finished, intact entry is reused as it is, whatever shard size made it: sharding never
+    # changes the numbers.
+    if manifest.get("complete") and all(_shard_ok(path, manifest, s) for s in range(len(manifest["shards"]))):
+        return ActivationSet(path)
+    if manifest["plan"] != sha256_json(plan):  # unfinished under another shard size: start again under this one
         (path / MANIFEST).unlink()
         manifest = _load_or_start_manifest(path, spec, plan, prompts, lm)
-    if manifest.get("complete") and all(_shard_ok(path, manifest, s) for s in range(len(plan))):
-        return ActivationSet(path)
     _adopt_records(path, manifest)
     mine = range(len(plan)) if part is None else range(part[0], len(plan), part[1])
     todo = [s for s in mine if not _shard_ok(path, manifest, s)]

@@ -321,10 +321,10 @@ class Batcher:
                 try:
                     kind, jobs = await self._next_batch()
                 except BaseException:
-                    self._free.put_nowait(worker)
+                    self._release(worker)
                     raise
                 if not jobs:  # every queued client went away while the batch formed
-                    self._free.put_nowait(worker)
+                    self._release(worker)
                     continue
                 task = asyncio.create_task(self._score(kind, jobs, *worker))
                 self._busy.add(task)
