@@ -280,3 +280,45 @@ def test_layer_peek_leaves_a_contradictory_config_to_load(tmp_path):
     assert n_layers(str(tmp_path)) is None
     with pytest.raises(ModelLoadError, match="could not load model"):
         load(str(tmp_path), device="cpu")
+
+
+def test_a_device_map_load_extracts_what_a_plain_load_does(tiny, tmp_path):
+    """`load(device_map="auto")` gives the same activations, and the forward still stops at the deepest
+    layer. (With no GPU here every layer lands on the CPU: the spread over GPUs is accelerate's, and
+    is not exercised on this machine.)"""
+    import torch
+
+    from assay.activations.forward import residual_stream
+    from assay.errors import InputError
+    from assay.models import load
+
+    path = tmp_path / "m"
+    tiny.model.save_pretrained(path)
+    tiny.tokenizer.save_pretrained(path)
+    plain = load(str(path), dtype="float32", device="cpu")
+    mapped = load(str(path), dtype="float32", device_map="auto")
+    batch = plain.tokenizer(["a test prompt", "another one here"], return_tensors="pt", padding=True)
+    calls = []
+    mapped.block(3).register_forward_hook(lambda *a: calls.append(1))
+    a = residual_stream(plain, batch["input_ids"], batch["attention_mask"], [1, 2])
+    b = residual_stream(mapped, batch["input_ids"], batch["attention_mask"], [1, 2])
+    assert all(torch.equal(a[k], b[k]) for k in (1, 2)) and not calls  # block 3 never ran
+    with pytest.raises(InputError, match="device or a device_map"):
+        load(str(path), device="cpu", device_map="auto")
+
+
+def test_device_map_option_is_checked_before_loading(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from assay.cli import app
+
+    monkeypatch.setattr("assay.models.load", lambda *a, **k: pytest.fail("loaded the model before checking"))
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\na,1\nb,0\n")
+    base = ["activations", "extract", "--data", str(data), "--layer", "1"]
+    env = {"COLUMNS": "400", "NO_COLOR": "1"}
+    bad = CliRunner().invoke(app, [*base, "--device-map", "everywhere"], env=env)
+    assert bad.exit_code == 2 and "choose one of auto" in bad.output
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    both = CliRunner().invoke(app, [*base, "--device-map", "auto"], env=env)
+    assert both.exit_code == 2 and "each rank has its own GPU" in both.output

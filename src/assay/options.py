@@ -25,6 +25,25 @@ AGGREGATION = typer.Option(None, "--aggregation", "-a", help="How a prompt's tok
                            "(only for methods that read one vector per prompt).")
 DTYPE = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 for every forward pass (auto: bfloat16 "
                      "where this hardware multiplies in it at least 1.5x faster, else float32).")
+DEVICE_MAP = typer.Option(None, "--device-map", help="auto | balanced | sequential: spread a model too big for one "
+                          "GPU over all of them (accelerate); one process, not under torchrun.")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: str | None) -> str | None:
+    """The --device-map value, refused before anything loads when unknown or under torchrun."""
+    from assay.distributed import launched_part
+
+    if device_map is None:
+        return None
+    if device_map not in DEVICE_MAPS:
+        raise typer.BadParameter(f"{device_map!r}; choose one of {', '.join(DEVICE_MAPS)}", param_hint="--device-map")
+    if launched_part() is not None:
+        raise typer.BadParameter("under torchrun each rank has its own GPU; a device map spreads one process over "
+                                 "all of them: drop one or the other", param_hint="--device-map")
+    return device_map
+
+
 SEED = typer.Option(0, "--seed", help="Seed of every random choice (data sampling, initialisation, bootstrap).")
 
 

@@ -35,9 +35,12 @@ def cache_dir() -> Path:
 
 
 def default_device() -> "torch.device":
+    """This rank's GPU under torchrun, else the GPU when there is one, else the CPU."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from assay.distributed import local_device
+
+    return torch.device(local_device() or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def resolve_dtype(dtype: "str | torch.dtype") -> "torch.dtype":

@@ -31,6 +31,7 @@ def extract_cmd(
     shard: Optional[str] = typer.Option(None, "--shard", help="Extract only part i of n (`i/n`, 0-based), for n "
                                         "independent processes such as a Slurm array; under torchrun each rank "
                                         "takes its part by itself. The last part to finish writes the manifest."),
+    device_map: Optional[str] = options.DEVICE_MAP,
 ) -> None:
     """Extract activations of a dataset (resumes an interrupted run; reuses a finished one).
 
@@ -52,6 +53,8 @@ def extract_cmd(
             raise typer.BadParameter(f"{value} must be at least 2 (BOS and one token)", param_hint=hint)
     from assay.distributed import launched_part, local_device, parse_part
 
+    device_map = options.check_device_map(device_map)
+
     launched = launched_part()
     part = parse_part(shard) if shard is not None else launched
     if shard is not None and launched is not None:
@@ -64,7 +67,7 @@ def extract_cmd(
         if split not in ds.splits:
             raise typer.BadParameter(f"no split {split!r}; splits: {', '.join(ds.splits)}", param_hint="--split")
         ds = ds.split(split)
-    lm = load(model, dtype=dtype, device=local_device())
+    lm = load(model, dtype=dtype, device=None if device_map else local_device(), device_map=device_map)
     layer_list = [lm.n_layers // 2 if x is None else x for x in layer_list]
     t0 = time.perf_counter()
     acts = extract(

@@ -137,6 +137,21 @@ def extract(
     return ActivationSet(path)
 
 
+
+def extract_on_all_ranks(lm: LoadedModel, texts: Sequence[str], layers: int | Sequence[int],
+                         **kwargs: Any) -> ActivationSet:
+    """`extract` inside a torch.distributed process group: each rank extracts its share of the shards,
+    all wait for the last, and every rank gets the complete entry. In one process, `extract`."""
+    from assay import distributed
+
+    part = distributed.my_part()
+    if part is None:
+        return extract(lm, texts, layers, **kwargs)
+    progress = kwargs.pop("progress", True) and distributed.is_main()
+    extract(lm, texts, layers, part=part, progress=progress, **kwargs)
+    distributed.barrier()
+    return extract(lm, texts, layers, progress=False, **kwargs)  # complete now: read from the cache
+
 def _record_name(s: int) -> str:
     return shard_name(s) + ".json"
 

@@ -29,7 +29,9 @@ def residual_stream(
         def hook(_module, _args, output):
             if threading.get_ident() != caller:
                 return None
-            captured[layer] = output[0] if isinstance(output, tuple) else output
+            out = output[0] if isinstance(output, tuple) else output
+            # with a device_map the block may sit on another GPU: bring it to the inputs' device
+            captured[layer] = out.to(input_ids.device, non_blocking=True)
             if layer == deepest:
                 raise _StopForward
         return hook

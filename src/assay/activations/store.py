@@ -216,13 +216,18 @@ class ActivationSet:
         mask: str = "all",
         shuffle_seed: int | None = None,
         indices: Sequence[int] | None = None,
+        part: tuple[int, int] | None = None,
     ) -> Iterator[torch.Tensor]:
         """Stream per-token activations `[m, d]` (float32), one memory-mapped slice at a time.
 
         Only one chunk is in memory at once, so entries far bigger than RAM stream fine. With
         `shuffle_seed`, shards and chunks come in a seeded random order (a trainer's shuffling
         buffer mixes further). `indices` restricts to some examples (e.g. a training split).
+        `part=(i, n)` yields the i-th of n contiguous slices of every chunk (one DDP rank's share:
+        only it is read), in the chunk's shuffled order; the n parts hold the whole stream's tokens.
         """
+        if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
+            raise ValueError(f"part {part[0]}/{part[1]}: need 0 <= i < n")
         self._need_tokens(layer)
         where, offsets, roles = self._index
         keep_example = None
@@ -247,11 +252,24 @@ class ActivationSet:
                 for a in starts:
                     b = min(a + chunk_tokens, total)
                     k = keep[a:b]
-                    if k.any():
+                    if not k.any():
+                        continue
+                    order = torch.randperm(int(k.sum()), generator=gen) if gen is not None else None
+                    if part is None:
                         chunk = sl[a:b][k].float()
-                        if gen is not None:
-                            chunk = chunk[torch.randperm(len(chunk), generator=gen)]
-                        yield chunk
+                        yield chunk[order] if order is not None else chunk
+                        continue
+                    # this part's kept rows lo..hi-1, read as one contiguous slice; shuffled in the
+                    # order the whole chunk's permutation puts them (the draw is the same in every part)
+                    rows = k.nonzero().squeeze(1)
+                    lo, hi = part[0] * len(rows) // part[1], (part[0] + 1) * len(rows) // part[1]
+                    if lo == hi:
+                        continue
+                    first, last = int(rows[lo]), int(rows[hi - 1]) + 1
+                    chunk = sl[a + first:a + last][k[first:last]].float()
+                    if order is not None:
+                        chunk = chunk[order[(order >= lo) & (order < hi)] - lo]
+                    yield chunk
 
     def _need_tokens(self, layer: int) -> None:
         self._check(layer)

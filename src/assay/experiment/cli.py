@@ -44,9 +44,15 @@ def harmful_intent(
     """
     from rich import print as rprint
 
+    from assay.distributed import launched_part
     from assay.experiment import StudyConfig, run_study
     from assay.runtime import DTYPES, choose_dtype
 
+    if launched_part() is not None:
+        raise typer.BadParameter(
+            "the whole study runs as one process; its SAE stage is what runs across ranks: `torchrun "
+            "--nproc-per-node N -m assay experiment saes` with the same settings first, then `assay experiment "
+            "harmful-intent` (one process) reuses those SAEs", param_hint="torchrun")
     if preset not in ("quick", "full"):
         raise typer.BadParameter(f"unknown preset {preset!r}: use quick or full", param_hint="--preset")
     if dtype != "auto" and dtype.lower() not in DTYPES:
@@ -161,6 +167,7 @@ def saes(
     its report names the run that trained them. Writes saes.json and saes.md."""
     from rich import print as rprint
 
+    from assay.distributed import join
     from assay.experiment import StudyConfig
     from assay.experiment.study_saes import run_study_saes
 
@@ -180,7 +187,10 @@ def saes(
                                     layer_sweep_from=str(layer_sweep_from) if layer_sweep_from else None,
                                     **({"n_seeds": seeds} if seeds else {}))
     out = out or Path("runs") / f"saes-{preset}"
+    join()  # under torchrun: the SAEs train with DDP across the ranks
     result = run_study_saes(cfg, out)
+    if result is None:  # not rank 0: rank 0 writes and reports
+        return
     rprint(f"{len(result['saes'])} SAEs at layer {result['layer']} ({out}/saes.md, saes.json)")
 
 

@@ -80,20 +80,24 @@ class Corpora:
     def activations(self, corpus: str):
         """The corpus's token activations at the study's layer (extracted into the cache on first use)."""
         if corpus not in self._acts:
-            from assay.activations import extract
+            from assay.activations import extract_on_all_ranks
 
             t = self.texts[corpus]
-            self._acts[corpus] = extract(self.lm, t, [self.cfg.layer], dataset_fingerprint=sha256_json([corpus, t]),
-                                         aggregations=("all.mean",), store_tokens=True, chat=False,
-                                         max_tokens=self.cfg.sae.max_tokens, progress=self.progress)
+            self._acts[corpus] = extract_on_all_ranks(
+                self.lm, t, [self.cfg.layer], dataset_fingerprint=sha256_json([corpus, t]), aggregations=("all.mean",),
+                store_tokens=True, chat=False, max_tokens=self.cfg.sae.max_tokens, progress=self.progress)
         return self._acts[corpus]
 
     def stream(self, sae: StudySAE, seed: int) -> Iterator[torch.Tensor]:
-        """Token activations for `sae`, `epochs` passes, each in a new order seeded by `seed`."""
+        """Token activations for `sae`, `epochs` passes, each in a new order seeded by `seed` (under
+        torch.distributed, this rank's share)."""
+        from assay.distributed import my_part
+
         acts = self.activations(sae.corpus)
         idx = list(self.ranges[sae.name])
         return itertools.chain.from_iterable(
-            acts.iter_tokens(self.cfg.layer, 8192, mask="all", shuffle_seed=1000 * seed + epoch, indices=idx)
+            acts.iter_tokens(self.cfg.layer, 8192, mask="all", shuffle_seed=1000 * seed + epoch, indices=idx,
+                             part=my_part())
             for epoch in range(self.cfg.sae.epochs))
 
     def fingerprint(self) -> str:
@@ -116,6 +120,7 @@ def by_name(name: str) -> StudySAE:
 def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
                      progress: bool = True) -> dict[tuple[str, int], Path]:
     """Train (or reuse) every study SAE for every seed; returns (name, seed) -> directory."""
+    from assay.distributed import is_main
     from assay.sae.base import sparsity_kwargs
     from assay.sae.recipe import initial_saes, sae_metadata, train_saes
     from assay.provenance import git_commit
@@ -151,6 +156,8 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
             t1 = time.perf_counter()
             train_saes({sae.name: model}, corpora.stream(sae, seed), path, train_cfg, meta, device=lm.device,
                        resume=(path / "checkpoint.pt").exists())
+            if not is_main():
+                continue
             # how it was made, for the reports of runs that reuse it (training.json has no clock)
             write_json(path / "trained.json", {"train_seconds": round(time.perf_counter() - t1, 1),
                                                "corpus_seconds": round(t1 - t0, 1), "git_commit": git_commit(),

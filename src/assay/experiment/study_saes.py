@@ -19,15 +19,22 @@ from assay.experiment.config import StudyConfig
 from assay.fileio import write_json, write_text
 
 
-def run_study_saes(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_study_saes(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any] | None:
     """Data, model and layer as the study fixes them; then every SAE of every seed, and their quality
-    on the benchmark's validation tokens (the only benchmark prompts read here)."""
+    on the benchmark's validation tokens (the only benchmark prompts read here).
+
+    Under torchrun the SAEs train with DDP across the ranks; rank 0 prepares first (data, layer sweep:
+    the others then read its caches) and alone measures and writes the result; the others return None."""
+    from assay import distributed
     from assay.experiment.study import Study
     from assay.provenance import provenance
 
-    study = Study(cfg, out_dir, progress)
-    study.prepare()
+    study = Study(cfg, out_dir, progress and distributed.is_main())
+    with distributed.main_first():
+        study.prepare()
     study.stage("SAEs", study.train_saes)
+    if not distributed.is_main():
+        return None
     val = study.stage("validation activations", lambda: study.benchmark_activations(study.idx["val"]))
     val_tokens = list(val.iter_tokens(study.cfg.layer, 8192, mask="all"))
     quality = study.stage("SAE quality", lambda: study.sae_quality(val_tokens))

@@ -110,19 +110,30 @@ def load(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     revision: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer for extraction (eval mode, no grad)."""
+    """Load a causal LM and its tokenizer for extraction (eval mode, no grad).
+
+    `device_map` (e.g. "auto") spreads a model that does not fit one device over the GPUs through
+    accelerate, instead of moving it to `device`; inputs go to the embedding's device and each
+    captured layer comes back there, and the forward still stops after the deepest layer needed."""
+    if device_map is not None and device is not None:
+        raise InputError("give a device or a device_map, not both (a device_map places every layer itself)")
     torch_dtype = resolve_dtype(dtype)
     device = torch.device(device) if device is not None else default_device()
     source, fingerprint = _resolve(name, revision)
     offline = {"local_files_only": True} if fingerprint.pop("_offline", False) else {}
-    model, tokenizer = _from_pretrained(name, source, revision=revision, dtype=torch_dtype, **offline)
+    placed = {"device_map": device_map} if device_map is not None else {}
+    model, tokenizer = _from_pretrained(name, source, revision=revision, dtype=torch_dtype, model_kwargs=placed,
+                                        **offline)
     if tokenizer.pad_token_id is None:  # right padding needs a pad id; its value never matters
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if fingerprint.get("revision") is None:
         fingerprint["revision"] = getattr(model.config, "_commit_hash", None)
     fingerprint.update(dtype=dtype_name(torch_dtype), tokenizer=tokenizer_hash(tokenizer))
-    model.to(device).eval().requires_grad_(False)
+    if device_map is None:
+        model.to(device)
+    model.eval().requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint)
 
 
@@ -163,9 +174,10 @@ def _from_pretrained(name: str, source: str, **kwargs: Any) -> tuple[nn.Module, 
     """The model and tokenizer, or a ModelLoadError that names the model and what to pass instead."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = kwargs.pop("dtype")
+    dtype, model_kwargs = kwargs.pop("dtype"), kwargs.pop("model_kwargs", {})
     try:  # the model first: its errors come quicker than a large tokenizer.json loads
-        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True,
+                                                           **model_kwargs, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except _load_errors() as err:
         raise ModelLoadError(

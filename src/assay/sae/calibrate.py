@@ -177,7 +177,9 @@ class CalibratingTrainer(Trainer):
         return ident
 
     def save_checkpoint(self) -> None:
-        if not self.out_dir:
+        from assay.distributed import is_main
+
+        if not self.out_dir or not is_main():
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         current = {str(self.state.step): self.controller.state_dict()}

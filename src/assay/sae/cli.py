@@ -85,13 +85,18 @@ def train(
     max_tokens: int = typer.Option(1024, help="tokens per document at most"),
     dtype: str = options.DTYPE,
     device: Optional[str] = typer.Option(None),
+    device_map: Optional[str] = options.DEVICE_MAP,
     seed: int = options.SEED,
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt"),
     checkpoint_every: int = typer.Option(200, min=1, help="steps between checkpoints (resumable with --resume)"),
 ) -> None:
-    """Train SAEs on a model's residual-stream activations."""
+    """Train SAEs on a model's residual-stream activations.
+
+    Under `torchrun --nproc-per-node N -m assay sae train ...` the ranks extract the corpus together
+    and train with DDP (the batch size is the global batch); rank 0 writes the SAEs."""
     import torch
 
+    from assay.distributed import is_main, join, world_size
     from assay.models import load
     from assay.models.loading import check_layer
     from assay.runtime import cache_dir
@@ -111,12 +116,18 @@ def train(
     if (out / "checkpoint.pt").exists() and not resume:
         raise typer.BadParameter(f"{out} holds an interrupted run (checkpoint.pt): pass --resume to continue it, "
                                  "or choose another --out", param_hint="--out")
-    lm = load(model, dtype=options.resolve_dtype_choice(dtype), device=device)
+    join()  # under torchrun: DDP across the ranks
+    if batch_size % world_size():
+        raise typer.BadParameter(f"{batch_size} is not a multiple of the {world_size()} ranks: each rank takes an "
+                                 "equal share of every batch", param_hint="--batch-size")
+    device_map = options.check_device_map(device_map)
+    lm = load(model, dtype=options.resolve_dtype_choice(dtype), device=device, device_map=device_map)
     if layer is None:  # a model whose config was not local: its middle block, now that it is loaded
         layer = lm.n_layers // 2
         out = out if out != cache_dir() / "sae" / run else cache_dir() / "sae" / run.replace("-LNone-", f"-L{layer}-")
     check_layer(layer, lm.n_layers)
-    typer.echo(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; writing to {out}")
+    if is_main():
+        typer.echo(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; writing to {out}")
 
     def stream():
         return activation_stream(lm, corpus, layer, n_tokens, seed=seed, max_tokens=max_tokens, epochs=epochs)
@@ -142,6 +153,8 @@ def train(
                       sparsity_warmup_steps=sparsity_warmup, checkpoint_every=checkpoint_every)
     torch.manual_seed(seed)
     trainer = train_saes(saes, stream(), out, cfg, meta, device=lm.device, resume=resume)
+    if not is_main():
+        return
     if trainer.state.step < cfg.total_steps:
         typer.secho(f"warning: SHORT RUN, {trainer.state.step} of {cfg.total_steps} steps: the corpus ran out "
                     f"({trainer.state.tokens_seen} tokens trained on); training.json says complete: false",

@@ -124,16 +124,20 @@ def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts:
 
     With `epochs > 1` the same tokens come again, each pass in a new seeded order: on a CPU,
     extraction costs far more than an SAE step, so reusing tokens buys training steps cheaply.
-    `exclude` is passed to `training_texts` (ignored when `texts` is given).
+    `exclude` is passed to `training_texts` (ignored when `texts` is given). Under torch.distributed
+    the ranks extract the texts together and each streams its own share of the chunks.
     """
-    from assay.activations import extract
+    from assay import distributed
+    from assay.activations import extract_on_all_ranks
 
     if texts is None:
         texts = training_texts(corpus, lm.tokenizer, n_tokens, max_tokens, seed, exclude)
     chat = corpus == "chat-user"
-    acts = extract(lm, texts, [layer], dataset_fingerprint=sha256_json([corpus, texts]), aggregations=("all.mean",),
-                   store_tokens=True, chat=chat, max_tokens=max_tokens, progress=progress)
+    acts = extract_on_all_ranks(lm, texts, [layer], dataset_fingerprint=sha256_json([corpus, texts]),
+                                aggregations=("all.mean",), store_tokens=True, chat=chat, max_tokens=max_tokens,
+                                progress=progress)
     # "user" = the user's own words for one-turn chat prompts, and every token but BOS otherwise.
     mask = "user" if chat else "all"
     return itertools.chain.from_iterable(
-        acts.iter_tokens(layer, chunk_tokens, mask=mask, shuffle_seed=seed + epoch) for epoch in range(epochs))
+        acts.iter_tokens(layer, chunk_tokens, mask=mask, shuffle_seed=seed + epoch, part=distributed.my_part())
+        for epoch in range(epochs))

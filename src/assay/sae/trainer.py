@@ -4,6 +4,14 @@ One pass over the data feeds every SAE in `saes` (dictionary_learning's trick: a
 pass of activation reading). Inputs are scaled to unit mean squared norm with a factor estimated
 on the first batches; the factor is folded into the weights when saving, so saved SAEs eat raw
 activations. The stream is any iterable of `[m, d]` tensors; SAEs are moved to its device.
+
+Under torch.distributed (`torchrun`, inside `assay.distributed.process_group()`), each rank trains
+on its own stream (its share of the tokens: `iter_tokens(part=...)`) in local batches of
+`batch_size / world_size`; gradients are averaged over ranks weighted by their tokens, firing counts
+and logged statistics are summed, and float buffers (BatchTopK's threshold) are averaged, so every
+rank holds the same SAEs after every step: the decoder-norm and threshold updates that follow the
+optimizer step see identical inputs. Rank 0 writes checkpoints and the result. One caveat: the
+BatchTopK family keeps the top k x batch activations of each *local* batch.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from assay.errors import ConfigMismatchError
+from assay import distributed
+from assay.errors import ConfigMismatchError, InputError
 from assay.fileio import atomic_path, write_json
 from assay.provenance import provenance
 from assay.runtime import resolve_dtype
@@ -96,11 +105,16 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir else None
         self.metadata = metadata or {}
         self.state = _State()
+        self.world = distributed.world_size()
+        if cfg.batch_size % self.world:
+            raise InputError(f"batch size {cfg.batch_size} is not a multiple of the {self.world} ranks: each rank "
+                             "takes an equal share of every batch; pick a batch size divisible by the rank count")
         self.opts = {n: torch.optim.Adam(s.parameters(), lr=cfg.lr, betas=cfg.betas) for n, s in saes.items()}
         self.since_fired = {n: torch.zeros(s.cfg.d_sae, dtype=torch.long) for n, s in saes.items()}
 
     # --- the loop ------------------------------------------------------------------------
     def fit(self, stream: Iterable[torch.Tensor], resume: bool = False) -> dict[str, SAE]:
+        """Train on `stream` (under torch.distributed: this rank's share of the tokens)."""
         torch.manual_seed(self.cfg.seed)
         for s in self.saes.values():
             if hasattr(s, "search_dtype"):
@@ -111,68 +125,120 @@ class Trainer:
         # batches already trained on: tokens waiting in the shuffle buffer at the checkpoint are
         # then trained on too, so it ends with the steps, tokens and weights of an unbroken run.
         # (Skipping only the tokens drawn so far lost the whole buffer: 298 of 507 steps.)
-        batches = shuffled_batches(stream, self.cfg.batch_size, self.cfg.buffer_tokens, seed=self.cfg.seed)
-        batches = itertools.islice(self._with_scale(batches), self.state.step, None)
+        rank, local = distributed.rank(), self.cfg.batch_size // self.world
+        batches = shuffled_batches(stream, local, max(1, self.cfg.buffer_tokens // self.world),
+                                   seed=self.cfg.seed + 1_000_003 * rank)
+        batches = self._together(itertools.islice(self._with_scale(batches), self.state.step, None))
         for s in self.saes.values():
             s.train()
         with self._progress() as (bar, task):
             for x in batches:
-                if self.state.step >= self.cfg.total_steps:
-                    break
                 self._step(x)
                 if bar is not None:
                     bar.update(task, completed=self.state.step, description=self._describe())
                 if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-        if self.state.step < self.cfg.total_steps:
+        if self.state.step < self.cfg.total_steps and distributed.is_main():
             log.warning("SHORT RUN: the data ran out after %d of %d steps (%d of %d tokens); the SAEs are "
                         "undertrained and training.json says complete: false. Give more tokens or fewer steps.",
                         self.state.step, self.cfg.total_steps, self.state.tokens_seen, self.cfg.total_tokens)
-        if self.out_dir:
+        if self.out_dir and distributed.is_main():
             self.save(self.out_dir)
             (self.out_dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: nothing left to resume
+        distributed.barrier()  # the other ranks return once the result is on disk
         return self.saes
+
+    def _together(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The batches while steps remain and every rank still has one; records each step's token
+        count per rank in `self._counts` (in one process: just the batches, until the last step)."""
+        it = iter(batches)
+        while self.state.step < self.cfg.total_steps:
+            x = next(it, None)
+            counts = distributed.gather_ints(0 if x is None else len(x))
+            if min(counts) == 0:  # a rank's share ran out: every rank stops at the same step
+                return
+            self._counts = counts
+            yield x
 
     def _step(self, x: torch.Tensor) -> None:
         cfg, st = self.cfg, self.state
         x = x * st.scale
+        n = sum(self._counts)  # tokens in this step's batch, over every rank
         lr_f, sp = cfg.lr_factor(st.step), cfg.sparsity_scale(st.step)
-        record: dict[str, Any] = {"step": st.step + 1, "tokens": st.tokens_seen + len(x)}
-        var = (x - x.mean(0)).pow(2).sum()
+        logging_step = (st.step + 1) % cfg.log_every == 0 or st.step + 1 == cfg.total_steps
+        record: dict[str, Any] = {"step": st.step + 1, "tokens": st.tokens_seen + n}
+        var = self._variance(x) if logging_step else None
         for name, sae in self.saes.items():
             dead = (self.since_fired[name] >= cfg.dead_window).to(x.device)
             out = sae.loss(x, sparsity_scale=sp, dead=dead)
             opt = self.opts[name]
             opt.zero_grad(set_to_none=True)
             out["total"].backward()
+            self._average_gradients(sae, len(x), n)
             sae.before_optimizer_step()
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_f
             opt.step()
             sae.after_optimizer_step()
-            fired = out["fired"].cpu() > 0
-            self.since_fired[name] += len(x)
+            self._average_buffers(sae)
+            fired = distributed.sum_(out["fired"].clone()).cpu() > 0
+            self.since_fired[name] += n
             self.since_fired[name][fired] = 0
-            if (st.step + 1) % cfg.log_every == 0 or st.step + 1 == cfg.total_steps:
-                rec = {k: float(v.detach()) for k, v in out.items() if k != "fired"}
-                rec["fvu"] = float(out["mse"].detach() * len(x) / var)
+            if logging_step:
+                rec = self._global_terms(out, len(x), n)
+                rec["fvu"] = rec["mse"] * n / var
                 rec["dead"] = int(dead.sum())
                 record[name] = rec
-            self._last = (name, out, var, len(x))
+            self._last = (name, out, x)
         st.step += 1
-        st.tokens_seen += len(x)
+        st.tokens_seen += n
         if len(record) > 2:
             st.history.append(record)
+
+    # --- keeping the ranks identical ---------------------------------------------------------
+    def _average_gradients(self, sae: SAE, n_local: int, n: int) -> None:
+        """Each rank's loss is a mean over its own tokens: weight by its share, then sum, which is
+        the gradient of the mean over the whole batch (local batches may differ in size)."""
+        if self.world == 1:
+            return
+        for p in sae.parameters():
+            if p.grad is not None:
+                distributed.sum_(p.grad.mul_(n_local / n))
+
+    def _average_buffers(self, sae: SAE) -> None:
+        """Float buffers updated from each rank's batch (BatchTopK's running threshold) averaged."""
+        if self.world == 1:
+            return
+        for b in sae.buffers():
+            if b.is_floating_point():
+                distributed.sum_(b.data).div_(self.world)
+
+    def _global_terms(self, out: dict[str, torch.Tensor], n_local: int, n: int) -> dict[str, float]:
+        """The logged loss terms and L0 over the whole batch (token-weighted means of the ranks')."""
+        keys = [k for k in out if k != "fired"]
+        vals = torch.stack([out[k].detach().double().reshape(()) for k in keys]) * (n_local / n)
+        return dict(zip(keys, distributed.sum_(vals).tolist()))
+
+    def _variance(self, x: torch.Tensor) -> float:
+        """Total variance of the whole batch, sum_i ||x_i - mean||^2 (the FVU's denominator)."""
+        if self.world == 1:
+            return float((x - x.mean(0)).pow(2).sum())
+        xd = x.double()
+        sums = distributed.sum_(torch.cat([xd.sum(0), xd.pow(2).sum().reshape(1),
+                                           torch.tensor([len(x)], dtype=torch.float64, device=x.device)]))
+        return float(sums[-2] - sums[:-2].pow(2).sum() / sums[-1])
 
     # --- input scale ----------------------------------------------------------------------
     def _with_scale(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Estimate the scale on the first batches (unless resumed), move SAEs to the data."""
         head = list(itertools.islice(batches, self.cfg.scale_batches))
-        if not head:
-            return iter(())
+        if min(distributed.gather_ints(sum(len(h) for h in head))) == 0:
+            return iter(())  # no data (on some rank): nothing to train on anywhere
         device = head[0].device
         for s in self.saes.values():
             s.to(device)
+            # every rank starts from rank 0's SAEs (a rank-local initialisation or resample can't diverge)
+            distributed.broadcast_([*s.parameters(), *s.buffers()])
         for opt in self.opts.values():  # optimizer state follows its parameters
             for st in opt.state.values():
                 for k, v in st.items():
@@ -180,10 +246,14 @@ class Trainer:
                         st[k] = v.to(device)
         if self.state.scale is None:
             self.state.scale = self._saved_scale()
+            x = torch.cat(head).double()
+            # sum of squared norms, per-dimension sums and the token count, over every rank's head
+            sums = distributed.sum_(torch.cat([x.pow(2).sum().reshape(1), x.sum(0),
+                                               torch.tensor([len(x)], dtype=torch.float64, device=device)]))
             if self.state.scale is None:
-                msq = torch.cat(head).float().pow(2).sum(-1).mean().item()
+                msq = float(sums[0] / sums[-1])
                 self.state.scale = 1.0 / math.sqrt(msq) if self.cfg.normalize and msq > 0 else 1.0
-            mean = torch.cat(head).float().mean(0) * self.state.scale
+            mean = (sums[1:-1] / sums[-1]).float() * self.state.scale
             for s in self.saes.values():
                 if not s.raw_space:  # fresh SAE: start b_dec at the data mean (Gao et al., sparsify)
                     with torch.no_grad():
@@ -244,7 +314,7 @@ class Trainer:
         write_json(out_dir / "training.json", provenance(
             config=asdict(self.cfg), dead_window_tokens=self.cfg.dead_window, dead_in_training=dead,
             saes={n: {"architecture": s.architecture, **s.cfg.to_dict()} for n, s in self.saes.items()},
-            input_scale=self.state.scale, steps=self.state.step, tokens=self.state.tokens_seen,
+            input_scale=self.state.scale, steps=self.state.step, tokens=self.state.tokens_seen, ranks=self.world,
             steps_planned=self.cfg.total_steps, complete=self.state.step >= self.cfg.total_steps,
             metadata=self.metadata, history=self.state.history))
 
@@ -256,12 +326,12 @@ class Trainer:
         """What a checkpoint must agree on to be resumed: everything that changes the weights."""
         cfg = {k: v for k, v in asdict(self.cfg).items() if k not in _RESUME_FREE}
         return json.loads(json.dumps({
-            "config": cfg, "metadata": self.metadata,
+            "config": cfg, "metadata": self.metadata, "ranks": self.world,  # each rank's share depends on it
             "saes": {n: {"architecture": s.architecture, **s.cfg.to_dict()} for n, s in self.saes.items()},
         }, default=str))
 
     def save_checkpoint(self) -> None:
-        if not self.out_dir:
+        if not self.out_dir or not distributed.is_main():
             return
         # Plain values and tensors only, so resuming never needs to unpickle arbitrary objects.
         blob = {
@@ -315,8 +385,8 @@ class Trainer:
 
     # --- progress -------------------------------------------------------------------------
     def _describe(self) -> str:
-        name, out, var, n = self._last
-        fvu = float(out["mse"].detach() * n / var)
+        name, out, x = self._last  # this rank's batch: the bar is a glance, the log has the global numbers
+        fvu = float(out["mse"].detach() * len(x) / (x - x.mean(0)).pow(2).sum())
         return f"{name}: L0 {float(out['l0']):.1f} FVU {fvu:.3f}"
 
     def _progress(self):
@@ -324,7 +394,7 @@ class Trainer:
 
         @contextmanager
         def ctx():
-            if not self.cfg.progress:
+            if not self.cfg.progress or not distributed.is_main():
                 yield None, None
                 return
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
