@@ -36,8 +36,10 @@ from assay.provenance import provenance  # noqa: E402
 from assay.runtime import choose_dtype, tune_malloc  # noqa: E402
 from assay.sae import TrainConfig, Trainer, build_sae  # noqa: E402
 
-# The GPU the estimates are for: NVIDIA's H100 SXM data sheet, dense (no sparsity) tensor-core peaks.
-GPU = {"name": "H100 SXM", "bf16_tflops": 989.0, "tf32_tflops": 494.5, "source": "NVIDIA H100 data sheet, dense"}
+# The GPU the estimates are for: NVIDIA's H100 SXM data sheet, dense (no sparsity). Extraction runs in
+# bf16 on tensor cores; the SAE trainer trains in float32, and PyTorch leaves TF32 off by default, so
+# its matmuls get the plain fp32 peak.
+GPU = {"name": "H100 SXM", "bf16_tflops": 989.0, "fp32_tflops": 67.0, "source": "NVIDIA H100 data sheet, dense"}
 # Fractions of that peak assumed reachable there. The low one is a guess for a small model's short
 # sequences (launch- and memory-bound); the high one reuses the fraction measured here on the CPU.
 LOW_FRACTION = 0.2
@@ -57,19 +59,20 @@ def measure_extraction(dtype: str, n: int, layer: int) -> dict:
         acts = extract(lm, texts, layer, root=root, progress=False, store_tokens=True)
         seconds = time.perf_counter() - t0
         disk = sum(p.stat().st_size for p in acts.path.iterdir())
-        token_bytes = 0
+        token_bytes = rows = 0
         for shard in acts.path.glob("shard-*.safetensors"):
             with safe_open(str(shard), "pt") as f:
                 t = f.get_slice(f"tokens.L{layer}")
                 shape, itemsize = t.get_shape(), torch.finfo(getattr(torch, {"BF16": "bfloat16", "F32": "float32",
                                                                               "F16": "float16"}[t.get_dtype()])).bits // 8
                 token_bytes += shape[0] * shape[1] * itemsize
+                rows += shape[0]
     tokens = sum(lengths)
     return {"dtype": str(lm.dtype).removeprefix("torch."), "prompts": n, "tokens": tokens, "seconds": seconds,
             "tokens_per_s": tokens / seconds, "flop_per_token": flops / tokens, "gflops": flops / seconds / 1e9,
             "matmul_peak_gflops": peak, "fraction_of_peak": flops / seconds / 1e9 / peak,
             "d_model": lm.d_model, "entry_bytes": disk, "entry_bytes_per_token": disk / tokens,
-            "token_tensor_bytes_per_token": token_bytes / tokens}
+            "stored_tokens": rows, "token_tensor_bytes_per_stored_token": token_bytes / rows}
 
 
 def measure_sae(width: int, k: int, batch: int, steps: int, d_in: int) -> dict:
@@ -97,7 +100,7 @@ def estimates(ext: dict, sae: dict) -> dict:
     for label, fraction in (("low", LOW_FRACTION), ("measured_fraction", ext["fraction_of_peak"])):
         ext_rate = GPU["bf16_tflops"] * 1e12 * fraction / ext["flop_per_token"]
         sae_fraction = LOW_FRACTION if label == "low" else sae["fraction_of_bound"]
-        sae_rate = GPU["bf16_tflops"] * 1e12 * sae_fraction / sae["bound_flop_per_token"]
+        sae_rate = GPU["fp32_tflops"] * 1e12 * sae_fraction / sae["bound_flop_per_token"]
         out[label] = {"extraction_fraction": fraction, "extraction_tokens_per_s": ext_rate,
                       "sae_fraction": sae_fraction, "sae_tokens_per_s": sae_rate,
                       "extraction_hours_100m_1gpu": TOKENS / ext_rate / 3600,
@@ -105,6 +108,15 @@ def estimates(ext: dict, sae: dict) -> dict:
                       "sae_hours_100m_1gpu": TOKENS / sae_rate / 3600,
                       "sae_hours_100m_8gpu": TOKENS / sae_rate / 8 / 3600}
     return out
+
+
+def _dur(hours: float) -> str:
+    """A duration in the unit that reads best."""
+    if hours >= 2:
+        return f"{hours:,.1f} h"
+    if hours * 60 >= 2:
+        return f"{hours * 60:,.1f} min"
+    return f"{hours * 3600:,.0f} s"
 
 
 def table(r: dict) -> str:
@@ -118,15 +130,15 @@ def table(r: dict) -> str:
         f"| extraction, layer {r['layer']} of gemma-3-270m, tokens/s | {ext['tokens_per_s']:,.0f} ({ext['dtype']}) | "
         f"{est['low']['extraction_tokens_per_s']:,.0f} to {est['measured_fraction']['extraction_tokens_per_s']:,.0f} | "
         f"{8 * est['low']['extraction_tokens_per_s']:,.0f} to {8 * est['measured_fraction']['extraction_tokens_per_s']:,.0f} |",
-        f"| extraction of 100M tokens | {here_h:,.0f} h | {est['measured_fraction']['extraction_hours_100m_1gpu']:.2f} to "
-        f"{est['low']['extraction_hours_100m_1gpu']:.2f} h | {60 * est['measured_fraction']['extraction_hours_100m_8gpu']:.1f} "
-        f"to {60 * est['low']['extraction_hours_100m_8gpu']:.1f} min |",
+        f"| extraction of 100M tokens | {_dur(here_h)} | {_dur(est['measured_fraction']['extraction_hours_100m_1gpu'])} to "
+        f"{_dur(est['low']['extraction_hours_100m_1gpu'])} | {_dur(est['measured_fraction']['extraction_hours_100m_8gpu'])} "
+        f"to {_dur(est['low']['extraction_hours_100m_8gpu'])} |",
         f"| TopK SAE training, width {sae['width']:,}, k {sae['k']}, tokens/s | {sae['tokens_per_s']:,.0f} ({sae['dtype']}) | "
         f"{est['low']['sae_tokens_per_s']:,.0f} to {est['measured_fraction']['sae_tokens_per_s']:,.0f} | "
         f"{8 * est['low']['sae_tokens_per_s']:,.0f} to {8 * est['measured_fraction']['sae_tokens_per_s']:,.0f} |",
-        f"| SAE training on 100M tokens | {TOKENS / sae['tokens_per_s'] / 3600:,.1f} h | "
-        f"{60 * est['measured_fraction']['sae_hours_100m_1gpu']:.1f} to {60 * est['low']['sae_hours_100m_1gpu']:.1f} min | "
-        f"{60 * est['measured_fraction']['sae_hours_100m_8gpu']:.1f} to {60 * est['low']['sae_hours_100m_8gpu']:.1f} min |",
+        f"| SAE training on 100M tokens | {_dur(TOKENS / sae['tokens_per_s'] / 3600)} | "
+        f"{_dur(est['measured_fraction']['sae_hours_100m_1gpu'])} to {_dur(est['low']['sae_hours_100m_1gpu'])} | "
+        f"{_dur(est['measured_fraction']['sae_hours_100m_8gpu'])} to {_dur(est['low']['sae_hours_100m_8gpu'])} |",
         f"| disk per million tokens per layer, bf16 | {gb_per_m:.2f} GB tensor; whole cache entry "
         f"{ext['entry_bytes_per_token'] * 1e6 / 1e9:.2f} GB ({ext['dtype']}) | same | same |",
         "", "The arithmetic:", "",
@@ -144,12 +156,14 @@ def table(r: dict) -> str:
         f"- SAE bound: 2 x d_in x width = 2 x {sae['d_in']} x {sae['width']:,} = {sae['bound_flop_per_token'] / 1e6:.1f} "
         f"MFLOP per token; here {sae['tokens_per_s']:,.0f} tokens/s = {sae['fraction_of_bound']:.2f} of the "
         f"{sae['bound_tokens_per_s']:,.0f} tokens/s that this run's fp32 peak ({sae['matmul_peak_gflops']:,.1f} "
-        "GFLOP/s) allows.",
+        f"GFLOP/s) allows. On the GPU: its fp32 peak, {GPU['fp32_tflops']:.0f} TFLOP/s (the trainer is float32 and "
+        f"TF32 is off by default), x {LOW_FRACTION:.2f} to {sae['fraction_of_bound']:.2f} / "
+        f"{sae['bound_flop_per_token']:,} FLOP.",
         f"- Disk: d_model x 2 bytes = {ext['d_model']} x 2 = {ext['d_model'] * 2:,} bytes per token per layer in bf16, "
         f"{gb_per_m:.2f} GB per million tokens, {gb_per_m * 100:.0f} GB for 100M. Measured here: the token tensor "
-        f"takes {ext['token_tensor_bytes_per_token']:,.0f} bytes per token in {ext['dtype']}, the whole entry "
-        f"(roles, offsets, pooled features, manifest) {ext['entry_bytes_per_token']:,.0f}.",
-        f"- 100M tokens here: 1e8 / {ext['tokens_per_s']:,.0f} tokens/s = {here_h:,.0f} h of extraction on this CPU.",
+        f"takes {ext['token_tensor_bytes_per_stored_token']:,.0f} bytes per stored token in {ext['dtype']}, the whole "
+        f"entry (roles, offsets, pooled features, manifest) {ext['entry_bytes_per_token']:,.0f} per prompt token.",
+        f"- 100M tokens here: 1e8 / {ext['tokens_per_s']:,.0f} tokens/s = {_dur(here_h)} of extraction on this CPU.",
     ]
     return "\n".join(lines)
 
@@ -162,7 +176,14 @@ def main() -> None:
     ap.add_argument("--sae-steps", type=int, default=6)
     ap.add_argument("--out", default="benchmarks/results/scale.json")
     ap.add_argument("--doc", default="docs/scale.md")
+    ap.add_argument("--render", action="store_true", help="only redo the estimates and the table from --out's "
+                    "measurements (no measuring)")
     args = ap.parse_args()
+    if args.render:
+        result = json.loads(Path(args.out).read_text())
+        result.update(gpu_assumed=GPU, low_fraction_assumed=LOW_FRACTION,
+                      estimates=estimates(result["extraction"], result["sae_training"]))
+        return publish(result, args)
     tuned = tune_malloc()
     dtype, why = choose_dtype(args.dtype)
     ext = measure_extraction(dtype, args.n, args.layer)
@@ -172,6 +193,10 @@ def main() -> None:
     result = {"provenance": provenance(), "cpu": cpu, "threads": torch.get_num_threads(), "malloc_tuned": tuned,
               "dtype_choice": why, "layer": args.layer, "gpu_assumed": GPU, "low_fraction_assumed": LOW_FRACTION,
               "extraction": ext, "sae_training": sae, "estimates": estimates(ext, sae)}
+    publish(result, args)
+
+
+def publish(result: dict, args: argparse.Namespace) -> None:
     result["table_markdown"] = table(result)
     write_json(Path(args.out), result)
     doc = Path(args.doc)
