@@ -43,6 +43,7 @@ GPU = {"name": "H100 SXM", "bf16_tflops": 989.0, "fp32_tflops": 67.0, "source": 
 # Fractions of that peak assumed reachable there. The low one is a guess for a small model's short
 # sequences (launch- and memory-bound); the high one reuses the fraction measured here on the CPU.
 LOW_FRACTION = 0.2
+NVLINK_GBS = 450.0  # H100 SXM NVLink 4: 900 GB/s both ways, 450 each way
 TOKENS = 100_000_000
 MARK = ("<!-- scale-table:start -->", "<!-- scale-table:end -->")
 
@@ -93,9 +94,17 @@ def measure_sae(width: int, k: int, batch: int, steps: int, d_in: int) -> dict:
             "bound_tokens_per_s": peak * 1e9 / bound_flop, "fraction_of_bound": rate * bound_flop / (peak * 1e9)}
 
 
+DDP_BATCH = 8192  # the global batch the 8-GPU SAE estimate is for
+
+
+def allreduce_seconds(sae: dict) -> float:
+    """A ring all-reduce of the float32 encoder and decoder gradients over 8 GPUs: 2 x 7/8 of them sent."""
+    return 2 * 7 / 8 * (2 * sae["d_in"] * sae["width"] * 4) / (NVLINK_GBS * 1e9)
+
+
 def estimates(ext: dict, sae: dict) -> dict:
-    """Tokens/s on one GPU = peak x fraction / FLOP per token; 8 GPUs: 8x (extraction needs no
-    communication; DDP's all-reduce is small next to a step, see the doc)."""
+    """Tokens/s on one GPU = peak x fraction / FLOP per token. 8 GPUs: extraction 8x (no
+    communication); SAE training pays the gradient all-reduce once a step (not overlapped)."""
     out = {}
     for label, fraction in (("low", LOW_FRACTION), ("measured_fraction", ext["fraction_of_peak"])):
         ext_rate = GPU["bf16_tflops"] * 1e12 * fraction / ext["flop_per_token"]
@@ -105,8 +114,9 @@ def estimates(ext: dict, sae: dict) -> dict:
                       "sae_fraction": sae_fraction, "sae_tokens_per_s": sae_rate,
                       "extraction_hours_100m_1gpu": TOKENS / ext_rate / 3600,
                       "extraction_hours_100m_8gpu": TOKENS / ext_rate / 8 / 3600,
-                      "sae_hours_100m_1gpu": TOKENS / sae_rate / 3600,
-                      "sae_hours_100m_8gpu": TOKENS / sae_rate / 8 / 3600}
+                      "sae_hours_100m_1gpu": TOKENS / sae_rate / 3600}
+        step = DDP_BATCH / (8 * sae_rate) + allreduce_seconds(sae)
+        out[label].update(sae_8gpu_tokens_per_s=DDP_BATCH / step, sae_hours_100m_8gpu=TOKENS / (DDP_BATCH / step) / 3600)
     return out
 
 
@@ -122,6 +132,9 @@ def _dur(hours: float) -> str:
 def table(r: dict) -> str:
     ext, sae, est = r["extraction"], r["sae_training"], r["estimates"]
     gb_per_m = ext["d_model"] * 2 * 1e6 / 1e9
+    grad_mb = 2 * sae["d_in"] * sae["width"] * 4 / 1e6
+    allreduce_ms = allreduce_seconds(sae) * 1e3
+    step_ms = [DDP_BATCH / (8 * est[f]["sae_tokens_per_s"]) * 1e3 for f in ("low", "measured_fraction")]
     here_h = TOKENS / ext["tokens_per_s"] / 3600
     lines = [
         f"Measured by `benchmarks/scale.py` at commit {str(r['provenance'].get('git_commit'))[:12]} on {r['cpu']} "
@@ -135,7 +148,7 @@ def table(r: dict) -> str:
         f"to {_dur(est['low']['extraction_hours_100m_8gpu'])} |",
         f"| TopK SAE training, width {sae['width']:,}, k {sae['k']}, tokens/s | {sae['tokens_per_s']:,.0f} ({sae['dtype']}) | "
         f"{est['low']['sae_tokens_per_s']:,.0f} to {est['measured_fraction']['sae_tokens_per_s']:,.0f} | "
-        f"{8 * est['low']['sae_tokens_per_s']:,.0f} to {8 * est['measured_fraction']['sae_tokens_per_s']:,.0f} |",
+        f"{est['low']['sae_8gpu_tokens_per_s']:,.0f} to {est['measured_fraction']['sae_8gpu_tokens_per_s']:,.0f} |",
         f"| SAE training on 100M tokens | {_dur(TOKENS / sae['tokens_per_s'] / 3600)} | "
         f"{_dur(est['measured_fraction']['sae_hours_100m_1gpu'])} to {_dur(est['low']['sae_hours_100m_1gpu'])} | "
         f"{_dur(est['measured_fraction']['sae_hours_100m_8gpu'])} to {_dur(est['low']['sae_hours_100m_8gpu'])} |",
@@ -150,9 +163,12 @@ def table(r: dict) -> str:
         f"the {ext['fraction_of_peak']:.2f} measured here: {GPU['bf16_tflops']:,.0f}e12 x {LOW_FRACTION:.2f} / "
         f"{ext['flop_per_token']:,.0f} = {est['low']['extraction_tokens_per_s']:,.0f} tokens/s. Estimates, not "
         "measurements: no GPU was lent to this work.",
-        f"- 8 GPUs: 8x. Extraction ranks never talk to each other; a DDP step all-reduces the SAE's gradients, "
-        f"2 x {sae['d_in']} x {sae['width']:,} x 4 bytes = {2 * sae['d_in'] * sae['width'] * 4 / 1e6:.0f} MB, "
-        "about 0.2 ms a step over NVLink's ~450 GB/s, against tens of ms of compute at batch 8,192.",
+        f"- 8 GPUs: extraction 8x (its ranks never talk to each other). A DDP step all-reduces the SAE's "
+        f"gradients, 2 x {sae['d_in']} x {sae['width']:,} x 4 bytes = {grad_mb:.0f} MB; a ring all-reduce sends "
+        f"2 x 7/8 of that per GPU, {allreduce_ms:.2f} ms at an assumed {NVLINK_GBS:.0f} GB/s of NVLink, after "
+        f"{step_ms[1]:.1f} to {step_ms[0]:.1f} ms of compute per GPU for a global batch of {DDP_BATCH:,}; "
+        f"so 8 GPUs train {DDP_BATCH:,} / (compute + all-reduce) tokens/s, not 8x one GPU. A larger global "
+        "batch shrinks the all-reduce's share.",
         f"- SAE bound: 2 x d_in x width = 2 x {sae['d_in']} x {sae['width']:,} = {sae['bound_flop_per_token'] / 1e6:.1f} "
         f"MFLOP per token; here {sae['tokens_per_s']:,.0f} tokens/s = {sae['fraction_of_bound']:.2f} of the "
         f"{sae['bound_tokens_per_s']:,.0f} tokens/s that this run's fp32 peak ({sae['matmul_peak_gflops']:,.1f} "
@@ -181,7 +197,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.render:
         result = json.loads(Path(args.out).read_text())
-        result.update(gpu_assumed=GPU, low_fraction_assumed=LOW_FRACTION,
+        result.update(gpu_assumed=GPU, low_fraction_assumed=LOW_FRACTION, nvlink_gbs_assumed=NVLINK_GBS,
                       estimates=estimates(result["extraction"], result["sae_training"]))
         return publish(result, args)
     tuned = tune_malloc()
@@ -192,6 +208,7 @@ def main() -> None:
                 if ln.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
     result = {"provenance": provenance(), "cpu": cpu, "threads": torch.get_num_threads(), "malloc_tuned": tuned,
               "dtype_choice": why, "layer": args.layer, "gpu_assumed": GPU, "low_fraction_assumed": LOW_FRACTION,
+              "nvlink_gbs_assumed": NVLINK_GBS, "ddp_batch": DDP_BATCH,
               "extraction": ext, "sae_training": sae, "estimates": estimates(ext, sae)}
     publish(result, args)
 
