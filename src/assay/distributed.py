@@ -118,11 +118,12 @@ def sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def gather_ints(value: int, device: torch.device | str = "cpu") -> list[int]:
-    """`value` from every rank, in rank order."""
+def gather_ints(value: int) -> list[int]:
+    """`value` from every rank, in rank order (on this rank's GPU under NCCL, which moves no CPU tensors)."""
     d = _dist()
     if not d:
         return [int(value)]
+    device = torch.device("cuda", torch.cuda.current_device()) if d.get_backend() == "nccl" else torch.device("cpu")
     mine = torch.tensor([int(value)], dtype=torch.long, device=device)
     out = [torch.zeros_like(mine) for _ in range(d.get_world_size())]
     d.all_gather(out, mine)
