@@ -90,8 +90,20 @@ def join() -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     minutes = float(os.environ.get("ASSAY_DIST_TIMEOUT", "180"))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(minutes=minutes))
-    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    atexit.register(_leave)
     return True
+
+
+def _leave() -> None:
+    """At exit: wait for every rank, then tear the group down. A rank that left while another still
+    worked (rank 0 writing results) made gloo abort the latter at its own teardown (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 @contextmanager

@@ -246,14 +246,10 @@ class Trainer:
                         st[k] = v.to(device)
         if self.state.scale is None:
             self.state.scale = self._saved_scale()
-            x = torch.cat(head).double()
-            # sum of squared norms, per-dimension sums and the token count, over every rank's head
-            sums = distributed.sum_(torch.cat([x.pow(2).sum().reshape(1), x.sum(0),
-                                               torch.tensor([len(x)], dtype=torch.float64, device=device)]))
+            msq, mean = self._head_moments(torch.cat(head))
             if self.state.scale is None:
-                msq = float(sums[0] / sums[-1])
                 self.state.scale = 1.0 / math.sqrt(msq) if self.cfg.normalize and msq > 0 else 1.0
-            mean = (sums[1:-1] / sums[-1]).float() * self.state.scale
+            mean = mean * self.state.scale
             for s in self.saes.values():
                 if not s.raw_space:  # fresh SAE: start b_dec at the data mean (Gao et al., sparsify)
                     with torch.no_grad():
@@ -263,6 +259,17 @@ class Trainer:
                     s.fold_input_scale_(1.0 / self.state.scale)
                     s.raw_space = False
         return itertools.chain(head, batches)
+
+    def _head_moments(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Mean squared norm and mean of the first batches, over every rank's. (One process keeps its
+        float32 reductions, so its SAEs stay bit-identical to those trained before DDP existed.)"""
+        if self.world == 1:
+            x = x.float()
+            return x.pow(2).sum(-1).mean().item(), x.mean(0)
+        x = x.double()
+        sums = distributed.sum_(torch.cat([x.pow(2).sum().reshape(1), x.sum(0),
+                                           torch.tensor([len(x)], dtype=torch.float64, device=x.device)]))
+        return float(sums[0] / sums[-1]), (sums[1:-1] / sums[-1]).float()
 
     def _saved_scale(self) -> float | None:
         """The input scale a saved (raw-space) SAE must be trained at to keep its function.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from assay.distributed import batch_mean
+from assay.distributed import batch_mean, world_size
 from assay.sae.architectures.jumprelu import JumpReLUConfig, JumpReLUSAE, StepFn
 from assay.sae.base import register
 
@@ -36,7 +36,10 @@ class QFJumpReLUSAE(JumpReLUSAE):
 
     def sparsity(self, pre: torch.Tensor) -> dict[str, torch.Tensor]:
         freq = StepFn.apply(pre, self.threshold, self.cfg.bandwidth).mean(0)
-        f = batch_mean(freq, len(pre))  # detached; `freq` itself in one process
-        # value: the penalty at the global frequency f; gradient: (1 + 2 f / omega_0) d freq.
-        penalty = f * (1 + f / self.cfg.omega_0) + (1 + 2 * f / self.cfg.omega_0) * (freq - freq.detach())
+        if world_size() == 1:
+            penalty = freq * (1 + freq / self.cfg.omega_0)
+        else:
+            f = batch_mean(freq, len(pre))  # detached
+            # value: the penalty at the global frequency f; gradient: (1 + 2 f / omega_0) d freq.
+            penalty = f * (1 + f / self.cfg.omega_0) + (1 + 2 * f / self.cfg.omega_0) * (freq - freq.detach())
         return {"qf_penalty": self.cfg.l0_coefficient * penalty.sum()}
