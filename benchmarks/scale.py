@@ -64,9 +64,8 @@ def measure_extraction(dtype: str, n: int, layer: int) -> dict:
         for shard in acts.path.glob("shard-*.safetensors"):
             with safe_open(str(shard), "pt") as f:
                 t = f.get_slice(f"tokens.L{layer}")
-                shape, itemsize = t.get_shape(), torch.finfo(getattr(torch, {"BF16": "bfloat16", "F32": "float32",
-                                                                              "F16": "float16"}[t.get_dtype()])).bits // 8
-                token_bytes += shape[0] * shape[1] * itemsize
+                shape = t.get_shape()
+                token_bytes += shape[0] * shape[1] * t[0:1].element_size()  # as stored: one row read for its dtype
                 rows += shape[0]
     tokens = sum(lengths)
     return {"dtype": str(lm.dtype).removeprefix("torch."), "prompts": n, "tokens": tokens, "seconds": seconds,

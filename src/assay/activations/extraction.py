@@ -137,7 +137,6 @@ def extract(
     return ActivationSet(path)
 
 
-
 def extract_on_all_ranks(lm: LoadedModel, texts: Sequence[str], layers: int | Sequence[int],
                          **kwargs: Any) -> ActivationSet:
     """`extract` inside a torch.distributed process group: each rank extracts its share of the shards,
@@ -151,6 +150,7 @@ def extract_on_all_ranks(lm: LoadedModel, texts: Sequence[str], layers: int | Se
     extract(lm, texts, layers, part=part, progress=progress, **kwargs)
     distributed.barrier()
     return extract(lm, texts, layers, progress=False, **kwargs)  # complete now: read from the cache
+
 
 def _record_name(s: int) -> str:
     return shard_name(s) + ".json"

@@ -5,7 +5,7 @@ pass of activation reading). Inputs are scaled to unit mean squared norm with a 
 on the first batches; the factor is folded into the weights when saving, so saved SAEs eat raw
 activations. The stream is any iterable of `[m, d]` tensors; SAEs are moved to its device.
 
-Under torch.distributed (`torchrun`, inside `assay.distributed.process_group()`), each rank trains
+Under torch.distributed (`torchrun`, after `assay.distributed.join()`), each rank trains
 on its own stream (its share of the tokens: `iter_tokens(part=...)`) in local batches of
 `batch_size / world_size`; gradients are averaged over ranks weighted by their tokens, firing counts
 and logged statistics are summed, and float buffers (BatchTopK's threshold) are averaged, so every
@@ -223,10 +223,16 @@ class Trainer:
         """Total variance of the whole batch, sum_i ||x_i - mean||^2 (the FVU's denominator)."""
         if self.world == 1:
             return float((x - x.mean(0)).pow(2).sum())
-        xd = x.double()
-        sums = distributed.sum_(torch.cat([xd.sum(0), xd.pow(2).sum().reshape(1),
+        total, sq, n = self._summed_moments(x)
+        return float(sq - total.pow(2).sum() / n)
+
+    @staticmethod
+    def _summed_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sum of the tokens [d], sum of their squared norms, token count) over every rank, in float64."""
+        x = x.double()
+        sums = distributed.sum_(torch.cat([x.sum(0), x.pow(2).sum().reshape(1),
                                            torch.tensor([len(x)], dtype=torch.float64, device=x.device)]))
-        return float(sums[-2] - sums[:-2].pow(2).sum() / sums[-1])
+        return sums[:-2], sums[-2], sums[-1]
 
     # --- input scale ----------------------------------------------------------------------
     def _with_scale(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -266,10 +272,8 @@ class Trainer:
         if self.world == 1:
             x = x.float()
             return x.pow(2).sum(-1).mean().item(), x.mean(0)
-        x = x.double()
-        sums = distributed.sum_(torch.cat([x.pow(2).sum().reshape(1), x.sum(0),
-                                           torch.tensor([len(x)], dtype=torch.float64, device=x.device)]))
-        return float(sums[0] / sums[-1]), (sums[1:-1] / sums[-1]).float()
+        total, sq, n = self._summed_moments(x)
+        return float(sq / n), (total / n).float()
 
     def _saved_scale(self) -> float | None:
         """The input scale a saved (raw-space) SAE must be trained at to keep its function.
