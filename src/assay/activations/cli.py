@@ -32,6 +32,8 @@ def extract_cmd(
                                         "independent processes such as a Slurm array; under torchrun each rank "
                                         "takes its part by itself. The last part to finish writes the manifest."),
     device_map: Optional[str] = options.DEVICE_MAP,
+    reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="Read prompts another cache entry already holds "
+                               "(same model, dtype and tokens; at least these layers and aggregations) from there."),
 ) -> None:
     """Extract activations of a dataset (resumes an interrupted run; reuses a finished one).
 
@@ -74,6 +76,7 @@ def extract_cmd(
         lm, ds.texts, layer_list, dataset_fingerprint=ds.fingerprint, aggregations=feats, store_tokens=tokens,
         token_budget=token_budget, max_tokens=max_tokens, shard_tokens=shard_tokens, part=part,
         progress=part is None or part[0] == 0,  # one bar per job, not one per rank
+        reuse=reuse,
     )
     if acts is None:
         rprint(f"part {part[0]}/{part[1]} finished in {time.perf_counter() - t0:.1f} s; the other parts' shards are "
@@ -111,8 +114,15 @@ def rm_cmd(
     """Remove cache entries."""
     from assay.activations import list_entries, remove_entry
 
+    from assay.activations.reuse import dependents
+    from assay.activations.store import activations_root
+
     targets = [r["key"] for r in list_entries()] if all_ else (keys or [])
     if not targets:
         raise typer.BadParameter("name entries to remove, or pass --all")
     for key in targets:
         typer.echo(f"removed {remove_entry(key)}")
+        left = [d for d in dependents(key, activations_root()) if d not in targets]
+        if left:
+            typer.echo(f"  {len(left)} other entries reused its prompts ({', '.join(left)}); each extracts them "
+                       "again the next time it is asked for")

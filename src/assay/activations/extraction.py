@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from assay.activations.batching import length_order, shard_plan, token_budget_batches
 from assay.activations.aggregation import DEFAULT_AGGREGATIONS, Aggregation, pool_roles, real_tokens
 from assay.activations.forward import residual_stream
+from assay.activations.reuse import borrow, borrowed_examples, borrowed_ok, prompt_keys, view_name
 from assay.activations.store import (
     MANIFEST, ActivationSet, activations_root, read_manifest, shard_name, verify_shard,
 )
@@ -68,11 +69,18 @@ def extract(
     root: str | Path | None = None,
     progress: bool = True,
     part: tuple[int, int] | None = None,
+    reuse: bool = True,
 ) -> ActivationSet | None:
     """Residual-stream activations of `texts` at `layers`, from the cache or extracted into it.
 
     Runs the model only up to the deepest layer. An interrupted extraction resumes from its last
-    complete shard; a shard whose checksum fails is extracted again.
+    complete shard; a shard whose checksum fails is extracted again. Prompts another complete entry
+    already holds (same model, dtype and token ids; at least these layers and aggregations) are
+    read from there, not run again: re-labelling, re-splitting, subsetting or extending a dataset
+    extracts only its new prompts (see `assay.activations.reuse`). `reuse=False` extracts every
+    prompt into the entry's own shards: a shuffled token stream (`iter_tokens`) follows the shard
+    layout, so SAE training corpora use it to stream the same tokens in the same order whatever the
+    cache held before.
 
     `part=(i, n)` extracts only shards s with s % n == i, for n processes sharing the work (torchrun
     ranks, or a Slurm or Ray array with `--shard i/n`). Parts never write the shared manifest while
@@ -90,20 +98,24 @@ def extract(
     parsed = [Aggregation.parse(a) for a in aggregations]
     max_tokens = max_tokens or lm.max_positions
     prompts = format_prompts(lm.tokenizer, list(texts), max_tokens=max_tokens, chat=chat)
+    keys = prompt_keys(prompts)
     dataset = dataset_fingerprint or sha256_json(list(texts))
     spec = cache_spec(lm, layers, list(aggregations), dataset, chat, max_tokens, store_tokens)
     path = activations_root(root) / sha256_json(spec)[:20]
     lengths = [len(p.input_ids) for p in prompts]
-    plan = shard_plan(length_order(lengths), lengths, shard_tokens)
 
-    manifest = _load_or_start_manifest(path, spec, plan, prompts, lm)
+    manifest = _existing_manifest(path, spec, prompts, lm)
     # A finished, intact entry is reused as it is, whatever shard size made it: sharding never
     # changes the numbers.
-    if manifest.get("complete") and all(_shard_ok(path, manifest, s) for s in range(len(manifest["shards"]))):
+    if manifest is not None and manifest.get("complete") and all(
+            _shard_ok(path, manifest, s) for s in range(len(manifest["shards"]))):
         return ActivationSet(path)
-    if manifest["plan"] != sha256_json(plan):  # unfinished under another shard size: start again under this one
-        (path / MANIFEST).unlink()
-        manifest = _load_or_start_manifest(path, spec, plan, prompts, lm)
+    plan = _resumable_plan(path, manifest, lengths, shard_tokens) if manifest is not None else None
+    if plan is None:  # new, or unfinished under another shard size, or a donor it borrowed from is gone
+        path.mkdir(parents=True, exist_ok=True)
+        borrowed, covered = borrow(activations_root(root), path, spec, keys) if reuse else ([], set())
+        plan = _own_plan(lengths, covered, shard_tokens)
+        manifest = _start_manifest(path, spec, plan, borrowed, prompts, lm)
     _adopt_records(path, manifest)
     mine = range(len(plan)) if part is None else range(part[0], len(plan), part[1])
     todo = [s for s in mine if not _shard_ok(path, manifest, s)]
@@ -115,6 +127,7 @@ def extract(
             for s in todo:
                 t0 = time.perf_counter()
                 tensors = _extract_shard(lm, prompts, plan[s], layers, parsed, store_tokens, budget, advance)
+                tensors["prompt_key"] = keys[plan[s]]
                 with atomic_path(path / shard_name(s)) as tmp:
                     save_file(tensors, str(tmp))
                 manifest["shards"][s] = {
@@ -124,10 +137,10 @@ def extract(
                 if part is None:
                     write_json(path / MANIFEST, manifest)
                 else:  # the manifest is shared by every part: each shard's record goes beside it
-                    write_json(path / _record_name(s), manifest["shards"][s])
+                    write_json(path / _record_name(s), manifest["shards"][s] | {"plan": manifest["plan"]})
     if part is not None:
         _adopt_records(path, manifest)
-        missing = [s for s in range(len(plan)) if not _shard_ok(path, manifest, s)]
+        missing = [s for s in range(len(manifest["shards"])) if not _shard_ok(path, manifest, s)]
         if missing:
             log.info("part %d/%d done; %d of %d shards are still to come from other parts (the last part to "
                      "finish writes the manifest)", part[0], part[1], len(missing), len(plan))
@@ -165,49 +178,77 @@ def _adopt_records(path: Path, manifest: dict[str, Any]) -> None:
         if info is None and record.is_file():
             try:
                 found = read_json(record)
-                if isinstance(found, dict) and found.get("file") == shard_name(s) and isinstance(found.get("sha256"), str):
+                # a record left by a run under another plan names other examples' shard
+                if (isinstance(found, dict) and found.get("file") == shard_name(s)
+                        and isinstance(found.get("sha256"), str) and found.get("plan") == manifest["plan"]):
                     manifest["shards"][s] = found
             except (OSError, ValueError):
                 log.warning("unreadable shard record %s: extracting that shard again", record)
 
 
-def _load_or_start_manifest(
-    path: Path, spec: dict[str, Any], plan: list[list[int]], prompts: list[FormattedPrompt], lm: LoadedModel
-) -> dict[str, Any]:
-    """The entry's manifest if it was made for the same spec, else a fresh one (written now)."""
-    if (path / MANIFEST).exists():
-        manifest = read_manifest(path)
-        if manifest is not None and _describes(manifest, spec, plan, prompts, lm):
-            return manifest
-        log.warning("cache entry %s has an unreadable or foreign manifest; starting it again", path.name)
-    path.mkdir(parents=True, exist_ok=True)
+def _existing_manifest(path: Path, spec: dict[str, Any], prompts: list[FormattedPrompt],
+                       lm: LoadedModel) -> dict[str, Any] | None:
+    """The entry's manifest if it was made for this extraction (same spec, and counts that fit it:
+    a hand-edited count would index past the data or leave rows unfilled), else None."""
+    if not (path / MANIFEST).exists():
+        return None
+    manifest = read_manifest(path)
+    if (manifest is not None and manifest["spec"] == spec and manifest["n_examples"] == len(prompts)
+            and manifest["d_model"] == lm.d_model):
+        return manifest
+    log.warning("cache entry %s has an unreadable or foreign manifest; starting it again", path.name)
+    return None
+
+
+def _own_plan(lengths: list[int], borrowed: set[int], shard_tokens: int) -> list[list[int]]:
+    """Shards of the examples no other entry holds, longest first."""
+    return shard_plan([i for i in length_order(lengths) if i not in borrowed], lengths, shard_tokens)
+
+
+def _resumable_plan(path: Path, manifest: dict[str, Any], lengths: list[int],
+                    shard_tokens: int) -> list[list[int]] | None:
+    """The shard plan an unfinished entry resumes under: its own shards come first in the manifest,
+    the borrowed ones after. None when it must start again: another shard size, or a donor shard
+    that is gone or changed."""
+    shards = manifest["shards"]
+    n_own = sum(1 for info in shards if info is None or "entry" not in info)
+    if any(info is None or "entry" not in info for info in shards[n_own:]):
+        return None
+    covered = borrowed_examples(path, shards[n_own:])
+    if covered is None or any(not 0 <= i < len(lengths) for i in covered):
+        return None
+    plan = _own_plan(lengths, covered, shard_tokens)
+    return plan if manifest["plan"] == sha256_json(plan) and len(plan) == n_own else None
+
+
+def _start_manifest(path: Path, spec: dict[str, Any], plan: list[list[int]], borrowed: list[dict[str, Any]],
+                    prompts: list[FormattedPrompt], lm: LoadedModel) -> dict[str, Any]:
     manifest = {
         "spec": spec, "plan": sha256_json(plan), "n_examples": len(prompts), "d_model": lm.d_model,
-        "n_truncated": sum(p.truncated for p in prompts), "complete": False, "shards": [None] * len(plan),
-        "provenance": provenance(),
+        "n_truncated": sum(p.truncated for p in prompts), "complete": False,
+        "shards": [None] * len(plan) + borrowed, "provenance": provenance(),
     }
     write_json(path / MANIFEST, manifest)
+    used = {info["view"] for info in borrowed}
+    for stale in path.glob(view_name(0).replace("00000", "*")):
+        if stale.name not in used:
+            stale.unlink(missing_ok=True)
     return manifest
-
-
-def _describes(
-    manifest: dict[str, Any], spec: dict[str, Any], plan: list[list[int]], prompts: list[FormattedPrompt],
-    lm: LoadedModel,
-) -> bool:
-    """Whether a readable manifest is this extraction's: same spec, and counts that fit it (a
-    hand-edited count would index past the data or leave rows unfilled)."""
-    same_plan = manifest["plan"] == sha256_json(plan)
-    return (manifest["spec"] == spec and manifest["n_examples"] == len(prompts) and manifest["d_model"] == lm.d_model
-            and (not same_plan or len(manifest["shards"]) == len(plan)))
 
 
 def _shard_ok(path: Path, manifest: dict[str, Any], s: int) -> bool:
     info = manifest["shards"][s]
     if info is None:
         return False
-    if verify_shard(path / info["file"], info["sha256"]):
+    if "entry" in info:
+        if borrowed_ok(path, info):
+            return True
+        log.warning("shard %s borrowed from cache entry %s is gone or changed: its prompts are extracted again",
+                    info["file"], info["entry"])
+    elif verify_shard(path / info["file"], info["sha256"]):
         return True
-    log.warning("shard %s of %s failed its checksum: extracting it again", info["file"], path.name)
+    else:
+        log.warning("shard %s of %s failed its checksum: extracting it again", info["file"], path.name)
     manifest["complete"] = False
     return False
 

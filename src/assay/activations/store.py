@@ -7,9 +7,12 @@ changes the numbers (see `extract.cache_spec`). Each shard holds a length-sorted
 - `pooled.L{layer}.{feature} [m, d]` float32: pooled features
 - `tokens.L{layer} [t, d]` (extraction dtype), `token_roles [t]`, `token_ids [t]`,
   `token_offsets [m + 1]`: per-token activations of every token but BOS, when stored
+- `prompt_key [m, 16]` uint8: each prompt's identity, so other entries can reuse it
 
 The manifest lists each finished shard with its sha256; a shard is checked before its first use in
-a process, and one that fails is never read.
+a process, and one that fails is never read. An entry may also borrow shards of another entry (its
+manifest records name that entry, and a view file maps the shard's rows onto this entry's
+examples; see `assay.activations.reuse`).
 """
 
 from __future__ import annotations
@@ -120,13 +123,27 @@ class ActivationSet:
 
     def _open(self, i: int):
         info = self._shards[i]
-        path = self.path / info["file"]
-        if not verify_shard(path, info["sha256"]):
+        borrowed = "entry" in info
+        path = (self.path.parent / info["entry"] if borrowed else self.path) / info["file"]
+        if not verify_shard(path, info["sha256"]) or (
+                borrowed and not verify_shard(self.path / info["view"], info["view_sha256"])):
             raise CacheCorruptError(
                 f"{path} is missing, truncated or corrupt (checksum mismatch); run the extraction "
                 "again: it re-extracts the bad shard"
+                if not borrowed else
+                f"{path}, which entry {self.key} borrows from entry {info['entry']}, is gone or changed; run "
+                "the same extraction again: it extracts those prompts anew"
             )
         return safe_open(str(path), framework="pt")
+
+    def _rows(self, i: int, f: Any) -> torch.Tensor:
+        """Shard i's example index of each of its rows (-1: a borrowed shard's row this entry lacks);
+        `f` is the shard, open."""
+        info = self._shards[i]
+        if "entry" not in info:
+            return f.get_tensor("example_index")
+        with safe_open(str(self.path / info["view"]), framework="pt") as view:
+            return view.get_tensor("example_index")
 
     @cached_property
     def _index(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -135,9 +152,10 @@ class ActivationSet:
         offsets, roles = [], []
         for s in range(len(self._shards)):
             with self._open(s) as f:
-                idx = f.get_tensor("example_index")
-                where[idx, 0] = s
-                where[idx, 1] = torch.arange(len(idx))
+                idx = self._rows(s, f)
+                mine = idx >= 0
+                where[idx[mine], 0] = s
+                where[idx[mine], 1] = torch.arange(len(idx))[mine]
                 if self.has_tokens:
                     offsets.append(f.get_tensor("token_offsets"))
                     roles.append(f.get_tensor("token_roles"))
@@ -156,7 +174,9 @@ class ActivationSet:
         out = torch.empty(self.n, self.d_model, dtype=torch.float32)
         for s in range(len(self._shards)):
             with self._open(s) as f:
-                out[f.get_tensor("example_index")] = f.get_tensor(f"pooled.L{layer}.{aggregation}")
+                idx = self._rows(s, f)
+                mine = idx >= 0
+                out[idx[mine]] = f.get_tensor(f"pooled.L{layer}.{aggregation}")[mine]
         return out
 
     def token_counts(self, mask: str = "all") -> torch.Tensor:
@@ -238,11 +258,13 @@ class ActivationSet:
         shard_order = torch.randperm(len(self._shards), generator=gen) if gen is not None else torch.arange(len(self._shards))
         for s in shard_order.tolist():
             keep = _role_filter(roles[s], mask)
-            if keep_example is not None:
+            if keep_example is not None or "entry" in self._shards[s]:
                 with self._open(s) as f:
-                    idx = f.get_tensor("example_index")
-                counts = offsets[s].diff()
-                keep &= torch.repeat_interleave(keep_example[idx], counts)
+                    idx = self._rows(s, f)
+                ours = idx >= 0  # a borrowed shard also holds its donor's other examples
+                if keep_example is not None:
+                    ours &= keep_example[idx.clamp(min=0)]
+                keep &= torch.repeat_interleave(ours, offsets[s].diff())
             total = len(keep)
             starts = list(range(0, total, chunk_tokens))
             if gen is not None:
@@ -315,14 +337,22 @@ def _manifest_problem(m: Any) -> str | None:
     if not isinstance(m["spec"]["model"].get("model"), str) or not all(isinstance(x, int) for x in m["spec"]["layers"]):
         return "names no model or has non-integer layers"
     shards = m["shards"]
-    # A shard's file must be a name inside the entry: the manifest must not point reads elsewhere.
-    if not all(s is None or (isinstance(s, dict) and isinstance(s.get("file"), str) and Path(s["file"]).name == s["file"]
-                             and isinstance(s.get("sha256"), str) and isinstance(s.get("n_examples"), int))
+    # A shard's file must be a name inside the entry, or inside a sibling entry it borrows from: the
+    # manifest must not point reads elsewhere.
+    if not all(s is None or (isinstance(s, dict) and _plain(s.get("file")) and isinstance(s.get("sha256"), str)
+                             and isinstance(s.get("n_examples"), int)
+                             and ("entry" not in s or (_plain(s["entry"]) and _plain(s.get("view"))
+                                                       and isinstance(s.get("view_sha256"), str))))
                for s in shards):
         return "has a malformed shard record"
     if m.get("complete") and (None in shards or sum(s["n_examples"] for s in shards) != m["n_examples"]):
         return f"says complete but its shards do not hold its {m['n_examples']} examples"
     return None
+
+
+def _plain(name: Any) -> bool:
+    """A file or folder name with no path in it (not "", ".", ".." or "a/b")."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
 
 
 def list_entries(root: str | Path | None = None) -> list[dict[str, Any]]:

@@ -152,7 +152,8 @@ def train_sweep(lm: Any, layer: int, cfg: FrequencyConfig, progress: bool = True
         if v.arch != "topk":
             targets[name] = t
     acts = extract(lm, texts, [layer], dataset_fingerprint=sha256_json(["wiki", texts]), aggregations=("all.mean",),
-                   store_tokens=True, chat=False, max_tokens=cfg.max_tokens, progress=progress)
+                   store_tokens=True, chat=False, max_tokens=cfg.max_tokens, progress=progress,
+                   reuse=False)  # a training stream: the same order whatever the cache held
     sample = torch.cat(list(itertools.islice(acts.iter_tokens(layer, 4096, mask="all", shuffle_seed=cfg.seed), 2)))
     for name, t in targets.items():
         start_near_target_(saes[name], sample, t)

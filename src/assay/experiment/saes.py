@@ -85,7 +85,8 @@ class Corpora:
             t = self.texts[corpus]
             self._acts[corpus] = extract_on_all_ranks(
                 self.lm, t, [self.cfg.layer], dataset_fingerprint=sha256_json([corpus, t]), aggregations=("all.mean",),
-                store_tokens=True, chat=False, max_tokens=self.cfg.sae.max_tokens, progress=self.progress)
+                store_tokens=True, chat=False, max_tokens=self.cfg.sae.max_tokens, progress=self.progress,
+                reuse=False)  # a training stream: the same order whatever the cache held
         return self._acts[corpus]
 
     def stream(self, sae: StudySAE, seed: int) -> Iterator[torch.Tensor]:

@@ -135,7 +135,7 @@ def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts:
     chat = corpus == "chat-user"
     acts = extract_on_all_ranks(lm, texts, [layer], dataset_fingerprint=sha256_json([corpus, texts]),
                                 aggregations=("all.mean",), store_tokens=True, chat=chat, max_tokens=max_tokens,
-                                progress=progress)
+                                progress=progress, reuse=False)  # a training stream: same order on any cache
     # "user" = the user's own words for one-turn chat prompts, and every token but BOS otherwise.
     mask = "user" if chat else "all"
     return itertools.chain.from_iterable(
