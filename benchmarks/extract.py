@@ -18,26 +18,13 @@ import time
 from pathlib import Path
 
 import torch
+from peak import matmul_peak  # benchmarks/peak.py (scale.py imports it from here)
 
 from assay.activations import extract
 from assay.data import build_benchmark
 from assay.models import format_prompts, load
 from assay.provenance import provenance
 from assay.runtime import tune_malloc
-
-
-def matmul_peak(dtype: torch.dtype, seconds: float = 3.0) -> dict:
-    """Best GFLOP/s over a few GEMM shapes, including the model's own (tokens x 640 x 2048)."""
-    best = {}
-    for m, k, n in [(4096, 640, 2048), (4096, 2048, 640), (2048, 2048, 2048), (4096, 4096, 4096)]:
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        a @ b
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 4:
-            a @ b
-            reps += 1
-        best[f"{m}x{k}x{n}"] = 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
-    return {"gflops_by_shape": best, "peak_gflops": max(best.values())}
 
 
 def flops_to_layer(cfg, lengths: list[int], layer: int) -> float:

@@ -1,14 +1,22 @@
-"""Tokens/s of assay's TopK trainer versus SAELens's TopK training step, on the same activations.
+"""Tokens/s of assay's TopK trainer versus SAELens's TopK training step, at widths 4,096 and 16,384.
 
-Same width, k, batch size and dtype; Adam on both sides. assay runs its full `Trainer` (shuffle
-buffer, dead-latent tracking, decoder-norm constraint, AuxK) over an in-memory stream; SAELens
-runs `TopKTrainingSAE.training_forward_pass` + backward + Adam step (its core step, without the
-activation store around it), with and without its sparse-activation option. Run with a Python that
-has sae-lens (not an assay dependency):
+One run, the same activations (random normal, in memory) and dtype (float32) for every width and
+both sides; same k, batch size and Adam. assay runs its full `Trainer` (shuffle buffer, dead-latent
+tracking, decoder-norm constraint, AuxK) over an in-memory stream; SAELens runs
+`TopKTrainingSAE.training_forward_pass` + backward + Adam step (its core step, without the activation
+store around it), with and without its sparse-activation option.
 
-    /work/saelens-venv/bin/python benchmarks/sae_train.py [--steps 8] [--width 4096] [--k 32]
+The bound: TopK training cannot beat the dense encoder forward, 2 x d_in x width FLOP per token, at
+this run's fp32 matmul peak (`benchmarks/peak.py`, measured before and after the timings; the higher
+is used). Per width the JSON has tokens/s of each side, the speed-up, the bound in tokens/s
+(peak / (2 x d_in x width)) and each side's fraction of it.
 
-Writes benchmarks/results/sae_train.json.
+Run with the Python of the SAELens venv (`make saelens`; `make bench` runs it), which imports assay
+from src/:
+
+    .venv-saelens/bin/python benchmarks/sae_train.py [--steps 6] [--widths 4096,16384] [--k 32]
+
+Writes benchmarks/results/sae_train.json (or --out). About 3 to 4 minutes on 2 cores at the defaults.
 """
 
 from __future__ import annotations
@@ -20,36 +28,43 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "src"))  # the work tree's assay: it is not installed in the SAELens venv
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from peak import matmul_peak  # noqa: E402
 
 from assay.provenance import provenance  # noqa: E402
 from assay.sae import TrainConfig, Trainer, build_sae  # noqa: E402
 
+DTYPE = torch.float32
 
-def bench_assay(x: torch.Tensor, args) -> float:
-    sae = build_sae("topk", d_in=x.shape[1], d_sae=args.width, k=args.k)
+
+def bench_assay(x: torch.Tensor, width: int, args) -> float:
+    sae = build_sae("topk", d_in=x.shape[1], d_sae=width, k=args.k, dtype="float32")
     n_tok = args.steps * args.batch
     cfg = TrainConfig(total_tokens=n_tok, batch_size=args.batch, progress=False, scale_batches=1,
                       buffer_tokens=2 * args.batch, dead_after_tokens=args.batch * 2, log_every=10**9)
-    warm = Trainer({"w": build_sae("topk", d_in=x.shape[1], d_sae=args.width, k=args.k)},
+    warm = Trainer({"w": build_sae("topk", d_in=x.shape[1], d_sae=width, k=args.k)},
                    TrainConfig(**{**cfg.__dict__, "total_tokens": 2 * args.batch}))
     warm.fit([x[: 2 * args.batch]])
     t0 = time.perf_counter()
     Trainer({"topk": sae}, cfg).fit(x[i:i + args.batch] for i in range(0, n_tok + 2 * args.batch, args.batch))
-    return n_tok / (time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    assert sae.W_enc.dtype == DTYPE
+    return n_tok / seconds
 
 
-def bench_saelens(x: torch.Tensor, args, sparse: bool) -> float:
+def bench_saelens(x: torch.Tensor, width: int, args, sparse: bool) -> float:
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=args.width, k=args.k,
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=width, k=args.k, dtype="float32",
                                                 use_sparse_activations=sparse))
+    assert sae.W_enc.dtype == DTYPE
     opt = torch.optim.Adam(sae.parameters(), lr=3e-4)
-    dead = torch.zeros(args.width, dtype=torch.bool)
-    dead[: args.width // 8] = True  # AuxK active, as in ours after the dead window
+    dead = torch.zeros(width, dtype=torch.bool)
+    dead[: width // 8] = True  # AuxK active, as in ours after the dead window
 
     def step(batch):
         out = sae.training_forward_pass(TrainStepInput(sae_in=batch, coefficients={}, dead_neuron_mask=dead,
@@ -65,35 +80,68 @@ def bench_saelens(x: torch.Tensor, args, sparse: bool) -> float:
     return args.steps * args.batch / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--width", type=int, default=4096)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--d-in", type=int, default=640)  # Gemma 3 270M's d_model
-    args = p.parse_args()
-    import sae_lens
-
-    torch.manual_seed(0)
-    x = torch.randn((args.steps + 4) * args.batch, args.d_in)
-    rows = {"assay_topk_trainer": bench_assay(x, args), "saelens_topk_step": bench_saelens(x, args, sparse=False)}
+def one_width(x: torch.Tensor, width: int, args) -> dict:
+    rows = {"assay_topk_trainer": bench_assay(x, width, args),
+            "saelens_topk_step": bench_saelens(x, width, args, sparse=False)}
     notes = {}
     try:
-        rows["saelens_topk_step_sparse_activations"] = bench_saelens(x, args, sparse=True)
+        rows["saelens_topk_step_sparse_activations"] = bench_saelens(x, width, args, sparse=True)
     except Exception as err:  # sae-lens's sparse mode has no backward for some sparse ops on CPU
         notes["saelens_topk_step_sparse_activations"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
     best_lens = max(v for k, v in rows.items() if k.startswith("saelens"))
+    return {"tokens_per_s": rows, "speedup_vs_saelens": rows["assay_topk_trainer"] / best_lens, "notes": notes}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=6, help="timed steps per side and width (after one warm-up)")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--widths", default="4096,16384", help="comma-separated SAE widths")
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--d-in", type=int, default=640)  # Gemma 3 270M's d_model
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sae_train.json"))
+    args = p.parse_args()
+    widths = [int(w) for w in args.widths.split(",")]
+    import sae_lens
+
+    torch.manual_seed(0)
+    x = torch.randn((args.steps + 4) * args.batch, args.d_in, dtype=DTYPE)  # one set for every width and side
+    peak_before = matmul_peak(DTYPE)
+    per_width = {w: one_width(x, w, args) for w in widths}
+    peak_after = matmul_peak(DTYPE)
+    peak = max(peak_before["peak_gflops"], peak_after["peak_gflops"])
+    out_widths = {}
+    for w, r in per_width.items():
+        bound_flop = 2 * args.d_in * w
+        bound_rate = peak * 1e9 / bound_flop
+        out_widths[str(w)] = {
+            "tokens_per_s": {k: round(v, 1) for k, v in r["tokens_per_s"].items()},
+            "speedup_vs_saelens": round(r["speedup_vs_saelens"], 2),
+            "bound_flop_per_token": bound_flop, "bound_tokens_per_s": round(bound_rate, 1),
+            "assay_fraction_of_bound": round(r["tokens_per_s"]["assay_topk_trainer"] / bound_rate, 3),
+            "saelens_fraction_of_bound": round(r["tokens_per_s"]["saelens_topk_step"] / bound_rate, 3),
+            "notes": r["notes"],
+        }
     result = provenance(
-        benchmark="sae_train", dtype="float32", device="cpu", threads=torch.get_num_threads(),
-        sae_lens_version=sae_lens.__version__, config=vars(args), activations="random normal, in memory",
-        tokens_per_s={k: round(v, 1) for k, v in rows.items()},
-        speedup_vs_saelens=round(rows["assay_topk_trainer"] / best_lens, 2), notes=notes,
+        benchmark="sae_train", dtype=str(DTYPE).removeprefix("torch."), device="cpu", threads=torch.get_num_threads(),
+        sae_lens_version=sae_lens.__version__, config={**{k: v for k, v in vars(args).items() if k != "out"}, "widths": widths},
+        activations="random normal, in memory, one tensor for every width and both sides",
+        bound="dense encoder forward, 2 x d_in x width FLOP per token, at this run's fp32 matmul peak",
+        matmul_peak={"dtype": str(DTYPE).removeprefix("torch."), "peak_gflops": round(peak, 1),
+                     "before": peak_before, "after": peak_after},
+        widths=out_widths,
     )
-    out = ROOT / "benchmarks" / "results" / "sae_train.json"
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["tokens_per_s"], indent=2), "speedup", result["speedup_vs_saelens"])
+    print(f"fp32 matmul peak {peak:,.1f} GFLOP/s (before {peak_before['peak_gflops']:,.1f}, "
+          f"after {peak_after['peak_gflops']:,.1f})")
+    for w, r in out_widths.items():
+        t = r["tokens_per_s"]
+        print(f"width {int(w):>6,}: assay {t['assay_topk_trainer']:>9,.1f} tok/s, SAELens {t['saelens_topk_step']:>9,.1f} "
+              f"tok/s, speed-up {r['speedup_vs_saelens']:.2f}x; bound {r['bound_tokens_per_s']:,.0f} tok/s, assay "
+              f"{r['assay_fraction_of_bound']:.3f} of it, SAELens {r['saelens_fraction_of_bound']:.3f}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
