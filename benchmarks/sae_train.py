@@ -6,17 +6,21 @@ tracking, decoder-norm constraint, AuxK) over an in-memory stream; SAELens runs
 `TopKTrainingSAE.training_forward_pass` + backward + Adam step (its core step, without the activation
 store around it), with and without its sparse-activation option.
 
+Both sides run under two AuxK loads, each with the same fixed dead set: none dead (AuxK idle), and
+an eighth of the latents dead (AuxK active on every step). Both run in one process with glibc's
+malloc tuned as the CLI tunes it (`assay.runtime.tune_malloc`).
+
 The bound: TopK training cannot beat the dense encoder forward, 2 x d_in x width FLOP per token, at
 this run's fp32 matmul peak (`benchmarks/peak.py`, measured before and after the timings; the higher
-is used). Per width the JSON has tokens/s of each side, the speed-up, the bound in tokens/s
-(peak / (2 x d_in x width)) and each side's fraction of it.
+is used). Per width and AuxK load the JSON has tokens/s of each side, the speed-up, and each side's
+fraction of the bound in tokens/s (peak / (2 x d_in x width)).
 
 Run with the Python of the SAELens venv (`make saelens`; `make bench` runs it), which imports assay
 from src/:
 
     .venv-saelens/bin/python benchmarks/sae_train.py [--steps 6] [--widths 4096,16384] [--k 32]
 
-Writes benchmarks/results/sae_train.json (or --out). About 3 to 4 minutes on 2 cores at the defaults.
+Writes benchmarks/results/sae_train.json (or --out). About 5 minutes on 2 cores at the defaults.
 """
 
 from __future__ import annotations
@@ -35,27 +39,52 @@ import torch  # noqa: E402
 from peak import matmul_peak  # noqa: E402
 
 from assay.provenance import provenance  # noqa: E402
+from assay.runtime import tune_malloc  # noqa: E402
 from assay.sae import TrainConfig, Trainer, build_sae  # noqa: E402
 
 DTYPE = torch.float32
 
 
-def bench_assay(x: torch.Tensor, width: int, args) -> float:
+# The two AuxK loads both sides run under: no dead latents (AuxK idle), and the same fixed eighth of
+# the latents dead (AuxK active on every step). Ours finds no dead latent at all in a few steps on
+# random data, so without a fixed dead set it would skip AuxK while SAELens ran it.
+DEAD_FRACTIONS = {"auxk_idle": 0.0, "auxk_one_eighth_dead": 0.125}
+
+
+def dead_mask(width: int, fraction: float) -> torch.Tensor:
+    dead = torch.zeros(width, dtype=torch.bool)
+    dead[: int(width * fraction)] = True
+    return dead
+
+
+class FixedDeadTrainer(Trainer):
+    """assay's trainer with AuxK's dead set held fixed, as the SAELens step is given it."""
+
+    dead: torch.Tensor
+
+    def dead_latents(self, name: str) -> torch.Tensor:
+        return self.dead
+
+
+def bench_assay(x: torch.Tensor, width: int, dead: torch.Tensor, args) -> float:
     sae = build_sae("topk", d_in=x.shape[1], d_sae=width, k=args.k, dtype="float32")
     n_tok = args.steps * args.batch
     cfg = TrainConfig(total_tokens=n_tok, batch_size=args.batch, progress=False, scale_batches=1,
-                      buffer_tokens=2 * args.batch, dead_after_tokens=args.batch * 2, log_every=10**9)
-    warm = Trainer({"w": build_sae("topk", d_in=x.shape[1], d_sae=width, k=args.k)},
-                   TrainConfig(**{**cfg.__dict__, "total_tokens": 2 * args.batch}))
+                      buffer_tokens=2 * args.batch, log_every=10**9)
+    warm = FixedDeadTrainer({"w": build_sae("topk", d_in=x.shape[1], d_sae=width, k=args.k)},
+                            TrainConfig(**{**cfg.__dict__, "total_tokens": 2 * args.batch}))
+    warm.dead = dead
     warm.fit([x[: 2 * args.batch]])
+    trainer = FixedDeadTrainer({"topk": sae}, cfg)
+    trainer.dead = dead
     t0 = time.perf_counter()
-    Trainer({"topk": sae}, cfg).fit(x[i:i + args.batch] for i in range(0, n_tok + 2 * args.batch, args.batch))
+    trainer.fit(x[i:i + args.batch] for i in range(0, n_tok + 2 * args.batch, args.batch))
     seconds = time.perf_counter() - t0
-    assert sae.W_enc.dtype == DTYPE
+    assert sae.W_enc.dtype == DTYPE and trainer.state.step == args.steps
     return n_tok / seconds
 
 
-def bench_saelens(x: torch.Tensor, width: int, args, sparse: bool) -> float:
+def bench_saelens(x: torch.Tensor, width: int, dead: torch.Tensor, args, sparse: bool) -> float:
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
@@ -63,8 +92,6 @@ def bench_saelens(x: torch.Tensor, width: int, args, sparse: bool) -> float:
                                                 use_sparse_activations=sparse))
     assert sae.W_enc.dtype == DTYPE
     opt = torch.optim.Adam(sae.parameters(), lr=3e-4)
-    dead = torch.zeros(width, dtype=torch.bool)
-    dead[: width // 8] = True  # AuxK active, as in ours after the dead window
 
     def step(batch):
         out = sae.training_forward_pass(TrainStepInput(sae_in=batch, coefficients={}, dead_neuron_mask=dead,
@@ -80,16 +107,18 @@ def bench_saelens(x: torch.Tensor, width: int, args, sparse: bool) -> float:
     return args.steps * args.batch / (time.perf_counter() - t0)
 
 
-def one_width(x: torch.Tensor, width: int, args) -> dict:
-    rows = {"assay_topk_trainer": bench_assay(x, width, args),
-            "saelens_topk_step": bench_saelens(x, width, args, sparse=False)}
+def one_condition(x: torch.Tensor, width: int, fraction: float, args) -> dict:
+    dead = dead_mask(width, fraction)
+    rows = {"assay_topk_trainer": bench_assay(x, width, dead, args),
+            "saelens_topk_step": bench_saelens(x, width, dead, args, sparse=False)}
     notes = {}
     try:
-        rows["saelens_topk_step_sparse_activations"] = bench_saelens(x, width, args, sparse=True)
+        rows["saelens_topk_step_sparse_activations"] = bench_saelens(x, width, dead, args, sparse=True)
     except Exception as err:  # sae-lens's sparse mode has no backward for some sparse ops on CPU
         notes["saelens_topk_step_sparse_activations"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
     best_lens = max(v for k, v in rows.items() if k.startswith("saelens"))
-    return {"tokens_per_s": rows, "speedup_vs_saelens": rows["assay_topk_trainer"] / best_lens, "notes": notes}
+    return {"dead_latents": int(dead.sum()), "tokens_per_s": rows,
+            "speedup_vs_saelens": rows["assay_topk_trainer"] / best_lens, "notes": notes}
 
 
 def main() -> None:
@@ -104,28 +133,34 @@ def main() -> None:
     widths = [int(w) for w in args.widths.split(",")]
     import sae_lens
 
+    # as the CLI does at start-up: glibc otherwise maps and unmaps every big tensor (both sides gain)
+    malloc_tuned = tune_malloc()
     torch.manual_seed(0)
     x = torch.randn((args.steps + 4) * args.batch, args.d_in, dtype=DTYPE)  # one set for every width and side
     peak_before = matmul_peak(DTYPE)
-    per_width = {w: one_width(x, w, args) for w in widths}
+    per_width = {w: {c: one_condition(x, w, f, args) for c, f in DEAD_FRACTIONS.items()} for w in widths}
     peak_after = matmul_peak(DTYPE)
     peak = max(peak_before["peak_gflops"], peak_after["peak_gflops"])
     out_widths = {}
-    for w, r in per_width.items():
+    for w, conditions in per_width.items():
         bound_flop = 2 * args.d_in * w
         bound_rate = peak * 1e9 / bound_flop
-        out_widths[str(w)] = {
-            "tokens_per_s": {k: round(v, 1) for k, v in r["tokens_per_s"].items()},
-            "speedup_vs_saelens": round(r["speedup_vs_saelens"], 2),
-            "bound_flop_per_token": bound_flop, "bound_tokens_per_s": round(bound_rate, 1),
-            "assay_fraction_of_bound": round(r["tokens_per_s"]["assay_topk_trainer"] / bound_rate, 3),
-            "saelens_fraction_of_bound": round(r["tokens_per_s"]["saelens_topk_step"] / bound_rate, 3),
-            "notes": r["notes"],
-        }
+        out_widths[str(w)] = {"bound_flop_per_token": bound_flop, "bound_tokens_per_s": round(bound_rate, 1)}
+        for c, r in conditions.items():
+            out_widths[str(w)][c] = {
+                "dead_latents": r["dead_latents"],
+                "tokens_per_s": {k: round(v, 1) for k, v in r["tokens_per_s"].items()},
+                "speedup_vs_saelens": round(r["speedup_vs_saelens"], 2),
+                "assay_fraction_of_bound": round(r["tokens_per_s"]["assay_topk_trainer"] / bound_rate, 3),
+                "saelens_fraction_of_bound": round(r["tokens_per_s"]["saelens_topk_step"] / bound_rate, 3),
+                "notes": r["notes"],
+            }
     result = provenance(
         benchmark="sae_train", dtype=str(DTYPE).removeprefix("torch."), device="cpu", threads=torch.get_num_threads(),
         sae_lens_version=sae_lens.__version__, config={**{k: v for k, v in vars(args).items() if k != "out"}, "widths": widths},
         activations="random normal, in memory, one tensor for every width and both sides",
+        auxk_conditions={c: f"{f:g} of the latents dead, the same fixed set on both sides" for c, f in DEAD_FRACTIONS.items()},
+        malloc_tuned=malloc_tuned,
         bound="dense encoder forward, 2 x d_in x width FLOP per token, at this run's fp32 matmul peak",
         matmul_peak={"dtype": str(DTYPE).removeprefix("torch."), "peak_gflops": round(peak, 1),
                      "before": peak_before, "after": peak_after},
@@ -137,10 +172,12 @@ def main() -> None:
     print(f"fp32 matmul peak {peak:,.1f} GFLOP/s (before {peak_before['peak_gflops']:,.1f}, "
           f"after {peak_after['peak_gflops']:,.1f})")
     for w, r in out_widths.items():
-        t = r["tokens_per_s"]
-        print(f"width {int(w):>6,}: assay {t['assay_topk_trainer']:>9,.1f} tok/s, SAELens {t['saelens_topk_step']:>9,.1f} "
-              f"tok/s, speed-up {r['speedup_vs_saelens']:.2f}x; bound {r['bound_tokens_per_s']:,.0f} tok/s, assay "
-              f"{r['assay_fraction_of_bound']:.3f} of it, SAELens {r['saelens_fraction_of_bound']:.3f}")
+        for c in DEAD_FRACTIONS:
+            t = r[c]["tokens_per_s"]
+            print(f"width {int(w):>6,} {c:>21}: assay {t['assay_topk_trainer']:>9,.1f} tok/s, SAELens "
+                  f"{t['saelens_topk_step']:>9,.1f} tok/s, speed-up {r[c]['speedup_vs_saelens']:.2f}x; assay "
+                  f"{r[c]['assay_fraction_of_bound']:.3f} of the bound ({r['bound_tokens_per_s']:,.0f} tok/s), "
+                  f"SAELens {r[c]['saelens_fraction_of_bound']:.3f}")
     print(f"wrote {out}")
 
 

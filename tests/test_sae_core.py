@@ -13,7 +13,12 @@ def _grads(sae):
     return {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
 
 
-def test_topk_sparse_backward_matches_dense():
+@pytest.mark.parametrize("aux_path", ["dense over the dead columns", "sparse kernels"])
+def test_topk_sparse_backward_matches_dense(aux_path, monkeypatch):
+    from assay.sae.architectures import topk
+
+    if aux_path == "sparse kernels":  # 14 dead latents, aux_k 6: the dense AuxK path unless forced off
+        monkeypatch.setattr(topk, "DENSE_AUX_RATIO", 0)
     torch.manual_seed(0)
     sae = build_sae("topk", d_in=12, d_sae=40, k=5, aux_k=6, aux_k_coefficient=0.5)
     with torch.no_grad():
@@ -106,3 +111,25 @@ def test_folding_the_input_scale_keeps_the_function(arch):
     want = sae(x * scale) / scale
     sae.fold_input_scale_(scale)
     assert torch.allclose(sae(x), want, atol=1e-4)
+
+
+def test_subset_encode_recomputes_from_a_low_precision_pre():
+    """With a bf16 shortlist `pre`, AuxK's dead columns are recomputed in full precision: the same
+    values and gradients as from the float32 `pre`."""
+    from assay.sae.sparse import subset_encode
+
+    torch.manual_seed(0)
+    x, b_dec = torch.randn(16, 8), torch.randn(8, requires_grad=True)
+    W_enc, b_enc = torch.randn(8, 24, requires_grad=True), torch.randn(24, requires_grad=True)
+    cols = torch.tensor([1, 5, 6, 20])
+    pre = ((x - b_dec) @ W_enc + b_enc).detach()
+    results = []
+    for p in (pre, pre.bfloat16()):
+        out = subset_encode(x, b_dec, W_enc, b_enc, cols, p)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), b_dec.grad.clone(), W_enc.grad.clone(), b_enc.grad.clone()))
+        for t in (b_dec, W_enc, b_enc):
+            t.grad = None
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert results[0][2][:, [0, 2, 3]].abs().sum() == 0 and results[0][2][:, 1].abs().sum() > 0

@@ -145,6 +145,44 @@ def gather_encode(x, b_dec, W_enc, b_enc, idx, pre):
     return SparseEncodeAt.apply(x, b_dec, W_enc, b_enc, idx, at)
 
 
+class SubsetEncode(torch.autograd.Function):
+    """pre[:, j] = (x - b_dec) . W_enc[:, cols[j]] + b_enc[cols[j]] for a few columns `cols`, given
+    their values (computed anyway); the backward is one dense [d_in, n] product, and, like
+    `SparseEncodeAt`, forms no [n, d_in] input gradient unless x itself needs one."""
+
+    @staticmethod
+    def forward(ctx, x, b_dec, W_enc, b_enc, cols, pre_at):  # type: ignore[override]
+        ctx.save_for_backward(x, b_dec, W_enc, cols)
+        return pre_at.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, b_dec, W_enc, cols = ctx.saved_tensors
+        g_x = g_bdec = g_W = None
+        g_b = torch.zeros(W_enc.shape[1], device=grad.device, dtype=W_enc.dtype)
+        g_b[cols] = grad.sum(0).to(W_enc.dtype)
+        if ctx.needs_input_grad[2]:
+            x_cent = x - b_dec if b_dec is not None else x
+            g_W = torch.zeros_like(W_enc)
+            g_W[:, cols] = (x_cent.t().to(grad.dtype) @ grad).to(W_enc.dtype)
+        if b_dec is not None and ctx.needs_input_grad[1]:
+            g_bdec = -(W_enc @ g_b)
+        if ctx.needs_input_grad[0]:
+            g_x = (grad @ W_enc[:, cols].t().to(grad.dtype)).to(x.dtype)
+        return g_x, g_bdec, g_W, (g_b if ctx.needs_input_grad[3] else None), None, None
+
+
+def subset_encode(x, b_dec, W_enc, b_enc, cols, pre):
+    """Differentiable pre-activations `[n, len(cols)]` of the columns `cols`, given detached `pre`
+    (recomputed exactly when `pre` is a low-precision copy)."""
+    if pre.dtype == W_enc.dtype:
+        at = pre[:, cols]
+    else:
+        with torch.no_grad():
+            at = torch.addmm(b_enc[cols], x - b_dec if b_dec is not None else x, W_enc[:, cols])
+    return SubsetEncode.apply(x, b_dec, W_enc, b_enc, cols, at)
+
+
 def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     return SparseDecode.apply(vals, idx, W_dec)
 

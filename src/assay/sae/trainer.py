@@ -169,7 +169,7 @@ class Trainer:
         record: dict[str, Any] = {"step": st.step + 1, "tokens": st.tokens_seen + n}
         var = self._variance(x) if logging_step else None
         for name, sae in self.saes.items():
-            dead = (self.since_fired[name] >= cfg.dead_window).to(x.device)
+            dead = self.dead_latents(name).to(x.device)
             out = sae.loss(x, sparsity_scale=sp, dead=dead)
             opt = self.opts[name]
             opt.zero_grad(set_to_none=True)
@@ -194,6 +194,11 @@ class Trainer:
         st.tokens_seen += n
         if len(record) > 2:
             st.history.append(record)
+
+    def dead_latents(self, name: str) -> torch.Tensor:
+        """SAE `name`'s latents that have not fired for `dead_window` tokens: AuxK's targets (a
+        benchmark overrides this to hold the dead set fixed)."""
+        return self.since_fired[name] >= self.cfg.dead_window
 
     # --- keeping the ranks identical ---------------------------------------------------------
     def _average_gradients(self, sae: SAE, n_local: int, n: int) -> None:
