@@ -13,7 +13,10 @@ malloc tuned as the CLI tunes it (`assay.runtime.tune_malloc`).
 The bound: TopK training cannot beat the dense encoder forward, 2 x d_in x width FLOP per token, at
 this run's fp32 matmul peak (`benchmarks/peak.py`, measured before and after the timings; the higher
 is used). Per width and AuxK load the JSON has tokens/s of each side, the speed-up, and each side's
-fraction of the bound in tokens/s (peak / (2 x d_in x width)).
+fraction of the bound in tokens/s (peak / (2 x d_in x width)). Tokens/s is the batch over the
+median step time, the first step of each run left out (ours sets its input scale there; SAELens's is
+its warm-up): one step slowed by a neighbour on a shared machine does not move it. A step of ours is
+timed from one step's start to the next, so drawing the batch from the shuffle buffer counts.
 
 Run with the Python of the SAELens venv (`make saelens`; `make bench` runs it), which imports assay
 from src/:
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -58,30 +62,37 @@ def dead_mask(width: int, fraction: float) -> torch.Tensor:
 
 
 class FixedDeadTrainer(Trainer):
-    """assay's trainer with AuxK's dead set held fixed, as the SAELens step is given it."""
+    """assay's trainer with AuxK's dead set held fixed, as the SAELens step is given it; it records
+    when each step starts, so a step's time includes drawing its batch from the shuffle buffer."""
 
     dead: torch.Tensor
 
     def dead_latents(self, name: str) -> torch.Tensor:
         return self.dead
 
+    def _step(self, x: torch.Tensor) -> None:
+        self.starts.append(time.perf_counter())
+        super()._step(x)
+
+
+def median_step_seconds(starts: list[float], end: float) -> float:
+    """The median of the steps' times after the first (which also sets the input scale and b_dec):
+    one step slowed by a neighbour on a shared machine does not move it."""
+    times = [b - a for a, b in zip(starts, starts[1:] + [end])]
+    return statistics.median(times[1:])
+
 
 def bench_assay(x: torch.Tensor, width: int, dead: torch.Tensor, args) -> float:
     sae = build_sae("topk", d_in=x.shape[1], d_sae=width, k=args.k, dtype="float32")
-    n_tok = args.steps * args.batch
+    n_tok = (args.steps + 1) * args.batch
     cfg = TrainConfig(total_tokens=n_tok, batch_size=args.batch, progress=False, scale_batches=1,
                       buffer_tokens=2 * args.batch, log_every=10**9)
-    warm = FixedDeadTrainer({"w": build_sae("topk", d_in=x.shape[1], d_sae=width, k=args.k)},
-                            TrainConfig(**{**cfg.__dict__, "total_tokens": 2 * args.batch}))
-    warm.dead = dead
-    warm.fit([x[: 2 * args.batch]])
     trainer = FixedDeadTrainer({"topk": sae}, cfg)
-    trainer.dead = dead
-    t0 = time.perf_counter()
+    trainer.dead, trainer.starts = dead, []
     trainer.fit(x[i:i + args.batch] for i in range(0, n_tok + 2 * args.batch, args.batch))
-    seconds = time.perf_counter() - t0
-    assert sae.W_enc.dtype == DTYPE and trainer.state.step == args.steps
-    return n_tok / seconds
+    end = time.perf_counter()
+    assert sae.W_enc.dtype == DTYPE and trainer.state.step == args.steps + 1
+    return args.batch / median_step_seconds(trainer.starts, end)
 
 
 def bench_saelens(x: torch.Tensor, width: int, dead: torch.Tensor, args, sparse: bool) -> float:
@@ -100,11 +111,11 @@ def bench_saelens(x: torch.Tensor, width: int, dead: torch.Tensor, args, sparse:
         out.loss.backward()
         opt.step()
 
-    step(x[: args.batch])  # warm-up
-    t0 = time.perf_counter()
-    for i in range(args.steps):
+    starts = []
+    for i in range(args.steps + 1):  # the first is a warm-up, as ours sets up its scale there
+        starts.append(time.perf_counter())
         step(x[i * args.batch:(i + 1) * args.batch])
-    return args.steps * args.batch / (time.perf_counter() - t0)
+    return args.batch / median_step_seconds(starts, time.perf_counter())
 
 
 def one_condition(x: torch.Tensor, width: int, fraction: float, args) -> dict:
@@ -123,7 +134,8 @@ def one_condition(x: torch.Tensor, width: int, fraction: float, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=6, help="timed steps per side and width (after one warm-up)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per side, width and AuxK load (after a "
+                   "first step that is not counted); tokens/s is the batch over the median step time")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--widths", default="4096,16384", help="comma-separated SAE widths")
     p.add_argument("--k", type=int, default=32)
@@ -136,7 +148,7 @@ def main() -> None:
     # as the CLI does at start-up: glibc otherwise maps and unmaps every big tensor (both sides gain)
     malloc_tuned = tune_malloc()
     torch.manual_seed(0)
-    x = torch.randn((args.steps + 4) * args.batch, args.d_in, dtype=DTYPE)  # one set for every width and side
+    x = torch.randn((args.steps + 5) * args.batch, args.d_in, dtype=DTYPE)  # one set for every width and side
     peak_before = matmul_peak(DTYPE)
     per_width = {w: {c: one_condition(x, w, f, args) for c, f in DEAD_FRACTIONS.items()} for w in widths}
     peak_after = matmul_peak(DTYPE)
