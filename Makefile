@@ -55,11 +55,13 @@ test-fast: setup
 # monitor_load.py builds the full benchmark's data first if it is not cached.
 BENCH_BUNDLE := docs/results/monitor-full
 
+# scale.py runs first: its table must name a clean commit (tests/test_scale_table.py), and every
+# benchmark after it leaves the tree dirty by rewriting its committed JSON.
 bench: setup saelens
+	$(BIN)/python benchmarks/scale.py
 	$(SAELENS_BIN)/python benchmarks/sae_train.py
 	$(SAELENS_BIN)/python benchmarks/saelens_interop.py
 	$(BIN)/python benchmarks/extract.py
-	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/generate_overhead.py --bundle $(BENCH_BUNDLE)
 	$(BIN)/python benchmarks/monitor_load.py --bundle $(BENCH_BUNDLE)
 

@@ -205,3 +205,17 @@ def test_reuse_false_extracts_everything_into_its_own_shards(tiny, tmp_path, for
     forwards.clear()
     own = extract(tiny, PROMPTS[:3], 1, root=tmp_path, progress=False, reuse=False)
     assert ran(forwards) == [0, 1, 2] and not list(own.path.glob("view-*"))
+
+
+def test_parts_borrow_alike_and_together_complete_the_entry(tiny, tmp_path, forwards):
+    """Two parts (a Slurm array's, or torchrun's ranks) each find the same donor shards: between
+    them they run every new prompt once and no borrowed one."""
+    extract(tiny, PROMPTS, 1, root=tmp_path, progress=False)
+    texts = PROMPTS[:4] + NEW + [f"Name a colour, number {i}." for i in range(6)]
+    forwards.clear()
+    first = extract(tiny, texts, 1, root=tmp_path, progress=False, shard_tokens=40, part=(0, 2))
+    second = extract(tiny, texts, 1, root=tmp_path, progress=False, shard_tokens=40, part=(1, 2))
+    assert first is None and second is not None and second.manifest["complete"]
+    assert ran(forwards) == list(range(4, len(texts)))
+    alone = extract(tiny, texts, 1, root=tmp_path / "alone", progress=False)
+    torch.testing.assert_close(second.pooled(1, "all.mean"), alone.pooled(1, "all.mean"), rtol=1e-5, atol=1e-5)
