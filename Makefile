@@ -55,8 +55,8 @@ test-fast: setup
 # monitor_load.py builds the full benchmark's data first if it is not cached.
 BENCH_BUNDLE := docs/results/monitor-full
 
-# scale.py runs first: its table must name a clean commit (tests/test_scale_table.py), and every
-# benchmark after it leaves the tree dirty by rewriting its committed JSON.
+# Each rewrites its committed JSON as it goes; provenance does not count those outputs as changes,
+# so on a committed tree every result (and scale.py's table) names a clean commit.
 bench: setup saelens
 	$(BIN)/python benchmarks/scale.py
 	$(SAELENS_BIN)/python benchmarks/sae_train.py

@@ -14,17 +14,24 @@ import torch
 from assay import __version__
 
 
-def git_commit() -> str | None:
-    """The commit of the assay checkout, with `+dirty` when it has uncommitted changes."""
-    repo = Path(__file__).resolve().parents[2]
+BENCHMARK_OUTPUTS = ("benchmarks/results", "docs/scale.md")
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """The commit of the assay checkout, with `+dirty` when it has uncommitted changes (other than
+    benchmark outputs). `repo`: another checkout than this one's."""
+    repo = repo or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
         )
         if sha.returncode != 0:
             return None
+        # Benchmark outputs are no input to anything: `make bench` rewrites them one benchmark after
+        # another, and the later benchmarks' code is the commit's all the same.
         dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".",
+             *(f":(exclude){p}" for p in BENCHMARK_OUTPUTS)],
             capture_output=True, text=True, timeout=5,
         )
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
