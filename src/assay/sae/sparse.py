@@ -145,15 +145,10 @@ def gather_encode(x, b_dec, W_enc, b_enc, idx, pre):
     return SparseEncodeAt.apply(x, b_dec, W_enc, b_enc, idx, at)
 
 
-class SubsetEncode(torch.autograd.Function):
-    """pre[:, j] = (x - b_dec) . W_enc[:, cols[j]] + b_enc[cols[j]] for a few columns `cols`, given
-    their values (computed anyway); the backward is one dense [d_in, n] product, and, like
-    `SparseEncodeAt`, forms no [n, d_in] input gradient unless x itself needs one."""
-
-    @staticmethod
-    def forward(ctx, x, b_dec, W_enc, b_enc, cols, pre_at):  # type: ignore[override]
-        ctx.save_for_backward(x, b_dec, W_enc, cols)
-        return pre_at.clone()
+class SubsetEncode(SparseEncodeAt):
+    """pre[:, j] = (x - b_dec) . W_enc[:, cols[j]] + b_enc[cols[j]] for a few columns `cols` (in
+    place of `idx`), given their values; the forward is `SparseEncodeAt`'s, the backward one dense
+    [d_in, n] product, and, like it, forms no [n, d_in] input gradient unless x itself needs one."""
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
