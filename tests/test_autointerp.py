@@ -130,8 +130,23 @@ def test_random_control_and_rerun_reuses_scored_latents(tmp_path):
     assert first["runs"]["random_sae"]["n_latents"] == 4  # as many as the real run, live ones only
     assert abs(scores(first, "random_sae")["uniform"] - 0.5) < 0.25  # token-blind latents: near chance
     n = len(calls)
+    # a finished run comes back as it was written, without reading a document's activations
+    class Untouchable(list):
+        def __getitem__(self, i):
+            raise AssertionError("a finished run read the activations again")
+
+        __iter__ = __getitem__
+
+    finished = autointerp(token_ids, Untouchable(acts), explainer, RuleScorer(), **kw)
+    assert len(calls) == n and finished == json.loads((tmp_path / "summary.json").read_text())
+    assert finished["runs"] == json.loads(json.dumps(first["runs"]))
+    # an interrupted one (no summary yet) reuses the latents it scored
+    (tmp_path / "summary.json").unlink()
     second = autointerp(token_ids, acts, explainer, RuleScorer(), **kw)
     assert len(calls) == n and second["runs"] == first["runs"]
+    # other settings are another run: nothing of the first is reused
+    autointerp(token_ids, acts, explainer, RuleScorer(), **(kw | {"seed": 4}))
+    assert len(calls) > n
 
 
 def test_rule_scorer_refuses_free_text_explanations():

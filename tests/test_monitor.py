@@ -439,7 +439,11 @@ def test_interrupted_selection_resumes_from_its_last_held_out_collection(built, 
     calls["n"] = 100  # no more interruptions; count the inner selections the rerun makes
     out = build_monitor(str(data), tmp_path / "bundle", **opts)
     assert calls["n"] - 100 == 2  # 4 collections, 2 resumed
-    assert not ckpt.exists()
+    # the finished selection stays: the same build again fits no held-out collection
+    calls["n"] = 200
+    again = build_monitor(str(data), tmp_path / "bundle-again", **opts)
+    assert calls["n"] == 200 and len(json.loads(ckpt.read_text())["folds"]) == 4
+    assert load_bundle(again).spec["card"]["selection"] == load_bundle(out).spec["card"]["selection"]
     want, got = load_bundle(first).spec["card"]["selection"], load_bundle(out).spec["card"]["selection"]
     assert got["chosen"] == want["chosen"] and got["mean_auroc"] == pytest.approx(want["mean_auroc"])
     for c in want["nested"]:

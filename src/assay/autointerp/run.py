@@ -143,13 +143,18 @@ def autointerp(
     random_sae control. Returns the summary; with `out_dir` also writes scores.jsonl, summary.json
     and autointerp.png there. With a `fingerprint` of the inputs, a rerun reuses finished latents."""
     from assay.fileio import sha256_json, write_json, write_text
-    from assay.provenance import provenance
+    from assay.provenance import code_fingerprint, provenance
 
     settings = {"explainer": explainer.name, "explainer_settings": explainer.settings(), "scorer": scorer.name,
                 "scorer_settings": scorer.settings(), "ctx_len": ctx_len, "n_explain": n_explain,
                 "n_quantiles": n_quantiles, "per_quantile": per_quantile, "seed": seed}
     out = Path(out_dir) if out_dir is not None else None
-    key = None if fingerprint is None else sha256_json([fingerprint, settings, list(latent_ids), n_random])[:16]
+    # the code is in the key too: a finished run's rows and summary are reused as they are
+    key = None if fingerprint is None else sha256_json([fingerprint, settings, list(latent_ids), n_random,
+                                                        code_fingerprint("assay.autointerp")])[:16]
+    finished = _finished_summary(out, key)
+    if finished is not None:
+        return finished
     done = _earlier_rows(out, key)
     rows: dict[str, list[dict]] = {}
 
@@ -187,7 +192,6 @@ def autointerp(
     summary = {"settings": settings, "dictionaries": dictionaries, "runs": runs, "key": key, **(meta or {})}
     if out is not None:
         summary = provenance(**summary)
-        write_json(out / "summary.json", summary)
         series = {"real": (rows["real"], ""), "shuffled": (rows["real"], "shuffled_")}
         if "random_sae" in rows:
             series["random_sae"] = (rows["random_sae"], "")
@@ -195,7 +199,23 @@ def autointerp(
                      **{t: [np.nan if r.get(p + t) is None else r[p + t] for r in rs] for t in TESTS}}
               for name, (rs, p) in series.items()}, out / "autointerp.png",
              f"{explainer.name} explainer, {scorer.name} scorer (dashed: uniform mean, solid: frequency-weighted)")
+        write_json(out / "summary.json", summary)  # last: its key marks the run finished
     return summary
+
+
+def _finished_summary(out: Path | None, key: str | None) -> dict[str, Any] | None:
+    """The summary of a finished earlier run with the same inputs and settings (`key`), as it was
+    written: a rerun then skips encoding every document again (most of a warm study's auto-interp
+    stage). None when there is none or it is unreadable."""
+    from assay.fileio import read_json
+
+    if out is None or key is None or not (out / "summary.json").exists() or not (out / "autointerp.png").exists():
+        return None
+    try:
+        summary = read_json(out / "summary.json")
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) and summary.get("key") == key else None
 
 
 def _earlier_rows(out: Path | None, key: str | None) -> dict[str, dict[int, dict]]:

@@ -93,7 +93,7 @@ def build_monitor(
     from assay.monitor.card import render_card
     from assay.monitor.features import monitor_activations
     from assay.probes.methods import method as get_method
-    from assay.provenance import provenance
+    from assay.provenance import code_fingerprint, provenance
     from assay.runtime import choose_dtype
 
     t0 = time.perf_counter()
@@ -166,7 +166,7 @@ def build_monitor(
     folds = [fold(ds, c) for c in collections]
     checkpoint = SelectionCheckpoint({"dataset": ds.fingerprint, "activations": acts.key, "collections": collections,
                                       "candidates": [c.name for c in candidates], "inner_k": inner_k, "seed": seed,
-                                      "Cs": DEFAULT_CS, "code": provenance().get("git_commit")})
+                                      "Cs": DEFAULT_CS, "code": code_fingerprint(*SELECTION_CODE)})
     with _bar(progress, n_fits(len(candidates), len(folds), inner_k), "leave-one-collection-out") as advance:
         selection = loco(candidates, folds, y, fit, score, inner_k=inner_k, ds=ds, advance=advance,
                          done=checkpoint.done, on_fold=checkpoint.save)
@@ -202,16 +202,20 @@ def build_monitor(
                  "timings_seconds": {k: round(v, 1) for k, v in timings.items()}},
         "provenance": provenance(seed=seed, activations=acts.key),
     }
-    written = save_bundle(out, spec, probe, render_card(spec))
-    checkpoint.clear()
-    return written
+    return save_bundle(out, spec, probe, render_card(spec))
+
+
+# The code a selection's numbers come from (its cache key holds their fingerprint, not the git
+# commit: an installed package has none, and a dirty tree's commit does not name its code).
+SELECTION_CODE = ("assay.monitor", "assay.probes", "assay.metrics")
 
 
 class SelectionCheckpoint:
-    """The finished held-out collections of an interrupted selection (hours on a large benchmark),
-    in assay's cache under a key of everything that decides them: a rerun of the same build takes
-    them as they are and fits only the rest; any other build (data, activations, candidates, code)
-    gets another key. Written atomically after each collection; removed once the bundle is written."""
+    """The finished held-out collections of a selection (hours on a large benchmark), in assay's
+    cache under a key of everything that decides them: a rerun of the same build takes them as they
+    are and fits only the rest (an interrupted build resumes; a finished one reruns in seconds); any
+    other build (data, activations, candidates, code) gets another key. Written atomically after
+    each collection, and kept (kilobytes) once the bundle is written."""
 
     def __init__(self, key: dict[str, Any]) -> None:
         from assay.fileio import read_json, sha256_json
@@ -227,7 +231,9 @@ class SelectionCheckpoint:
                     self.done = saved["folds"]
             except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("ignoring an unreadable selection checkpoint %s", self.path)
-        if self.done:
+        if len(self.done) == len(key["collections"]):
+            log.info("leave-one-collection-out: reusing the finished selection of the same build (%s)", self.path)
+        elif self.done:
             log.info("resuming leave-one-collection-out from %s: %d of %d held-out collections already done",
                      self.path, len(self.done), len(key["collections"]))
 
@@ -236,9 +242,6 @@ class SelectionCheckpoint:
 
         self.done[collection] = record
         write_json(self.path, {"key": self.key, "folds": self.done})
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def json_roundtrip(obj: Any) -> Any:

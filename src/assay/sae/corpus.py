@@ -19,6 +19,7 @@ removed after the seeded shuffle, so the rest keep their order.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from typing import Any, Iterator
@@ -48,7 +49,11 @@ def render_conversation(tokenizer: Any, turns: list[dict]) -> str:
     return _gemma_render(turns)
 
 
-def _ordered(corpus: str, tokenizer: Any, seed: int, exclude: frozenset[str] = frozenset()) -> list[str]:
+@functools.lru_cache(maxsize=8)
+def _ordered(corpus: str, tokenizer: Any, seed: int, exclude: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The corpus in its seeded order. Memoised: rendering every ShareGPT conversation in the chat
+    template takes about a second, and one study asks for the same order several times (each
+    SAE's training texts, the held-out texts of SAE quality and auto-interp)."""
     from assay.data import sources
 
     if corpus == "wiki":
@@ -66,7 +71,7 @@ def _ordered(corpus: str, tokenizer: Any, seed: int, exclude: frozenset[str] = f
     if exclude and corpus != "wiki":
         excluded = _excluder(exclude)
         items = [it for it in items if not any(excluded(u) for u in it[1])]
-    return [t for t, _ in items]
+    return tuple(t for t, _ in items)
 
 
 def _user_turns(turns: list[dict]) -> tuple[str, ...]:
@@ -93,7 +98,7 @@ def _excluder(exclude: frozenset[str]):
 def _take(texts: list[str], tokenizer: Any, n_tokens: int, max_tokens: int) -> list[str]:
     out, total = [], 0
     for start in range(0, len(texts), 256):
-        batch = texts[start:start + 256]
+        batch = list(texts[start:start + 256])
         for text, ids in zip(batch, tokenizer(batch, add_special_tokens=False)["input_ids"]):
             out.append(text)
             # The tokens the stream yields: BOS is added, counted in max_tokens, and never trained on.
