@@ -312,13 +312,24 @@ def read_manifest(entry: Path) -> dict[str, Any] | None:
     try:
         m = read_json(entry / MANIFEST)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        log.warning("activation cache entry %s: unreadable manifest.json (%s)", entry.name, err)
+        _warn_once(entry, f"unreadable manifest.json ({err})")
         return None
     problem = _manifest_problem(m)
     if problem:
-        log.warning("activation cache entry %s: manifest.json %s", entry.name, problem)
+        _warn_once(entry, f"manifest.json {problem}")
         return None
     return m
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(entry: Path, problem: str) -> None:
+    """Warn about a foreign entry once per process: every extraction reads every manifest to find
+    prompts it can reuse, and would otherwise repeat the same warning each time."""
+    if (str(entry), problem) not in _WARNED:
+        _WARNED.add((str(entry), problem))
+        log.warning("activation cache entry %s: %s", entry.name, problem)
 
 
 # Fields every reader of a manifest relies on, with their types (spec's under "spec").
