@@ -8,6 +8,21 @@ import torch
 from assay.models.loading import DEFAULT_MODEL, LoadedModel, _resolve
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_monitor_selections(tmp_path_factory):
+    """Monitor builds keep their finished selection in the cache; under test they keep it in this
+    session's temporary folder (one per cache root, so a test with its own ASSAY_CACHE has its own),
+    or a rerun of the suite would take the last run's selection instead of computing one."""
+    import assay.monitor.build as build
+    from assay.fileio import sha256_json
+    from assay.runtime import cache_dir
+
+    root = tmp_path_factory.mktemp("monitor-selection")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(build, "selection_dir", lambda: root / sha256_json(str(cache_dir()))[:12])
+        yield
+
+
 @pytest.fixture(scope="session")
 def bundled_dir() -> str:
     """The bundled model's dequantised directory (converted once, then cached)."""

@@ -414,11 +414,13 @@ def test_interrupted_selection_resumes_from_its_last_held_out_collection(built, 
     """A build killed during the third held-out collection refits only the collections not yet
     finished on the rerun, and ships what an uninterrupted build ships."""
     import assay.monitor.select as select
+    import assay.monitor.build as build
     from assay.monitor.build import build_monitor
     from assay.monitor.bundle import load_bundle
 
     first, data, lm = built
-    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))  # a selection folder of its own
+    selection_dir = build.selection_dir
     real_inner = select.inner_scores
     calls = {"n": 0}
 
@@ -433,7 +435,7 @@ def test_interrupted_selection_resumes_from_its_last_held_out_collection(built, 
     with pytest.raises(KeyboardInterrupt):
         build_monitor(str(data), tmp_path / "bundle", **opts)
     assert not (tmp_path / "bundle").exists()
-    [ckpt] = (tmp_path / "cache" / "monitor-selection").iterdir()
+    [ckpt] = selection_dir().iterdir()
     assert len(json.loads(ckpt.read_text())["folds"]) == 2
 
     calls["n"] = 100  # no more interruptions; count the inner selections the rerun makes

@@ -210,6 +210,14 @@ def build_monitor(
 SELECTION_CODE = ("assay.monitor", "assay.probes", "assay.metrics")
 
 
+def selection_dir() -> Path:
+    """Where finished and interrupted selections are kept (the test suite points it elsewhere, so
+    a test run never takes a selection an earlier run computed)."""
+    from assay.runtime import cache_dir
+
+    return cache_dir() / "monitor-selection"
+
+
 class SelectionCheckpoint:
     """The finished held-out collections of a selection (hours on a large benchmark), in assay's
     cache under a key of everything that decides them: a rerun of the same build takes them as they
@@ -219,10 +227,9 @@ class SelectionCheckpoint:
 
     def __init__(self, key: dict[str, Any]) -> None:
         from assay.fileio import read_json, sha256_json
-        from assay.runtime import cache_dir
 
         self.key = key
-        self.path = cache_dir() / "monitor-selection" / f"{sha256_json(key)[:20]}.json"
+        self.path = selection_dir() / f"{sha256_json(key)[:20]}.json"
         self.done: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:
