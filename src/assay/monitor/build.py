@@ -223,7 +223,7 @@ class SelectionCheckpoint:
     cache under a key of everything that decides them: a rerun of the same build takes them as they
     are and fits only the rest (an interrupted build resumes; a finished one reruns in seconds); any
     other build (data, activations, candidates, code) gets another key. Written atomically after
-    each collection, and kept (kilobytes) once the bundle is written."""
+    each collection, and kept once the bundle is written (1.7 MB for the quick benchmark)."""
 
     def __init__(self, key: dict[str, Any]) -> None:
         from assay.fileio import read_json, sha256_json
