@@ -414,13 +414,11 @@ def test_interrupted_selection_resumes_from_its_last_held_out_collection(built, 
     """A build killed during the third held-out collection refits only the collections not yet
     finished on the rerun, and ships what an uninterrupted build ships."""
     import assay.monitor.select as select
-    import assay.monitor.build as build
-    from assay.monitor.build import build_monitor
+    from assay.monitor.build import build_monitor, selection_dir
     from assay.monitor.bundle import load_bundle
 
     first, data, lm = built
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))  # a selection folder of its own
-    selection_dir = build.selection_dir
     real_inner = select.inner_scores
     calls = {"n": 0}
 

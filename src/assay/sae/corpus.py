@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -95,7 +95,7 @@ def _excluder(exclude: frozenset[str]):
     return is_excluded
 
 
-def _take(texts: list[str], tokenizer: Any, n_tokens: int, max_tokens: int) -> list[str]:
+def _take(texts: Sequence[str], tokenizer: Any, n_tokens: int, max_tokens: int) -> list[str]:
     out, total = [], 0
     for start in range(0, len(texts), 256):
         batch = list(texts[start:start + 256])
