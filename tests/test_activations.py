@@ -392,3 +392,20 @@ def test_max_tokens_shorter_than_the_chat_template_is_an_input_error(tiny, tmp_p
 
     with pytest.raises(InputError, match="use --max-tokens"):
         extract(tiny, PROMPTS, 1, root=tmp_path, progress=False, max_tokens=3)
+
+
+def test_a_finished_entry_is_found_without_reading_the_tokenizer(tiny, tmp_path):
+    """A warm rerun finds its cache entry from the spec alone (fingerprint, texts, chat format):
+    a lazily loaded model's tokenizer is read only when something is left to extract."""
+    from assay.models.loading import LoadedModel
+
+    first = extract(tiny, PROMPTS, [1], root=tmp_path, progress=False)
+
+    def unreadable():
+        raise AssertionError("the tokenizer was read")
+
+    blind = LoadedModel(model=tiny.model, load_tokenizer=unreadable, name=tiny.name, fingerprint=tiny.fingerprint,
+                        no_chat_template=True)
+    assert extract(blind, PROMPTS, [1], root=tmp_path, progress=False).path == first.path
+    with pytest.raises(AssertionError, match="tokenizer was read"):
+        extract(blind, PROMPTS + ["one more prompt"], [1], root=tmp_path, progress=False)

@@ -32,6 +32,41 @@ def test_local_directory_loads_like_an_hf_id(tiny, tmp_path):
         lm.block(4)
 
 
+def test_lazy_load_reads_weights_and_tokenizer_only_when_used(tiny, tmp_path):
+    """A lazy load's fingerprint, layers, width and chat format are the eager load's, before any
+    weights or tokenizer are read; a chat template it cannot read from the files makes it load the
+    tokenizer at once (the fingerprint needs it), and still the same fingerprint."""
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    eager = load(str(tmp_path / "m"), device="cpu")
+    lazy = load(str(tmp_path / "m"), device="cpu", lazy=True)
+    assert not lazy.loaded and lazy._tokenizer is None
+    assert lazy.fingerprint == eager.fingerprint
+    assert (lazy.n_layers, lazy.d_model, lazy.max_positions) == (eager.n_layers, eager.d_model, eager.max_positions)
+    assert (lazy.device, lazy.dtype) == (eager.device, eager.dtype)
+    assert lazy.chat_affixes() == eager.chat_affixes() == (GEMMA_PREFIX, GEMMA_SUFFIX)
+    assert not lazy.loaded and lazy._tokenizer is None
+    ids = lazy.tokenizer("a lazy tokenizer")["input_ids"]
+    assert ids == eager.tokenizer("a lazy tokenizer")["input_ids"] and not lazy.loaded
+    assert lazy.block(2) is lazy.model.model.layers[2] and lazy.loaded
+    for a, b in zip(lazy.model.state_dict().values(), eager.model.state_dict().values()):
+        assert a.equal(b)
+
+    (tmp_path / "m" / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    eager, lazy = load(str(tmp_path / "m"), device="cpu"), load(str(tmp_path / "m"), device="cpu", lazy=True)
+    assert lazy._tokenizer is not None and not lazy.loaded
+    assert lazy.fingerprint == eager.fingerprint and lazy.chat_affixes() == eager.chat_affixes() == ("[", "]")
+
+
+def test_lazy_load_of_a_broken_checkpoint_fails_when_first_used(tiny, tmp_path):
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not safetensors")
+    lazy = load(str(tmp_path / "m"), device="cpu", lazy=True)
+    with pytest.raises(ModelLoadError, match="could not load model"):
+        lazy.model
+
+
 def test_gemma_turn_format_when_tokenizer_has_no_template(tokenizer):
     assert not tokenizer.chat_template  # the bundled GGUF ships none
     assert chat_affixes(tokenizer) == (GEMMA_PREFIX, GEMMA_SUFFIX)

@@ -3,7 +3,6 @@ cached ones, conversations, offline score/eval, and clear errors (tiny random Ge
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from assay.data.dataset import Dataset, Example
 from assay.errors import ConfigMismatchError, InputError
 from assay.monitor.folds import calibration_rows, collections_of, fold, list_collections, trainable
+from assay.models.loading import LoadedModel
 
 WORDS = ["how", "do", "I", "make", "bake", "a", "the", "car", "wash", "garden", "plan", "trip"]
 
@@ -77,7 +77,7 @@ def built(tiny, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("monitor")
     data = write_jsonl(tmp / "data.jsonl", toy_rows())
-    lm = dataclasses.replace(tiny, fingerprint={**tiny.fingerprint, "weights_sha256": "a" * 64})
+    lm = LoadedModel(tiny.model, tiny.tokenizer, tiny.name, {**tiny.fingerprint, "weights_sha256": "a" * 64})
     out = build_monitor(str(data), tmp / "bundle", lm=lm, layers=[1, 2], min_calibration=20, inner_k=2,
                         progress=False)
     return out, data, lm
@@ -139,7 +139,7 @@ def test_bundle_refuses_another_model(built, tiny):
     from assay.monitor.scorer import Monitor
 
     out, _, _ = built
-    other = dataclasses.replace(tiny, fingerprint={**tiny.fingerprint, "weights_sha256": "b" * 64})
+    other = LoadedModel(tiny.model, tiny.tokenizer, tiny.name, {**tiny.fingerprint, "weights_sha256": "b" * 64})
     with pytest.raises(ConfigMismatchError, match="weights_sha256"):
         Monitor(load_bundle(out), other)
 

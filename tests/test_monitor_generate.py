@@ -21,6 +21,7 @@ from assay.monitor.generate import REFUSAL, Completion, Delta, Generator, Prefil
 from assay.monitor.server import create_app
 from test_monitor import toy_rows, write_jsonl
 from test_monitor_server import assert_openai_error, live_server
+from assay.models.loading import LoadedModel
 
 CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "how do I plan a trip"},
         {"role": "assistant", "content": "where to?"}, {"role": "user", "content": "the garden"}]
@@ -47,7 +48,7 @@ def monitor(tiny, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("monitor-generate")
     data = write_jsonl(tmp / "data.jsonl", toy_rows())
-    lm = dataclasses.replace(tiny, fingerprint={**tiny.fingerprint, "weights_sha256": "a" * 64})
+    lm = LoadedModel(tiny.model, tiny.tokenizer, tiny.name, {**tiny.fingerprint, "weights_sha256": "a" * 64})
     out = build_monitor(str(data), tmp / "bundle", lm=lm, layers=[2], aggregations=["all.mean"], inner_k=2,
                         min_calibration=20, progress=False)
     return Monitor(load_bundle(out), lm, max_tokens=200)

@@ -19,7 +19,7 @@ from assay.activations.store import (
     MANIFEST, ActivationSet, activations_root, read_manifest, shard_name, verify_shard,
 )
 from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
-from assay.models.chat import FormattedPrompt, chat_affixes, format_prompts
+from assay.models.chat import FormattedPrompt, format_prompts
 from assay.models.loading import LoadedModel, check_layer
 from assay.provenance import provenance
 from assay.runtime import dtype_name
@@ -40,7 +40,7 @@ def cache_spec(
     max_tokens: int | None, store_tokens: bool,
 ) -> dict[str, Any]:
     """Everything that changes the stored numbers; its hash is the cache key."""
-    prefix, suffix = chat_affixes(lm.tokenizer) if chat else ("", "")
+    prefix, suffix = lm.chat_affixes() if chat else ("", "")
     return {
         "version": EXTRACTION_VERSION,
         "model": lm.fingerprint | {"model": lm.fingerprint.get("model", lm.name)},
@@ -97,19 +97,20 @@ def extract(
         check_layer(layer, lm.n_layers)
     parsed = [Aggregation.parse(a) for a in aggregations]
     max_tokens = max_tokens or lm.max_positions
-    prompts = format_prompts(lm.tokenizer, list(texts), max_tokens=max_tokens, chat=chat)
-    keys = prompt_keys(prompts)
-    dataset = dataset_fingerprint or sha256_json(list(texts))
+    texts = list(texts)
+    dataset = dataset_fingerprint or sha256_json(texts)
     spec = cache_spec(lm, layers, list(aggregations), dataset, chat, max_tokens, store_tokens)
     path = activations_root(root) / sha256_json(spec)[:20]
-    lengths = [len(p.input_ids) for p in prompts]
-
-    manifest = _existing_manifest(path, spec, prompts, lm)
-    # A finished, intact entry is reused as it is, whatever shard size made it: sharding never
-    # changes the numbers.
+    manifest = _existing_manifest(path, spec, len(texts), lm)
+    # A finished, intact entry is reused as it is, whatever shard size made it (sharding never
+    # changes the numbers), and before any tokenising: its spec already names the tokenizer and
+    # the texts, so a rerun from a warm cache need not even load the tokenizer.
     if manifest is not None and manifest.get("complete") and all(
             _shard_ok(path, manifest, s) for s in range(len(manifest["shards"]))):
         return ActivationSet(path)
+    prompts = format_prompts(lm.tokenizer, texts, max_tokens=max_tokens, chat=chat)
+    keys = prompt_keys(prompts)
+    lengths = [len(p.input_ids) for p in prompts]
     plan = _resumable_plan(path, manifest, lengths, shard_tokens) if manifest is not None else None
     if plan is None:  # new, or unfinished under another shard size, or a donor it borrowed from is gone
         path.mkdir(parents=True, exist_ok=True)
@@ -186,14 +187,13 @@ def _adopt_records(path: Path, manifest: dict[str, Any]) -> None:
                 log.warning("unreadable shard record %s: extracting that shard again", record)
 
 
-def _existing_manifest(path: Path, spec: dict[str, Any], prompts: list[FormattedPrompt],
-                       lm: LoadedModel) -> dict[str, Any] | None:
+def _existing_manifest(path: Path, spec: dict[str, Any], n_examples: int, lm: LoadedModel) -> dict[str, Any] | None:
     """The entry's manifest if it was made for this extraction (same spec, and counts that fit it:
     a hand-edited count would index past the data or leave rows unfilled), else None."""
     if not (path / MANIFEST).exists():
         return None
     manifest = read_manifest(path)
-    if (manifest is not None and manifest["spec"] == spec and manifest["n_examples"] == len(prompts)
+    if (manifest is not None and manifest["spec"] == spec and manifest["n_examples"] == n_examples
             and manifest["d_model"] == lm.d_model):
         return manifest
     log.warning("cache entry %s has an unreadable or foreign manifest; starting it again", path.name)

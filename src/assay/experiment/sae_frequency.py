@@ -48,9 +48,9 @@ def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names:
     cache, freq_file = root / f"frequency-eval-{key}.json", root / f"frequency-eval-{key}.pt"
     if cache.exists() and freq_file.exists():
         return read_json(cache)["rows"], torch.load(freq_file, weights_only=True)
-    train = set(training_texts("wiki", lm.tokenizer, cfg.train_tokens, cfg.max_tokens, cfg.seed))
-    held = held_out_texts("wiki", lm.tokenizer, cfg.eval_tokens, cfg.max_tokens, seed=cfg.seed)
-    ce_src = held_out_texts("wiki", lm.tokenizer, cfg.ce_texts * (cfg.ce_max_tokens + 1), cfg.ce_max_tokens,
+    train = set(training_texts("wiki", lm, cfg.train_tokens, cfg.max_tokens, cfg.seed))
+    held = held_out_texts("wiki", lm, cfg.eval_tokens, cfg.max_tokens, seed=cfg.seed)
+    ce_src = held_out_texts("wiki", lm, cfg.ce_texts * (cfg.ce_max_tokens + 1), cfg.ce_max_tokens,
                             seed=cfg.seed, skip=len(held))[: cfg.ce_texts]
     overlap = len(train & (set(held) | set(ce_src)))
     if overlap:
@@ -103,7 +103,7 @@ def autointerp_sweep(lm: Any, layer: int, cfg: FrequencyConfig, rows: list[dict[
     from assay.sae.corpus import held_out_texts
     from assay.sae.io import load_sae
 
-    texts = held_out_texts("wiki", lm.tokenizer, cfg.autointerp_tokens, cfg.max_tokens, seed=cfg.seed)
+    texts = held_out_texts("wiki", lm, cfg.autointerp_tokens, cfg.max_tokens, seed=cfg.seed)
     result = {}
     for r in rows:
         sae = load_sae(r["path"], device=str(lm.device)).eval()
@@ -460,7 +460,7 @@ def run_sae_frequency(cfg: FrequencyConfig, out: str | Path, lm: Any = None, mod
     if lm is None:
         from assay.models import load
 
-        lm = stage("model", lambda: load(model, dtype=dtype))
+        lm = stage("model", lambda: load(model, dtype=dtype, lazy=True))
     layer = lm.n_layers // 2 if layer is None else layer
     check_layer(layer, lm.n_layers)
     root, names = stage("train (extract + one pass)", lambda: train_sweep(lm, layer, cfg, progress))

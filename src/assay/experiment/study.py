@@ -213,7 +213,7 @@ class Study:
         split = np.array([e.split for e in ex])
         self.splits = ["train", "val", cfg.calibrate_on, "ood"]
         self.idx = {s: np.flatnonzero(split == s) for s in self.splits}
-        self.lm = self.stage("model", lambda: load(cfg.model, dtype=cfg.dtype))
+        self.lm = self.stage("model", lambda: load(cfg.model, dtype=cfg.dtype, lazy=True))
         self.layer_sweep = self.stage("layer sweep", self.sweep_layers) if cfg.layer_sweep else None
         if cfg.layer is None:
             chosen = self.layer_sweep["chosen"] if self.layer_sweep else self.lm.n_layers // 2

@@ -11,9 +11,8 @@ import hashlib
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -33,38 +32,95 @@ class ModelLoadError(AssayError, ValueError):
     """The model could not be found or read; the message says what to do."""
 
 
-@dataclass
 class LoadedModel:
-    """A causal LM ready for activation extraction."""
+    """A causal LM ready for activation extraction.
 
-    model: nn.Module
-    tokenizer: Any
-    name: str
-    fingerprint: dict[str, Any] = field(default_factory=dict)
+    `load(..., lazy=True)` gives one whose weights and tokenizer are read on first use: a rerun
+    whose every stage is cached then needs only the fingerprint (cache keys) and the config
+    (layers, width), and never pays the seconds of reading 1 GB of weights and a 33 MB tokenizer.json.
+    """
+
+    def __init__(self, model: nn.Module | None = None, tokenizer: Any = None, name: str = "",
+                 fingerprint: dict[str, Any] | None = None, *,
+                 load_model: Callable[[], nn.Module] | None = None, load_tokenizer: Callable[[], Any] | None = None,
+                 config: Any = None, device: torch.device | None = None, dtype: torch.dtype | None = None,
+                 no_chat_template: bool = False) -> None:
+        if (model is None) == (load_model is None) or (tokenizer is None) == (load_tokenizer is None):
+            raise ValueError("give each of the model and the tokenizer, or a function that loads it, not both")
+        self._model, self._tokenizer = model, tokenizer
+        self._load_model, self._load_tokenizer = load_model, load_tokenizer
+        self._config, self._device, self._dtype = config, device, dtype
+        self._no_chat_template = no_chat_template  # its files say so: the tokenizer need not be read to know
+        self.name = name
+        self.fingerprint = fingerprint if fingerprint is not None else {}
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            log.info("loading the weights of %s", self.name)
+            model = self._load_model()
+            # the layer count a lazy model answered with came from its config
+            if self._config is not None and len(decoder_blocks(model)) != _config_layers(self._config):
+                raise ModelLoadError(f"model {self.name!r}: config.json says {_config_layers(self._config)} layers "
+                                     f"but the model has {len(decoder_blocks(model))} decoder blocks")
+            self._model = model
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer()
+        return self._tokenizer
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (a lazy model's are not until first used)."""
+        return self._model is not None
+
+    @property
+    def config(self) -> Any:
+        return self._model.config if self._model is not None else self._config
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        if self._model is None:
+            return self._device
+        return next(self._model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        if self._model is None:
+            return self._dtype
+        return next(self._model.parameters()).dtype
 
     @property
     def n_layers(self) -> int:
-        return len(self.blocks)
+        return len(self.blocks) if self._model is not None else _config_layers(self._config)
 
     @property
     def d_model(self) -> int:
-        return int(self.model.config.get_text_config().hidden_size)
+        return int(self.config.get_text_config().hidden_size)
 
     @property
     def max_positions(self) -> int | None:
-        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return getattr(self.config.get_text_config(), "max_position_embeddings", None)
 
     @property
     def blocks(self) -> nn.ModuleList:
         return decoder_blocks(self.model)
+
+    def with_tokenizer(self, tokenizer: Any) -> "LoadedModel":
+        """The same model (shared, and read now if it was not) with another tokenizer, e.g. a private
+        copy for another thread."""
+        return LoadedModel(model=self.model, tokenizer=tokenizer, name=self.name, fingerprint=self.fingerprint)
+
+    def chat_affixes(self) -> tuple[str, str]:
+        """`models.chat.chat_affixes` of the tokenizer, without reading it when it has no chat template."""
+        from assay.models.chat import GEMMA_PREFIX, GEMMA_SUFFIX, chat_affixes
+
+        if self._tokenizer is None and self._no_chat_template:
+            return GEMMA_PREFIX, GEMMA_SUFFIX
+        return chat_affixes(self.tokenizer)
 
     def block(self, layer: int) -> nn.Module:
         """The decoder block whose output is the residual stream at `layer`.
@@ -111,12 +167,17 @@ def load(
     device: str | torch.device | None = None,
     revision: str | None = None,
     device_map: str | dict[str, Any] | None = None,
+    lazy: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer for extraction (eval mode, no grad).
 
     `device_map` (e.g. "auto") spreads a model that does not fit one device over the GPUs through
     accelerate, instead of moving it to `device`; inputs go to the embedding's device and each
-    captured layer comes back there, and the forward still stops after the deepest layer needed."""
+    captured layer comes back there, and the forward still stops after the deepest layer needed.
+
+    `lazy=True` reads only the config now and the weights when first used; the tokenizer too, where
+    the fingerprint can be had without it: a local directory (the bundled model's included) whose
+    files hold a tokenizer.json and no chat template. Elsewhere the tokenizer is read now."""
     if device_map is not None and device is not None:
         raise InputError("give a device or a device_map, not both (a device_map places every layer itself)")
     torch_dtype = resolve_dtype(dtype)
@@ -124,17 +185,36 @@ def load(
     source, fingerprint = _resolve(name, revision)
     offline = {"local_files_only": True} if fingerprint.pop("_offline", False) else {}
     placed = {"device_map": device_map} if device_map is not None else {}
-    model, tokenizer = _from_pretrained(name, source, revision=revision, dtype=torch_dtype, model_kwargs=placed,
-                                        **offline)
-    if tokenizer.pad_token_id is None:  # right padding needs a pad id; its value never matters
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+
+    def load_model() -> nn.Module:
+        model = _model_from_pretrained(name, source, dtype=torch_dtype, model_kwargs=placed, revision=revision,
+                                       **offline)
+        if device_map is None:
+            model.to(device)
+        return model.eval().requires_grad_(False)
+
+    def load_tokenizer(config: Any) -> Any:
+        tokenizer = _tokenizer_from_pretrained(name, source, config, revision=revision, **offline)
+        if tokenizer.pad_token_id is None:  # right padding needs a pad id; its value never matters
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        return tokenizer
+
+    if not lazy or device_map is not None:
+        model = load_model()  # first: its errors come quicker than a large tokenizer.json loads
+        tokenizer = load_tokenizer(model.config)
+        if fingerprint.get("revision") is None:
+            fingerprint["revision"] = getattr(model.config, "_commit_hash", None)
+        fingerprint.update(dtype=dtype_name(torch_dtype), tokenizer=tokenizer_hash(tokenizer))
+        return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint)
+    config = _config_from_pretrained(name, source, revision=revision, **offline)
     if fingerprint.get("revision") is None:
-        fingerprint["revision"] = getattr(model.config, "_commit_hash", None)
-    fingerprint.update(dtype=dtype_name(torch_dtype), tokenizer=tokenizer_hash(tokenizer))
-    if device_map is None:
-        model.to(device)
-    model.eval().requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint)
+        fingerprint["revision"] = getattr(config, "_commit_hash", None)
+    from_files = _tokenizer_hash_from_files(Path(source))
+    tokenizer = load_tokenizer(config) if from_files is None else None  # the fingerprint needs it now
+    fingerprint.update(dtype=dtype_name(torch_dtype), tokenizer=from_files or tokenizer_hash(tokenizer))
+    return LoadedModel(name=name, fingerprint=fingerprint, load_model=load_model, tokenizer=tokenizer,
+                       load_tokenizer=None if tokenizer is not None else lambda: load_tokenizer(config),
+                       config=config, device=device, dtype=torch_dtype, no_chat_template=from_files is not None)
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -170,49 +250,99 @@ def _gist(err: BaseException) -> str:
     return " ".join(lines[:2])[:300].rstrip(".:") if lines else type(err).__name__
 
 
-def _from_pretrained(name: str, source: str, **kwargs: Any) -> tuple[nn.Module, Any]:
-    """The model and tokenizer, or a ModelLoadError that names the model and what to pass instead."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _refused(name: str, err: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load model {name!r}: {_gist(err)}. Pass a local directory with config.json, "
+        f"tokenizer and weights of a causal LM, a .gguf file, an HF model id reachable from this "
+        f"machine, or {DEFAULT_MODEL!r} for the bundled default.")
+
+
+def _model_from_pretrained(name: str, source: str, **kwargs: Any) -> nn.Module:
+    """The model, or a ModelLoadError that names the model and what to pass instead."""
+    from transformers import AutoModelForCausalLM
 
     dtype, model_kwargs = kwargs.pop("dtype"), kwargs.pop("model_kwargs", {})
-    try:  # the model first: its errors come quicker than a large tokenizer.json loads
+    try:
         model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True,
                                                            **model_kwargs, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except _load_errors() as err:
-        raise ModelLoadError(
-            f"could not load model {name!r}: {_gist(err)}. Pass a local directory with config.json, "
-            f"tokenizer and weights of a causal LM, a .gguf file, an HF model id reachable from this "
-            f"machine, or {DEFAULT_MODEL!r} for the bundled default."
-        ) from err
+        raise _refused(name, err) from err
     missing = sorted(info.get("missing_keys") or [])
     if missing:  # transformers fills them with random numbers and only warns
         raise ModelLoadError(
             f"model {name!r}: {len(missing)} weights are missing from its checkpoint (e.g. {missing[0]}) and would "
             f"be random; the weights file is incomplete or belongs to another architecture than config.json says")
     decoder_blocks(model)  # a model assay cannot hook is refused now, not after a long extraction starts
-    vocab = getattr(model.config.get_text_config(), "vocab_size", None)
+    return model
+
+
+def _tokenizer_from_pretrained(name: str, source: str, config: Any, **kwargs: Any) -> Any:
+    """The tokenizer, checked against the model's vocabulary (`config`)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except _load_errors() as err:
+        raise _refused(name, err) from err
+    vocab = getattr(config.get_text_config(), "vocab_size", None)
     if vocab and len(tokenizer) < vocab // 2:
         # transformers builds a stub of a few special tokens when the tokenizer files are missing
         raise ModelLoadError(
             f"model {name!r}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}; "
             "its tokenizer files (tokenizer.json / tokenizer.model) are missing or belong to another model")
-    return model, tokenizer
+    return tokenizer
+
+
+def _config_from_pretrained(name: str, source: str, **kwargs: Any) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, **kwargs)
+    except _load_errors() as err:
+        raise _refused(name, err) from err
+
+
+def _config_layers(config: Any) -> int:
+    return int(config.get_text_config().num_hidden_layers)
 
 
 def tokenizer_hash(tokenizer: Any) -> str:
     """Hash of everything in the tokenizer that changes token ids or the chat format."""
-    h = hashlib.sha256()
     saved = Path(str(getattr(tokenizer, "name_or_path", ""))) / "tokenizer.json"
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if saved.is_file():  # hashing the file is ~10x faster than serialising the tokenizer again
-        h.update(sha256_file(saved).encode())
+        vocab = sha256_file(saved)
     elif backend is not None:
-        h.update(backend.to_str().encode())
+        vocab = backend.to_str()
     else:
-        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
-    h.update((getattr(tokenizer, "chat_template", None) or "").encode())
+        vocab = repr(sorted(tokenizer.get_vocab().items()))
+    return _tokenizer_digest(vocab, getattr(tokenizer, "chat_template", None) or "")
+
+
+def _tokenizer_digest(vocab: str, chat_template: str) -> str:
+    h = hashlib.sha256()
+    h.update(vocab.encode())
+    h.update(chat_template.encode())
     return h.hexdigest()[:16]
+
+
+_CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+
+
+def _tokenizer_hash_from_files(source: Path) -> str | None:
+    """`tokenizer_hash` of the tokenizer saved in `source` without loading it, where its files say
+    all it depends on: a tokenizer.json, and no chat template in any of the places transformers reads
+    one from. None otherwise (a Hub id, a slow tokenizer, a chat model): then the tokenizer is loaded."""
+    if not (source / "tokenizer.json").is_file() or any((source / f).exists() for f in _CHAT_TEMPLATE_FILES):
+        return None
+    config_file = source / "tokenizer_config.json"
+    try:
+        config = read_json(config_file) if config_file.exists() else {}
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or config.get("chat_template"):
+        return None
+    return _tokenizer_digest(sha256_file(source / "tokenizer.json"), "")
 
 
 def _resolve(name: str, revision: str | None) -> tuple[str, dict[str, Any]]:

@@ -87,7 +87,6 @@ def build_monitor(
     `lm` is an already loaded model to use instead of loading `model` (tests, notebooks)."""
     from assay.data import load_or_build
     from assay.models import load
-    from assay.models.chat import chat_affixes
     from assay.models.loading import DEFAULT_MODEL, check_layer
     from assay.monitor.bundle import model_identity, save_bundle
     from assay.monitor.card import render_card
@@ -123,7 +122,7 @@ def build_monitor(
 
     if lm is None:
         dtype_name, dtype_why = choose_dtype(dtype)
-        lm = load(model, dtype=dtype_name)
+        lm = load(model, dtype=dtype_name, lazy=True)
     else:
         from assay.runtime import dtype_name as name_of
 
@@ -190,7 +189,7 @@ def build_monitor(
         "name": name,
         "model": model_identity(lm) | {"source": model},
         "layer": chosen.layer, "dtype": dtype_name, "dtype_choice": dtype_why,
-        "chat_format": list(chat_affixes(lm.tokenizer)),
+        "chat_format": list(lm.chat_affixes()),
         "max_tokens": acts.spec["max_tokens"],
         "method": chosen.method, "inputs": probe.inputs, "mix": chosen.mix,
         "thresholds": ths, "default_threshold": fpr_label(default_fpr),

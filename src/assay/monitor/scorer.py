@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -125,7 +125,7 @@ class Monitor:
         (a Hugging Face fast tokenizer must not be used from two threads at once; the forward pass
         may: it runs in inference mode and `residual_stream` keeps each thread's hooks apart)."""
         twin = copy.copy(self)
-        twin.lm = replace(self.lm, tokenizer=copy.deepcopy(self.lm.tokenizer))
+        twin.lm = self.lm.with_tokenizer(copy.deepcopy(self.lm.tokenizer))
         return twin
 
     def token_counter(self) -> "TokenCounter":
