@@ -47,3 +47,32 @@ def test_chat_user_corpus_excludes_benchmark_requests(tokenizer, exclude):
     kept = training_texts("chat-user", tokenizer, N_TOKENS // 4, MAX_TOKENS, exclude=exclude)
     assert kept and not [t for t in kept if normalize_text(t).lower() in keys]
     assert training_texts("wiki", tokenizer, 20_000, exclude=exclude) == training_texts("wiki", tokenizer, 20_000)
+
+
+def test_texts_chosen_for_a_model_are_kept_and_read_back_without_its_tokenizer(tokenizer, tmp_path, monkeypatch):
+    """Passed the model, a choice of texts is kept under its tokenizer's hash: the same choice again
+    is read back without reading the tokenizer; another choice or another tokenizer chooses anew."""
+    from assay.models.loading import LoadedModel
+    from assay.sae.corpus import held_out_texts
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))
+    reads: list[str] = []
+
+    def lazy(tokenizer_hash: str) -> LoadedModel:
+        def read_tokenizer():
+            reads.append(tokenizer_hash)
+            return tokenizer
+
+        def no_weights():
+            raise AssertionError("choosing texts needs no weights")
+
+        return LoadedModel(load_model=no_weights, load_tokenizer=read_tokenizer, name="m",
+                           fingerprint={"tokenizer": tokenizer_hash})
+
+    want = training_texts("wiki", tokenizer, 3000, 128, seed=3)
+    assert training_texts("wiki", lazy("a"), 3000, 128, seed=3) == want and reads == ["a"]
+    assert training_texts("wiki", lazy("a"), 3000, 128, seed=3) == want and reads == ["a"]  # read back
+    held = held_out_texts("wiki", lazy("a"), 3000, 128, seed=3, skip=2)
+    assert held == held_out_texts("wiki", tokenizer, 3000, 128, seed=3, skip=2) and reads == ["a", "a"]
+    assert training_texts("wiki", lazy("a"), 3000, 128, seed=4) != want and reads == ["a", "a", "a"]
+    assert training_texts("wiki", lazy("b"), 3000, 128, seed=3) == want and reads[-1] == "b"

@@ -64,8 +64,7 @@ def autointerp_sae(
     from assay.activations import extract
     from assay.fileio import sha256_json
 
-    decode = lm.tokenizer.decode
-    explainer = explainer or TokensExplainer(decode)
+    explainer = explainer or TokensExplainer(lambda ids: lm.tokenizer.decode(ids))  # read only if a latent is left
     scorer = scorer or RuleScorer()
     fp = sha256_json(["autointerp", list(texts)])
     acts = extract(lm, list(texts), [layer], dataset_fingerprint=fp, aggregations=("all.mean",),

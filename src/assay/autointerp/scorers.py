@@ -14,6 +14,7 @@ one batched forward pass, never sampled text. The rule scorer counts the tokens 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -107,8 +108,13 @@ class LMScorer:
     def __init__(self, lm: Any, batch_size: int = 16):
         self.lm, self.batch_size = lm, batch_size
         self.name = f"hf:{lm.name}"
-        tok = lm.tokenizer
-        self.yes, self.no = (tok.encode(w, add_special_tokens=False)[0] for w in (" Yes", " No"))
+
+    @functools.cached_property
+    def _yes_no(self) -> tuple[int, int]:
+        """The ids of " Yes" and " No", read on first use: a finished run never reads the tokenizer."""
+        tok = self.lm.tokenizer
+        yes, no = (tok.encode(w, add_special_tokens=False)[0] for w in (" Yes", " No"))
+        return yes, no
 
     def settings(self) -> dict[str, Any]:
         return {"model": self.lm.name, "batch_size": self.batch_size, "prompts": PROMPTS}
@@ -117,7 +123,7 @@ class LMScorer:
         decode: Callable[[list[int]], str] = self.lm.tokenizer.decode
         prompts = [PROMPTS[test].format(explanation=explanation.text, text=render(s.tokens, decode, s.marked))
                    for s in samples]
-        return yes_probability(self.lm, prompts, self.yes, self.no, self.batch_size)
+        return yes_probability(self.lm, prompts, *self._yes_no, self.batch_size)
 
 
 def yes_probability(lm: Any, prompts: list[str], yes: int, no: int, batch_size: int = 16) -> np.ndarray:

@@ -133,7 +133,7 @@ def train_sweep(lm: Any, layer: int, cfg: FrequencyConfig, progress: bool = True
     from assay.sae.recipe import sae_metadata
     from assay.sae.trainer import TrainConfig
 
-    texts = training_texts("wiki", lm.tokenizer, cfg.train_tokens, cfg.max_tokens, cfg.seed)
+    texts = training_texts("wiki", lm, cfg.train_tokens, cfg.max_tokens, cfg.seed)
     train_fields = {k: v for k, v in asdict(cfg).items() if k not in ("preset", "eval_tokens", "ce_texts",
                                                                       "ce_max_tokens", "autointerp_tokens",
                                                                       "autointerp_latents")}

@@ -68,7 +68,7 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
         names = [n for n in todo_ce if by_name(n).corpus == corpus]
         if not names:
             continue
-        texts = held_out_texts(corpus, lm.tokenizer, spec.eval_texts * (spec.eval_max_tokens + 1), spec.eval_max_tokens,
+        texts = held_out_texts(corpus, lm, spec.eval_texts * (spec.eval_max_tokens + 1), spec.eval_max_tokens,
                                seed=cfg.seed, exclude=exclude)[: spec.eval_texts]
         fns = {}
         for n in names:

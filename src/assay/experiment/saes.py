@@ -66,11 +66,11 @@ class Corpora:
 
         spec, self.lm, self.cfg, self.progress = cfg.sae, lm, cfg, progress
         self.exclude = exclude
-        wiki_pre = training_texts("wiki", lm.tokenizer, spec.pretrain_tokens, spec.max_tokens, cfg.seed)
-        wiki = (training_texts("wiki", lm.tokenizer, spec.pretrain_tokens + spec.finetune_tokens, spec.max_tokens,
+        wiki_pre = training_texts("wiki", lm, spec.pretrain_tokens, spec.max_tokens, cfg.seed)
+        wiki = (training_texts("wiki", lm, spec.pretrain_tokens + spec.finetune_tokens, spec.max_tokens,
                                cfg.seed) if spec.control else wiki_pre)
-        chat = training_texts("chat", lm.tokenizer, spec.chat_tokens, spec.max_tokens, cfg.seed, exclude)
-        chat_ft = training_texts("chat", lm.tokenizer, spec.finetune_tokens, spec.max_tokens, cfg.seed, exclude)
+        chat = training_texts("chat", lm, spec.chat_tokens, spec.max_tokens, cfg.seed, exclude)
+        chat_ft = training_texts("chat", lm, spec.finetune_tokens, spec.max_tokens, cfg.seed, exclude)
         assert wiki[: len(wiki_pre)] == wiki_pre and chat[: len(chat_ft)] == chat_ft  # prefixes of one order
         self.texts: dict[str, list[str]] = {"wiki": wiki, "chat": chat}
         self.ranges: dict[str, range] = {"pretrain": range(len(wiki_pre)), "pretrain+wiki-ft": range(len(wiki_pre), len(wiki)),

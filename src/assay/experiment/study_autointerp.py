@@ -42,7 +42,7 @@ def autointerp_texts(study: Any) -> list[str]:
     """The benchmark's training prompts and held-out Wikipedia and ShareGPT text (half each)."""
     from assay.sae.corpus import held_out_texts
 
-    cfg, tok = study.cfg, study.lm.tokenizer
+    cfg, tok = study.cfg, study.lm  # the model: its texts are memoised under its tokenizer
     prompts = [study.ds.texts[i] for i in study.idx["train"]]
     half = cfg.autointerp_tokens // 2
     exclude = study.sae_exclusions()

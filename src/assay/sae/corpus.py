@@ -111,14 +111,68 @@ def _take(texts: Sequence[str], tokenizer: Any, n_tokens: int, max_tokens: int) 
 def training_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int = 1024, seed: int = 0,
                    exclude: frozenset[str] = frozenset()) -> list[str]:
     """Texts from the front of the seeded order holding about `n_tokens` tokens (each cut at max_tokens),
-    without chat conversations that contain an `exclude`d request."""
-    return _take(_ordered(corpus, tokenizer, seed, exclude), tokenizer, n_tokens, max_tokens)
+    without chat conversations that contain an `exclude`d request.
+
+    `tokenizer` is the model's tokenizer, or the `LoadedModel` itself: then the choice is kept on
+    disk under its tokenizer's hash, and a rerun reads it back without reading the tokenizer."""
+    return _chosen("front", corpus, tokenizer, n_tokens, max_tokens, seed, 0, exclude)
 
 
 def held_out_texts(corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int = 1024, seed: int = 0,
                    skip: int = 0, exclude: frozenset[str] = frozenset()) -> list[str]:
-    """Texts from the back of the seeded order (never training text unless the corpus runs out)."""
-    return _take(_ordered(corpus, tokenizer, seed, exclude)[::-1][skip:], tokenizer, n_tokens, max_tokens)
+    """Texts from the back of the seeded order (never training text unless the corpus runs out);
+    `tokenizer` as in `training_texts`."""
+    return _chosen("back", corpus, tokenizer, n_tokens, max_tokens, seed, skip, exclude)
+
+
+def _chosen(end: str, corpus: str, tokenizer: Any, n_tokens: int, max_tokens: int, seed: int, skip: int,
+            exclude: frozenset[str]) -> list[str]:
+    from assay.models.loading import LoadedModel
+
+    def choose(tok: Any) -> list[str]:
+        order = _ordered(corpus, tok, seed, exclude)
+        return _take(order if end == "front" else order[::-1][skip:], tok, n_tokens, max_tokens)
+
+    if not isinstance(tokenizer, LoadedModel):
+        return choose(tokenizer)
+    return _memo(end, corpus, tokenizer, n_tokens, max_tokens, seed, skip, exclude, choose)
+
+
+def _memo(end: str, corpus: str, lm: Any, n_tokens: int, max_tokens: int, seed: int, skip: int,
+          exclude: frozenset[str], choose) -> list[str]:
+    """`choose(lm.tokenizer)`, kept in the cache under everything that decides it: a study asks for
+    the same texts on every rerun, and choosing them means reading the tokenizer (seconds) and
+    rendering and counting every document (seconds more)."""
+    from assay.data import sources
+    from assay.fileio import read_json, write_json
+    from assay.provenance import code_fingerprint
+    from assay.runtime import cache_dir
+
+    if corpus not in CORPORA:
+        raise InputError(f"corpus must be one of {CORPORA}, not {corpus!r}")
+    key = {"end": end, "corpus": corpus, "tokenizer": lm.fingerprint.get("tokenizer"), "n_tokens": n_tokens,
+           "max_tokens": max_tokens, "seed": seed, "skip": skip, "exclude": sha256_json(sorted(exclude)),
+           "sources": {d: sources.dist_version(d) for d in (sources.WIKI, sources.SHAREGPT)},
+           "code": code_fingerprint(*CORPUS_CODE)}
+    if key["tokenizer"] is None:  # nothing names the tokenizer: choose afresh
+        return choose(lm.tokenizer)
+    path = cache_dir() / "corpus-texts" / f"{sha256_json(key)[:20]}.json"
+    try:
+        saved = read_json(path)
+        if saved.get("key") == key and isinstance(saved.get("texts"), list):
+            return saved["texts"]
+    except (OSError, ValueError, AttributeError):
+        pass  # absent or unreadable: chosen again and rewritten
+    texts = choose(lm.tokenizer)
+    try:
+        write_json(path, {"key": key, "texts": texts})
+    except OSError:  # a read-only cache still works, only slower
+        pass
+    return texts
+
+
+# The code a choice of texts comes from: its memo's key holds their fingerprint.
+CORPUS_CODE = ("assay.sae.corpus", "assay.data.sources", "assay.data.normalize")
 
 
 def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts: list[str] | None = None,
