@@ -48,15 +48,18 @@ def test_study_end_to_end(smoke_run):
 
 @pytest.mark.slow
 def test_study_rerun_reuses_every_part(smoke_cfg, smoke_run, monkeypatch):
-    """A rerun refits nothing and gives identical numbers."""
+    """A rerun refits nothing, evaluates nothing again (the memo holds every run's results), and
+    gives identical results, every field of every row."""
     report, out = smoke_run
     import assay.probes.linear as linear
     import assay.probes.sparse as sparse
+    import assay.report.evaluate as evaluate
 
     monkeypatch.setattr(linear.LogisticProbe, "fit", lambda *a, **k: pytest.fail("refitted a cached probe"))
     monkeypatch.setattr(sparse.KSparseProbe, "fit", lambda *a, **k: pytest.fail("refitted a cached probe"))
+    monkeypatch.setattr(evaluate, "evaluate_method", lambda *a, **k: pytest.fail("evaluated a memoised run again"))
     again = run_study(smoke_cfg, out, progress=False)
-    assert [(r.method, r.split, r.auroc) for r in again.results] == [(r.method, r.split, r.auroc) for r in report.results]
+    assert [r.model_dump_json() for r in again.results] == [r.model_dump_json() for r in report.results]
 
 
 def test_subsample_keeps_n_per_split_and_class():
@@ -212,3 +215,31 @@ def test_findings_regenerate_from_the_report_alone(smoke_run, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     res = CliRunner().invoke(app, ["findings", str(tmp_path / "bad.json")])
     assert res.exit_code == 2 and "Invalid value" in res.output  # a clear usage error, not a traceback
+
+
+def test_the_evaluation_memo_gives_back_what_it_was_given(tmp_path):
+    """A run's MethodResults come back from the memo field for field, and only under the same
+    scores, settings and split layout."""
+    import numpy as np
+
+    from assay.experiment.evaluation import EvaluationMemo
+    from assay.report.evaluate import SplitScores, evaluate_method
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(300) < 0.4).astype(int)
+    s = rng.normal(size=300) + 1.5 * y
+    fam = rng.choice(["aim", "dan", "plain"], 300).tolist()
+    splits = {name: SplitScores(scores=s[i], y=y[i], groups={"family": [fam[j] for j in i]}, units=[str(j // 3) for j in i])
+              for name, i in (("val", np.arange(150)), ("ood", np.arange(150, 300)))}
+    kwargs = {"features": "all.mean", "n_boot": 40, "seed": 0, "detail": True, "kind": "dense"}
+    rows = evaluate_method("dense-logistic", splits, **kwargs)
+    memo = EvaluationMemo(tmp_path / "evaluation.json", "layout")
+    assert memo.get("dense-logistic", s, kwargs) is None
+    memo.put("dense-logistic", s, kwargs, rows)
+    memo.save()
+    again = EvaluationMemo(tmp_path / "evaluation.json", "layout")
+    back = again.get("dense-logistic", s, kwargs)
+    assert back is not None and [r.model_dump_json() for r in back] == [r.model_dump_json() for r in rows]
+    assert again.get("dense-logistic", s + 1e-12, kwargs) is None
+    assert again.get("dense-logistic", s, kwargs | {"seed": 1}) is None
+    assert EvaluationMemo(tmp_path / "evaluation.json", "another layout").get("dense-logistic", s, kwargs) is None

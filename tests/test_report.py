@@ -95,3 +95,24 @@ def test_write_report_writes_every_format(report, written):
     assert {"roc_val.png", "roc_ood.png", "k_sweep.png"} <= set(pngs)
     assert all((tmp_path / "figures" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "figures/roc_ood.png" in written["md"].read_text()
+
+
+def test_a_rewrite_of_the_same_report_keeps_its_figures(report, written, tmp_path, monkeypatch):
+    """Writing a report whose figures' inputs are unchanged takes the PNGs already there (same
+    pages, byte for byte); a changed result draws them again."""
+    import shutil
+
+    import assay.report.render as render
+
+    first, files = written
+    out = tmp_path / "again"
+    shutil.copytree(first, out)
+    monkeypatch.setattr(render, "report_figures", lambda *a, **k: pytest.fail("drew the figures again"))
+    again = write_report(report, out)
+    for fmt in ("md", "html"):
+        assert again[fmt].read_bytes() == files[fmt].read_bytes()
+
+    changed = report.model_copy(deep=True)
+    changed.results[0].auroc = 0.5 if changed.results[0].auroc != 0.5 else 0.6
+    with pytest.raises(pytest.fail.Exception, match="drew the figures again"):
+        write_report(changed, out)

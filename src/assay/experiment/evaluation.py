@@ -8,7 +8,9 @@ numbers only; OOD numbers are reported, never used to choose.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -57,23 +59,37 @@ class Evaluator:
         from assay.report.evaluate import evaluate_method
 
         cfg, st = self.cfg, self.study
+        memo = EvaluationMemo(st.out / "parts" / "evaluation.json", self.layout())
         rows = []
         for run in sorted(st.scores, key=_sort_key):
             meta = st.meta.get(run, {})
             detail = is_primary(run, cfg) and (run.method != "k-sparse" or run.k == cfg.headline_k)
             computed = meta.get("computed_by", {})
-            res = evaluate_method(
-                run.method, self.split_scores(st.scores[run]), features=run.features, calibrate_on=cfg.calibrate_on,
-                target_fpr=cfg.target_fpr, n_boot=cfg.n_boot, seed=cfg.seed, detail=detail, kind=run.kind,
-                sae=run.sae, k=run.k, selector=run.selector, latents=meta.get("latents"), model=cfg.model,
-                layer=cfg.layer, dataset_fingerprint=st.ds.fingerprint,
-                config={k: v for k, v in meta.items() if k not in _DROP_META},
-                computed_by=f"{computed.get('git_commit')} (code {computed.get('code')})" if computed else None)
+            kwargs = dict(features=run.features, calibrate_on=cfg.calibrate_on, target_fpr=cfg.target_fpr,
+                          n_boot=cfg.n_boot, seed=cfg.seed, detail=detail, kind=run.kind, sae=run.sae, k=run.k,
+                          selector=run.selector, latents=meta.get("latents"), model=cfg.model, layer=cfg.layer,
+                          dataset_fingerprint=st.ds.fingerprint,
+                          config={k: v for k, v in meta.items() if k not in _DROP_META},
+                          computed_by=f"{computed.get('git_commit')} (code {computed.get('code')})" if computed else None)
+            res = memo.get(run.method, st.scores[run], kwargs)
+            if res is None:
+                res = evaluate_method(run.method, self.split_scores(st.scores[run]), **kwargs)
+                memo.put(run.method, st.scores[run], kwargs, res)
             for r in res:
                 r.seed = run.seed
             rows += res
+        memo.save()
         self._seed_summaries(rows)
         return rows
+
+    def layout(self) -> str:
+        """Fingerprint of what every run is evaluated against: the splits' rows, labels, units and groups."""
+        from assay.fileio import sha256_json
+
+        st = self.study
+        return sha256_json({"idx": {s: np.asarray(i).tolist() for s, i in st.idx.items()}, "y": np.asarray(st.y).tolist(),
+                            "units": np.asarray(st.units).tolist(),
+                            "groups": {f: g.tolist() for f, g in self.groups.items()}})
 
     def _seed_summaries(self, rows: list[Any]) -> None:
         """Attach mean and sd over seeds to each configuration's primary row."""
@@ -263,6 +279,63 @@ def family_best(results: list[Any], cfg_like: dict[str, Any] | Any) -> dict[str,
 
 def _name(r: Any) -> str:
     return "/".join(str(v) for v in (r.method, r.features, r.sae, r.k, r.selector))
+
+
+# The code a run's MethodResults come from: the memo's keys hold its fingerprint.
+EVALUATION_CODE = ("assay.report.evaluate", "assay.report.breakdown", "assay.report.schema", "assay.metrics")
+
+
+class EvaluationMemo:
+    """Each run's MethodResults, kept in `path` under a key of its scores, the split layout, its
+    settings and the evaluation code: the bootstrap intervals and breakdowns of a few hundred runs
+    take seconds, and a rerun that refits nothing would only compute the same numbers again. Holds
+    the keys of the last evaluation only; written atomically."""
+
+    def __init__(self, path: Path, layout: str) -> None:
+        from assay.fileio import read_json
+        from assay.provenance import code_fingerprint
+
+        self.path, self.layout, self.code = path, layout, code_fingerprint(*EVALUATION_CODE)
+        self.saved: dict[str, Any] = {}
+        self.used: dict[str, Any] = {}
+        try:
+            saved = read_json(path) if path.exists() else {}
+            self.saved = saved if isinstance(saved, dict) else {}
+        except (OSError, ValueError):
+            log.warning("ignoring an unreadable evaluation memo %s", path)
+
+    def key(self, method: str, scores: np.ndarray, kwargs: dict[str, Any]) -> str:
+        import hashlib
+
+        from assay.fileio import sha256_json
+
+        digest = hashlib.sha256(np.ascontiguousarray(scores, dtype=np.float64).tobytes()).hexdigest()
+        return sha256_json({"method": method, "scores": digest, "layout": self.layout, "settings": kwargs,
+                            "code": self.code})
+
+    def get(self, method: str, scores: np.ndarray, kwargs: dict[str, Any]) -> list[Any] | None:
+        from pydantic import ValidationError
+
+        from assay.report.schema import MethodResult
+
+        key = self.key(method, scores, kwargs)
+        if key not in self.saved:
+            return None
+        try:
+            rows = [MethodResult.model_validate(r) for r in self.saved[key]]
+        except (ValidationError, TypeError):
+            return None
+        self.used[key] = self.saved[key]
+        return rows
+
+    def put(self, method: str, scores: np.ndarray, kwargs: dict[str, Any], rows: list[Any]) -> None:
+        self.used[self.key(method, scores, kwargs)] = [r.model_dump(mode="json") for r in rows]
+
+    def save(self) -> None:
+        from assay.fileio import write_text
+
+        if set(self.used) != set(self.saved):
+            write_text(self.path, json.dumps(self.used, separators=(",", ":")) + "\n")
 
 
 def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:

@@ -230,6 +230,16 @@ def png_bytes(fig, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
+# Everything of a report the figures below read: `figure_inputs` is the key under which a report's
+# figures are kept (with this module's source), so a figure that reads another field must add it here.
+FIGURE_DIAGNOSTICS = ("headline_k", "family_best", "layer_sweep", "autointerp")
+
+
+def figure_inputs(report: Report) -> dict:
+    return {"seed": report.provenance.seed, "results": [r.model_dump(mode="json") for r in report.results],
+            "diagnostics": {k: report.diagnostics.get(k) for k in FIGURE_DIAGNOSTICS}}
+
+
 def report_figures(report: Report, hist_split: str | None = None, max_hists: int = 6) -> dict[str, bytes]:
     """Every figure as PNG bytes, keyed by a file-name stem. Histograms: on the OOD split (or the
     last split) so the hard families are visible, for the methods best on validation."""

@@ -8,10 +8,10 @@ import html
 import json
 from pathlib import Path
 
-from assay.report.plots import report_figures
+from assay.report.plots import figure_inputs, report_figures
 from assay.report.schema import Report, report_json_schema
 from assay.report.tables import Table, all_tables
-from assay.fileio import atomic_path, write_json, write_text
+from assay.fileio import atomic_path, read_json, sha256_json, write_json, write_text
 
 
 def md_table(t: Table) -> str:
@@ -100,6 +100,28 @@ def render_html(report: Report, figures: dict[str, bytes] | None = None) -> str:
     )
 
 
+FIGURE_INDEX = "figures.json"  # which figures `figures/` holds, and the key of what drew them
+
+
+def figure_key(report: Report) -> str:
+    """What decides a report's figures: the fields they read and the code that draws them."""
+    from assay.provenance import code_fingerprint
+
+    return sha256_json({"inputs": figure_inputs(report), "code": code_fingerprint("assay.report.plots")})
+
+
+def _kept_figures(out: Path, key: str) -> dict[str, bytes] | None:
+    """The figures an earlier write of a report with the same `figure_key` left in `out/figures`
+    (drawing them again takes seconds and gives the same pictures), or None."""
+    try:
+        index = read_json(out / "figures" / FIGURE_INDEX)
+        if index.get("key") != key:
+            return None
+        return {name: (out / "figures" / f"{name}.png").read_bytes() for name in index["figures"]}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
 def write_report(report: Report, out_dir: str | Path, *, formats: tuple[str, ...] = ("json", "md", "html", "png")) -> dict[str, Path]:
     """Write `report.json`, `report.schema.json`, `report.md`, `report.html`, `figures/*.png`."""
     out = Path(out_dir)
@@ -110,13 +132,17 @@ def write_report(report: Report, out_dir: str | Path, *, formats: tuple[str, ...
         write_text(out / "report.json", report.model_dump_json() + "\n")
         write_json(out / "report.schema.json", report_json_schema())
         written |= {"json": out / "report.json", "schema": out / "report.schema.json"}
-    figures = report_figures(report) if {"png", "html", "md"} & set(formats) else {}
+    key = figure_key(report) if "png" in formats else None
+    kept = _kept_figures(out, key) if key is not None else None
+    figures = kept if kept is not None else (report_figures(report) if {"png", "html", "md"} & set(formats) else {})
     files = []
     if "png" in formats:
-        for name, png in figures.items():
-            with atomic_path(out / "figures" / f"{name}.png") as tmp:
-                tmp.write_bytes(png)
-            files.append(f"figures/{name}.png")
+        if kept is None:
+            for name, png in figures.items():
+                with atomic_path(out / "figures" / f"{name}.png") as tmp:
+                    tmp.write_bytes(png)
+            write_json(out / "figures" / FIGURE_INDEX, {"key": key, "figures": list(figures)})
+        files = [f"figures/{name}.png" for name in figures]
         written["png"] = out / "figures"
     if "md" in formats:
         write_text(out / "report.md", render_markdown(report, files))
