@@ -10,7 +10,6 @@ pass records every command's seconds and exit status; a failing command stops th
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
