@@ -235,12 +235,13 @@ def test_the_evaluation_memo_gives_back_what_it_was_given(tmp_path):
     kwargs = {"features": "all.mean", "n_boot": 40, "seed": 0, "detail": True, "kind": "dense"}
     rows = evaluate_method("dense-logistic", splits, **kwargs)
     memo = EvaluationMemo(tmp_path / "evaluation.json", "layout")
-    assert memo.get("dense-logistic", s, kwargs) is None
-    memo.put("dense-logistic", s, kwargs, rows)
+    assert memo.get(memo.key("dense-logistic", s, kwargs)) is None
+    memo.put(memo.key("dense-logistic", s, kwargs), rows)
     memo.save()
     again = EvaluationMemo(tmp_path / "evaluation.json", "layout")
-    back = again.get("dense-logistic", s, kwargs)
+    back = again.get(again.key("dense-logistic", s, kwargs))
     assert back is not None and [r.model_dump_json() for r in back] == [r.model_dump_json() for r in rows]
-    assert again.get("dense-logistic", s + 1e-12, kwargs) is None
-    assert again.get("dense-logistic", s, kwargs | {"seed": 1}) is None
-    assert EvaluationMemo(tmp_path / "evaluation.json", "another layout").get("dense-logistic", s, kwargs) is None
+    assert again.get(again.key("dense-logistic", s + 1e-12, kwargs)) is None
+    assert again.get(again.key("dense-logistic", s, kwargs | {"seed": 1})) is None
+    other = EvaluationMemo(tmp_path / "evaluation.json", "another layout")
+    assert other.get(other.key("dense-logistic", s, kwargs)) is None

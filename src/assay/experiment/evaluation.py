@@ -71,10 +71,11 @@ class Evaluator:
                           dataset_fingerprint=st.ds.fingerprint,
                           config={k: v for k, v in meta.items() if k not in _DROP_META},
                           computed_by=f"{computed.get('git_commit')} (code {computed.get('code')})" if computed else None)
-            res = memo.get(run.method, st.scores[run], kwargs)
+            key = memo.key(run.method, st.scores[run], kwargs)
+            res = memo.get(key)
             if res is None:
                 res = evaluate_method(run.method, self.split_scores(st.scores[run]), **kwargs)
-                memo.put(run.method, st.scores[run], kwargs, res)
+                memo.put(key, res)
             for r in res:
                 r.seed = run.seed
             rows += res
@@ -313,12 +314,11 @@ class EvaluationMemo:
         return sha256_json({"method": method, "scores": digest, "layout": self.layout, "settings": kwargs,
                             "code": self.code})
 
-    def get(self, method: str, scores: np.ndarray, kwargs: dict[str, Any]) -> list[Any] | None:
+    def get(self, key: str) -> list[Any] | None:
         from pydantic import ValidationError
 
         from assay.report.schema import MethodResult
 
-        key = self.key(method, scores, kwargs)
         if key not in self.saved:
             return None
         try:
@@ -328,8 +328,8 @@ class EvaluationMemo:
         self.used[key] = self.saved[key]
         return rows
 
-    def put(self, method: str, scores: np.ndarray, kwargs: dict[str, Any], rows: list[Any]) -> None:
-        self.used[self.key(method, scores, kwargs)] = [r.model_dump(mode="json") for r in rows]
+    def put(self, key: str, rows: list[Any]) -> None:
+        self.used[key] = [r.model_dump(mode="json") for r in rows]
 
     def save(self) -> None:
         from assay.fileio import write_text
