@@ -107,7 +107,11 @@ def token_losses(model: torch.nn.Module, input_ids: torch.Tensor,
     target are real (so under left padding no loss is scored for predicting BOS from a pad)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
     target = input_ids[:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").double()
+    # Rows of contiguous [tokens, vocab]: cross_entropy over a transposed [b, vocab, T] view takes
+    # a strided path about 3x slower at Gemma's 262k vocabulary (same losses up to float32
+    # summation order, ~5e-5 nats).
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             reduction="none").view(target.shape).double()
     if attention_mask is None:
         return loss, torch.ones_like(target, dtype=torch.bool)
     real = attention_mask.bool()
