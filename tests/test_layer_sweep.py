@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from assay.experiment.layers import best_layers, choose_layer, sweep_layers
 
@@ -61,7 +62,7 @@ def test_study_reads_the_layer_its_sweep_chose(tmp_path, monkeypatch, tiny):
         pass
 
     def extract(lm, texts, layers, **kw):
-        if kw.get("store_tokens", True):  # the study's own extraction: record its layer and stop there
+        if len(layers) == 1:  # the study's own extraction (the sweep reads several): record its layer, stop
             seen["layers"] = list(layers)
             raise Stop
         return real_extract(lm, texts, layers, progress=False, **{k: v for k, v in kw.items() if k != "progress"})
@@ -147,3 +148,59 @@ def test_layers_command_refuses_bad_input_before_loading_anything(tmp_path):
                                  env={"COLUMNS": "400", "NO_COLOR": "1"})
         assert res.exit_code == 2 and message in res.output.lower(), (args, res.output)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cap", [None, 0])
+def test_the_study_reads_its_tokens_from_the_sweeps_pass(tmp_path, monkeypatch, tiny, cap):
+    """Under the size cap the sweep keeps every swept layer's tokens, and the study's extraction at
+    the chosen layer borrows them without running the model; over it the sweep pools only and the
+    study extracts its layer itself. Either way the study reads the same numbers."""
+    import assay.activations
+    import assay.activations.extraction as extraction
+    import assay.experiment.layers as layers_mod
+    from assay.experiment import StudyConfig
+    from assay.experiment.study import Study
+
+    from conftest import toy_benchmark
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))  # every extraction below runs the model
+    if cap is not None:
+        monkeypatch.setattr(layers_mod, "SWEEP_TOKEN_BYTES", cap)
+    real_extract, real_shard = assay.activations.extract, extraction._extract_shard
+    forwards: list[int] = []
+    got: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def counting_shard(lm, prompts, rows, layers, *a, **k):
+        forwards.append(len(layers))
+        return real_shard(lm, prompts, rows, layers, *a, **k)
+
+    def extract(lm, texts, layers, **kw):
+        acts = real_extract(lm, texts, layers, **kw)
+        if len(layers) == 1:
+            got["study"] = acts
+            raise Stop
+        got["sweep"] = acts
+        return acts
+
+    monkeypatch.setattr(extraction, "_extract_shard", counting_shard)
+    monkeypatch.setattr(assay.activations, "extract", extract)
+    monkeypatch.setattr("assay.models.load", lambda *a, **k: tiny)
+    cfg = StudyConfig(data=str(toy_benchmark(tmp_path)), aggregations=["all.mean", "all.max"], n_boot=20,
+                      methods=["dense-logistic"])
+    with pytest.raises(Stop):
+        Study(cfg, tmp_path / "run", progress=False).run()
+    sweep, study = got["sweep"], got["study"]
+    assert sweep.spec["store_tokens"] is (cap is None)
+    swept = [n for n in forwards if n > 1]
+    assert swept and all(n == len(sweep.spec["layers"]) for n in swept)
+    assert len(forwards) == len(swept) + (0 if cap is None else len(study.manifest["shards"]))
+    [layer] = study.spec["layers"]
+    assert int(study.token_counts().sum()) > 0
+    for i in range(0, study.n, 7):
+        x = study.example_tokens(layer, i)[0]
+        if cap is None:
+            torch.testing.assert_close(x, sweep.example_tokens(layer, i)[0], rtol=0, atol=0)
+        assert x.shape[0] == int(study.token_counts()[i])

@@ -34,6 +34,22 @@ SWEEP_CODE = ("assay.experiment.layers", "assay.probes.linear", "assay.probes.lo
               "assay.activations.aggregation", "assay.metrics", "assay.metrics.bootstrap")
 
 
+# The sweep keeps every swept layer's per-token activations when they take at most this much disk:
+# the study's own extraction (its chosen layer, with tokens) then borrows them prompt by prompt
+# (`assay.activations.reuse`) instead of running the benchmark through the model a second time.
+# The quick benchmark: about 1.2 GB in bfloat16 (82k tokens x 11 layers); the full preset's
+# standalone sweep (a million tokens x 18 layers) stays pooled only.
+SWEEP_TOKEN_BYTES = 4 << 30
+
+
+def token_bytes(lm: Any, texts: Any, n_layers: int) -> int:
+    """Bytes that per-token activations of `texts` at `n_layers` layers take in the extraction dtype."""
+    from assay.models.chat import format_prompts
+
+    n_tokens = sum(len(p.input_ids) for p in format_prompts(lm.tokenizer, texts, max_tokens=lm.max_positions))
+    return n_tokens * n_layers * lm.d_model * torch.empty((), dtype=lm.dtype).element_size()
+
+
 def sweep_layers(n_layers: int, stride: int = 1) -> list[int]:
     """Blocks 0, stride, 2*stride, ... and always the last block (0-indexed)."""
     if stride < 1:
@@ -146,8 +162,13 @@ def _run_sweep(study: Any, layers: list[int]) -> dict[str, Any]:
     from assay.probes.methods import make_probe
 
     cfg, lm = study.cfg, study.lm
+    size = token_bytes(lm, study.ds.texts, len(layers))
+    keep = size <= SWEEP_TOKEN_BYTES
+    log.info("layer sweep: per-token activations of %d layers would take %.2f GB: %s", len(layers), size / 1e9,
+             "kept, so the study's extraction at the chosen layer reads them" if keep else
+             f"over {SWEEP_TOKEN_BYTES / 1e9:.1f} GB, so pooled only (the study extracts its layer again)")
     acts = extract(lm, study.ds.texts, layers, dataset_fingerprint=study.ds.fingerprint,
-                   aggregations=sorted(set(cfg.aggregations)), store_tokens=False, token_budget=cfg.token_budget,
+                   aggregations=sorted(set(cfg.aggregations)), store_tokens=keep, token_budget=cfg.token_budget,
                    progress=study.progress)
     scores: dict[tuple[Any, str], np.ndarray] = {}
     rows = []
