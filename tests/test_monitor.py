@@ -109,16 +109,17 @@ def test_build_writes_a_bundle_with_nested_card(built):
 def test_live_scores_equal_cached_scores(built):
     """The server's forward (format, pad, stop at the layer, pool) gives the scores of the cached
     activations the thresholds were set on."""
+    from assay.data import load_dataset
+    from assay.monitor.build import DEFAULT_AGGREGATIONS
     from assay.monitor.bundle import load_bundle
     from assay.monitor.features import monitor_activations
     from assay.monitor.scorer import Monitor
-    from assay.data import load_dataset
 
     out, data, lm = built
     b = load_bundle(out)
     mon = Monitor(b, lm)
     ds = load_dataset(data)
-    acts = monitor_activations(lm, ds, [1, 2], progress=False)
+    acts = monitor_activations(lm, ds, [1, 2], aggregations=sorted(DEFAULT_AGGREGATIONS), progress=False)
     cached = b.probe.score(acts.pooled(b.layer, b.inputs["aggregation"]).float())
     live = [v.score for v in mon.score_texts(ds.texts)]
     np.testing.assert_allclose(live, cached, rtol=1e-4, atol=1e-4)

@@ -27,7 +27,7 @@ def test_quick_monitor_built_served_and_scored_like_its_cache(bundled, tmp_path)
     assert spec["model"]["weights_sha256"] and spec["layer"] == 9
 
     ds = load_or_build("quick")
-    acts = monitor_activations(bundled, ds, [9], progress=False)
+    acts = monitor_activations(bundled, ds, [9], aggregations=["all.mean", "resp-5"], progress=False)
     rows = [i for i, e in enumerate(ds.examples) if e.split == "ood"][:24]
     cached = bundle.probe.score(acts.pooled(9, spec["inputs"]["aggregation"]).float()[rows])
 

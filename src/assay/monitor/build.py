@@ -138,7 +138,11 @@ def build_monitor(
 
     t = time.perf_counter()
     tokens = any(get_method(m).reads == "tokens" for m in methods)
-    acts = monitor_activations(lm, ds, layers, tokens=tokens, progress=progress)
+    # Only the aggregations a candidate reads. The study's layer sweep pools these, and on the bundled
+    # model (18 blocks) it reads 6, 9 and 12 too, so a monitor built on the study's data borrows its
+    # activations prompt by prompt (`assay.activations.reuse`) instead of a third forward pass.
+    pooled = sorted({c.aggregation for c in candidates if c.aggregation is not None}) or ["all.mean"]
+    acts = monitor_activations(lm, ds, layers, tokens=tokens, aggregations=pooled, progress=progress)
     feats = Features(acts)
     timings["activations"] = time.perf_counter() - t
 
