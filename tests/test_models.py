@@ -372,3 +372,26 @@ def test_processes_that_assemble_the_bundled_model_at_once_all_get_it_whole(monk
         got = list(pool.map(lambda _: _bundled_gguf(DEFAULT_MODEL), range(3)))
     (path, sha), = set(got)
     assert sha256_file(path) == sha and [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_a_gguf_conversion_parses_the_file_once(tmp_path):
+    """transformers opens the GGUF for the config, the weights and the tokenizer; inside the
+    conversion all three get the one reader (its metadata parsed once), and the real class is back after."""
+    import gguf
+    import numpy as np
+
+    from assay.models.loading import _one_gguf_reader
+
+    path = tmp_path / "t.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_string("general.name", "tiny")
+    w.add_tensor("w", np.ones((2, 3), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    real = gguf.GGUFReader
+    with _one_gguf_reader():
+        a, b = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert a is b and a.get_field("general.name") is not None
+    assert gguf.GGUFReader is real and gguf.GGUFReader(path) is not a
