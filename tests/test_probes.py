@@ -32,6 +32,26 @@ def test_logistic_matches_sklearn_coefficients_and_scores(C):
     np.testing.assert_allclose(probe.score(X), ref.decision_function(Xs), atol=1e-4)
 
 
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_logistic_with_fewer_rows_than_features_matches_sklearn(C):
+    """n < d: the fit runs in the span of the rows (n x n Newton systems, not d x d) and still
+    finds scikit-learn's minimiser in the full space, on the warm-started C path too."""
+    from assay.probes.logistic import fit_logreg, row_basis
+
+    X, y = data(n=60, d=150, seed=3)
+    Xs = StandardScaler().fit_transform(X)
+    ref = LogisticRegression(C=C, tol=1e-12, max_iter=100_000).fit(Xs, y)
+    probe = LogisticProbe(Cs=(C,), device="cpu", tol=1e-10).fit(X, y)
+    np.testing.assert_allclose(probe.coef.numpy(), ref.coef_.ravel(), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(probe.score(X), ref.decision_function(Xs), atol=1e-4)
+    Xt, yt = torch.as_tensor(Xs), torch.as_tensor(y, dtype=torch.float64)
+    basis, theta = row_basis(Xt), None
+    for c in (1e-3, 1e-2, C):
+        theta = fit_logreg(Xt, yt, c, init=theta, tol=1e-10, basis=basis)
+    np.testing.assert_allclose(theta[:-1].numpy(), ref.coef_.ravel(), atol=1e-5, rtol=1e-4)
+    assert float(theta[-1]) == pytest.approx(ref.intercept_[0], abs=1e-5)
+
+
 def test_logistic_differs_from_sklearn_at_other_C():
     """The comparison above can fail: a different C gives visibly different coefficients."""
     X, y = data()

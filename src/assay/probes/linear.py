@@ -10,7 +10,7 @@ import torch
 
 from assay.metrics import auroc
 from assay.probes.base import Probe, as_labels, as_tensor
-from assay.probes.logistic import fit_logreg, logloss, standardize_stats
+from assay.probes.logistic import fit_logreg, logloss, row_basis, standardize_stats
 from assay.runtime import default_device
 
 DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -75,8 +75,10 @@ class LogisticProbe(Probe):
         Xs, yt = (X - self.mu) / self.sd, torch.as_tensor(y_np, dtype=torch.float64, device=dev)
         fits, table = {}, []
         theta = None
+        basis = row_basis(Xs) if Xs.shape[0] < Xs.shape[1] else None  # one QR for every C
         for C in sorted(cfg.Cs):  # strong -> weak regularisation, warm-started
-            theta = fit_logreg(Xs, yt, C, init=theta, max_iter=cfg.max_iter, tol=cfg.tol)
+            theta = fit_logreg(Xs, yt, C, init=theta, max_iter=cfg.max_iter, tol=cfg.tol,
+                               basis=None if np.isinf(C) else basis)
             fits[C] = theta
             if X_val is not None and len(cfg.Cs) > 1:
                 yv = as_labels(y_val)

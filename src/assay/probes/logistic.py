@@ -30,16 +30,40 @@ def fit_logreg(
     init: torch.Tensor | None = None,
     max_iter: int = 1000,
     tol: float = 1e-8,
+    basis: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Minimise the L2-regularised log loss; returns `theta [d + 1]` = (w, b). `X`, `y` float64.
 
     Damped Newton steps (Cholesky of the exact Hessian) for d up to `NEWTON_MAX_DIM`: a handful
     of d x d solves instead of hundreds of LBFGS evaluations, about 10x faster on probe-sized
     problems; LBFGS above it. `C = inf` fits without regularisation (diverges on separable data;
-    keep C finite there)."""
+    keep C finite there).
+
+    With fewer rows than features (and C finite) the fit runs in the span of the rows, `basis` =
+    `row_basis(X)` (computed here when not given; pass it to fit several Cs on one X): w = Q beta
+    with Q orthonormal, so the loss sees X Q beta and the penalty |beta|^2, and the minimiser is
+    exactly Q beta* (any part of w orthogonal to every row changes no score and only adds to the
+    penalty). Newton then solves n x n systems instead of d x d ones."""
+    if not np.isinf(C) and (basis is not None or X.shape[0] < X.shape[1]):
+        Q, Z = basis if basis is not None else row_basis(X)
+        init_r = None if init is None else torch.cat([Q.T @ init[:-1], init[-1:]])
+        theta = _fit(Z, y, C, init_r, max_iter, tol)
+        return torch.cat([Q @ theta[:-1], theta[-1:]])
+    return _fit(X, y, C, init, max_iter, tol)
+
+
+def _fit(X: torch.Tensor, y: torch.Tensor, C: float, init: torch.Tensor | None, max_iter: int,
+         tol: float) -> torch.Tensor:
     if X.shape[1] <= NEWTON_MAX_DIM and not np.isinf(C):
         return _newton(X, y, C, init=init, max_iter=min(max_iter, 100), tol=tol)
     return _lbfgs(X, y, C, init=init, max_iter=max_iter, tol=tol)
+
+
+def row_basis(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(Q [d, n], Z [n, n])` with Q's orthonormal columns spanning X's rows and X = Z Q^T (a QR of
+    X^T): the coordinates a fit with fewer rows than features runs in."""
+    Q, R = torch.linalg.qr(X.T)
+    return Q, R.T
 
 
 def _objective(X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, reg: float) -> torch.Tensor:
