@@ -430,6 +430,7 @@ def test_interrupted_selection_resumes_from_its_last_held_out_collection(built, 
         return real_inner(*a, **k)
 
     monkeypatch.setattr(select, "inner_scores", dies_on_third)
+    monkeypatch.setattr("assay.monitor.build.selection_workers", lambda *a: 1)  # one collection at a time
     opts = dict(lm=lm, layers=[1, 2], min_calibration=20, inner_k=2, progress=False)
     with pytest.raises(KeyboardInterrupt):
         build_monitor(str(data), tmp_path / "bundle", **opts)
@@ -450,3 +451,53 @@ def test_interrupted_selection_resumes_from_its_last_held_out_collection(built, 
     for c in want["nested"]:
         assert got["nested"][c]["chosen"] == want["nested"][c]["chosen"]
         assert got["nested"][c]["auroc"] == pytest.approx(want["nested"][c]["auroc"])
+
+
+def _same_selection(got: dict, want: dict) -> None:
+    assert got["chosen"] == want["chosen"] and set(got["nested"]) == set(want["nested"])
+    assert got["mean_auroc"] == pytest.approx(want["mean_auroc"], abs=1e-9)
+    for c in want["nested"]:
+        assert got["nested"][c]["chosen"] == want["nested"][c]["chosen"]
+        assert got["nested"][c]["auroc"] == pytest.approx(want["nested"][c]["auroc"], abs=1e-9)
+
+
+def test_selection_on_two_threads_is_the_sequential_one(built, tmp_path, monkeypatch):
+    """Held-out collections fitted two at a time (one thread each) give the selection and the
+    nested card of one at a time; a worker that fails stops the others and the build, and the
+    rerun resumes from what finished."""
+    import assay.monitor.build as build
+    import assay.monitor.select as select
+    from assay.monitor.bundle import load_bundle
+
+    first, data, lm = built
+    opts = dict(lm=lm, layers=[1, 2], min_calibration=20, inner_k=2, progress=False)
+    monkeypatch.setattr(build, "selection_workers", lambda *a: 2)
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    want = load_bundle(first).spec["card"]["selection"]
+    _same_selection(load_bundle(build.build_monitor(str(data), tmp_path / "two", **opts)).spec["card"]["selection"],
+                    want)
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache-killed"))
+    real_inner, real_auroc, calls = select.inner_scores, select.auroc, {"n": 0, "fits after": 0}
+
+    def dies_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_inner(*a, **k)
+
+    def auroc(*a, **k):  # one per inner fit
+        calls["fits after"] += calls["n"] >= 3
+        return real_auroc(*a, **k)
+
+    monkeypatch.setattr(select, "inner_scores", dies_on_third)
+    monkeypatch.setattr(select, "auroc", auroc)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_monitor(str(data), tmp_path / "killed", **opts)
+    assert not (tmp_path / "killed").exists()
+    assert calls["fits after"] <= 2  # the other worker stopped within a fit or two, not at the end of its collection
+    [ckpt] = build.selection_dir().iterdir()
+    assert len(json.loads(ckpt.read_text())["folds"]) <= 2
+    calls["n"] = 100
+    _same_selection(load_bundle(build.build_monitor(str(data), tmp_path / "killed", **opts)).spec["card"]["selection"],
+                    want)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -170,9 +171,13 @@ def build_monitor(
     checkpoint = SelectionCheckpoint({"dataset": ds.fingerprint, "activations": acts.key, "collections": collections,
                                       "candidates": [c.name for c in candidates], "inner_k": inner_k, "seed": seed,
                                       "Cs": DEFAULT_CS, "code": code_fingerprint(*SELECTION_CODE)})
-    with _bar(progress, n_fits(len(candidates), len(folds), inner_k), "leave-one-collection-out") as advance:
+    workers = selection_workers(candidates, lm.device)
+    for c in candidates:  # read once, before any worker thread asks
+        feats.read(c)
+    with _bar(progress, n_fits(len(candidates), len(folds), inner_k), "leave-one-collection-out") as advance, \
+            _torch_threads(1 if workers > 1 else None):
         selection = loco(candidates, folds, y, fit, score, inner_k=inner_k, ds=ds, advance=advance,
-                         done=checkpoint.done, on_fold=checkpoint.save)
+                         done=checkpoint.done, on_fold=checkpoint.save, workers=workers)
     timings["selection"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -324,6 +329,34 @@ def _rows_fingerprint(ds: Any, rows: np.ndarray) -> str:
     from assay.data.dataset import fingerprint
 
     return fingerprint(ds[int(i)] for i in rows)
+
+
+MAX_SELECTION_WORKERS = 4  # a cap, not a measured optimum: the workers' Python parts share one GIL
+
+
+def selection_workers(candidates: Sequence[Candidate], device: Any) -> int:
+    """Held-out collections fitted at once during selection, one thread each on one core. A probe
+    fit's matrices are a few hundred rows and columns, too small to keep several cores busy: on 2
+    cores the quick benchmark's selection took 44 s as two single-threaded workers and 62 s as one
+    two-threaded fit at a time. Only where every candidate's fit is deterministic and keeps no global
+    state (pooled methods; the attention probe seeds torch's global generator), and on a CPU."""
+    from assay.probes.methods import method as get_method
+
+    if torch.device(device).type != "cpu" or any(get_method(c.method).reads != "pooled" for c in candidates):
+        return 1
+    return max(1, min(torch.get_num_threads(), MAX_SELECTION_WORKERS))
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside the block (unchanged when None)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _bar(enabled: bool, total: int, what: str):

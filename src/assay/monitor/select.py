@@ -14,6 +14,7 @@ No held-out collection chooses anything about the model it scores.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -60,47 +61,79 @@ def fold_record(scores: np.ndarray, y: np.ndarray, calib_scores: np.ndarray, fpr
 def loco(candidates: Sequence[Candidate], folds: Sequence[Fold], y: np.ndarray, fit: Fitter, score: Scorer,
          *, inner_k: int = 4, ds: Any = None, advance: Callable[[], None] = lambda: None,
          done: dict[str, dict[str, Any]] | None = None,
-         on_fold: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+         on_fold: Callable[[str, dict[str, Any]], None] | None = None, workers: int = 1) -> dict[str, Any]:
     """Every candidate's LOCO record, the nested choice for each held-out collection, and the
     candidate chosen on all of them.
 
     Resumable: `on_fold(collection, record)` is called as each held-out collection finishes, and the
-    records passed back as `done` (by collection) are taken as they are instead of refitted."""
-    per: dict[str, dict[str, dict[str, Any]]] = {c.name: {} for c in candidates}
-    nested: dict[str, dict[str, Any]] = {}
-    kept: dict[str, dict[str, np.ndarray]] = {c.name: {} for c in candidates}  # test scores, for paired comparisons
+    records passed back as `done` (by collection) are taken as they are instead of refitted.
+    `workers` > 1 works on that many held-out collections at once, in threads (`fit` and `score`
+    must then be safe to call from several threads); each collection's record is the same either
+    way, and the result is assembled in `folds` order."""
     collections = [f.collection for f in folds]
-    for f in folds:
-        saved = (done or {}).get(f.collection)
-        if saved is not None:
-            for c in candidates:
-                per[c.name][f.collection] = saved["per"][c.name]
-                kept[c.name][f.collection] = np.asarray(saved["scores"][c.name], dtype=np.float64)
-            nested[f.collection] = saved["nested"]
-            for _ in range(n_fits(len(candidates), 1, inner_k)):
-                advance()
-            continue
+    records = {c: r for c, r in (done or {}).items() if c in collections}
+    for c in records:
+        for _ in range(n_fits(len(candidates), 1, inner_k)):
+            advance()
+    todo = [f for f in folds if f.collection not in records]
+    stop = threading.Event()  # set when one held-out collection fails: the others stop at their next fit
+
+    def step() -> None:
+        if stop.is_set():
+            raise _Stopped
+        advance()
+
+    def held_out(f: Fold) -> dict[str, Any]:
+        per: dict[str, dict[str, Any]] = {}
+        kept: dict[str, list[float]] = {}  # test scores, for paired comparisons
         for c in candidates:
             probe = fit(c, f.train)
-            kept[c.name][f.collection] = s = score(probe, c, f.test)
-            per[c.name][f.collection] = fold_record(s, y[f.test], score(probe, c, f.calib_benign))
-            advance()
+            s = score(probe, c, f.test)
+            kept[c.name] = np.asarray(s, dtype=np.float64).tolist()
+            per[c.name] = fold_record(s, y[f.test], score(probe, c, f.calib_benign))
+            step()
         if len(candidates) == 1:
             chosen, inner = candidates[0], {}
         else:  # choose with f's collection out of sight: grouped folds over the others, inside f.train
             others = [c for c in collections if c != f.collection]
-            inner = inner_scores(candidates, group_folds(others, inner_k), f.train, y, fit, score, ds, advance)
+            inner = inner_scores(candidates, group_folds(others, inner_k), f.train, y, fit, score, ds, step)
             chosen = max(candidates, key=lambda c: (np.nan_to_num(inner[c.name], nan=-1.0), -candidates.index(c)))
-        nested[f.collection] = {"chosen": chosen.name, "inner_auroc": inner,
-                                **per[chosen.name][f.collection], **f.summary()}
+        return {"per": per, "scores": kept,
+                "nested": {"chosen": chosen.name, "inner_auroc": inner, **per[chosen.name], **f.summary()}}
+
+    def finished(f: Fold, record: dict[str, Any]) -> None:
+        records[f.collection] = record
         if on_fold is not None:
-            on_fold(f.collection, {"per": {c.name: per[c.name][f.collection] for c in candidates},
-                                   "scores": {c.name: kept[c.name][f.collection].tolist() for c in candidates},
-                                   "nested": nested[f.collection]})
+            on_fold(f.collection, record)
+
+    if workers > 1 and len(todo) > 1:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        pool = ThreadPoolExecutor(min(workers, len(todo)))
+        try:
+            futures = {pool.submit(held_out, f): f for f in todo}
+            for fut in as_completed(futures):
+                finished(futures[fut], fut.result())
+        except BaseException:  # one failed, or Ctrl-C: drop the queued ones, stop the running ones
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    else:
+        for f in todo:
+            finished(f, held_out(f))
+    per = {c.name: {k: records[k]["per"][c.name] for k in collections} for c in candidates}
+    kept = {c.name: {k: np.asarray(records[k]["scores"][c.name], dtype=np.float64) for k in collections}
+            for c in candidates}
+    nested = {k: records[k]["nested"] for k in collections}
     means = {c.name: _mean([r["auroc"] for r in per[c.name].values()]) for c in candidates}
     best = max(candidates, key=lambda c: (np.nan_to_num(means[c.name], nan=-1.0), -candidates.index(c)))
     return {"candidates": [c.to_dict() for c in candidates], "collections": collections, "per_candidate": per,
             "mean_auroc": means, "chosen": best.to_dict(), "nested": nested, "_scores": kept}
+
+
+class _Stopped(Exception):
+    """A held-out collection abandoned because another one failed."""
 
 
 def inner_scores(candidates: Sequence[Candidate], groups: list[list[str]], pool: np.ndarray, y: np.ndarray,
