@@ -88,6 +88,7 @@ class Study:
         self.sae_paths: dict[tuple[str, int], Path] = {}
         self._sae: Any = None  # the SAE whose probes are being fitted
         self._rankings: dict[tuple[str, str], Any] = {}  # its latents ranked per (aggregation, selector)
+        self._exclusions: frozenset[str] | None = None
 
     # --- plumbing ------------------------------------------------------------------------
     def stage(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -304,11 +305,14 @@ class Study:
         return ranked | {key: selection_order(Z[key], self.y[tr], key[1], ks) for key, _ in wanted if key[1] != "l1"}
 
     def sae_exclusions(self) -> frozenset[str]:
-        """Every benchmark prompt, normalised: no SAE corpus may contain one."""
+        """Every benchmark prompt, normalised: no SAE corpus may contain one. Computed once a run (the
+        SAE stage, SAE quality and auto-interp each ask; it reads the ShareGPT file, ~1.3 s)."""
         from assay.data.benchmark import sharegpt_requests
         from assay.data.normalize import normalize_text
 
-        return sharegpt_requests(self.ds) | frozenset(normalize_text(t) for t in self.ds.texts)
+        if self._exclusions is None:
+            self._exclusions = sharegpt_requests(self.ds) | frozenset(normalize_text(t) for t in self.ds.texts)
+        return self._exclusions
 
     def train_saes(self) -> None:
         from assay.experiment.saes import sae_provenance, train_study_saes
