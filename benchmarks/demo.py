@@ -1,5 +1,8 @@
 """Wall time of `make demo`'s commands, run in passes: the first fills whatever the caches and the
-output folders lack, each later one is a warm rerun (the issue's target: under 30 s in all).
+output folders lack, each later one is a warm rerun (the issue's targets: under 5 minutes cold,
+under 30 s warm). Pass 1 counts as cold (`cold_total_seconds`) only when the cache (`$ASSAY_CACHE`)
+held no file and `runs/` did not exist when it started, e.g. in a fresh clone with
+`ASSAY_CACHE=$(mktemp -d)`.
 
 The commands are read from the Makefile's `demo` target, so this times what `make demo` runs. Each
 pass records every command's seconds and exit status; a failing command stops the benchmark.
@@ -21,6 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from assay.fileio import write_json  # noqa: E402
 from assay.provenance import provenance  # noqa: E402
+from assay.runtime import cache_dir  # noqa: E402
 
 
 def demo_commands(makefile: Path = ROOT / "Makefile") -> list[list[str]]:
@@ -45,6 +49,11 @@ def main() -> None:
     if args.passes < 1:
         raise SystemExit("--passes must be at least 1")
     commands = demo_commands()
+    # What "cold" means for pass 1: nothing in the cache (no model, data, activations or SAEs) and
+    # no earlier output folders, so the first pass does all the work `make demo` does on a fresh machine.
+    cache = cache_dir()
+    cold = {"assay_cache": str(cache), "cache_files_at_start": sum(1 for p in cache.rglob("*") if p.is_file()),
+            "runs_existed_at_start": (ROOT / "runs").exists()}
     passes = []
     for p in range(args.passes):
         rows = []
@@ -60,7 +69,10 @@ def main() -> None:
         passes.append({"pass": p + 1, "commands": rows, "total_seconds": round(sum(r["seconds"] for r in rows), 2)})
         print(f"pass {p + 1}: {passes[-1]['total_seconds']:7.1f} s  in all", flush=True)
     warm = [q["total_seconds"] for q in passes[1:]]
-    write_json(ROOT / args.out, {"provenance": provenance(), "passes": passes,
+    first_cold = cold["cache_files_at_start"] == 0 and not cold["runs_existed_at_start"]
+    write_json(ROOT / args.out, {"provenance": provenance(), "start": cold, "passes": passes,
+                                 "cold_total_seconds": passes[0]["total_seconds"] if first_cold else None,
+                                 "cold_target_seconds": 300,
                                  "warm_total_seconds": min(warm) if warm else None, "warm_target_seconds": 30})
     print(f"wrote {args.out}")
 
