@@ -465,17 +465,24 @@ def test_selection_on_two_threads_is_the_sequential_one(built, tmp_path, monkeyp
     """Held-out collections fitted two at a time (one thread each) give the selection and the
     nested card of one at a time; a worker that fails stops the others and the build, and the
     rerun resumes from what finished."""
+    import threading
+
     import assay.monitor.build as build
     import assay.monitor.select as select
     from assay.monitor.bundle import load_bundle
+    from assay.runtime import threads_per_worker
 
     first, data, lm = built
     opts = dict(lm=lm, layers=[1, 2], min_calibration=20, inner_k=2, progress=False)
     monkeypatch.setattr(build, "selection_workers", lambda *a: 2)
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    set_in = []  # torch's thread count is per thread: each worker sets its own share of the cores
+    monkeypatch.setattr("assay.runtime.set_torch_threads", lambda n: set_in.append((n, threading.current_thread())))
     want = load_bundle(first).spec["card"]["selection"]
     _same_selection(load_bundle(build.build_monitor(str(data), tmp_path / "two", **opts)).spec["card"]["selection"],
                     want)
+    assert len(set_in) == 2 and {n for n, _ in set_in} == {threads_per_worker(2)}
+    assert threading.main_thread() not in {t for _, t in set_in}
 
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache-killed"))
     real_inner, real_auroc, calls = select.inner_scores, select.auroc, {"n": 0, "fits after": 0}

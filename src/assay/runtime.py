@@ -60,6 +60,22 @@ def dtype_name(dtype: "torch.dtype") -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def threads_per_worker(workers: int) -> int:
+    """torch intra-op threads for each of `workers` threads that share this process's cores."""
+    import torch
+
+    return max(1, torch.get_num_threads() // workers)
+
+
+def set_torch_threads(n: int) -> None:
+    """Run in each worker thread as it starts. torch's intra-op thread count is per thread (an
+    OpenMP setting): a thread that never sets it runs on every core, whatever the thread that
+    started it set."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def tune_malloc() -> bool:
     """Stop glibc from mmap-ing and unmapping every large tensor.
 

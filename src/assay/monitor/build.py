@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ def build_monitor(
     from assay.monitor.features import monitor_activations
     from assay.probes.methods import method as get_method
     from assay.provenance import code_fingerprint, provenance
-    from assay.runtime import choose_dtype
+    from assay.runtime import choose_dtype, set_torch_threads, threads_per_worker
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -174,10 +175,10 @@ def build_monitor(
     workers = selection_workers(candidates, lm.device)
     for c in candidates:  # read once, before any worker thread asks
         feats.read(c)
-    with _bar(progress, n_fits(len(candidates), len(folds), inner_k), "leave-one-collection-out") as advance, \
-            _torch_threads(1 if workers > 1 else None):
+    with _bar(progress, n_fits(len(candidates), len(folds), inner_k), "leave-one-collection-out") as advance:
         selection = loco(candidates, folds, y, fit, score, inner_k=inner_k, ds=ds, advance=advance,
-                         done=checkpoint.done, on_fold=checkpoint.save, workers=workers)
+                         done=checkpoint.done, on_fold=checkpoint.save, workers=workers,
+                         init_worker=partial(set_torch_threads, threads_per_worker(workers)))
     timings["selection"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -335,11 +336,13 @@ MAX_SELECTION_WORKERS = 4  # a cap, not a measured optimum: the workers' Python 
 
 
 def selection_workers(candidates: Sequence[Candidate], device: Any) -> int:
-    """Held-out collections fitted at once during selection, one thread each on one core. A probe
-    fit's matrices are a few hundred rows and columns, too small to keep several cores busy: on 2
-    cores the quick benchmark's selection took 44 s as two single-threaded workers and 62 s as one
-    two-threaded fit at a time. Only where every candidate's fit is deterministic and keeps no global
-    state (pooled methods; the attention probe seeds torch's global generator), and on a CPU."""
+    """Held-out collections fitted at once during selection, each thread on its share of the cores
+    (`runtime.threads_per_worker`: one each on a 2-core CPU). A probe fit's matrices are a few
+    hundred rows and columns, too small to keep several cores busy: on 2 cores the quick
+    benchmark's selection took 52 s as two single-threaded workers and 72 s as one two-threaded fit
+    at a time (one run of each, back to back). Only where every candidate's fit is deterministic and
+    keeps no global state (pooled methods; the attention probe seeds torch's global generator), and
+    on a CPU."""
     from assay.probes.methods import method as get_method
 
     if torch.device(device).type != "cpu" or any(get_method(c.method).reads != "pooled" for c in candidates):
@@ -347,21 +350,7 @@ def selection_workers(candidates: Sequence[Candidate], device: Any) -> int:
     return max(1, min(torch.get_num_threads(), MAX_SELECTION_WORKERS))
 
 
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `n` inside the block (unchanged when None)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _bar(enabled: bool, total: int, what: str):
-    from contextlib import contextmanager
-
     @contextmanager
     def bar():
         if not enabled:

@@ -61,15 +61,16 @@ def fold_record(scores: np.ndarray, y: np.ndarray, calib_scores: np.ndarray, fpr
 def loco(candidates: Sequence[Candidate], folds: Sequence[Fold], y: np.ndarray, fit: Fitter, score: Scorer,
          *, inner_k: int = 4, ds: Any = None, advance: Callable[[], None] = lambda: None,
          done: dict[str, dict[str, Any]] | None = None,
-         on_fold: Callable[[str, dict[str, Any]], None] | None = None, workers: int = 1) -> dict[str, Any]:
+         on_fold: Callable[[str, dict[str, Any]], None] | None = None, workers: int = 1,
+         init_worker: Callable[[], None] | None = None) -> dict[str, Any]:
     """Every candidate's LOCO record, the nested choice for each held-out collection, and the
     candidate chosen on all of them.
 
     Resumable: `on_fold(collection, record)` is called as each held-out collection finishes, and the
     records passed back as `done` (by collection) are taken as they are instead of refitted.
-    `workers` > 1 works on that many held-out collections at once, in threads (`fit` and `score`
-    must then be safe to call from several threads); each collection's record is the same either
-    way, and the result is assembled in `folds` order."""
+    `workers` > 1 works on that many held-out collections at once, in threads that each run
+    `init_worker` first (`fit` and `score` must then be safe to call from several threads); each
+    collection's record is the same either way, and the result is assembled in `folds` order."""
     collections = [f.collection for f in folds]
     records = {c: r for c, r in (done or {}).items() if c in collections}
     for c in records:
@@ -109,7 +110,7 @@ def loco(candidates: Sequence[Candidate], folds: Sequence[Fold], y: np.ndarray, 
     if workers > 1 and len(todo) > 1:
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
-        pool = ThreadPoolExecutor(min(workers, len(todo)))
+        pool = ThreadPoolExecutor(min(workers, len(todo)), initializer=init_worker)
         try:
             futures = {pool.submit(held_out, f): f for f in todo}
             for fut in as_completed(futures):

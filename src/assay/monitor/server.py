@@ -51,6 +51,8 @@ except ImportError as err:  # the serve extra is optional: say how to get it rat
     raise ImportError(f"the monitor server needs the serve extra ({err.name} is missing): "
                       "pip install 'assay[serve]'") from err
 
+from assay.runtime import set_torch_threads, threads_per_worker  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 CATEGORY = "harmful_intent"
@@ -254,7 +256,7 @@ class Batcher:
     async def start(self) -> None:
         self._arrived = asyncio.Event()  # bound to this loop: an app may be started again on a new loop
         self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"assay-monitor-{i}",
-                                              initializer=_set_threads, initargs=(self.threads,))
+                                              initializer=set_torch_threads, initargs=(self.threads,))
                            for i in range(self.workers)]
         self._free = asyncio.Queue()
         for i, executor in enumerate(self._executors):
@@ -411,15 +413,6 @@ def default_workers(device: str, generating: bool) -> int:
     stream of kernels anyway, and generation hooks the model for its own forward, so both get one."""
     cores = torch.get_num_threads()
     return 2 if device == "cpu" and cores >= 2 and not generating else 1
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, torch.get_num_threads() // workers)
-
-
-def _set_threads(n: int) -> None:
-    """Run in each scoring thread as it starts: its OpenMP team's size (per thread in PyTorch)."""
-    torch.set_num_threads(n)
 
 
 def _resolve(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
