@@ -77,8 +77,7 @@ class LogisticProbe(Probe):
         theta = None
         basis = row_basis(Xs) if Xs.shape[0] < Xs.shape[1] else None  # one QR for every C
         for C in sorted(cfg.Cs):  # strong -> weak regularisation, warm-started
-            theta = fit_logreg(Xs, yt, C, init=theta, max_iter=cfg.max_iter, tol=cfg.tol,
-                               basis=None if np.isinf(C) else basis)
+            theta = fit_logreg(Xs, yt, C, init=theta, max_iter=cfg.max_iter, tol=cfg.tol, basis=basis)
             fits[C] = theta
             if X_val is not None and len(cfg.Cs) > 1:
                 yv = as_labels(y_val)
