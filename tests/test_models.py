@@ -170,6 +170,30 @@ def test_damaged_dequantised_copy_is_found_and_converted_again(tiny, tmp_path, m
     assert fp2["dequantised_sha256"] != fp["dequantised_sha256"]
 
 
+def test_a_conversion_finished_by_another_process_meanwhile_is_kept(tiny, tmp_path, monkeypatch):
+    """Two torchrun ranks on an empty cache both convert the GGUF. The one that finishes second keeps
+    the first one's copy instead of deleting it while the first reads it (a CI run caught a rank
+    reading `assay-complete.json` from the folder the other had just removed)."""
+    import assay.models.loading as loading
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    gguf, sha = tmp_path / "x.gguf", "ab" * 32
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: _FakeTokenizer())
+    first = {}
+
+    def convert(*a, **k):  # while this process converts, another one finishes the same conversion
+        if not first:
+            first["started"] = True
+            first["out"] = loading._dequantised(gguf, sha)
+            first["inode"] = (first["out"] / "assay-complete.json").stat().st_ino
+        return copy.deepcopy(tiny.model)
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", convert)
+    out = loading._dequantised(gguf, sha)
+    assert out == first["out"] and (out / "assay-complete.json").stat().st_ino == first["inode"]
+    assert loading.verify_saved(out) == [] and not list(out.parent.glob("*.tmp*"))
+
+
 def test_copy_from_before_checksums_is_converted_again(tmp_path):
     import assay.models.loading as loading
     from assay.fileio import write_json

@@ -500,8 +500,14 @@ def _dequantised(gguf: Path, sha: str) -> Path:
     model.save_pretrained(tmp)
     files = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
     write_json(tmp / "assay-complete.json", {"gguf": gguf.name, "gguf_sha256": sha, "files_sha256": files})
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    try:  # a rename onto a folder that has files fails: another process (a torchrun rank) finished first
+        os.replace(tmp, out)
+    except OSError:
+        if (out / "assay-complete.json").exists() and not verify_saved(out):
+            shutil.rmtree(tmp, ignore_errors=True)  # keep its copy: removing it would pull it from under its reader
+            return out
+        shutil.rmtree(out, ignore_errors=True)  # a damaged copy
+        os.replace(tmp, out)
     return out
 
 
