@@ -8,7 +8,15 @@ store around it), with and without its sparse-activation option.
 
 Both sides run under two AuxK loads, each with the same fixed dead set: none dead (AuxK idle), and
 an eighth of the latents dead (AuxK active on every step). Both run in one process with glibc's
-malloc tuned as the CLI tunes it (`assay.runtime.tune_malloc`).
+malloc tuned as the CLI tunes it (`assay.runtime.tune_malloc`). Every side runs once per round and
+the rounds (`--rounds`, 3) are interleaved, so a slow spell of the shared machine falls on all sides
+alike; each side's tokens/s is its median over the rounds (every round's value is in the JSON).
+
+Where this run's bf16 matmul peak beats its fp32 one, ours also runs with `search_dtype="bfloat16"`
+(what the study and `assay sae train` use when the model runs in bf16): each token's top k is
+shortlisted from bf16 pre-activations and recomputed exactly in fp32. Its row says how many tokens'
+codes differed from the exact top k (on two batches, for the SAE as trained), and its fraction of
+both bounds. The exact fp32 row is the one the targets are read from.
 
 The bound: TopK training cannot beat the dense encoder forward, 2 x d_in x width FLOP per token, at
 this run's fp32 matmul peak (`benchmarks/peak.py`, measured before and after the timings; the higher
@@ -21,7 +29,7 @@ timed from one step's start to the next, so drawing the batch from the shuffle b
 Run with the Python of the SAELens venv (`make saelens`; `make bench` runs it), which imports assay
 from src/:
 
-    .venv-saelens/bin/python benchmarks/sae_train.py [--steps 6] [--widths 4096,16384] [--k 32]
+    .venv-saelens/bin/python benchmarks/sae_train.py [--steps 6] [--rounds 3] [--widths 4096,16384] [--k 32]
 
 Writes benchmarks/results/sae_train.json (or --out). About 5 minutes on 2 cores at the defaults.
 """
@@ -45,6 +53,7 @@ from peak import matmul_peak  # noqa: E402
 from assay.provenance import provenance  # noqa: E402
 from assay.runtime import tune_malloc  # noqa: E402
 from assay.sae import TrainConfig, Trainer, build_sae  # noqa: E402
+from assay.sae.sparse import topk_encode  # noqa: E402
 
 DTYPE = torch.float32
 
@@ -82,17 +91,37 @@ def median_step_seconds(starts: list[float], end: float) -> float:
     return statistics.median(times[1:])
 
 
-def bench_assay(x: torch.Tensor, width: int, dead: torch.Tensor, args) -> float:
+def bench_assay(x: torch.Tensor, width: int, dead: torch.Tensor, args, search_dtype: str | None = None):
+    """Tokens/s of assay's trainer, and the trained SAE with its input scale (for the agreement check)."""
     sae = build_sae("topk", d_in=x.shape[1], d_sae=width, k=args.k, dtype="float32")
     n_tok = (args.steps + 1) * args.batch
     cfg = TrainConfig(total_tokens=n_tok, batch_size=args.batch, progress=False, scale_batches=1,
-                      buffer_tokens=2 * args.batch, log_every=10**9)
+                      buffer_tokens=2 * args.batch, log_every=10**9, search_dtype=search_dtype)
     trainer = FixedDeadTrainer({"topk": sae}, cfg)
     trainer.dead, trainer.starts = dead, []
     trainer.fit(x[i:i + args.batch] for i in range(0, n_tok + 2 * args.batch, args.batch))
     end = time.perf_counter()
     assert sae.W_enc.dtype == DTYPE and trainer.state.step == args.steps + 1
-    return args.batch / median_step_seconds(trainer.starts, end)
+    return args.batch / median_step_seconds(trainer.starts, end), sae, trainer.state.scale
+
+
+@torch.no_grad()
+def shortlist_agreement(sae, scale: float, x: torch.Tensor, batch: int) -> dict:
+    """How often the bfloat16 shortlist changes the code: each token's top-k latents chosen through
+    it against the exact float32 top k, for the SAE as trained, on two of the benchmark's batches."""
+    tokens = tokens_differing = latents_differing = 0
+    for s in range(0, 2 * batch, batch):
+        xb = x[s:s + batch] * scale
+        b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
+        _, exact, _ = topk_encode(xb, b_dec, sae.W_enc, sae.b_enc, sae.cfg.k)
+        _, short, _ = topk_encode(xb, b_dec, sae.W_enc, sae.b_enc, sae.cfg.k, torch.bfloat16)
+        exact_set = torch.zeros(len(xb), sae.cfg.d_sae, dtype=torch.bool).scatter_(1, exact, True)
+        missing = sae.cfg.k - exact_set.gather(1, short).sum(1)  # chosen latents not in the exact top k
+        tokens += len(xb)
+        tokens_differing += int((missing > 0).sum())
+        latents_differing += int(missing.sum())
+    return {"tokens": tokens, "tokens_with_a_different_code": tokens_differing,
+            "fraction_of_code_entries_different": latents_differing / (tokens * sae.cfg.k)}
 
 
 def bench_saelens(x: torch.Tensor, width: int, dead: torch.Tensor, args, sparse: bool) -> float:
@@ -118,24 +147,39 @@ def bench_saelens(x: torch.Tensor, width: int, dead: torch.Tensor, args, sparse:
     return args.batch / median_step_seconds(starts, time.perf_counter())
 
 
-def one_condition(x: torch.Tensor, width: int, fraction: float, args) -> dict:
+def one_condition(x: torch.Tensor, width: int, fraction: float, args, bf16: bool) -> dict:
+    """Every side once per round, the rounds interleaved, so a slow spell of a shared machine
+    falls on all sides alike; tokens/s per side is the median over the rounds."""
     dead = dead_mask(width, fraction)
-    rows = {"assay_topk_trainer": bench_assay(x, width, dead, args),
-            "saelens_topk_step": bench_saelens(x, width, dead, args, sparse=False)}
-    notes = {}
-    try:
-        rows["saelens_topk_step_sparse_activations"] = bench_saelens(x, width, dead, args, sparse=True)
-    except Exception as err:  # sae-lens's sparse mode has no backward for some sparse ops on CPU
-        notes["saelens_topk_step_sparse_activations"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
-    best_lens = max(v for k, v in rows.items() if k.startswith("saelens"))
-    return {"dead_latents": int(dead.sum()), "tokens_per_s": rows,
-            "speedup_vs_saelens": rows["assay_topk_trainer"] / best_lens, "notes": notes}
+    rounds: dict[str, list[float]] = {}
+    notes, agreement = {}, None
+    for r in range(args.rounds):
+        rounds.setdefault("assay_topk_trainer", []).append(bench_assay(x, width, dead, args)[0])
+        if bf16:
+            rate, sae, scale = bench_assay(x, width, dead, args, search_dtype="bfloat16")
+            rounds.setdefault("assay_topk_trainer_bf16_search", []).append(rate)
+            if r == args.rounds - 1:
+                agreement = shortlist_agreement(sae, scale, x, args.batch)
+        rounds.setdefault("saelens_topk_step", []).append(bench_saelens(x, width, dead, args, sparse=False))
+        if "saelens_topk_step_sparse_activations" in notes:
+            continue
+        try:
+            rate = bench_saelens(x, width, dead, args, sparse=True)
+            rounds.setdefault("saelens_topk_step_sparse_activations", []).append(rate)
+        except Exception as err:  # sae-lens's sparse mode has no backward for some sparse ops on CPU
+            notes["saelens_topk_step_sparse_activations"] = f"failed: {type(err).__name__}: {str(err)[:160]}"
+    rates = {k: statistics.median(v) for k, v in rounds.items()}
+    best_lens = max(v for k, v in rates.items() if k.startswith("saelens"))
+    return {"dead_latents": int(dead.sum()), "tokens_per_s": rates, "rounds": rounds, "best_lens": best_lens,
+            "notes": notes, "bf16_search_agreement": agreement}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=6, help="timed steps per side, width and AuxK load (after a "
                    "first step that is not counted); tokens/s is the batch over the median step time")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every side; each side's tokens/s is "
+                   "its median over them")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--widths", default="4096,16384", help="comma-separated SAE widths")
     p.add_argument("--k", type=int, default=32)
@@ -150,7 +194,11 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn((args.steps + 5) * args.batch, args.d_in, dtype=DTYPE)  # one set for every width and side
     peak_before = matmul_peak(DTYPE)
-    per_width = {w: {c: one_condition(x, w, f, args) for c, f in DEAD_FRACTIONS.items()} for w in widths}
+    # The bfloat16 shortlist (TrainConfig.search_dtype) pays only where bf16 matmuls beat fp32 ones
+    # (AMX, AVX512-BF16, GPUs); on an AVX2-only CPU they are ~50x slower, and the row is left out.
+    peak_bf16 = matmul_peak(torch.bfloat16)
+    bf16 = peak_bf16["peak_gflops"] > peak_before["peak_gflops"]
+    per_width = {w: {c: one_condition(x, w, f, args, bf16) for c, f in DEAD_FRACTIONS.items()} for w in widths}
     peak_after = matmul_peak(DTYPE)
     peak = max(peak_before["peak_gflops"], peak_after["peak_gflops"])
     out_widths = {}
@@ -159,14 +207,25 @@ def main() -> None:
         bound_rate = peak * 1e9 / bound_flop
         out_widths[str(w)] = {"bound_flop_per_token": bound_flop, "bound_tokens_per_s": round(bound_rate, 1)}
         for c, r in conditions.items():
-            out_widths[str(w)][c] = {
+            rates, lens = r["tokens_per_s"], r["best_lens"]
+            row = {
                 "dead_latents": r["dead_latents"],
-                "tokens_per_s": {k: round(v, 1) for k, v in r["tokens_per_s"].items()},
-                "speedup_vs_saelens": round(r["speedup_vs_saelens"], 2),
-                "assay_fraction_of_bound": round(r["tokens_per_s"]["assay_topk_trainer"] / bound_rate, 3),
-                "saelens_fraction_of_bound": round(r["tokens_per_s"]["saelens_topk_step"] / bound_rate, 3),
+                "tokens_per_s": {k: round(v, 1) for k, v in rates.items()},
+                "tokens_per_s_by_round": {k: [round(v, 1) for v in vs] for k, vs in r["rounds"].items()},
+                "speedup_vs_saelens": round(rates["assay_topk_trainer"] / lens, 2),
+                "assay_fraction_of_bound": round(rates["assay_topk_trainer"] / bound_rate, 3),
+                "saelens_fraction_of_bound": round(lens / bound_rate, 3),
                 "notes": r["notes"],
             }
+            if bf16:
+                fast = rates["assay_topk_trainer_bf16_search"]
+                row["bf16_search"] = {
+                    "speedup_vs_saelens": round(fast / lens, 2),
+                    "fraction_of_fp32_bound": round(fast / bound_rate, 3),
+                    "fraction_of_bf16_bound": round(fast * bound_flop / (peak_bf16["peak_gflops"] * 1e9), 3),
+                    "agreement_with_exact_top_k": r["bf16_search_agreement"],
+                }
+            out_widths[str(w)][c] = row
     result = provenance(
         benchmark="sae_train", dtype=str(DTYPE).removeprefix("torch."), device="cpu", threads=torch.get_num_threads(),
         sae_lens_version=sae_lens.__version__, config={**{k: v for k, v in vars(args).items() if k != "out"}, "widths": widths},
@@ -176,6 +235,11 @@ def main() -> None:
         bound="dense encoder forward, 2 x d_in x width FLOP per token, at this run's fp32 matmul peak",
         matmul_peak={"dtype": str(DTYPE).removeprefix("torch."), "peak_gflops": round(peak, 1),
                      "before": peak_before, "after": peak_after},
+        bf16_matmul_peak=peak_bf16,
+        bf16_search=("assay's trainer again with TrainConfig.search_dtype='bfloat16': each token's top k is "
+                     "shortlisted (k + 16 candidates) from bf16 pre-activations and recomputed exactly in fp32; "
+                     "parameters, gradients and Adam stay fp32. Run because this run's bf16 matmul peak beat "
+                     "its fp32 one" if bf16 else "not run: this run's bf16 matmul peak was below its fp32 one"),
         widths=out_widths,
     )
     out = Path(args.out)
@@ -190,6 +254,11 @@ def main() -> None:
                   f"{t['saelens_topk_step']:>9,.1f} tok/s, speed-up {r[c]['speedup_vs_saelens']:.2f}x; assay "
                   f"{r[c]['assay_fraction_of_bound']:.3f} of the bound ({r['bound_tokens_per_s']:,.0f} tok/s), "
                   f"SAELens {r[c]['saelens_fraction_of_bound']:.3f}")
+            if "bf16_search" in r[c]:
+                b = r[c]["bf16_search"]
+                print(f"{'':>31}bf16 shortlist: assay {t['assay_topk_trainer_bf16_search']:>9,.1f} tok/s, speed-up "
+                      f"{b['speedup_vs_saelens']:.2f}x; {b['agreement_with_exact_top_k']['tokens_with_a_different_code']}"
+                      f" of {b['agreement_with_exact_top_k']['tokens']} tokens' codes differ from the exact top k")
     print(f"wrote {out}")
 
 

@@ -185,3 +185,40 @@ def test_dead_window_scales_with_the_run():
     assert TrainConfig(total_tokens=10_000, batch_size=1024).dead_window == 4096
     assert TrainConfig(total_tokens=10**9).dead_window == 10_000_000
     assert TrainConfig(total_tokens=10**6, dead_after_tokens=7).dead_window == 7
+
+
+def test_bf16_shortlist_trains_the_exact_sae():
+    """`search_dtype` only shortlists each token's top k in bf16; the values, gradients and Adam stay
+    fp32, so while no true top-k latent falls outside the shortlist the weights follow the exact run."""
+    data = PlantedDictionary(d_in=32, n_features=64, active=3, seed=2)
+    chunks = list(data.stream(8192, chunk=512))
+    runs = {}
+    for search in (None, "bfloat16"):
+        sae = build_sae("topk", d_in=32, d_sae=128, k=3)
+        Trainer({"topk": sae}, _cfg(tokens=8192, search_dtype=search)).fit(chunks)
+        assert sae.search_dtype == (torch.bfloat16 if search else None)
+        runs[search] = sae
+    for key, exact in runs[None].state_dict().items():
+        torch.testing.assert_close(runs["bfloat16"].state_dict()[key], exact, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,search", [("bfloat16", "bfloat16"), ("float32", None)])
+def test_sae_train_command_shortlists_in_bf16_only_with_a_bf16_model(tiny, tmp_path, monkeypatch, dtype, search):
+    """`assay sae train` shortlists as the study does: in bf16 where the model runs in bf16 (which
+    `--dtype auto` picks only where bf16 matmuls are faster), exactly in fp32 elsewhere; training.json says which."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from assay.sae.cli import app
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "tiny-model"
+    tiny.model.save_pretrained(model)
+    tiny.tokenizer.save_pretrained(model)
+    out = tmp_path / "sae"
+    res = CliRunner().invoke(app, ["train", "--model", str(model), "--dtype", dtype, "--layer", "1", "--width", "64",
+                                   "--k", "8", "--tokens", "1000", "--batch-size", "250", "--max-tokens", "64",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "training.json").read_text())["config"]["search_dtype"] == search

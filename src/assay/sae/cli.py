@@ -149,8 +149,11 @@ def train(
         typer.echo(f"re-initialised {int(round(resample * next(iter(saes.values())).cfg.d_sae))} latents ({resample_how})")
     meta = sae_metadata(lm, layer, corpus, max_tokens, finetuned_from=str(finetune_from) if finetune_from else None,
                         resampled_fraction=resample)
+    # Where the model runs in bfloat16 (`--dtype auto` picks it only where bf16 matmuls are faster),
+    # TopK SAEs shortlist each token's top k in bf16 and compute it exactly in fp32, as the study's do.
     cfg = TrainConfig(total_tokens=n_tokens * epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      sparsity_warmup_steps=sparsity_warmup, checkpoint_every=checkpoint_every)
+                      sparsity_warmup_steps=sparsity_warmup, checkpoint_every=checkpoint_every,
+                      search_dtype="bfloat16" if lm.dtype == torch.bfloat16 else None)
     torch.manual_seed(seed)
     trainer = train_saes(saes, stream(), out, cfg, meta, device=lm.device, resume=resume)
     if not is_main():
