@@ -31,7 +31,7 @@ from src/:
 
     .venv-saelens/bin/python benchmarks/sae_train.py [--steps 6] [--rounds 3] [--widths 4096,16384] [--k 32]
 
-Writes benchmarks/results/sae_train.json (or --out). About 5 minutes on 2 cores at the defaults.
+Writes benchmarks/results/sae_train.json (or --out). About 9 minutes on 2 cores at the defaults.
 """
 
 from __future__ import annotations
