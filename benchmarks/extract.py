@@ -21,6 +21,8 @@ import torch
 from peak import matmul_peak  # benchmarks/peak.py (scale.py imports it from here)
 
 from assay.activations import extract
+from assay.activations.batching import length_order, shard_plan, token_budget_batches
+from assay.activations.extraction import default_token_budget
 from assay.data import build_benchmark
 from assay.models import format_prompts, load
 from assay.provenance import provenance
@@ -39,6 +41,23 @@ def flops_to_layer(cfg, lengths: list[int], layer: int) -> float:
             ctx = sum(min(i + 1, window or n) for i in range(n))  # keys each query attends to
             total += n * per_token_linear + 2 * 2 * h * hd * ctx  # QK^T and AV
     return total
+
+
+def padding_fraction(lengths: list[int], device: torch.device) -> float:
+    """Padded tokens per real token in the batches `extract` forms (shards of 32k tokens, longest
+    first, each cut into token-budget batches), minus one."""
+    padded = 0
+    for shard in shard_plan(length_order(lengths), lengths, 1 << 15):
+        for batch in token_budget_batches(shard, lengths, default_token_budget(device)):
+            padded += len(batch) * max(lengths[i] for i in batch)
+    return padded / sum(lengths) - 1
+
+
+def timed_extract(lm, texts, layer: int) -> float:
+    with tempfile.TemporaryDirectory() as root:
+        t0 = time.perf_counter()
+        extract(lm, texts, layer, root=root, progress=False, store_tokens=True)
+        return time.perf_counter() - t0
 
 
 def naive(lm, prompts, batch_size: int) -> float:
@@ -75,6 +94,8 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=9)
     ap.add_argument("--batch-size", type=int, default=8, help="naive path's fixed batch size")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--whole", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time ours on every prompt of the quick benchmark")
     ap.add_argument("--out", default="benchmarks/results/extract.json")
     args = ap.parse_args()
     malloc_tuned = tune_malloc()
@@ -91,10 +112,7 @@ def main() -> None:
         flops = flops_to_layer(lm.model.config, lengths, args.layer)
         peak = matmul_peak(dtype)
         extract(lm, texts[:4], args.layer, root=tempfile.mkdtemp(), progress=False)  # warm-up
-        with tempfile.TemporaryDirectory() as root:
-            t0 = time.perf_counter()
-            extract(lm, texts, args.layer, root=root, progress=False, store_tokens=True)
-            ours_s = time.perf_counter() - t0
+        ours_s = timed_extract(lm, texts, args.layer)
         naive_s = naive(lm, prompts, args.batch_size)
         row = {
             "tokens": n_tokens, "min_len": min(lengths), "max_len": max(lengths),
@@ -103,7 +121,19 @@ def main() -> None:
             "speedup": naive_s / ours_s,
             "useful_gflop": flops / 1e9, "ours_gflops": flops / ours_s / 1e9,
             "matmul": peak, "ours_fraction_of_peak": flops / ours_s / 1e9 / peak["peak_gflops"],
+            "padding_fraction": padding_fraction(lengths, lm.device),
         }
+        if args.whole:
+            all_lengths = [len(p.input_ids) for p in format_prompts(lm.tokenizer, ds.texts)]
+            all_flops = flops_to_layer(lm.model.config, all_lengths, args.layer)
+            whole_s = timed_extract(lm, ds.texts, args.layer)
+            row["whole_benchmark"] = {
+                "n_prompts": len(ds.texts), "tokens": sum(all_lengths), "seconds": whole_s,
+                "tokens_per_s": sum(all_lengths) / whole_s, "useful_gflop": all_flops / 1e9,
+                "gflops": all_flops / whole_s / 1e9,
+                "fraction_of_peak": all_flops / whole_s / 1e9 / peak["peak_gflops"],
+                "padding_fraction": padding_fraction(all_lengths, lm.device),
+            }
         if dtype == torch.bfloat16:
             row["profile_top_ops"] = profile_ours(lm, texts[: max(8, args.n // 4)], args.layer)
         results["by_dtype"][dtype_name] = row
