@@ -11,6 +11,7 @@ the layer). For bf16 it also profiles where our time goes.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import tempfile
@@ -21,8 +22,8 @@ import torch
 from peak import matmul_peak  # benchmarks/peak.py (scale.py imports it from here)
 
 from assay.activations import extract
-from assay.activations.batching import length_order, shard_plan, token_budget_batches
-from assay.activations.extraction import default_token_budget
+from assay.activations.batching import token_budget_batches
+from assay.activations.extraction import _own_plan, default_token_budget
 from assay.data import build_benchmark
 from assay.models import format_prompts, load
 from assay.provenance import provenance
@@ -44,10 +45,11 @@ def flops_to_layer(cfg, lengths: list[int], layer: int) -> float:
 
 
 def padding_fraction(lengths: list[int], device: torch.device) -> float:
-    """Padded tokens per real token in the batches `extract` forms (shards of 32k tokens, longest
-    first, each cut into token-budget batches), minus one."""
+    """Padded tokens per real token in the batches `extract` forms at its defaults (its own shard
+    plan, each shard cut into token-budget batches), minus one."""
+    shard_tokens = inspect.signature(extract).parameters["shard_tokens"].default
     padded = 0
-    for shard in shard_plan(length_order(lengths), lengths, 1 << 15):
+    for shard in _own_plan(lengths, set(), shard_tokens):
         for batch in token_budget_batches(shard, lengths, default_token_budget(device)):
             padded += len(batch) * max(lengths[i] for i in batch)
     return padded / sum(lengths) - 1

@@ -12,8 +12,8 @@ malloc tuned as the CLI tunes it (`assay.runtime.tune_malloc`). Every side runs 
 the rounds (`--rounds`, 3) are interleaved, so a slow spell of the shared machine falls on all sides
 alike; each side's tokens/s is its median over the rounds (every round's value is in the JSON).
 
-Where this run's bf16 matmul peak beats its fp32 one, ours also runs with `search_dtype="bfloat16"`
-(what the study and `assay sae train` use when the model runs in bf16): each token's top k is
+Where `--dtype auto` chooses bf16 in this run (`assay.runtime.choose_dtype`), ours also runs with
+`search_dtype="bfloat16"` (what the study and `assay sae train` then use): each token's top k is
 shortlisted from bf16 pre-activations and recomputed exactly in fp32. Its row says how many tokens'
 codes differed from the exact top k (on two batches, for the SAE as trained), and its fraction of
 both bounds. The exact fp32 row is the one the targets are read from.
@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from peak import matmul_peak  # noqa: E402
 
 from assay.provenance import provenance  # noqa: E402
-from assay.runtime import tune_malloc  # noqa: E402
+from assay.runtime import choose_dtype, tune_malloc  # noqa: E402
 from assay.sae import TrainConfig, Trainer, build_sae  # noqa: E402
 from assay.sae.sparse import topk_encode  # noqa: E402
 
@@ -110,9 +110,9 @@ def shortlist_agreement(sae, scale: float, x: torch.Tensor, batch: int) -> dict:
     """How often the bfloat16 shortlist changes the code: each token's top-k latents chosen through
     it against the exact float32 top k, for the SAE as trained, on two of the benchmark's batches."""
     tokens = tokens_differing = latents_differing = 0
+    b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
     for s in range(0, 2 * batch, batch):
         xb = x[s:s + batch] * scale
-        b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
         _, exact, _ = topk_encode(xb, b_dec, sae.W_enc, sae.b_enc, sae.cfg.k)
         _, short, _ = topk_encode(xb, b_dec, sae.W_enc, sae.b_enc, sae.cfg.k, torch.bfloat16)
         exact_set = torch.zeros(len(xb), sae.cfg.d_sae, dtype=torch.bool).scatter_(1, exact, True)
@@ -194,10 +194,11 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn((args.steps + 5) * args.batch, args.d_in, dtype=DTYPE)  # one set for every width and side
     peak_before = matmul_peak(DTYPE)
-    # The bfloat16 shortlist (TrainConfig.search_dtype) pays only where bf16 matmuls beat fp32 ones
-    # (AMX, AVX512-BF16, GPUs); on an AVX2-only CPU they are ~50x slower, and the row is left out.
+    # The bf16 shortlist runs where `--dtype auto` would load the model in bf16 (the study and
+    # `assay sae train` shortlist exactly then); on an AVX2-only CPU bf16 matmuls are ~50x slower.
+    auto_dtype, auto_why = choose_dtype("auto", "cpu")
+    bf16 = auto_dtype == "bfloat16"
     peak_bf16 = matmul_peak(torch.bfloat16)
-    bf16 = peak_bf16["peak_gflops"] > peak_before["peak_gflops"]
     per_width = {w: {c: one_condition(x, w, f, args, bf16) for c, f in DEAD_FRACTIONS.items()} for w in widths}
     peak_after = matmul_peak(DTYPE)
     peak = max(peak_before["peak_gflops"], peak_after["peak_gflops"])
@@ -238,8 +239,9 @@ def main() -> None:
         bf16_matmul_peak=peak_bf16,
         bf16_search=("assay's trainer again with TrainConfig.search_dtype='bfloat16': each token's top k is "
                      "shortlisted (k + 16 candidates) from bf16 pre-activations and recomputed exactly in fp32; "
-                     "parameters, gradients and Adam stay fp32. Run because this run's bf16 matmul peak beat "
-                     "its fp32 one" if bf16 else "not run: this run's bf16 matmul peak was below its fp32 one"),
+                     "parameters, gradients and Adam stay fp32. Run because --dtype auto chose bfloat16 here"
+                     if bf16 else "not run: --dtype auto chose float32 here"),
+        dtype_auto={"chose": auto_dtype, **auto_why},
         widths=out_widths,
     )
     out = Path(args.out)
