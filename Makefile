@@ -37,9 +37,9 @@ saelens: $(SAELENS_BIN)/.installed
 # The study (quick preset), the SAE-architecture comparison at matched L0 in its reduced form, then
 # a monitor bundle built on the study's data (it prints how to serve it).
 demo: setup
-	$(BIN)/assay experiment harmful-intent --preset quick
+	$(BIN)/assay experiment harmful-intent --preset demo
 	$(BIN)/assay experiment sae-frequency --preset demo
-	$(BIN)/assay monitor build --data quick --min-calibration 40 --out runs/monitor-quick
+	$(BIN)/assay monitor build --data quick --layer 6 --min-calibration 40 --out runs/monitor-quick
 
 test: setup
 	$(BIN)/python -m pytest -q

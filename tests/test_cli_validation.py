@@ -96,3 +96,28 @@ def test_an_explicit_bfloat16_that_is_slow_here_is_kept_with_a_warning(monkeypat
         assert runtime.choose_dtype("bfloat16", "cpu")[0] == "bfloat16"
         assert runtime.choose_dtype("auto", "cpu")[0] == "bfloat16"
     assert not caplog.records
+
+
+@pytest.mark.parametrize("extra,data,subsample", [
+    (["--preset", "demo"], "quick", 30),  # the demo preset's own: the quick benchmark, subsampled
+    (["--preset", "demo", "--subsample", "10"], "quick", 10),
+    (["--preset", "demo", "--data", "full"], "full", 30),
+    (["--preset", "quick"], None, None),  # the quick preset reads its own benchmark whole
+    (["--preset", "quick", "--subsample", "6"], None, 6),
+])
+def test_study_presets_keep_their_data_unless_told(monkeypatch, tmp_path, extra, data, subsample):
+    """`make demo` runs `--preset demo`; a flag left out must not erase what the preset sets."""
+    seen = {}
+
+    def capture(cfg, out, progress=True):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr("assay.runtime.choose_dtype", lambda *a, **k: ("float32", {"requested": "float32"}))
+    monkeypatch.setattr("assay.experiment.run_study", capture)
+    result = CliRunner().invoke(app, ["experiment", "harmful-intent", "--out", str(tmp_path / "r")] + extra)
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.data, cfg.subsample) == (data, subsample)
+    if cfg.preset == "demo":
+        assert cfg.headline_k in cfg.ks and cfg.sae.width == 1024 and cfg.layer is None and cfg.layer_sweep

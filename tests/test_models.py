@@ -419,3 +419,54 @@ def test_a_gguf_conversion_parses_the_file_once(tmp_path):
         a, b = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
         assert a is b and a.get_field("general.name") is not None
     assert gguf.GGUFReader is real and gguf.GGUFReader(path) is not a
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_study_converts_the_model_while_its_data_builds(tmp_path, monkeypatch, tiny, fails):
+    """A cold study converts the bundled GGUF in a thread while the benchmark builds. `load` starts
+    only once that conversion has ended (never a second one beside it), and a data error waits for
+    it too, so no conversion is cut off at exit with its files half-written."""
+    import threading
+    import time
+
+    from assay.errors import InputError
+    from assay.experiment import StudyConfig
+    from assay.experiment.study import Study
+    from assay.models import loading
+    from conftest import toy_benchmark
+
+    events = []
+
+    def slow_resolve(name, revision):
+        events.append(("convert", threading.current_thread() is threading.main_thread()))
+        time.sleep(0.5)
+        events.append(("converted", None))
+        return "dir", {}
+
+    def data(*a, **k):
+        events.append(("data", None))
+        if fails:
+            raise InputError("a broken dataset")
+        return real_data(*a, **k)
+
+    def load(*a, **k):
+        events.append(("load", None))
+        return tiny
+
+    import assay.data
+
+    real_data = assay.data.load_or_build
+    monkeypatch.setattr(loading, "_resolve", slow_resolve)
+    monkeypatch.setattr("assay.data.load_or_build", data)
+    monkeypatch.setattr("assay.models.load", load)
+    assert loading.convert_in_background(str(tmp_path)) is None  # a model directory: nothing to convert
+    cfg = StudyConfig(model="gemma-3-270m", data=str(toy_benchmark(tmp_path)), layer=1, layer_sweep=False)
+    study = Study(cfg, tmp_path / "out", progress=False)
+    if fails:
+        with pytest.raises(InputError, match="broken"):
+            study.prepare()
+        assert events[-1] == ("converted", None)
+    else:
+        study.prepare()
+        assert events.index(("converted", None)) < events.index(("load", None)) == len(events) - 1
+    assert ("convert", False) in events  # in a thread of its own

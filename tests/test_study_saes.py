@@ -88,3 +88,21 @@ def test_readme_says_what_ran_as_separate_commands():
     assert text == "; its layer sweep (47 min) and its 2 SAEs (corpus extraction and training, 35 min) ran as separate commands"
     made[1]["train_seconds"] = None  # an SAE older than trained.json: no time claimed
     assert _elsewhere(SimpleNamespace(diagnostics={"sae_provenance": made})) == "; its 2 SAEs ran as separate commands"
+
+
+def test_a_subsampled_run_says_how_small_it_is():
+    from types import SimpleNamespace
+
+    from assay.experiment.findings import scale_notes
+
+    splits = {"train": {"rows": 80, "units": 56}, "ood": {"rows": 80, "units": 59}}
+    sae = {"width": 1024, "pretrain_tokens": 12000, "chat_tokens": 12000}
+    report = SimpleNamespace(config={"preset": "demo", "subsample": 40, "sae": sae},
+                             provenance=SimpleNamespace(splits=splits))
+    (text,) = scale_notes(report)
+    assert "at most 40 rows per split and class" in text and "(train 80, ood 80)" in text
+    assert "1,024 latents" in text and "12,000 Wikipedia" in text and "demo preset" in text
+    report.config = {**report.config, "preset": "quick"}
+    assert "demo preset" not in scale_notes(report)[0]
+    report.config = {**report.config, "subsample": None}
+    assert scale_notes(report) == []

@@ -14,7 +14,8 @@ app = typer.Typer(help="Run a whole study: data, activations, SAEs, probes, base
 
 @app.command("harmful-intent")
 def harmful_intent(
-    preset: str = typer.Option("quick", help="quick (minutes on a laptop CPU) | full (GDM's scale)."),
+    preset: str = typer.Option("quick", help="demo (what make demo runs: the quick benchmark subsampled, small SAEs) | "
+                               "quick (minutes on a laptop CPU) | full (GDM's scale)."),
     model: str = options.MODEL,
     layer: Optional[int] = options.STUDY_LAYER,
     layer_sweep: bool = typer.Option(True, "--layer-sweep/--no-layer-sweep", help="Fit the dense probe at every layer "
@@ -53,8 +54,8 @@ def harmful_intent(
             "the whole study runs as one process; its SAE stage is what runs across ranks: `torchrun "
             "--nproc-per-node N -m assay experiment saes` with the same settings first, then `assay experiment "
             "harmful-intent` (one process) reuses those SAEs", param_hint="torchrun")
-    if preset not in ("quick", "full"):
-        raise typer.BadParameter(f"unknown preset {preset!r}: use quick or full", param_hint="--preset")
+    if preset not in ("demo", "quick", "full"):
+        raise typer.BadParameter(f"unknown preset {preset!r}: use demo, quick or full", param_hint="--preset")
     if dtype != "auto" and dtype.lower() not in DTYPES:
         raise typer.BadParameter(f"unknown dtype {dtype!r}: use auto, float32 or bfloat16", param_hint="--dtype")
 
@@ -76,8 +77,10 @@ def harmful_intent(
     cfg = StudyConfig.preset_config(preset, model=model, layer=layer, dtype=dtype, seed=seed, methods=methods,
                                     layer_sweep=layer_sweep, **({"layer_stride": layer_stride} if layer_stride else {}),
                                     layer_sweep_from=str(layer_sweep_from) if layer_sweep_from else None,
-                                    data=data, subsample=subsample, dtype_choice=why,
-                                    **({"n_seeds": seeds} if seeds else {}))
+                                    dtype_choice=why, **({"n_seeds": seeds} if seeds else {}),
+                                    # given only when set: the demo preset has its own (the quick data, subsampled)
+                                    **({"data": data} if data is not None else {}),
+                                    **({"subsample": subsample} if subsample is not None else {}))
     if sae_width or sae_tokens:
         sae = cfg.sae.model_copy(update={k: v for k, v in {
             "width": sae_width, "pretrain_tokens": int(sae_tokens) if sae_tokens else None,

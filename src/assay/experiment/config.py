@@ -32,7 +32,8 @@ class SAESpec(BaseModel):
 class StudyConfig(BaseModel):
     """`assay experiment harmful-intent`: every knob that changes the numbers."""
 
-    preset: Literal["quick", "full"] = Field("quick", description="Benchmark size (data preset).")
+    preset: Literal["demo", "quick", "full"] = Field("quick", description="The study's size: quick and full "
+                                                   "are data presets too; demo reads the quick benchmark.")
     data: str | None = Field(None, description="A benchmark directory or user JSONL/CSV to use instead of the preset's benchmark.")
     subsample: int | None = Field(None, description="At most this many examples per split and class (smoke runs).")
     model: str = Field("gemma-3-270m", description="HF id, local path, .gguf file or the bundled default.")
@@ -116,8 +117,20 @@ class StudyConfig(BaseModel):
             # 2/3 of the quick preset's auto-interp stage); the full preset runs it.
             base = cls(preset="quick", n_boot=500, sae=sae, stability_resamples=10, layer_stride=2,
                        autointerp_lm_latents=0)
+        elif preset == "demo":
+            # What `make demo` runs: every stage of the quick study, at a size that keeps a cold run
+            # (model conversion and benchmark build included) within a few minutes on a 2-core CPU.
+            # The quick benchmark with at most 30 rows per split and class (240 of its 700), SAEs of
+            # 1,024 latents on a few thousand tokens (extraction to the study's layer is the cost),
+            # fewer k values and auto-interp latents. Its numbers show the pipeline working; its
+            # intervals are wide and its SAEs undertrained: the quick and full presets are the study.
+            sae = SAESpec(width=1024, k=32, pretrain_tokens=12_000, chat_tokens=12_000, finetune_tokens=6_000,
+                          epochs=5, max_tokens=128, batch_size=512, eval_texts=8, eval_max_tokens=64)
+            base = cls(preset="demo", data="quick", subsample=30, n_boot=200, sae=sae, stability_resamples=5,
+                       layer_stride=2, ks=[1, 5, 20], autointerp_latents=8, autointerp_lm_latents=0,
+                       autointerp_tokens=4_000)
         else:
-            raise ValueError(f"unknown preset {preset!r}: use quick or full")
+            raise ValueError(f"unknown preset {preset!r}: use demo, quick or full")
         return base.model_copy(update=overrides)
 
 

@@ -86,8 +86,24 @@ class _Writer:
 def attach(report: Any) -> Any:
     """`report` with its findings, and notes that are their texts, generated from its numbers."""
     report.findings = findings(report)
-    report.notes = [f.text for f in report.findings]
+    report.notes = [f.text for f in report.findings] + scale_notes(report)
     return report
+
+
+def scale_notes(report: Any) -> list[str]:
+    """What a reduced run (a subsampled benchmark: the demo preset, a smoke run) is, from its config."""
+    cfg, splits = report.config or {}, getattr(report.provenance, "splits", None) or {}
+    if not cfg.get("subsample"):
+        return []
+    sae = cfg.get("sae") or {}
+    rows = ", ".join(f"{s} {v['rows']}" for s, v in splits.items())
+    text = (f"A reduced run: at most {cfg['subsample']} rows per split and class of the benchmark ({rows}), so the "
+            f"intervals are wide; its SAEs have {sae.get('width', 0):,} latents, trained on "
+            f"{sae.get('pretrain_tokens', 0):,} Wikipedia and {sae.get('chat_tokens', 0):,} chat tokens.")
+    if cfg.get("preset") == "demo":
+        text += (" The demo preset shows the pipeline at work in minutes, with SAEs far too small to judge SAEs by; "
+                 "the quick and full presets are the study.")
+    return [text]
 
 
 def find_result(report: Any, ref: Any, split: str) -> Any | None:

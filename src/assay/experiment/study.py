@@ -199,22 +199,35 @@ class Study:
         """Data, splits, model and layer sweep; the study's layer fixed (the sweep's choice when not given)."""
         from assay.data import load_or_build
         from assay.models import load
+        from assay.models.loading import convert_in_background
 
         cfg = self.cfg
-        self.ds = self.stage("data", lambda: with_calibration_split(
-            subsample(load_or_build(cfg.data or cfg.preset, cfg.seed), cfg.subsample, cfg.seed), cfg.calibrate_on,
-            cfg.seed))
-        missing = [s for s in ("train", "val", cfg.calibrate_on, "ood") if s not in self.ds.splits]
-        if missing:
-            raise InputError(f"the study needs splits train, val, {cfg.calibrate_on} and ood; the dataset has "
-                             f"{self.ds.splits} and lacks {missing}: add a `split` column with those values")
+        converting = convert_in_background(cfg.model)  # a cold cache: the model converts while the data builds
+        try:
+            self.ds = self.stage("data", lambda: with_calibration_split(
+                subsample(load_or_build(cfg.data or cfg.preset, cfg.seed), cfg.subsample, cfg.seed),
+                cfg.calibrate_on, cfg.seed))
+            missing = [s for s in ("train", "val", cfg.calibrate_on, "ood") if s not in self.ds.splits]
+            if missing:
+                raise InputError(f"the study needs splits train, val, {cfg.calibrate_on} and ood; the dataset has "
+                                 f"{self.ds.splits} and lacks {missing}: add a `split` column with those values")
+        except Exception:
+            if converting is not None:
+                converting.join()  # finished, not cut off at exit with its files half-written
+            raise
         ex = self.ds.examples
         self.y = np.array([e.label for e in ex])
         self.units = self.ds.clusters
         split = np.array([e.split for e in ex])
         self.splits = ["train", "val", cfg.calibrate_on, "ood"]
         self.idx = {s: np.flatnonzero(split == s) for s in self.splits}
-        self.lm = self.stage("model", lambda: load(cfg.model, dtype=cfg.dtype, lazy=True))
+
+        def model() -> Any:
+            if converting is not None:
+                converting.join()
+            return load(cfg.model, dtype=cfg.dtype, lazy=True)
+
+        self.lm = self.stage("model", model)
         self.layer_sweep = self.stage("layer sweep", self.sweep_layers) if cfg.layer_sweep else None
         if cfg.layer is None:
             chosen = self.layer_sweep["chosen"] if self.layer_sweep else self.lm.n_layers // 2
