@@ -24,7 +24,16 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from assay.fileio import write_json  # noqa: E402
 from assay.provenance import provenance  # noqa: E402
-from assay.runtime import cache_dir  # noqa: E402
+from assay.runtime import cache_dir, matmul_gflops  # noqa: E402
+
+
+def machine_speed() -> dict[str, float]:
+    """This moment's matmul speed (GFLOP/s): these shared machines run up to 2x slower at times, so
+    each pass says how fast the machine was around it (not counted in the commands' seconds)."""
+    import torch
+
+    return {"float32": round(matmul_gflops(torch.float32, "cpu"), 1),
+            "bfloat16": round(matmul_gflops(torch.bfloat16, "cpu"), 1)}
 
 
 def demo_commands(makefile: Path = ROOT / "Makefile") -> list[list[str]]:
@@ -56,7 +65,7 @@ def main() -> None:
             "runs_existed_at_start": (ROOT / "runs").exists()}
     passes = []
     for p in range(args.passes):
-        rows = []
+        rows, speed_before = [], machine_speed()
         for cmd in commands:
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -66,8 +75,10 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.stderr.write(proc.stderr[-3000:])
                 raise SystemExit(f"{' '.join(cmd)} exited with {proc.returncode}")
-        passes.append({"pass": p + 1, "commands": rows, "total_seconds": round(sum(r["seconds"] for r in rows), 2)})
-        print(f"pass {p + 1}: {passes[-1]['total_seconds']:7.1f} s  in all", flush=True)
+        passes.append({"pass": p + 1, "commands": rows, "total_seconds": round(sum(r["seconds"] for r in rows), 2),
+                       "matmul_gflops_before": speed_before, "matmul_gflops_after": machine_speed()})
+        print(f"pass {p + 1}: {passes[-1]['total_seconds']:7.1f} s  in all (matmul GFLOP/s before, after: "
+              f"{speed_before}, {passes[-1]['matmul_gflops_after']})", flush=True)
     warm = [q["total_seconds"] for q in passes[1:]]
     first_cold = cold["cache_files_at_start"] == 0 and not cold["runs_existed_at_start"]
     write_json(ROOT / args.out, {"provenance": provenance(), "start": cold, "passes": passes,
