@@ -442,9 +442,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def convert_in_background(name: str) -> threading.Thread | None:
     """Start a GGUF model's one-off conversion (the bundled default's included) in a thread, so that a
     cold run overlaps it with its other first work, e.g. building a benchmark: the conversion is mostly
-    one Python thread parsing the file. A cold study's data and model stages took 47 s together this
-    way against 65 s one after the other (2-core CPU). Join it before `load`, which raises whatever
-    the conversion failed with; None for a model that needs no conversion."""
+    one Python thread parsing the file. In two cold demo runs at the same matmul speed (2-core CPU,
+    one run each) the study's data and model stages took 48 s with it and 53 s without. Join it
+    before `load`, which raises whatever the conversion failed with; None for a model that needs no
+    conversion."""
     if name not in _BUNDLED and Path(name).expanduser().suffix != ".gguf":
         return None
 
