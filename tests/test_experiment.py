@@ -199,8 +199,9 @@ def test_findings_regenerate_from_the_report_alone(smoke_run, tmp_path):
     in memory, and refuses a file that is not a study report."""
     from typer.testing import CliRunner
 
-    from assay.report.schema import load_report
     from assay.experiment.cli import app
+    from assay.experiment.findings import scale_notes
+    from assay.report.schema import load_report
 
     _, out = smoke_run  # other tests rerun the study into `out`: compare with the file, not the fixture
     written = load_report(out / "report.json")
@@ -212,7 +213,10 @@ def test_findings_regenerate_from_the_report_alone(smoke_run, tmp_path):
     assert res.exit_code == 0, res.output
     again = load_report(tmp_path / "report.json")
     assert [f.text for f in again.findings] == [f.text for f in written.findings]
-    assert again.notes == written.notes == [f.text for f in written.findings] and (tmp_path / "report.md").exists()
+    # notes: the findings' texts, then what a reduced run is (the smoke study reads a subsample)
+    scale = scale_notes(written)
+    assert len(scale) == 1 and "at most" in scale[0]
+    assert again.notes == written.notes == [f.text for f in written.findings] + scale and (tmp_path / "report.md").exists()
     (tmp_path / "bad.json").write_text("{}")
     res = CliRunner().invoke(app, ["findings", str(tmp_path / "bad.json")])
     assert res.exit_code == 2 and "Invalid value" in res.output  # a clear usage error, not a traceback

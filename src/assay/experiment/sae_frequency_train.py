@@ -164,8 +164,9 @@ def train_sweep(lm: Any, layer: int, cfg: FrequencyConfig, progress: bool = True
     train_cfg = TrainConfig(total_tokens=n_tokens * cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                             progress=progress, buffer_tokens=1 << 15,
                             search_dtype="bfloat16" if lm.dtype == torch.bfloat16 else None)
-    # About ten checkpoints a run: each writes all 15 SAEs with their Adam state (at every 25 steps,
-    # the demo preset's 937 small steps spent 11% of the stage writing 37 of them).
+    # About ten checkpoints a run: each writes every SAE of the sweep with its Adam state (at every 25
+    # steps, the old demo preset's 15 SAEs x 937 small steps spent about 15% of this stage, 11% of the
+    # whole command, writing 37 of them).
     train_cfg = replace(train_cfg, checkpoint_every=max(25, train_cfg.total_steps // 10))
     controller = L0Controller(saes, targets, train_cfg.total_steps, control_fraction=cfg.control_fraction)
     meta = sae_metadata(lm, layer, "wiki", cfg.max_tokens, experiment="sae-frequency", seed=cfg.seed)
