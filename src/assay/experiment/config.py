@@ -121,7 +121,7 @@ class StudyConfig(BaseModel):
             # What `make demo` runs: every stage of the quick study, at a size that keeps a cold run
             # (model conversion and benchmark build included) within a few minutes on a 2-core CPU.
             # The quick benchmark with at most 30 rows per split and class (240 of its 700), SAEs of
-            # 1,024 latents on a few thousand tokens (extraction to the study's layer is the cost),
+            # 1,024 latents on 12,000 tokens per corpus (extraction to the study's layer is the cost),
             # fewer k values and auto-interp latents. Its numbers show the pipeline working; its
             # intervals are wide and its SAEs undertrained: the quick and full presets are the study.
             sae = SAESpec(width=1024, k=32, pretrain_tokens=12_000, chat_tokens=12_000, finetune_tokens=6_000,
