@@ -74,13 +74,12 @@ def harmful_intent(
 
     methods = [n for n, m in METHODS.items()
                if not (no_attention and m.kind == "attention") and not (no_baselines and m.kind == "baseline")]
+    # Flags left out keep the preset's value (the demo preset has its own data and subsample).
+    given = {k: v for k, v in {"layer_stride": layer_stride, "n_seeds": seeds, "data": data,
+                               "subsample": subsample}.items() if v is not None}
     cfg = StudyConfig.preset_config(preset, model=model, layer=layer, dtype=dtype, seed=seed, methods=methods,
-                                    layer_sweep=layer_sweep, **({"layer_stride": layer_stride} if layer_stride else {}),
-                                    layer_sweep_from=str(layer_sweep_from) if layer_sweep_from else None,
-                                    dtype_choice=why, **({"n_seeds": seeds} if seeds else {}),
-                                    # given only when set: the demo preset has its own (the quick data, subsampled)
-                                    **({"data": data} if data is not None else {}),
-                                    **({"subsample": subsample} if subsample is not None else {}))
+                                    layer_sweep=layer_sweep, dtype_choice=why, **given,
+                                    layer_sweep_from=str(layer_sweep_from) if layer_sweep_from else None)
     if sae_width or sae_tokens:
         sae = cfg.sae.model_copy(update={k: v for k, v in {
             "width": sae_width, "pretrain_tokens": int(sae_tokens) if sae_tokens else None,
