@@ -83,7 +83,7 @@ def test_an_explicit_bfloat16_that_is_slow_here_is_kept_with_a_warning(monkeypat
 
     import assay.runtime as runtime
 
-    monkeypatch.setattr(runtime, "matmul_gflops", lambda dtype, device: 18.0 if dtype == torch.float32 else 0.34)
+    monkeypatch.setattr(runtime, "matmul_gflops", lambda dtype, device, **kw: 18.0 if dtype == torch.float32 else 0.34)
     with caplog.at_level(logging.WARNING, logger="assay.runtime"):
         assert runtime.choose_dtype("auto", "cpu")[0] == "float32"
         assert not caplog.records
@@ -91,11 +91,35 @@ def test_an_explicit_bfloat16_that_is_slow_here_is_kept_with_a_warning(monkeypat
     assert name == "bfloat16" and why["bfloat16_gflops"] == 0.3
     assert "slower than float32" in caplog.text and "0.3 GFLOP/s" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(runtime, "matmul_gflops", lambda dtype, device: 100.0 if dtype == torch.float32 else 600.0)
+    monkeypatch.setattr(runtime, "matmul_gflops", lambda dtype, device, **kw: 100.0 if dtype == torch.float32 else 600.0)
     with caplog.at_level(logging.WARNING, logger="assay.runtime"):
         assert runtime.choose_dtype("bfloat16", "cpu")[0] == "bfloat16"
         assert runtime.choose_dtype("auto", "cpu")[0] == "bfloat16"
     assert not caplog.records
+
+
+@pytest.mark.parametrize("small,full,chosen,probes", [
+    (0.4, None, "float32", ["32 rows"]),  # AVX2-only: the quick probe settles it, no 7 s full-size bf16 matmul
+    (40.0, 600.0, "bfloat16", ["32 rows", "1024 rows"]),  # a small matmul understates bf16: the full probe decides
+    (40.0, 120.0, "float32", ["32 rows", "1024 rows"]),  # not 1.5x faster at full size: float32
+])
+def test_auto_dtype_skips_the_full_bfloat16_probe_only_where_bfloat16_is_hopeless(monkeypatch, small, full, chosen,
+                                                                                 probes):
+    import torch
+
+    import assay.runtime as runtime
+
+    ran = []
+
+    def fake(dtype, device, seconds=0.3, rows=1024):
+        if dtype == torch.float32:
+            return 100.0
+        ran.append(f"{rows} rows")
+        return small if rows < 1024 else full
+
+    monkeypatch.setattr(runtime, "matmul_gflops", fake)
+    name, why = runtime.choose_dtype("auto", "cpu")
+    assert (name, ran, why["bfloat16_probe"]) == (chosen, probes, probes[-1])
 
 
 @pytest.mark.parametrize("extra,data,subsample", [

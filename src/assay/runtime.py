@@ -97,14 +97,16 @@ def tune_malloc() -> bool:
     return bool(ok_mmap and ok_trim)
 
 
-def matmul_gflops(dtype: "torch.dtype", device: "torch.device | str | None" = None, seconds: float = 0.3) -> float:
-    """GFLOP/s of a (1024 x 640) @ (640 x 2048) matmul, the shape of a small model's projections."""
+def matmul_gflops(dtype: "torch.dtype", device: "torch.device | str | None" = None, seconds: float = 0.3,
+                  rows: int = 1024) -> float:
+    """GFLOP/s of a (rows x 640) @ (640 x 2048) matmul, the shape of a small model's projections
+    (1,024 rows: a batch of tokens; fewer make a quicker, rougher probe)."""
     import time
 
     import torch
 
     device = torch.device(device) if device is not None else default_device()
-    a = torch.randn(1024, 640, dtype=dtype, device=device)
+    a = torch.randn(rows, 640, dtype=dtype, device=device)
     b = torch.randn(640, 2048, dtype=dtype, device=device)
     a @ b
     reps, t0 = 0, time.perf_counter()
@@ -113,7 +115,22 @@ def matmul_gflops(dtype: "torch.dtype", device: "torch.device | str | None" = No
         reps += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 2 * 1024 * 640 * 2048 * reps / (time.perf_counter() - t0) / 1e9
+    return 2 * rows * 640 * 2048 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _bfloat16_gflops(fp32: float, device: "torch.device") -> tuple[float, str]:
+    """bf16 matmul GFLOP/s, and the probe that measured it. A 32-row matmul first: where it is
+    already under a quarter of the fp32 rate, bf16 is hopeless here and the full probe is skipped;
+    on AVX2-only CPUs (~0.4 GFLOP/s) one full-size warm-up alone takes 7 s, and every command
+    that resolves `--dtype auto` would pay that twice. A small matmul only understates a fast
+    bf16 unit, so the early-out never turns a bf16 machine away; anything that passes it gets the
+    full probe."""
+    import torch
+
+    small = matmul_gflops(torch.bfloat16, device, seconds=0.05, rows=32)
+    if small < fp32 / 4:
+        return small, "32 rows"
+    return matmul_gflops(torch.bfloat16, device), "1024 rows"
 
 
 def choose_dtype(requested: str = "auto", device: "torch.device | str | None" = None) -> tuple[str, dict]:
@@ -128,8 +145,10 @@ def choose_dtype(requested: str = "auto", device: "torch.device | str | None" = 
         name = dtype_name(resolve_dtype(requested))
         if name == "float32" or on.type == "cuda":
             return name, {"requested": requested}
-    fp32, bf16 = matmul_gflops(torch.float32, on), matmul_gflops(torch.bfloat16, on)
-    why = {"requested": requested, "float32_gflops": round(fp32, 1), "bfloat16_gflops": round(bf16, 1), "device": on.type}
+    fp32 = matmul_gflops(torch.float32, on)
+    bf16, probe = _bfloat16_gflops(fp32, on)
+    why = {"requested": requested, "float32_gflops": round(fp32, 1), "bfloat16_gflops": round(bf16, 1),
+           "bfloat16_probe": probe, "device": on.type}
     if requested != "auto":
         name = dtype_name(resolve_dtype(requested))
         if name == "bfloat16" and bf16 < fp32:
