@@ -398,27 +398,51 @@ def test_processes_that_assemble_the_bundled_model_at_once_all_get_it_whole(monk
     assert sha256_file(path) == sha and [p.name for p in path.parent.iterdir()] == [path.name]
 
 
-def test_a_gguf_conversion_parses_the_file_once(tmp_path):
-    """transformers opens the GGUF for the config, the weights and the tokenizer; inside the
-    conversion all three get the one reader (its metadata parsed once), and the real class is back after."""
+def _tiny_gguf(path):
     import gguf
     import numpy as np
 
-    from assay.models.loading import _one_gguf_reader
-
-    path = tmp_path / "t.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_string("general.name", "tiny")
-    w.add_tensor("w", np.ones((2, 3), dtype=np.float32))
+    w.add_array("tokenizer.ggml.tokens", ["<pad>", "hello", "▁wörld", "日本", ""])
+    w.add_array("tokenizer.ggml.scores", [0.0, -1.5, -2.25, -3.0, 0.5])
+    w.add_uint32("llama.block_count", 2)
+    w.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    real = gguf.GGUFReader
-    with _one_gguf_reader():
+
+
+def test_a_gguf_conversion_parses_the_file_once_and_reads_what_the_real_reader_reads(tmp_path):
+    """transformers opens the GGUF for the config, the weights and the tokenizer; inside the
+    conversion all three get the one reader (its metadata parsed once), its slices are plain ndarray
+    views (no memmap subclass: that is what made it slow), every field and tensor reads as through
+    the real reader and transformers' own parser, and the real class and parser are back after."""
+    import gguf
+    import numpy as np
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+
+    from assay.models.gguf_reading import fast_gguf_reading
+
+    path = tmp_path / "t.gguf"
+    _tiny_gguf(path)
+    real, real_parse = gguf.GGUFReader, hf_gguf._gguf_parse_value
+
+    def values(reader):
+        return {k: [hf_gguf._gguf_parse_value(f.parts[i], f.types) for i in f.data] for k, f in reader.fields.items()}
+
+    want_fields, want_tensor = values(real(path)), np.array(real(path).tensors[0].data)
+    with fast_gguf_reading():
         a, b = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
-        assert a is b and a.get_field("general.name") is not None
-    assert gguf.GGUFReader is real and gguf.GGUFReader(path) is not a
+        assert a is b
+        got_fields = values(a)
+        tensor = a.tensors[0].data
+        assert type(tensor) is np.ndarray and not tensor.flags.writeable
+        assert all(type(p) is np.ndarray for f in a.fields.values() for p in f.parts)
+    assert got_fields == want_fields and got_fields["tokenizer.ggml.tokens"][2] == "▁wörld"
+    assert np.array_equal(tensor, want_tensor)
+    assert gguf.GGUFReader is real and hf_gguf._gguf_parse_value is real_parse and gguf.GGUFReader(path) is not a
 
 
 @pytest.mark.parametrize("fails", [False, True])

@@ -1,8 +1,8 @@
 """`load(name)`: an HF model id, a local directory, a GGUF file, or the bundled Gemma 3 270M.
 
-GGUF files are dequantised once by transformers (~35 s for the bundled model, plus ~15 s for its
-tokenizer) and saved as safetensors under `cache_dir()/models/<sha256>/`; later loads read that copy
-and take a few seconds.
+GGUF files are dequantised once by transformers (about 40 s for the bundled model and its tokenizer
+on a 2-core CPU, with `gguf_reading`'s speed-ups) and saved as safetensors under
+`cache_dir()/models/<sha256>/`; later loads read that copy and take a few seconds.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import logging
 import os
 import shutil
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from assay.errors import AssayError, InputError
 from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
+from assay.models.gguf_reading import fast_gguf_reading
 from assay.runtime import cache_dir, default_device, dtype_name, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -507,7 +507,7 @@ def _dequantised(gguf: Path, sha: str) -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with _one_gguf_reader():
+        with fast_gguf_reading():
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except _load_errors() as err:
@@ -531,29 +531,6 @@ def _dequantised(gguf: Path, sha: str) -> Path:
         shutil.rmtree(out, ignore_errors=True)  # a damaged copy
         os.replace(tmp, out)
     return out
-
-
-@contextmanager
-def _one_gguf_reader() -> Iterator[None]:
-    """Within it, every `gguf.GGUFReader(path)` of one file is the same (read-only, memory-mapped)
-    reader. transformers opens the GGUF three times (config, weights, tokenizer), and each opening
-    parses the metadata's 262k vocabulary strings one by one: the bundled model's conversion took
-    67 s with three parses and 35 s with one on a 2-core CPU, with the same files written."""
-    import gguf
-
-    real, readers = gguf.GGUFReader, {}
-
-    def reader(path: Any, mode: str = "r") -> Any:
-        key = (os.path.realpath(path), mode)
-        if key not in readers:
-            readers[key] = real(path, mode)
-        return readers[key]
-
-    gguf.GGUFReader = reader
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = real
 
 
 def verify_saved(out: Path) -> list[str]:
