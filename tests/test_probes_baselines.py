@@ -81,3 +81,14 @@ def test_embeddings_match_sentence_transformers(embeddings):
     texts, _, E = embeddings
     ref = SentenceTransformer(str(minilm_path()), device="cpu").encode(texts[:5])
     np.testing.assert_allclose(E[:5], ref, atol=1e-5)
+
+
+def test_embeddings_batched_by_length_come_back_in_the_texts_order():
+    """`embed` batches texts sorted by token count (less padding); each row must still be its own
+    text's embedding, as each text alone gives it, up to float rounding."""
+    texts = ["short", "a much longer sentence about growing tomatoes in a small garden " * 6, "mid length text here",
+             "x", "another long one about the history of the printing press in Europe " * 4]
+    together = embed(texts, batch_size=2)
+    alone = np.concatenate([embed([t], by_length=False) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert not np.allclose(together[0], together[1], atol=1e-3)

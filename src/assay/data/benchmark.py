@@ -182,7 +182,9 @@ def embeddings(texts: Sequence[str]) -> np.ndarray:
             return emb
     from assay.models.sentence import embed
 
-    emb = embed(list(texts), device="cpu")
+    # In the given order, as the benchmarks were built: batching by length moves embeddings by float
+    # rounding, which could in principle flip a pair at the linking threshold and change the benchmark.
+    emb = embed(list(texts), device="cpu", by_length=False)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, emb)
     return emb

@@ -42,10 +42,21 @@ def _load(path: str, device: str, dtype: str = "float32"):
 
 @torch.no_grad()
 def embed(texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256, device: str | None = None,
-          progress: bool = False, dtype: str = "float32") -> np.ndarray:
-    """[n, 384] unit-norm sentence embeddings (the encoder run in `dtype`, pooled in float32)."""
+          progress: bool = False, dtype: str = "float32", by_length: bool = True) -> np.ndarray:
+    """[n, 384] unit-norm sentence embeddings (the encoder run in `dtype`, pooled in float32), in the
+    order of `texts`.
+
+    `by_length` batches the texts sorted by token count, so a batch pads to lengths near its own: a
+    benchmark mixes 20-token requests with 250-token jailbreaks, and in the given order the padding
+    was 2.8x the tokens (quick benchmark). On 240 of its prompts (2-core CPU) that took 5.0 s instead
+    of 15.6 s. The padding changes each embedding by float rounding only (1e-7 there)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok, model = _load(str(minilm_path()), device, dtype)
+    texts = list(texts)
+    order = np.arange(len(texts))
+    if by_length and texts:
+        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
     out = []
     batches = range(0, len(texts), batch_size)
     if progress:
@@ -53,10 +64,14 @@ def embed(texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256, 
 
         batches = track(batches, description="embedding texts")
     for i in batches:
-        enc = tok(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                  return_tensors="pt").to(device)
+        enc = tok([texts[j] for j in order[i : i + batch_size]], padding=True, truncation=True,
+                  max_length=max_length, return_tensors="pt").to(device)
         h = model(**enc).last_hidden_state.float()
         m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
         e = (h * m).sum(1) / m.sum(1).clamp(min=1)
         out.append(torch.nn.functional.normalize(e, dim=-1).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 384), np.float32)
+    if not out:
+        return np.zeros((0, 384), np.float32)
+    emb = np.empty((len(texts), 384), np.float32)
+    emb[order] = torch.cat(out).numpy()
+    return emb
