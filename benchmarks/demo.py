@@ -24,16 +24,19 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from assay.fileio import write_json  # noqa: E402
 from assay.provenance import provenance  # noqa: E402
-from assay.runtime import cache_dir, matmul_gflops  # noqa: E402
+from assay.runtime import bfloat16_gflops, cache_dir, matmul_gflops  # noqa: E402
 
 
-def machine_speed() -> dict[str, float]:
+def machine_speed() -> dict[str, float | str]:
     """This moment's matmul speed (GFLOP/s): these shared machines run up to 2x slower at times, so
-    each pass says how fast the machine was around it (not counted in the commands' seconds)."""
+    each pass says how fast the machine was around it (not counted in the commands' seconds). bf16
+    is probed as `--dtype auto` probes it: a 32-row matmul only, where bf16 is hopeless (AVX2-only
+    CPUs, where one full-size bf16 matmul takes seconds)."""
     import torch
 
-    return {"float32": round(matmul_gflops(torch.float32, "cpu"), 1),
-            "bfloat16": round(matmul_gflops(torch.bfloat16, "cpu"), 1)}
+    fp32 = matmul_gflops(torch.float32, "cpu")
+    bf16, probe = bfloat16_gflops(fp32, "cpu")
+    return {"float32": round(fp32, 1), "bfloat16": round(bf16, 1), "bfloat16_probe": probe}
 
 
 def demo_commands(makefile: Path = ROOT / "Makefile") -> list[list[str]]:

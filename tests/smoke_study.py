@@ -1,8 +1,9 @@
 """The smoke-sized study every end-to-end study test shares, and the numbers that pin it.
 
-`python tests/smoke_study.py --record` runs the study and writes `tests/data/smoke_study_numbers.json`:
-the sha256 of every part's per-example scores and the headline metrics of every report row, with the
-platform they were measured on. `test_study_numbers.py` compares a fresh run against that file, so a
+`python tests/smoke_study.py --record` runs the study and writes this platform's record
+(`tests/data/smoke_study_numbers*.json`, one file per platform): the sha256 of every part's
+per-example scores and the headline metrics of every report row, with the platform they were
+measured on. `test_study_numbers.py` compares a fresh run against that file, so a
 refactor that changes any number (same seeds, same platform) fails.
 """
 
@@ -15,7 +16,17 @@ import re
 import sys
 from pathlib import Path
 
-NUMBERS = Path(__file__).parent / "data" / "smoke_study_numbers.json"
+NUMBERS = Path(__file__).parent / "data" / "smoke_study_numbers.json"  # the first platform's record
+
+
+def records() -> list[Path]:
+    """Every platform's record: `smoke_study_numbers.json` and `smoke_study_numbers-<isa>.json`."""
+    return sorted(NUMBERS.parent.glob("smoke_study_numbers*.json"))
+
+
+def record_for(platform: dict) -> Path | None:
+    """The record measured on `platform`, if any."""
+    return next((p for p in records() if json.loads(p.read_text())["platform"] == platform), None)
 
 
 def smoke_config():
@@ -89,8 +100,11 @@ if __name__ == "__main__" and "--record" in sys.argv:
         run_study(smoke_config(), Path(tmp) / "run", progress=False)
         numbers = measure(Path(tmp) / "run")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    NUMBERS.parent.mkdir(exist_ok=True)
-    NUMBERS.write_text(json.dumps({"recorded_at_commit": commit, "platform": platform_signature(),
-                                   "libraries": library_versions(), **numbers},
-                                  indent=1, sort_keys=True) + "\n")
-    print(f"wrote {NUMBERS}: {len(numbers['parts'])} parts, {len(numbers['rows'])} rows")
+    here = platform_signature()
+    path = record_for(here) or NUMBERS.with_name(f"smoke_study_numbers-{'-'.join(here['isa']) or 'none'}"
+                                                 f"-t{here['threads']}.json")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"recorded_at_commit": commit, "platform": here,
+                                "libraries": library_versions(), **numbers},
+                               indent=1, sort_keys=True) + "\n")
+    print(f"wrote {path}: {len(numbers['parts'])} parts, {len(numbers['rows'])} rows")

@@ -118,7 +118,7 @@ def matmul_gflops(dtype: "torch.dtype", device: "torch.device | str | None" = No
     return 2 * rows * 640 * 2048 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def _bfloat16_gflops(fp32: float, device: "torch.device") -> tuple[float, str]:
+def bfloat16_gflops(fp32: float, device: "torch.device | str") -> tuple[float, str]:
     """bf16 matmul GFLOP/s, and the probe that measured it. A 32-row matmul first: where it is
     already under a quarter of the fp32 rate, bf16 is hopeless here and the full probe is skipped;
     on AVX2-only CPUs (~0.4 GFLOP/s) one full-size warm-up alone takes 7 s, and every command
@@ -146,7 +146,7 @@ def choose_dtype(requested: str = "auto", device: "torch.device | str | None" = 
         if name == "float32" or on.type == "cuda":
             return name, {"requested": requested}
     fp32 = matmul_gflops(torch.float32, on)
-    bf16, probe = _bfloat16_gflops(fp32, on)
+    bf16, probe = bfloat16_gflops(fp32, on)
     why = {"requested": requested, "float32_gflops": round(fp32, 1), "bfloat16_gflops": round(bf16, 1),
            "bfloat16_probe": probe, "device": on.type}
     if requested != "auto":
