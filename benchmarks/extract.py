@@ -1,7 +1,8 @@
 """Extraction throughput: assay's layer-L extraction vs a naive `output_hidden_states` forward.
 
 One run, same inputs (real benchmark prompts of mixed lengths), same dtype on both sides, for fp32
-and bf16. Reports tokens/s of each path, the speed-up, and ours as a fraction of the peak matmul
+and, where `--dtype auto` would pick it, bf16 (on AVX2-only CPUs bf16 runs ~50x slower, which would
+take hours here; `--dtypes float32,bfloat16` times it anyway). Reports tokens/s of each path, the speed-up, and ours as a fraction of the peak matmul
 throughput of that dtype measured in the same run (useful FLOPs: real tokens only, counted up to
 the layer). For bf16 it also profiles where our time goes.
 
@@ -27,7 +28,7 @@ from assay.activations.extraction import _own_plan, default_token_budget
 from assay.data import build_benchmark
 from assay.models import format_prompts, load
 from assay.provenance import provenance
-from assay.runtime import tune_malloc
+from assay.runtime import choose_dtype, tune_malloc
 
 
 def flops_to_layer(cfg, lengths: list[int], layer: int) -> float:
@@ -95,7 +96,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=96, help="prompts (sampled from the quick benchmark)")
     ap.add_argument("--layer", type=int, default=9)
     ap.add_argument("--batch-size", type=int, default=8, help="naive path's fixed batch size")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--dtypes", default="auto", help="comma-separated, or auto: float32, and bfloat16 where "
+                    "--dtype auto would pick it")
     ap.add_argument("--whole", action=argparse.BooleanOptionalAction, default=True,
                     help="also time ours on every prompt of the quick benchmark")
     ap.add_argument("--out", default="benchmarks/results/extract.json")
@@ -105,7 +107,16 @@ def main() -> None:
     texts = random.Random(0).sample(ds.texts, args.n)
     results = {"provenance": provenance(), "n_prompts": args.n, "layer": args.layer,
                "threads": torch.get_num_threads(), "malloc_tuned": malloc_tuned, "by_dtype": {}}
-    for dtype_name in args.dtypes.split(","):
+    dtypes = args.dtypes.split(",")
+    if args.dtypes == "auto":
+        chosen, why = choose_dtype("auto", "cpu")
+        dtypes = ["float32"] + (["bfloat16"] if chosen == "bfloat16" else [])
+        results["dtype_auto"] = {"chose": chosen, **why}
+        if chosen != "bfloat16":
+            results["not_timed"] = {"bfloat16": f"--dtype auto chose float32 here (bf16 matmul {why['bfloat16_gflops']} "
+                                                f"GFLOP/s, fp32 {why['float32_gflops']}); --dtypes float32,bfloat16 "
+                                                "times it anyway"}
+    for dtype_name in dtypes:
         lm = load("gemma-3-270m", dtype=dtype_name, device="cpu")
         dtype = lm.dtype
         prompts = format_prompts(lm.tokenizer, texts)

@@ -53,7 +53,7 @@ from assay.data import load_or_build
 from assay.monitor.scorer import SERVE_MAX_TOKENS, Monitor, Verdict
 from assay.monitor.server import create_app
 from assay.provenance import provenance
-from assay.runtime import matmul_gflops, tune_malloc
+from assay.runtime import bfloat16_gflops, matmul_gflops, tune_malloc
 
 ROUTE = "/v1/moderations"
 JSON_HEADERS = {"content-type": "application/json"}
@@ -592,14 +592,15 @@ def main() -> None:
     offline_batches = token_budget_batches(length_order(lengths), lengths, monitor.token_budget)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in offline_batches)
 
-    fp32, bf16 = matmul_gflops(torch.float32, "cpu"), matmul_gflops(torch.bfloat16, "cpu")
+    fp32 = matmul_gflops(torch.float32, "cpu")
+    bf16, bf16_probe = bfloat16_gflops(fp32, "cpu")  # a 32-row matmul only where bf16 is hopeless (AVX2)
     results: dict[str, Any] = {
         "provenance": provenance(),
         "bundle": {"path": args.bundle, "name": monitor.name, "layer": monitor.bundle.layer,
                    "reads": monitor.bundle.inputs.get("reads"), "aggregation": monitor.bundle.inputs.get("aggregation"),
                    "calibrated_dtype": monitor.bundle.spec["dtype"]},
         "dtype": str(monitor.lm.dtype).removeprefix("torch."),
-        "matmul_gflops": {"float32": round(fp32, 1), "bfloat16": round(bf16, 1),
+        "matmul_gflops": {"float32": round(fp32, 1), "bfloat16": round(bf16, 1), "bfloat16_probe": bf16_probe,
                           "auto_would_pick": "bfloat16" if bf16 >= 1.5 * fp32 else "float32"},
         "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
         "cpu": cpu_info(), "malloc_tuned": malloc_tuned, "loadavg_at_start": loadavg(),

@@ -198,7 +198,8 @@ def main() -> None:
     # `assay sae train` shortlist exactly then); on an AVX2-only CPU bf16 matmuls are ~50x slower.
     auto_dtype, auto_why = choose_dtype("auto", "cpu")
     bf16 = auto_dtype == "bfloat16"
-    peak_bf16 = matmul_peak(torch.bfloat16)
+    # measured only where it is used (the bf16 shortlist's row): on AVX2 its 4096^3 GEMM alone takes minutes
+    peak_bf16 = matmul_peak(torch.bfloat16) if bf16 else {"not_measured": "--dtype auto chose float32 here"}
     per_width = {w: {c: one_condition(x, w, f, args, bf16) for c, f in DEAD_FRACTIONS.items()} for w in widths}
     peak_after = matmul_peak(DTYPE)
     peak = max(peak_before["peak_gflops"], peak_after["peak_gflops"])
