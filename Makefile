@@ -37,8 +37,9 @@ saelens: $(SAELENS_BIN)/.installed
 # The study at demo size (every stage of the quick preset on a subsample of its benchmark, small
 # SAEs), the SAE-architecture comparison at matched L0 in its reduced form, then a monitor bundle
 # built on the quick benchmark at one candidate layer (it prints how to serve it). benchmarks/demo.py
-# times it: 246 s cold and 18 s warm on a 2-core CPU at 4c48b24 (252 s and 20 s at 2a60fb2), and
-# 313 s cold in an earlier run while the machine's bf16 matmuls ran at half their usual speed.
+# times it: on a 2-core AVX512-BF16 CPU (bf16) 246 s cold and 18 s warm at 4c48b24 (252 s and 20 s
+# at 2a60fb2; 313 s cold while its bf16 matmuls ran at half speed); on a 2-core AVX2-only CPU
+# (float32; forward passes are most of it) 510 s cold and 35 s warm at f2a37e2 (results/demo-avx2.json).
 demo: setup
 	$(BIN)/assay experiment harmful-intent --preset demo
 	$(BIN)/assay experiment sae-frequency --preset demo

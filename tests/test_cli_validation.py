@@ -120,6 +120,10 @@ def test_auto_dtype_skips_the_full_bfloat16_probe_only_where_bfloat16_is_hopeles
     monkeypatch.setattr(runtime, "matmul_gflops", fake)
     name, why = runtime.choose_dtype("auto", "cpu")
     assert (name, ran, why["bfloat16_probe"]) == (chosen, probes, probes[-1])
+    # a GPU always gets the full-size probe: a 32-row matmul there times kernel launches
+    ran.clear()
+    assert runtime.bfloat16_gflops(100.0, "cuda")[1] == "1024 rows"
+    assert ran == ["1024 rows"]
 
 
 @pytest.mark.parametrize("extra,data,subsample", [

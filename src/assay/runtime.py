@@ -119,18 +119,21 @@ def matmul_gflops(dtype: "torch.dtype", device: "torch.device | str | None" = No
 
 
 def bfloat16_gflops(fp32: float, device: "torch.device | str") -> tuple[float, str]:
-    """bf16 matmul GFLOP/s, and the probe that measured it. A 32-row matmul first: where it is
-    already under a quarter of the fp32 rate, bf16 is hopeless here and the full probe is skipped;
-    on AVX2-only CPUs (~0.4 GFLOP/s) one full-size warm-up alone takes 7 s, and every command
-    that resolves `--dtype auto` would pay that twice. A small matmul only understates a fast
-    bf16 unit, so the early-out never turns a bf16 machine away; anything that passes it gets the
-    full probe."""
+    """bf16 matmul GFLOP/s, and the probe that measured it. On a CPU, a 32-row matmul first: where
+    it is already under a quarter of the fp32 rate, bf16 is hopeless here and the full probe is
+    skipped. On AVX2-only CPUs (~0.5 GFLOP/s) one full-size bf16 matmul takes about 7 s, and the
+    full probe (a warm-up and one timed call) made every command that resolves `--dtype auto` wait
+    15.5 s. A small matmul only understates a fast bf16 unit, so the early-out never turns a bf16
+    CPU away; anything that passes it gets the full probe. GPUs always get the full probe: there a
+    32-row matmul measures kernel launches, not the tensor cores."""
     import torch
 
-    small = matmul_gflops(torch.bfloat16, device, seconds=0.05, rows=32)
-    if small < fp32 / 4:
-        return small, "32 rows"
-    return matmul_gflops(torch.bfloat16, device), "1024 rows"
+    on = torch.device(device)
+    if on.type == "cpu":
+        small = matmul_gflops(torch.bfloat16, on, seconds=0.05, rows=32)
+        if small < fp32 / 4:
+            return small, "32 rows"
+    return matmul_gflops(torch.bfloat16, on), "1024 rows"
 
 
 def choose_dtype(requested: str = "auto", device: "torch.device | str | None" = None) -> tuple[str, dict]:
