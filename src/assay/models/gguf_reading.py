@@ -6,7 +6,7 @@ with `_gguf_parse_value`. For the bundled Gemma 3 the metadata holds a 262k-toke
 
 - transformers opens the file three times (config, weights, tokenizer), and each opening parsed
   that vocabulary again: one shared reader took the conversion from 67 s to 35 s (an earlier
-  measurement, on an AVX512 machine);
+  session's measurement);
 - with one reader, py-spy still put 21.2 s of a 68.6 s conversion (AVX2 machine) in building its
   fields, since every slice it takes is a slice of an `np.memmap`, whose `__getitem__` and
   `__array_finalize__` run Python code per slice;
