@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from assay.fileio import write_json  # noqa: E402
 from assay.provenance import provenance  # noqa: E402
-from assay.runtime import bfloat16_gflops, cache_dir, matmul_gflops  # noqa: E402
+from assay.runtime import cache_dir, matmul_speeds  # noqa: E402
 
 
 def machine_speed() -> dict[str, float | str]:
@@ -32,11 +32,9 @@ def machine_speed() -> dict[str, float | str]:
     each pass says how fast the machine was around it (not counted in the commands' seconds). bf16
     is probed as `--dtype auto` probes it: a 32-row matmul only, where bf16 is hopeless (AVX2-only
     CPUs, where one full-size bf16 matmul takes seconds)."""
-    import torch
-
-    fp32 = matmul_gflops(torch.float32, "cpu")
-    bf16, probe = bfloat16_gflops(fp32, "cpu")
-    return {"float32": round(fp32, 1), "bfloat16": round(bf16, 1), "bfloat16_probe": probe}
+    speeds = matmul_speeds("cpu")
+    return {"float32": round(speeds["float32"], 1), "bfloat16": round(speeds["bfloat16"], 1),
+            "bfloat16_probe": speeds["bfloat16_probe"]}
 
 
 def demo_commands(makefile: Path = ROOT / "Makefile") -> list[list[str]]:

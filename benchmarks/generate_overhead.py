@@ -30,7 +30,7 @@ from assay.fileio import write_json
 from assay.monitor.generate import Generator, SamplingParams
 from assay.monitor.scorer import Monitor
 from assay.provenance import provenance
-from assay.runtime import bfloat16_gflops, dtype_name, matmul_gflops, tune_malloc
+from assay.runtime import dtype_name, matmul_speeds, tune_malloc
 
 # Chat prompts of mixed lengths (a short question to a long instruction): prefill length sets how
 # much the probe's pooling has to read, decoding length how much time the probe is measured against.
@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bundle": args.bundle, "model": monitor.bundle.spec["model"]["source"], "layer": monitor.bundle.layer,
         "probe_reads": monitor.bundle.inputs, "dtype": dtype_name(monitor.lm.dtype),
         "threads": torch.get_num_threads(), "malloc_tuned": args.malloc_tuned,
-        "matmul_gflops": matmul_speeds(),
+        # bf16 probed as `--dtype auto` probes it (a 32-row matmul only where bf16 is hopeless)
+        "matmul_gflops": matmul_speeds("cpu"),
         "load_average_before_after": [load_before, os.getloadavg()],
         "prompts": len(chats), "prompt_tokens": [len(monitor.format_messages(c).input_ids) for c in chats],
         "new_tokens_per_generation": args.tokens, "rounds": args.rounds, "decoding": "greedy, end of turn ignored",
@@ -122,13 +123,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "identical_tokens": same_tokens,
     }
 
-
-def matmul_speeds() -> dict:
-    """fp32 and bf16 matmul GFLOP/s, bf16 probed as `--dtype auto` probes it (a 32-row matmul only where
-    bf16 is hopeless: on AVX2-only CPUs one full-size bf16 matmul takes seconds)."""
-    fp32 = matmul_gflops(torch.float32, "cpu")
-    bf16, probe = bfloat16_gflops(fp32, "cpu")
-    return {"float32": fp32, "bfloat16": bf16, "bfloat16_probe": probe}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

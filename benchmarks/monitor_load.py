@@ -53,7 +53,7 @@ from assay.data import load_or_build
 from assay.monitor.scorer import SERVE_MAX_TOKENS, Monitor, Verdict
 from assay.monitor.server import create_app
 from assay.provenance import provenance
-from assay.runtime import bfloat16_gflops, matmul_gflops, tune_malloc
+from assay.runtime import matmul_speeds, tune_malloc
 
 ROUTE = "/v1/moderations"
 JSON_HEADERS = {"content-type": "application/json"}
@@ -592,8 +592,8 @@ def main() -> None:
     offline_batches = token_budget_batches(length_order(lengths), lengths, monitor.token_budget)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in offline_batches)
 
-    fp32 = matmul_gflops(torch.float32, "cpu")
-    bf16, bf16_probe = bfloat16_gflops(fp32, "cpu")  # a 32-row matmul only where bf16 is hopeless (AVX2)
+    speeds = matmul_speeds("cpu")  # bf16: a 32-row matmul only where bf16 is hopeless (AVX2)
+    fp32, bf16, bf16_probe = speeds["float32"], speeds["bfloat16"], speeds["bfloat16_probe"]
     results: dict[str, Any] = {
         "provenance": provenance(),
         "bundle": {"path": args.bundle, "name": monitor.name, "layer": monitor.bundle.layer,

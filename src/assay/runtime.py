@@ -136,6 +136,16 @@ def bfloat16_gflops(fp32: float, device: "torch.device | str") -> tuple[float, s
     return matmul_gflops(torch.bfloat16, on), "1024 rows"
 
 
+def matmul_speeds(device: "torch.device | str") -> dict[str, float | str]:
+    """This moment's matmul GFLOP/s in float32 and bfloat16 (bf16 probed by `bfloat16_gflops`), and
+    which bf16 probe ran: what `choose_dtype` decides on, and what benchmarks record beside their times."""
+    import torch
+
+    fp32 = matmul_gflops(torch.float32, device)
+    bf16, probe = bfloat16_gflops(fp32, device)
+    return {"float32": fp32, "bfloat16": bf16, "bfloat16_probe": probe}
+
+
 def choose_dtype(requested: str = "auto", device: "torch.device | str | None" = None) -> tuple[str, dict]:
     """The dtype to run in and why: `auto` takes bfloat16 where this hardware multiplies in it at
     least 1.5x faster than in float32 (CPUs with AVX512-BF16 or AMX, recent GPUs) and float32
@@ -148,10 +158,10 @@ def choose_dtype(requested: str = "auto", device: "torch.device | str | None" = 
         name = dtype_name(resolve_dtype(requested))
         if name == "float32" or on.type == "cuda":
             return name, {"requested": requested}
-    fp32 = matmul_gflops(torch.float32, on)
-    bf16, probe = bfloat16_gflops(fp32, on)
+    speeds = matmul_speeds(on)
+    fp32, bf16 = speeds["float32"], speeds["bfloat16"]
     why = {"requested": requested, "float32_gflops": round(fp32, 1), "bfloat16_gflops": round(bf16, 1),
-           "bfloat16_probe": probe, "device": on.type}
+           "bfloat16_probe": speeds["bfloat16_probe"], "device": on.type}
     if requested != "auto":
         name = dtype_name(resolve_dtype(requested))
         if name == "bfloat16" and bf16 < fp32:
