@@ -24,7 +24,7 @@ time.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 _STRING, _ARRAY = 8, 9  # GGUFValueType.STRING, GGUFValueType.ARRAY
@@ -78,17 +78,18 @@ def _patched(module: Any, name: str, make: Callable[[Any], Any]) -> Iterator[Non
 @contextmanager
 def fast_gguf_reading() -> Iterator[None]:
     """Within it, `gguf.GGUFReader(path)` returns one plain-view reader per (file, mode), and
-    transformers' `_gguf_parse_value` decodes strings in one call. Not thread-safe against other
-    GGUF readers in the same process; the conversion runs it once, under its own lock."""
+    transformers' `_gguf_parse_value` decodes strings in one call. The patches are module-wide, so
+    any other thread reading a GGUF meanwhile gets them too (harmless: same values); a process
+    converts one model at a time (`convert_in_background` is joined before `load`)."""
     import gguf
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
 
     if not isinstance(gguf.GGUFReader, type):  # inside another fast_gguf_reading(): its readers serve
         yield
         return
-    plain = plain_reader_class(gguf.GGUFReader)
 
     def one_reader(real: type) -> Callable[..., Any]:
-        readers: dict[tuple[str, str], Any] = {}
+        plain, readers = plain_reader_class(real), {}
 
         def reader(path: Any, mode: str = "r") -> Any:
             key = (os.path.realpath(path), mode)
@@ -98,12 +99,5 @@ def fast_gguf_reading() -> Iterator[None]:
 
         return reader
 
-    with ExitStack() as stack:
-        stack.enter_context(_patched(gguf, "GGUFReader", one_reader))
-        try:
-            import transformers.modeling_gguf_pytorch_utils as hf_gguf
-        except ImportError:
-            hf_gguf = None
-        if hf_gguf is not None:
-            stack.enter_context(_patched(hf_gguf, "_gguf_parse_value", fast_parse_value))
+    with _patched(gguf, "GGUFReader", one_reader), _patched(hf_gguf, "_gguf_parse_value", fast_parse_value):
         yield
