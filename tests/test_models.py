@@ -58,6 +58,41 @@ def test_lazy_load_reads_weights_and_tokenizer_only_when_used(tiny, tmp_path):
     assert lazy.fingerprint == eager.fingerprint and lazy.chat_affixes() == eager.chat_affixes() == ("[", "]")
 
 
+def test_lazy_load_reads_config_json_as_plain_json_until_the_config_is_needed(tiny, tmp_path):
+    """A cached rerun answers layers, width and context from config.json without building
+    transformers' config (seconds of imports); the config is built when asked for, and a file that
+    leaves a field to the class's default goes to transformers at once, with the same answers; a
+    config.json that disagrees with the weights is caught when they load."""
+    import json
+
+    from assay.models.loading import config_file_fields
+    from assay.models.peek import n_layers
+
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    eager = load(str(tmp_path / "m"), device="cpu")
+    answers = (eager.n_layers, eager.d_model, eager.max_positions)
+    assert config_file_fields(tmp_path / "m") == dict(zip(("n_layers", "d_model", "max_positions"), answers))
+    lazy = load(str(tmp_path / "m"), device="cpu", lazy=True)
+    assert lazy._config is None and (lazy.n_layers, lazy.d_model, lazy.max_positions) == answers
+    assert lazy.fingerprint == eager.fingerprint and n_layers(str(tmp_path / "m")) == eager.n_layers
+    assert lazy.config.get_text_config().num_hidden_layers == eager.n_layers and not lazy.loaded
+
+    raw = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({k: v for k, v in raw.items()
+                                                            if k != "max_position_embeddings"}))
+    assert config_file_fields(tmp_path / "m") is None
+    lazy = load(str(tmp_path / "m"), device="cpu", lazy=True)
+    assert lazy._config is not None and lazy.max_positions == 131_072  # Gemma3TextConfig's default
+    assert (lazy.n_layers, lazy.d_model) == answers[:2] and n_layers(str(tmp_path / "m")) == eager.n_layers
+
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**raw, "num_hidden_layers": 6, "layer_types": None}))
+    lazy = load(str(tmp_path / "m"), device="cpu", lazy=True)
+    assert lazy.n_layers == 6 and lazy._config is None
+    with pytest.raises(ModelLoadError):
+        lazy.model
+
+
 def test_lazy_load_of_a_broken_checkpoint_fails_when_first_used(tiny, tmp_path):
     tiny.model.save_pretrained(tmp_path / "m")
     tiny.tokenizer.save_pretrained(tmp_path / "m")
@@ -310,6 +345,35 @@ def test_damaged_bundled_package_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))
     with pytest.raises(ModelLoadError, match="force-reinstall fake-bundled-pkg"):
         load("fake-model")
+
+
+def test_bundled_gguf_is_checked_without_rereading_it_and_reassembled_when_damaged(monkeypatch, tmp_path):
+    """A cached rerun takes the assembled GGUF on its remembered digest (no 250 MB reread by the
+    package's assemble()); a copy whose content changed is assembled again from the chunks."""
+    import hashlib
+    import sys
+    import types
+
+    import assay.models.loading as loading
+
+    content, calls = b"GGUF and some weights", []
+
+    def assemble(target, overwrite=False):
+        calls.append(target)
+        Path(target).write_bytes(content)
+        return Path(target)
+
+    fake = types.SimpleNamespace(MODEL_NAME="m.gguf", EXPECTED_SHA256=hashlib.sha256(content).hexdigest(),
+                                 assemble=assemble, verify_chunks=lambda: None)
+    monkeypatch.setitem(sys.modules, "fake_bundled_pkg", fake)
+    monkeypatch.setitem(loading._BUNDLED, "fake-model", "fake_bundled_pkg")
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))
+    path, sha = loading._bundled_gguf("fake-model")
+    assert path.read_bytes() == content and sha == fake.EXPECTED_SHA256 and len(calls) == 1
+    assert loading._bundled_gguf("fake-model") == (path, sha) and len(calls) == 1
+    path.write_bytes(b"GGUF and other weights")
+    assert loading._bundled_gguf("fake-model") == (path, sha) and len(calls) == 2
+    assert path.read_bytes() == content
 
 
 def test_hub_check_is_offline_aware(monkeypatch):

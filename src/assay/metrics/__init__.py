@@ -8,9 +8,29 @@ the FPR actually reached is reported beside the recall.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 ArrayLike = np.ndarray
+
+
+def rankdata(a: ArrayLike, axis: int = -1) -> np.ndarray:
+    """Ranks from 1 along `axis`, tied values sharing the mean of their positions, and a slice that
+    holds a NaN all NaN: scipy.stats.rankdata's defaults (tests/test_metrics.py compares the two),
+    without importing scipy.stats, which took about 1 s of every cached rerun's 10 on 2 cores."""
+    x = np.moveaxis(np.asarray(a, dtype=np.float64), axis, -1)
+    n = x.shape[-1]
+    order = np.argsort(x, axis=-1, kind="stable")
+    s = np.take_along_axis(x, order, axis=-1)
+    pos = np.broadcast_to(np.arange(n), s.shape)
+    starts = np.ones(s.shape, dtype=bool)  # first position of each run of equal values
+    starts[..., 1:] = s[..., 1:] != s[..., :-1]
+    ends = np.ones(s.shape, dtype=bool)  # and its last
+    ends[..., :-1] = starts[..., 1:]
+    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=-1)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends, pos, n), axis=-1), axis=-1), axis=-1)
+    ranks = np.empty_like(s)
+    np.put_along_axis(ranks, order, (first + last) / 2 + 1, axis=-1)
+    ranks[np.isnan(x).any(axis=-1)] = np.nan
+    return np.moveaxis(ranks, -1, axis)
 
 
 def _as_np(scores, y=None) -> tuple[np.ndarray, np.ndarray | None]:

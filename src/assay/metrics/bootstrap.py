@@ -13,9 +13,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.stats import rankdata
 
-from assay.metrics import (auroc, fpr_at_threshold, recall_at_fpr,
+from assay.metrics import (auroc, fpr_at_threshold, rankdata, recall_at_fpr,
                                 threshold_at_fpr)
 
 N_BOOT = 1000

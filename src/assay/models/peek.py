@@ -10,9 +10,7 @@ from assay.errors import InputError
 def n_layers(name: str, revision: str | None = None) -> int | None:
     """Decoder blocks of model `name` from its config.json, or None where that is not cheap to read
     (a GGUF file not yet converted, a Hub id not in the local cache): `load` then checks."""
-    from transformers import AutoConfig
-
-    from assay.models.loading import _BUNDLED, _load_errors, _resolve
+    from assay.models.loading import _BUNDLED, _load_errors, _resolve, config_file_fields
 
     path = Path(name).expanduser()
     if name in _BUNDLED:
@@ -21,6 +19,10 @@ def n_layers(name: str, revision: str | None = None) -> int | None:
         source = str(path)
     else:
         return None
+    if (fields := config_file_fields(Path(source))) is not None:
+        return fields["n_layers"]  # without importing transformers' model registry (seconds)
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(source)
     except _load_errors():  # `load` reports these with the model's name
