@@ -175,6 +175,28 @@ def test_a_part_from_older_code_is_recomputed(smoke_cfg, smoke_run, monkeypatch)
     assert len(fits) == len(smoke_cfg.aggregations) * len(dense) == 6
 
 
+@pytest.mark.slow
+def test_sae_quality_from_older_metrics_code_is_measured_again(smoke_cfg, smoke_run, monkeypatch):
+    """SAE quality records are keyed on the code that measures them: a rerun reads them, and after an
+    edit to that code every SAE is measured again (its SAE is not retrained)."""
+    import assay.provenance as provenance
+    import assay.sae.recipe as recipe
+
+    report, out = smoke_run
+    measured = []
+    evaluate = recipe.evaluate_sae
+    monkeypatch.setattr(recipe, "evaluate_sae", lambda *a, **k: measured.append(a[0]) or evaluate(*a, **k))
+    cfg = smoke_cfg.model_copy(update={"methods": ["dense-logistic"]})
+    rerun = run_study(cfg, out, progress=False)
+    assert measured == [] and not any(m["trained_in_this_run"] for m in rerun.diagnostics["sae_provenance"])
+    real = provenance.code_fingerprint
+    monkeypatch.setattr(provenance, "code_fingerprint",
+                        lambda *m: real(*m) + ("-edited" if "assay.sae.metrics" in m else ""))
+    edited = run_study(cfg, out, progress=False)
+    assert len(measured) == len(report.sae_quality) > 0
+    assert not any(m["trained_in_this_run"] for m in edited.diagnostics["sae_provenance"])
+
+
 def test_code_fingerprint_follows_the_source(tmp_path):
     import shutil
     from pathlib import Path

@@ -10,8 +10,8 @@ coefficient to its target L0 inside that pass (`assay.sae.calibrate`), and measu
 tokens: L0 (and whether it hit its target within 10%), FVU, delta LM loss, dead and dense latents
 and the frequency histogram. Report sentences are written from the numbers they cite.
 
-Training (and the sweep's cache) is `sae_frequency_train`; this module evaluates, plots and
-reports.
+Training (and the sweep's cache) is `sae_frequency_train`, evaluation `sae_frequency_eval`; this
+module plots and reports.
 """
 
 from __future__ import annotations
@@ -28,70 +28,10 @@ import torch
 from assay.errors import InputError
 from assay.experiment.sae_frequency_train import (  # noqa: F401  (re-exported: the experiment's vocabulary)
     PRESETS, TOLERANCE, VARIANTS, FrequencyConfig, Variant, preset_config, sae_name, sweep, train_sweep)
-from assay.fileio import read_json, sha256_json, write_json, write_text
+from assay.experiment.sae_frequency_eval import evaluate_sweep, with_atomic_torch_save
+from assay.fileio import read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
-
-
-# --- evaluation ------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names: dict[str, Path],
-                   progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """Per SAE on held-out Wikipedia: L0, FVU, dead/dense latents, frequencies, delta LM loss.
-    Cached beside the sweep (keyed by the evaluation settings)."""
-    from assay.activations import extract
-    from assay.sae.corpus import held_out_texts, training_texts
-    from assay.sae.io import load_sae
-    from assay.sae.metrics import DENSE_FREQ, ce_recovered, reconstruction_stats, text_batches
-
-    key = sha256_json([cfg.eval_tokens, cfg.ce_texts, cfg.ce_max_tokens, cfg.max_tokens, cfg.seed, EVAL_VERSION])[:10]
-    cache, freq_file = root / f"frequency-eval-{key}.json", root / f"frequency-eval-{key}.pt"
-    if cache.exists() and freq_file.exists():
-        return read_json(cache)["rows"], torch.load(freq_file, weights_only=True)
-    train = set(training_texts("wiki", lm, cfg.train_tokens, cfg.max_tokens, cfg.seed))
-    held = held_out_texts("wiki", lm, cfg.eval_tokens, cfg.max_tokens, seed=cfg.seed)
-    ce_src = held_out_texts("wiki", lm, cfg.ce_texts * (cfg.ce_max_tokens + 1), cfg.ce_max_tokens,
-                            seed=cfg.seed, skip=len(held))[: cfg.ce_texts]
-    overlap = len(train & (set(held) | set(ce_src)))
-    if overlap:
-        raise InputError(f"{overlap} held-out documents are also training documents: the Wikipedia corpus is too "
-                         "small for these token budgets; lower --tokens")
-    acts = extract(lm, held, [layer], dataset_fingerprint=sha256_json(["wiki-held-out", held]),
-                   aggregations=("all.mean",), store_tokens=True, chat=False, max_tokens=cfg.max_tokens,
-                   progress=progress)
-    tokens = [c.to(lm.device) for c in acts.iter_tokens(layer, 8192, mask="all")]
-    # FVU is also reported without the few massive-activation dimensions, which can hold most of
-    # a residual stream's variance (as the study's SAE quality does).
-    outliers = torch.cat(tokens).double().var(0).argsort(descending=True)[:N_OUTLIER_DIMS].tolist()
-    controls = read_json(root / "l0_control.json")
-    rows, freqs, saes = [], {}, {}
-    for (name, v, target) in sweep(cfg):
-        sae = load_sae(names[name], device=str(lm.device)).eval()
-        stats = reconstruction_stats(sae, tokens, outlier_dims=outliers)
-        freqs[name] = stats.pop("freq")
-        l0 = stats["l0"]
-        control = controls.get(name, {})
-        rows.append({
-            "sae": name, "variant": v.name, "label": v.label, "architecture": v.arch, "omega_0": v.omega_0,
-            "target_l0": target, "l0_relative_error": l0 / target - 1, "l0_matched": abs(l0 / target - 1) <= TOLERANCE,
-            "coefficient_name": {"gated": "l1_coefficient", "topk": "k"}.get(v.arch, "l0_coefficient"),
-            "coefficient": control.get("coefficient", target if v.arch == "topk" else None),
-            "initial_coefficient": control.get("initial_coefficient"),
-            "dense_share": stats["dense"] / cfg.width, "dense_freq": DENSE_FREQ, "d_sae": cfg.width,
-            "path": str(names[name]), "outlier_dims": outliers, **stats})
-        saes[name] = sae
-    texts_batches = list(text_batches(lm.tokenizer, ce_src, cfg.ce_max_tokens, 8, lm.device))
-    log.info("LM loss with %d reconstructions spliced in, on %d held-out documents", len(saes), len(ce_src))
-    ce = ce_recovered(lm, saes, layer, texts_batches, seed=cfg.seed)
-    for row in rows:
-        row.update(ce[row["sae"]])
-    write_json(cache, {"rows": rows})
-    with_atomic_torch_save(freqs, freq_file)
-    return rows, freqs
-
-
-EVAL_VERSION = 1
-N_OUTLIER_DIMS = 8
 
 
 def autointerp_sweep(lm: Any, layer: int, cfg: FrequencyConfig, rows: list[dict[str, Any]], out: Path,
@@ -124,13 +64,6 @@ def compact_autointerp(summary: dict[str, Any], where: str) -> dict[str, Any]:
             m = r[test]
             out[f"{run}_{test}"] = {k: m[k] for k in ("uniform", "uniform_ci", "weighted", "weighted_ci")}
     return out
-
-
-def with_atomic_torch_save(obj: Any, path: Path) -> None:
-    from assay.fileio import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 # --- figures ---------------------------------------------------------------------------------

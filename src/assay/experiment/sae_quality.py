@@ -31,8 +31,9 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
     held-out text of the SAE's own corpus, with intervals over documents, beside the cost of a
     random perturbation of the same per-token norm. Cached beside each SAE, keyed on `val_key`
     (which benchmark examples `val_tokens` are) rather than on how they were extracted, so the study
-    reuses what `assay experiment saes` measured; each record says which run computed it."""
-    from assay.provenance import git_commit
+    reuses what `assay experiment saes` measured, and on the code that measures (`QUALITY_CODE`); each
+    record says which run computed it."""
+    from assay.provenance import code_fingerprint, git_commit
     from assay.sae.corpus import held_out_texts
     from assay.sae.io import load_sae
     from assay.sae.metrics import ce_recovered, text_batches
@@ -45,7 +46,7 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
     todo_ce: dict[str, dict[str, Any]] = {}
     for (name, seed), path in paths.items():
         key = sha256_json([cfg.preset, cfg.seed, cfg.layer, spec.eval_texts, spec.eval_max_tokens, val_key,
-                           sum(len(t) for t in val_tokens), seed == cfg.seed, QUALITY_VERSION])[:10]
+                           sum(len(t) for t in val_tokens), seed == cfg.seed, code_fingerprint(*QUALITY_CODE)])[:10]
         cache = path / f"study-quality-{key}.json"
         if cache.exists():
             rows[(name, seed)] = read_json(cache)
@@ -88,7 +89,10 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
 
 
 N_OUTLIER_DIMS = 8  # residual dimensions reported apart: Gemma's massive-activation dimensions
-QUALITY_VERSION = 3
+# The code whose numbers a record holds, part of its key: an edit to it measures again, so a report
+# never shows numbers an older version computed. (The code that trains and loads an SAE, `evaluate_sae`
+# in `assay.sae.recipe` among it, already keys the SAE's own directory.)
+QUALITY_CODE = ("assay.experiment.sae_quality", "assay.sae.metrics")
 
 
 def _dim_variance(batches: list[torch.Tensor]) -> torch.Tensor:
