@@ -55,3 +55,23 @@ def test_inputs_read_what_the_spec_names(tiny, tmp_path):
         assert torch.equal(X, ref[output]["resp-5"]), method
     texts, _ = inputs.read(InputSpec.for_method("tfidf"))
     assert isinstance(texts, np.ndarray) and texts.tolist() == PROMPTS
+
+
+@pytest.mark.parametrize("dtype, search", [("float32", None), ("float16", None), ("bfloat16", torch.bfloat16)])
+def test_topk_codes_are_shortlisted_in_bf16_exactly_where_the_activations_are_bf16(monkeypatch, dtype, search):
+    """SAE inputs are encoded the way SAEs on those activations were trained (`search_dtype_for`), read
+    from the activations themselves: the study, sae-frequency's probes and `assay probe` alike."""
+    import types
+
+    import assay.probes.inputs as inputs_module
+    from assay.runtime import search_dtype_for
+
+    seen = []
+    monkeypatch.setattr(inputs_module, "sae_outputs", lambda *a, search_dtype=None, **k:
+                        seen.append(search_dtype) or {"latents": {"all.max": torch.zeros(2, 3)}})
+    acts = types.SimpleNamespace(spec={"dtype": dtype})
+    spec = InputSpec.for_method("1-sparse", aggregation="all.max", layer=1, sae="s")
+    X, _ = Inputs(acts, layer=1, aggregations=["all.max"], dtype="auto").read(spec, object())
+    assert seen == [search] and X.shape == (2, 3)
+    assert search_dtype_for(dtype) == (None if search is None else "bfloat16")
+    assert search_dtype_for(torch.bfloat16) == "bfloat16" and search_dtype_for("bf16") == "bfloat16"

@@ -60,6 +60,16 @@ def dtype_name(dtype: "torch.dtype") -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def search_dtype_for(dtype: "str | torch.dtype") -> str | None:
+    """The dtype TopK SAEs shortlist each token's top k in (`assay.sae.sparse.topk_encode`) when the
+    model runs in `dtype`: bfloat16 where the model does (`--dtype auto` picks it only where bf16
+    matmuls are faster), the code then computed exactly in fp32; None (no shortlist) otherwise. The
+    one rule for training and encoding alike, so every entry point encodes the same way."""
+    import torch
+
+    return "bfloat16" if resolve_dtype(dtype) == torch.bfloat16 else None
+
+
 def threads_per_worker(workers: int) -> int:
     """torch intra-op threads for each of `workers` threads that share this process's cores."""
     import torch

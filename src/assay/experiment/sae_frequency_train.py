@@ -21,6 +21,7 @@ import torch
 
 from assay.errors import InputError
 from assay.fileio import sha256_json
+from assay.runtime import search_dtype_for
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def train_sweep(lm: Any, layer: int, cfg: FrequencyConfig, progress: bool = True
     n_tokens = sum(len(c) for c in acts.iter_tokens(layer, 1 << 16, mask="all"))
     train_cfg = TrainConfig(total_tokens=n_tokens * cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                             progress=progress, buffer_tokens=1 << 15,
-                            search_dtype="bfloat16" if lm.dtype == torch.bfloat16 else None)
+                            search_dtype=search_dtype_for(lm.dtype))
     # About ten checkpoints a run: each writes every SAE of the sweep with its Adam state (at every 25
     # steps, the old demo preset's 15 SAEs x 937 small steps spent about 15% of this stage, 11% of the
     # whole command, writing 37 of them).

@@ -26,7 +26,7 @@ import torch
 from assay.experiment.config import StudyConfig
 from assay.fileio import sha256_json, write_json
 from assay.models.loading import LoadedModel
-from assay.runtime import cache_dir
+from assay.runtime import cache_dir, search_dtype_for
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
             train_cfg = TrainConfig(total_tokens=n_tokens * spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
                                     seed=seed, checkpoint_every=50, progress=progress,
                                     lr_warmup_steps=0 if sae.parent else 100,
-                                    search_dtype="bfloat16" if lm.dtype == torch.bfloat16 else None)
+                                    search_dtype=search_dtype_for(lm.dtype))
             log.info("training SAE %s seed %d (%s, %d latents) on %d %s tokens x %d epochs", sae.name, seed, spec.arch,
                      spec.width, n_tokens, sae.corpus, spec.epochs)
             t0 = time.perf_counter()

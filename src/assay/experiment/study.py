@@ -164,14 +164,12 @@ class Study:
     # --- the study -----------------------------------------------------------------------
     def run(self) -> Any:
         from assay.probes.inputs import Inputs
-        from assay.runtime import resolve_dtype
 
         t_start = time.perf_counter()
         self.prepare()
         cfg = self.cfg
         self.acts = self.stage("activations", self.benchmark_activations)
         self.inputs = Inputs(self.acts, self.ds.texts, layer=cfg.layer, aggregations=cfg.aggregations, dtype=cfg.dtype,
-                             search_dtype=torch.bfloat16 if resolve_dtype(cfg.dtype) == torch.bfloat16 else None,
                              progress=self.progress)
         self.stage("probes", lambda: self.fit_runs(None))
         self.stage("SAEs", self.train_saes)

@@ -97,11 +97,10 @@ class Inputs:
     """
 
     def __init__(self, acts: Any = None, texts: Sequence[str] | None = None, *, layer: int | None = None,
-                 aggregations: Sequence[str] = (), dtype: str = "float32", search_dtype: torch.dtype | None = None,
-                 progress: bool = False) -> None:
+                 aggregations: Sequence[str] = (), dtype: str = "float32", progress: bool = False) -> None:
         self.acts, self.texts, self.layer = acts, texts, layer
         self.aggregations = list(aggregations)
-        self.dtype, self.search_dtype, self.progress = dtype, search_dtype, progress
+        self.dtype, self.progress = dtype, progress
         self._memo: dict[tuple, Any] = {}
         self._sae_key: Any = None
         self._sae_outputs: dict[str, dict[str, torch.Tensor]] = {}
@@ -132,7 +131,7 @@ class Inputs:
             if self._sae_key is not sae:
                 self._sae_outputs.clear()  # free the last SAE's outputs before computing these
                 aggs = list(dict.fromkeys([*self.aggregations, spec.aggregation]))
-                self._sae_outputs = sae_outputs(self.acts, sae, self.layer, aggs, search_dtype=self.search_dtype,
+                self._sae_outputs = sae_outputs(self.acts, sae, self.layer, aggs, search_dtype=_search_dtype(self.acts),
                                                 progress=self.progress)
                 self._sae_key = sae
             out = self._sae_outputs[spec.reads.removeprefix("sae-")]
@@ -168,6 +167,15 @@ def _dtype_of(acts: Any) -> torch.dtype:
     from assay.runtime import resolve_dtype
 
     return resolve_dtype(acts.spec["dtype"])
+
+
+def _search_dtype(acts: Any) -> torch.dtype | None:
+    """TopK codes of activations extracted in bf16 are shortlisted in bf16, as the SAEs trained on
+    such activations were (`assay.runtime.search_dtype_for`); otherwise computed directly."""
+    from assay.runtime import resolve_dtype, search_dtype_for
+
+    search = search_dtype_for(acts.spec["dtype"])
+    return resolve_dtype(search) if search else None
 
 
 def _device(sae: Any) -> torch.device:

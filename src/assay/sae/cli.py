@@ -99,7 +99,7 @@ def train(
     from assay.distributed import is_main, join, world_size
     from assay.models import load
     from assay.models.loading import check_layer
-    from assay.runtime import cache_dir
+    from assay.runtime import cache_dir, search_dtype_for
     from assay.sae.checks import check_sae_fits
     from assay.sae.corpus import activation_stream
     from assay.sae.metrics import reconstruction_stats
@@ -153,7 +153,7 @@ def train(
     # TopK SAEs shortlist each token's top k in bf16 and compute it exactly in fp32, as the study's do.
     cfg = TrainConfig(total_tokens=n_tokens * epochs, batch_size=batch_size, lr=lr, seed=seed,
                       sparsity_warmup_steps=sparsity_warmup, checkpoint_every=checkpoint_every,
-                      search_dtype="bfloat16" if lm.dtype == torch.bfloat16 else None)
+                      search_dtype=search_dtype_for(lm.dtype))
     torch.manual_seed(seed)
     trainer = train_saes(saes, stream(), out, cfg, meta, device=lm.device, resume=resume)
     if not is_main():
