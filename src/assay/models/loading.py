@@ -7,6 +7,7 @@ on a 2-core CPU, with `gguf_reading`'s speed-ups) and saved as safetensors under
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -49,16 +50,16 @@ class LoadedModel:
     def __init__(self, model: nn.Module | None = None, tokenizer: Any = None, name: str = "",
                  fingerprint: dict[str, Any] | None = None, *,
                  load_model: Callable[[], nn.Module] | None = None, load_tokenizer: Callable[[], Any] | None = None,
-                 config: Any = None, load_config: Callable[[], Any] | None = None,
+                 load_config: Callable[[], Any] | None = None,
                  config_fields: dict[str, int | None] | None = None, device: torch.device | None = None,
                  dtype: torch.dtype | None = None, no_chat_template: bool = False) -> None:
         if (model is None) == (load_model is None) or (tokenizer is None) == (load_tokenizer is None):
             raise ValueError("give each of the model and the tokenizer, or a function that loads it, not both")
         self._model, self._tokenizer = model, tokenizer
         self._load_model, self._load_tokenizer = load_model, load_tokenizer
-        self._config, self._load_config, self._device, self._dtype = config, load_config, device, dtype
-        self._fields = config_fields if config_fields is not None else (
-            _fields_of(config) if config is not None else None)
+        # a lazy model's config, built once on first use (`load` memoises it), and the fields it
+        # answers before that (read from config.json, or from that config when the file cannot say)
+        self._load_config, self._fields, self._device, self._dtype = load_config, config_fields, device, dtype
         self._no_chat_template = no_chat_template  # its files say so: the tokenizer need not be read to know
         self.name = name
         self.fingerprint = fingerprint if fingerprint is not None else {}
@@ -89,11 +90,7 @@ class LoadedModel:
 
     @property
     def config(self) -> Any:
-        if self._model is not None:
-            return self._model.config
-        if self._config is None:
-            self._config = self._load_config()
-        return self._config
+        return self._model.config if self._model is not None else self._load_config()
 
     @property
     def device(self) -> torch.device:
@@ -220,12 +217,10 @@ def load(
             fingerprint["revision"] = getattr(model.config, "_commit_hash", None)
         fingerprint.update(dtype=dtype_name(torch_dtype), tokenizer=tokenizer_hash(tokenizer))
         return LoadedModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint)
-    configs: list[Any] = []
 
+    @functools.cache
     def load_config() -> Any:  # once, whether the fingerprint, the tokenizer or a caller asks first
-        if not configs:
-            configs.append(_config_from_pretrained(name, source, revision=revision, **offline))
-        return configs[0]
+        return _config_from_pretrained(name, source, revision=revision, **offline)
 
     from_files = _tokenizer_hash_from_files(Path(source))
     fields = config_file_fields(Path(source)) if from_files is not None else None
@@ -237,7 +232,7 @@ def load(
     fingerprint.update(dtype=dtype_name(torch_dtype), tokenizer=from_files or tokenizer_hash(tokenizer))
     return LoadedModel(name=name, fingerprint=fingerprint, load_model=load_model, tokenizer=tokenizer,
                        load_tokenizer=None if tokenizer is not None else lambda: load_tokenizer(load_config()),
-                       config=configs[0] if configs else None, load_config=load_config, config_fields=fields,
+                       load_config=load_config, config_fields=fields,
                        device=device, dtype=torch_dtype,
                        no_chat_template=from_files is not None)
 
