@@ -511,12 +511,11 @@ def test_a_gguf_conversion_parses_the_file_once_and_reads_what_the_real_reader_r
 
 
 @pytest.mark.parametrize("fails", [False, True])
-def test_the_study_converts_the_model_while_its_data_builds(tmp_path, monkeypatch, tiny, fails):
-    """A cold study converts the bundled GGUF in a thread while the benchmark builds. `load` starts
-    only once that conversion has ended (never a second one beside it), and a data error waits for
-    it too, so no conversion is cut off at exit with its files half-written."""
-    import threading
-    import time
+def test_the_study_converts_the_model_in_another_process_while_its_data_builds(tmp_path, monkeypatch, tiny, fails):
+    """A cold study converts the bundled GGUF in a child process while the benchmark builds. `load`
+    starts only once that conversion has ended (never a second one beside it), and a data error
+    waits for it too, so no conversion is left running behind the error."""
+    import os
 
     from assay.errors import InputError
     from assay.experiment import StudyConfig
@@ -524,28 +523,27 @@ def test_the_study_converts_the_model_while_its_data_builds(tmp_path, monkeypatc
     from assay.models import loading
     from conftest import toy_benchmark
 
-    events = []
-
-    def slow_resolve(name, revision):
-        events.append(("convert", threading.current_thread() is threading.main_thread()))
-        time.sleep(0.5)
-        events.append(("converted", None))
-        return "dir", {}
+    events = tmp_path / "events.txt"
+    monkeypatch.setenv("EVENTS", str(events))
+    # the child as the real one is started, doing a slow stand-in for the conversion
+    monkeypatch.setattr(loading.BackgroundConversion, "_CHILD",
+                        "import os, sys, time\n"
+                        "log = lambda s: open(os.environ['EVENTS'], 'a').write(s + '\\n')\n"
+                        "log(f'convert {sys.argv[1]} {os.getpid()}'); time.sleep(1); log('converted')\n")
 
     def data(*a, **k):
-        events.append(("data", None))
+        events.open("a").write("data\n")
         if fails:
             raise InputError("a broken dataset")
         return real_data(*a, **k)
 
     def load(*a, **k):
-        events.append(("load", None))
+        events.open("a").write("load\n")
         return tiny
 
     import assay.data
 
     real_data = assay.data.load_or_build
-    monkeypatch.setattr(loading, "_resolve", slow_resolve)
     monkeypatch.setattr("assay.data.load_or_build", data)
     monkeypatch.setattr("assay.models.load", load)
     assert loading.convert_in_background(str(tmp_path)) is None  # a model directory: nothing to convert
@@ -554,8 +552,26 @@ def test_the_study_converts_the_model_while_its_data_builds(tmp_path, monkeypatc
     if fails:
         with pytest.raises(InputError, match="broken"):
             study.prepare()
-        assert events[-1] == ("converted", None)
     else:
         study.prepare()
-        assert events.index(("converted", None)) < events.index(("load", None)) == len(events) - 1
-    assert ("convert", False) in events  # in a thread of its own
+    lines = events.read_text().splitlines()
+    convert = next(ln for ln in lines if ln.startswith("convert "))
+    assert convert.split()[1] == "gemma-3-270m" and int(convert.split()[2]) != os.getpid()
+    assert lines[-1] == "converted" if fails else lines[-2:] == ["converted", "load"]
+
+
+def test_a_failed_background_conversion_says_why_and_load_meets_the_error_itself(tmp_path, caplog):
+    """The child really converts (here: a file with GGUF's magic bytes and nothing else); when it
+    fails, `wait()` is False and warns with the child's own error, and `load` raises it clearly."""
+    import logging
+
+    from assay.models import loading
+
+    bad = tmp_path / "magic.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    conversion = loading.convert_in_background(str(bad))
+    with caplog.at_level(logging.WARNING, logger="assay.models.loading"):
+        assert conversion.wait() is False and conversion.wait() is False
+    assert "background process failed" in caplog.text and "could not convert GGUF file" in caplog.text
+    with pytest.raises(ModelLoadError, match="could not convert GGUF file"):
+        load(str(bad))

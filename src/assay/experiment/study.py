@@ -211,7 +211,7 @@ class Study:
                                  f"{self.ds.splits} and lacks {missing}: add a `split` column with those values")
         except Exception:
             if converting is not None:
-                converting.join()  # finished, not cut off at exit with its files half-written
+                converting.wait()  # ended, not left running behind the error
             raise
         ex = self.ds.examples
         self.y = np.array([e.label for e in ex])
@@ -222,7 +222,7 @@ class Study:
 
         def model() -> Any:
             if converting is not None:
-                converting.join()
+                converting.wait()
             return load(cfg.model, dtype=cfg.dtype, lazy=True)
 
         self.lm = self.stage("model", model)

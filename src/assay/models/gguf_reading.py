@@ -79,8 +79,8 @@ def _patched(module: Any, name: str, make: Callable[[Any], Any]) -> Iterator[Non
 def fast_gguf_reading() -> Iterator[None]:
     """Within it, `gguf.GGUFReader(path)` returns one plain-view reader per (file, mode), and
     transformers' `_gguf_parse_value` decodes strings in one call. The patches are module-wide, so
-    any other thread reading a GGUF meanwhile gets them too (harmless: same values); a process
-    converts one model at a time (`convert_in_background` is joined before `load`)."""
+    any other thread reading a GGUF meanwhile gets them too (harmless: same values); a background
+    conversion runs in a process of its own (`convert_in_background`)."""
     import gguf
     import transformers.modeling_gguf_pytorch_utils as hf_gguf
 

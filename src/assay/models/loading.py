@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -485,25 +484,56 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return _REACHABLE[host]
 
 
-def convert_in_background(name: str) -> threading.Thread | None:
-    """Start a GGUF model's one-off conversion (the bundled default's included) in a thread, so that a
-    cold run overlaps it with its other first work, e.g. building a benchmark: the conversion is mostly
-    one Python thread parsing the file. In two cold demo runs at the same matmul speed (2-core CPU,
-    one run each) the study's data and model stages took 48 s with it and 53 s without. Join it
-    before `load`, which raises whatever the conversion failed with; None for a model that needs no
-    conversion."""
+def convert_in_background(name: str) -> "BackgroundConversion | None":
+    """Start a GGUF model's one-off conversion (the bundled default's included) in a child process,
+    so that a cold run overlaps it with its other first work, e.g. building a benchmark; None for a
+    model that needs no conversion. `wait()` for it before `load`, which converts in the caller if
+    the child did not and raises whatever that meets.
+
+    A process, not a thread: transformers' loading is not thread-safe. A conversion thread beside
+    the benchmark build (which loads MiniLM) failed in most cold runs, with an ImportError from
+    `transformers` or weights left on the meta device, and the model was then converted again after
+    the data; the conversion is also mostly Python, which a thread runs under the caller's GIL. On a
+    2-core CPU, building the quick benchmark and converting the bundled model took 43-46 s this way
+    and about 85 s one after the other."""
     if name not in _BUNDLED and Path(name).expanduser().suffix != ".gguf":
         return None
+    return BackgroundConversion(name)
 
-    def convert() -> None:
-        try:
-            _resolve(name, None)
-        except Exception:  # `load` meets it again, in the caller's thread, and says what to do
-            log.debug("converting %s in the background failed", name, exc_info=True)
 
-    thread = threading.Thread(target=convert, name=f"convert {name}", daemon=True)
-    thread.start()
-    return thread
+class BackgroundConversion:
+    """`_resolve(name)` (which converts and caches the model) in a child process."""
+
+    _CHILD = ("import sys\n"
+              "from assay.runtime import tune_malloc\n"
+              "tune_malloc()\n"
+              "from assay.models.loading import _resolve\n"
+              "_resolve(sys.argv[1], None)\n")
+
+    def __init__(self, name: str) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        self.name = name
+        self._stderr = tempfile.TemporaryFile()
+        # the child imports the assay (and the libraries) this process imported, wherever they came from
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._process = subprocess.Popen([sys.executable, "-c", self._CHILD, name], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=self._stderr, env=env)
+
+    def wait(self) -> bool:
+        """Wait for the conversion to end; False, with a warning quoting the child's error, if it failed."""
+        if self._stderr.closed:
+            return self._process.returncode == 0
+        code = self._process.wait()
+        if code != 0:
+            self._stderr.seek(0)
+            lines = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+            log.warning("converting %s in a background process failed (exit %s: %s); converting it here", self.name,
+                        code, lines[-1] if lines else "no message")
+        self._stderr.close()
+        return code == 0
 
 
 def _bundled_gguf(name: str) -> tuple[Path, str]:
