@@ -513,9 +513,10 @@ def test_a_gguf_conversion_parses_the_file_once_and_reads_what_the_real_reader_r
 @pytest.mark.parametrize("fails", [False, True])
 def test_the_study_converts_the_model_in_another_process_while_its_data_builds(tmp_path, monkeypatch, tiny, fails):
     """A cold study converts the bundled GGUF in a child process while the benchmark builds. `load`
-    starts only once that conversion has ended (never a second one beside it), and a data error
-    waits for it too, so no conversion is left running behind the error."""
+    starts only once that conversion has ended (never a second one beside it); a data error stops
+    the conversion instead of waiting a minute for it, and the error comes out."""
     import os
+    import time
 
     from assay.errors import InputError
     from assay.experiment import StudyConfig
@@ -525,15 +526,25 @@ def test_the_study_converts_the_model_in_another_process_while_its_data_builds(t
 
     events = tmp_path / "events.txt"
     monkeypatch.setenv("EVENTS", str(events))
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))  # the bundled model not converted yet
     # the child as the real one is started, doing a slow stand-in for the conversion
     monkeypatch.setattr(loading.BackgroundConversion, "_CHILD",
                         "import os, sys, time\n"
                         "log = lambda s: open(os.environ['EVENTS'], 'a').write(s + '\\n')\n"
-                        "log(f'convert {sys.argv[1]} {os.getpid()}'); time.sleep(1); log('converted')\n")
+                        "log(f'convert {sys.argv[1]} {os.getpid()}')\n"
+                        "try:\n"
+                        "    time.sleep(5)\n"
+                        "    log('converted')\n"
+                        "except KeyboardInterrupt:\n"
+                        "    log('cancelled')\n"
+                        "    raise\n")
 
     def data(*a, **k):
         events.open("a").write("data\n")
         if fails:
+            deadline = time.monotonic() + 30
+            while "convert " not in events.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the child is converting when the data fails
             raise InputError("a broken dataset")
         return real_data(*a, **k)
 
@@ -549,15 +560,34 @@ def test_the_study_converts_the_model_in_another_process_while_its_data_builds(t
     assert loading.convert_in_background(str(tmp_path)) is None  # a model directory: nothing to convert
     cfg = StudyConfig(model="gemma-3-270m", data=str(toy_benchmark(tmp_path)), layer=1, layer_sweep=False)
     study = Study(cfg, tmp_path / "out", progress=False)
+    started = time.monotonic()
     if fails:
         with pytest.raises(InputError, match="broken"):
             study.prepare()
+        assert time.monotonic() - started < 4  # not held back until the conversion would have ended (5 s)
     else:
         study.prepare()
     lines = events.read_text().splitlines()
     convert = next(ln for ln in lines if ln.startswith("convert "))
     assert convert.split()[1] == "gemma-3-270m" and int(convert.split()[2]) != os.getpid()
-    assert lines[-1] == "converted" if fails else lines[-2:] == ["converted", "load"]
+    assert lines[-1] == "cancelled" if fails else lines[-2:] == ["converted", "load"]
+
+
+def test_an_interrupted_conversion_leaves_no_partial_copy(tmp_path, monkeypatch):
+    """What a cancelled background conversion does in its process: the half-written copy goes."""
+    from assay.models import loading
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+
+    def interrupted(gguf, sha, tmp):
+        tmp.mkdir(parents=True)
+        (tmp / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loading, "_convert_gguf", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loading._dequantised(tmp_path / "m.gguf", "ab" * 32)
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
 
 
 def test_a_failed_background_conversion_says_why_and_load_meets_the_error_itself(tmp_path, caplog):
@@ -575,3 +605,27 @@ def test_a_failed_background_conversion_says_why_and_load_meets_the_error_itself
     assert "background process failed" in caplog.text and "could not convert GGUF file" in caplog.text
     with pytest.raises(ModelLoadError, match="could not convert GGUF file"):
         load(str(bad))
+
+
+def test_only_a_model_not_yet_converted_gets_a_background_conversion(bundled_dir, tmp_path, monkeypatch):
+    """A warm cache starts no child (a cached rerun would pay its imports); a cold cache, a new GGUF
+    file or a damaged copy does; a model directory, a missing file and a hub id never do."""
+    from assay.fileio import write_json
+    from assay.models import loading
+    from assay.models.loading import DEFAULT_MODEL
+
+    assert loading.convert_in_background(DEFAULT_MODEL) is None  # `bundled_dir` converted it
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cold"))
+    assert loading._needs_conversion(DEFAULT_MODEL)
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF" + b"\x00" * 64)
+    assert loading._needs_conversion(str(gguf))
+    out = tmp_path / "cold" / "models" / loading.file_digest(gguf)[:16]
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    write_json(out / "assay-complete.json", {"files_sha256": {"config.json": loading.file_digest(out / "config.json")}})
+    assert not loading._needs_conversion(str(gguf))
+    (out / "config.json").write_text('{"damaged": 1}')
+    assert loading._needs_conversion(str(gguf))
+    for name in (bundled_dir, str(tmp_path / "missing.gguf"), "google/gemma-3-270m"):
+        assert not loading._needs_conversion(name)

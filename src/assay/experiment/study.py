@@ -197,11 +197,10 @@ class Study:
         """Data, splits, model and layer sweep; the study's layer fixed (the sweep's choice when not given)."""
         from assay.data import load_or_build
         from assay.models import load
-        from assay.models.loading import convert_in_background
+        from assay.models.loading import converted_meanwhile
 
         cfg = self.cfg
-        converting = convert_in_background(cfg.model)  # a cold cache: the model converts while the data builds
-        try:
+        with converted_meanwhile(cfg.model) as model_converted:  # a cold cache: the model converts meanwhile
             self.ds = self.stage("data", lambda: with_calibration_split(
                 subsample(load_or_build(cfg.data or cfg.preset, cfg.seed), cfg.subsample, cfg.seed),
                 cfg.calibrate_on, cfg.seed))
@@ -209,23 +208,18 @@ class Study:
             if missing:
                 raise InputError(f"the study needs splits train, val, {cfg.calibrate_on} and ood; the dataset has "
                                  f"{self.ds.splits} and lacks {missing}: add a `split` column with those values")
-        except Exception:
-            if converting is not None:
-                converting.wait()  # ended, not left running behind the error
-            raise
+
+            def model() -> Any:
+                model_converted()
+                return load(cfg.model, dtype=cfg.dtype, lazy=True)
+
+            self.lm = self.stage("model", model)
         ex = self.ds.examples
         self.y = np.array([e.label for e in ex])
         self.units = self.ds.clusters
         split = np.array([e.split for e in ex])
         self.splits = ["train", "val", cfg.calibrate_on, "ood"]
         self.idx = {s: np.flatnonzero(split == s) for s in self.splits}
-
-        def model() -> Any:
-            if converting is not None:
-                converting.wait()
-            return load(cfg.model, dtype=cfg.dtype, lazy=True)
-
-        self.lm = self.stage("model", model)
         self.layer_sweep = self.stage("layer sweep", self.sweep_layers) if cfg.layer_sweep else None
         if cfg.layer is None:
             chosen = self.layer_sweep["chosen"] if self.layer_sweep else self.lm.n_layers // 2

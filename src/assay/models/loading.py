@@ -14,7 +14,8 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -487,7 +488,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def convert_in_background(name: str) -> "BackgroundConversion | None":
     """Start a GGUF model's one-off conversion (the bundled default's included) in a child process,
     so that a cold run overlaps it with its other first work, e.g. building a benchmark; None for a
-    model that needs no conversion. `wait()` for it before `load`, which converts in the caller if
+    model that needs no conversion (not a GGUF, or already converted). `wait()` for it before `load`, which converts in the caller if
     the child did not and raises whatever that meets.
 
     A process, not a thread: transformers' loading is not thread-safe. A conversion thread beside
@@ -496,9 +497,43 @@ def convert_in_background(name: str) -> "BackgroundConversion | None":
     the data; the conversion is also mostly Python, which a thread runs under the caller's GIL. On a
     2-core CPU, building the quick benchmark and converting the bundled model took 43-46 s this way
     and about 85 s one after the other."""
-    if name not in _BUNDLED and Path(name).expanduser().suffix != ".gguf":
-        return None
-    return BackgroundConversion(name)
+    return BackgroundConversion(name) if _needs_conversion(name) else None
+
+
+def _needs_conversion(name: str) -> bool:
+    """Whether `name` is a GGUF (the bundled default's included) without a dequantised copy in the
+    cache yet: a warm run starts no child (its imports would cost a cached rerun seconds). Anything
+    this cannot tell (a missing file or package) is left to `load`, which says what is wrong."""
+    import importlib
+
+    if name in _BUNDLED:
+        try:
+            sha = importlib.import_module(_BUNDLED[name]).EXPECTED_SHA256
+        except (ImportError, AttributeError):
+            return False
+    elif (path := Path(name).expanduser()).suffix == ".gguf" and path.is_file():
+        sha = file_digest(path)
+    else:
+        return False
+    out = cache_dir() / "models" / sha[:16]
+    return not (out / "assay-complete.json").exists() or bool(verify_saved(out))
+
+
+@contextmanager
+def converted_meanwhile(name: str | None) -> Iterator[Callable[[], object]]:
+    """Run the block while model `name` converts in a child process (`convert_in_background`; a
+    no-op for a model that needs no conversion, or None). Yields `wait`, to call before loading the
+    model. Leaving the block waits for the conversion; leaving it by an error (bad data, say) stops
+    it instead, so the error is not held back for a minute and no conversion runs on behind it."""
+    conversion = convert_in_background(name) if name is not None else None
+    wait: Callable[[], object] = conversion.wait if conversion is not None else (lambda: None)
+    try:
+        yield wait
+    except BaseException:
+        if conversion is not None:
+            conversion.cancel()
+        raise
+    wait()
 
 
 class BackgroundConversion:
@@ -534,6 +569,15 @@ class BackgroundConversion:
                         code, lines[-1] if lines else "no message")
         self._stderr.close()
         return code == 0
+
+    def cancel(self) -> None:
+        """Stop the conversion and wait for it: an interrupted child removes its partial copy."""
+        import signal
+
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)
+        self._process.wait()
+        self._stderr.close()
 
 
 def _bundled_gguf(name: str) -> tuple[Path, str]:
@@ -579,11 +623,29 @@ def _dequantised(gguf: Path, sha: str) -> Path:
             return out
         log.warning("the dequantised copy of %s in %s is damaged (%s); converting it again", gguf.name, out,
                     ", ".join(bad))
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     log.info("dequantising %s once to %s (about a minute; later loads take seconds)", gguf.name, out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _convert_gguf(gguf, sha, tmp)
+    except BaseException:  # an interrupt (a cancelled background conversion) too: no 1 GB half-copy left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:  # a rename onto a folder that has files fails: another process (a torchrun rank) finished first
+        os.replace(tmp, out)
+    except OSError:
+        if (out / "assay-complete.json").exists() and not verify_saved(out):
+            shutil.rmtree(tmp, ignore_errors=True)  # keep its copy: removing it would pull it from under its reader
+            return out
+        shutil.rmtree(out, ignore_errors=True)  # a damaged copy
+        os.replace(tmp, out)
+    return out
+
+
+def _convert_gguf(gguf: Path, sha: str, tmp: Path) -> None:
+    """The GGUF's weights dequantised to fp32 and its tokenizer, saved into `tmp` with their checksums."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         with fast_gguf_reading():
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -600,15 +662,6 @@ def _dequantised(gguf: Path, sha: str) -> Path:
     model.save_pretrained(tmp)
     files = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
     write_json(tmp / "assay-complete.json", {"gguf": gguf.name, "gguf_sha256": sha, "files_sha256": files})
-    try:  # a rename onto a folder that has files fails: another process (a torchrun rank) finished first
-        os.replace(tmp, out)
-    except OSError:
-        if (out / "assay-complete.json").exists() and not verify_saved(out):
-            shutil.rmtree(tmp, ignore_errors=True)  # keep its copy: removing it would pull it from under its reader
-            return out
-        shutil.rmtree(out, ignore_errors=True)  # a damaged copy
-        os.replace(tmp, out)
-    return out
 
 
 def verify_saved(out: Path) -> list[str]:

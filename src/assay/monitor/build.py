@@ -89,7 +89,7 @@ def build_monitor(
     `lm` is an already loaded model to use instead of loading `model` (tests, notebooks)."""
     from assay.data import load_or_build
     from assay.models import load
-    from assay.models.loading import DEFAULT_MODEL, check_layer
+    from assay.models.loading import DEFAULT_MODEL, check_layer, converted_meanwhile
     from assay.monitor.bundle import model_identity, save_bundle
     from assay.monitor.card import render_card
     from assay.monitor.features import monitor_activations
@@ -109,26 +109,29 @@ def build_monitor(
         if get_method(m).reads not in ("pooled", "tokens"):
             raise InputError(f"method {m!r} reads {get_method(m).reads}; a monitor serves probes on the model's "
                              "activations: pick a pooled or attention method (`assay probe methods`)")
-    ds = load_or_build(data, seed)
-    y = ds.labels
-    calib = calibration_rows(ds)
-    n_calib_benign = int((y[calib] == 0).sum())
-    if n_calib_benign < min_calibration:
-        raise InputError(f"{data} has {n_calib_benign} benign rows in a `{CALIBRATION_SPLIT}` split; a monitor sets "
-                         f"its thresholds there and needs at least {min_calibration}: add a `split` column with "
-                         f"'{CALIBRATION_SPLIT}' on held-out benign prompts")
-    collections = list_collections(ds)
-    if len(collections) < 2:
-        raise InputError(f"{data} has {len(collections)} collection(s) to hold out; leave-one-collection-out needs "
-                         "at least 2 (sources, jailbreak families, or a `group` column in a user file)")
+    # a cold cache converts a GGUF model (the bundled default's included) while the data builds
+    with converted_meanwhile(model if lm is None else None) as model_converted:
+        ds = load_or_build(data, seed)
+        y = ds.labels
+        calib = calibration_rows(ds)
+        n_calib_benign = int((y[calib] == 0).sum())
+        if n_calib_benign < min_calibration:
+            raise InputError(f"{data} has {n_calib_benign} benign rows in a `{CALIBRATION_SPLIT}` split; a monitor "
+                             f"sets its thresholds there and needs at least {min_calibration}: add a `split` column "
+                             f"with '{CALIBRATION_SPLIT}' on held-out benign prompts")
+        collections = list_collections(ds)
+        if len(collections) < 2:
+            raise InputError(f"{data} has {len(collections)} collection(s) to hold out; leave-one-collection-out needs "
+                             "at least 2 (sources, jailbreak families, or a `group` column in a user file)")
 
-    if lm is None:
-        dtype_name, dtype_why = choose_dtype(dtype)
-        lm = load(model, dtype=dtype_name, lazy=True)
-    else:
-        from assay.runtime import dtype_name as name_of
+        if lm is None:
+            model_converted()
+            dtype_name, dtype_why = choose_dtype(dtype)
+            lm = load(model, dtype=dtype_name, lazy=True)
+        else:
+            from assay.runtime import dtype_name as name_of
 
-        dtype_name, dtype_why = name_of(lm.dtype), {"requested": "the model passed in"}
+            dtype_name, dtype_why = name_of(lm.dtype), {"requested": "the model passed in"}
     layers = sorted(set(layers)) if layers else default_layers(lm.n_layers)
     for L in layers:
         check_layer(L, lm.n_layers)
