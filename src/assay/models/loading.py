@@ -539,6 +539,12 @@ def converted_meanwhile(name: str | None) -> Iterator[Callable[[], object]]:
 class BackgroundConversion:
     """`_resolve(name)` (which converts and caches the model) in a child process."""
 
+    # `cancel` sends SIGTERM, raised in the child as KeyboardInterrupt so that its cleanup runs (SIGINT
+    # would not do: a process started in the background, under nohup or `&`, inherits it ignored)
+    _ON_SIGTERM = ("import signal\n"
+                   "def _stop(*_):\n"
+                   "    raise KeyboardInterrupt\n"
+                   "signal.signal(signal.SIGTERM, _stop)\n")
     _CHILD = ("import sys\n"
               "from assay.runtime import tune_malloc\n"
               "tune_malloc()\n"
@@ -554,8 +560,9 @@ class BackgroundConversion:
         self._stderr = tempfile.TemporaryFile()
         # the child imports the assay (and the libraries) this process imported, wherever they came from
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self._process = subprocess.Popen([sys.executable, "-c", self._CHILD, name], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=self._stderr, env=env)
+        self._process = subprocess.Popen([sys.executable, "-c", self._ON_SIGTERM + self._CHILD, name],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                                         env=env)
 
     def wait(self) -> bool:
         """Wait for the conversion to end; False, with a warning quoting the child's error, if it failed."""
@@ -572,10 +579,8 @@ class BackgroundConversion:
 
     def cancel(self) -> None:
         """Stop the conversion and wait for it: an interrupted child removes its partial copy."""
-        import signal
-
         if self._process.poll() is None:
-            self._process.send_signal(signal.SIGINT)
+            self._process.terminate()
         self._process.wait()
         self._stderr.close()
 
