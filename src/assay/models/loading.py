@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import shutil
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -488,8 +488,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def convert_in_background(name: str) -> "BackgroundConversion | None":
     """Start a GGUF model's one-off conversion (the bundled default's included) in a child process,
     so that a cold run overlaps it with its other first work, e.g. building a benchmark; None for a
-    model that needs no conversion (not a GGUF, or already converted). `wait()` for it before `load`, which converts in the caller if
-    the child did not and raises whatever that meets.
+    model that needs no conversion (not a GGUF, or already converted). `wait()` for it before
+    `load`, which converts in the caller if the child did not and raises whatever that meets.
 
     A process, not a thread: transformers' loading is not thread-safe. A conversion thread beside
     the benchmark build (which loads MiniLM) failed in most cold runs, with an ImportError from
