@@ -39,8 +39,9 @@ saelens: $(SAELENS_BIN)/.installed
 # built on the quick benchmark at one candidate layer (it prints how to serve it). benchmarks/demo.py
 # times it: on a 2-core AVX512-BF16 CPU (bf16) 246 s cold and 18 s warm at 4c48b24 (252 s and 20 s
 # at 2a60fb2; 313 s cold while its bf16 matmuls ran at half speed); on a 2-core AVX2-only CPU
-# (float32; forward passes are most of it) 490 s cold and 21 s warm at 4a5c865, where warm reruns
-# stopped importing transformers' registry and scipy.stats (510 s and 35 s at f2a37e2; results/demo-avx2.json).
+# (float32; forward passes are most of it) 463 s cold and 20 s warm at 8feb6bc, where the model
+# converts in a child process beside the data build (490 s and 21 s at 4a5c865, whose fp32 matmuls
+# ran about 15% slower; 510 s and 35 s at f2a37e2; results/demo-avx2.json).
 demo: setup
 	$(BIN)/assay experiment harmful-intent --preset demo
 	$(BIN)/assay experiment sae-frequency --preset demo
