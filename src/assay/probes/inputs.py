@@ -174,7 +174,7 @@ def _search_dtype(acts: Any) -> torch.dtype | None:
     such activations were (`assay.runtime.search_dtype_for`); otherwise computed directly."""
     from assay.runtime import resolve_dtype, search_dtype_for
 
-    search = search_dtype_for(acts.spec["dtype"])
+    search = search_dtype_for(_dtype_of(acts))
     return resolve_dtype(search) if search else None
 
 
