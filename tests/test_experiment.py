@@ -179,20 +179,32 @@ def test_a_part_from_older_code_is_recomputed(smoke_cfg, smoke_run, monkeypatch)
 def test_sae_quality_from_older_metrics_code_is_measured_again(smoke_cfg, smoke_run, monkeypatch):
     """SAE quality records are keyed on the code that measures them: a rerun reads them, and after an
     edit to that code every SAE is measured again (its SAE is not retrained)."""
+    import time
+    import uuid
+    from pathlib import Path
+
     import assay.provenance as provenance
     import assay.sae.recipe as recipe
 
     report, out = smoke_run
-    measured = []
+    measured = []  # the directories of the SAEs measured: evaluate_sae(sae, tokens, <dir>/freq_hist.png, ...)
     evaluate = recipe.evaluate_sae
-    monkeypatch.setattr(recipe, "evaluate_sae", lambda *a, **k: measured.append(a[0]) or evaluate(*a, **k))
+    monkeypatch.setattr(recipe, "evaluate_sae", lambda *a, **k: measured.append(Path(a[2]).parent) or evaluate(*a, **k))
     cfg = smoke_cfg.model_copy(update={"methods": ["dense-logistic"]})
     rerun = run_study(cfg, out, progress=False)
     assert measured == [] and not any(m["trained_in_this_run"] for m in rerun.diagnostics["sae_provenance"])
     real = provenance.code_fingerprint
+    # A fresh "edit" each run: the SAEs live in the shared cache, so a fixed suffix would find the
+    # records an earlier run of this test wrote for the same source and measure nothing.
+    edit = f"-edited-{uuid.uuid4().hex}"
     monkeypatch.setattr(provenance, "code_fingerprint",
-                        lambda *m: real(*m) + ("-edited" if "assay.sae.metrics" in m else ""))
-    edited = run_study(cfg, out, progress=False)
+                        lambda *m: real(*m) + (edit if "assay.sae.metrics" in m else ""))
+    started = time.time()
+    try:
+        edited = run_study(cfg, out, progress=False)
+    finally:  # the records for an edit that never happened are litter in the user's cache
+        for p in {p for d in measured for p in d.glob("study-quality-*.json") if p.stat().st_mtime >= started}:
+            p.unlink()
     assert len(measured) == len(report.sae_quality) > 0
     assert not any(m["trained_in_this_run"] for m in edited.diagnostics["sae_provenance"])
 
