@@ -580,7 +580,7 @@ def test_an_interrupted_conversion_leaves_no_partial_copy(tmp_path, monkeypatch)
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
 
     def interrupted(gguf, sha, tmp):
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt
 
@@ -588,6 +588,42 @@ def test_an_interrupted_conversion_leaves_no_partial_copy(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         loading._dequantised(tmp_path / "m.gguf", "ab" * 32)
     assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def test_a_copy_left_by_a_killed_conversion_is_removed_and_one_being_written_is_kept(tmp_path, monkeypatch):
+    """SIGKILL (or the OOM killer) gives a conversion no chance to clean up: its half-written copy,
+    up to 1 GB, stayed in the cache for good. The next conversion removes it; a copy another live
+    process is writing stays, and so does one too new to have taken its lock yet."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from assay.models import loading
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    out = loading._dequantised_dir("ab" * 32)
+    writer = ("import sys, time; from pathlib import Path; from assay.models.loading import _held\n"
+              "with _held(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)")
+    writers = {}
+    try:
+        for name in ("killed", "alive"):
+            tmp = out.with_name(f"{out.name}.tmp-{name}")
+            writers[name] = subprocess.Popen([sys.executable, "-c", writer, str(tmp)], stdout=subprocess.PIPE, text=True)
+            assert writers[name].stdout.readline() == "held\n"
+            (tmp / "model.safetensors").write_bytes(b"half")
+            os.utime(tmp, (time.time() - 60,) * 2)
+        writers["killed"].send_signal(signal.SIGKILL)
+        writers["killed"].wait()
+        out.with_name(f"{out.name}.tmp-new").mkdir()  # as if between another writer's mkdir and its lock
+        monkeypatch.setattr(loading, "_convert_gguf", lambda gguf, sha, tmp: (tmp / "model.safetensors").write_bytes(b"x"))
+        assert loading._dequantised(tmp_path / "m.gguf", "ab" * 32) == out
+        assert sorted(p.name for p in out.parent.iterdir()) == [out.name, f"{out.name}.tmp-alive", f"{out.name}.tmp-new"]
+    finally:
+        for w in writers.values():
+            w.kill()
+            w.wait()
 
 
 def test_a_failed_background_conversion_says_why_and_load_meets_the_error_itself(tmp_path, caplog):

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,6 +25,11 @@ from assay.errors import AssayError, InputError
 from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from assay.models.gguf_reading import fast_gguf_reading
 from assay.runtime import cache_dir, default_device, dtype_name, resolve_dtype
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -633,22 +639,68 @@ def _dequantised(gguf: Path, sha: str) -> Path:
         log.warning("the dequantised copy of %s in %s is damaged (%s); converting it again", gguf.name, out,
                     ", ".join(bad))
     log.info("dequantising %s once to %s (about a minute; later loads take seconds)", gguf.name, out)
+    _remove_abandoned(out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _convert_gguf(gguf, sha, tmp)
-    except BaseException:  # an interrupt (a cancelled background conversion) too: no 1 GB half-copy left behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:  # a rename onto a folder that has files fails: another process (a torchrun rank) finished first
-        os.replace(tmp, out)
-    except OSError:
-        if (out / "assay-complete.json").exists() and not verify_saved(out):
-            shutil.rmtree(tmp, ignore_errors=True)  # keep its copy: removing it would pull it from under its reader
-            return out
-        shutil.rmtree(out, ignore_errors=True)  # a damaged copy
-        os.replace(tmp, out)
+    with _held(tmp):  # until it is renamed: unlocked, another process could take it for abandoned
+        try:
+            _convert_gguf(gguf, sha, tmp)
+        except BaseException:  # an interrupt (a cancelled background conversion) too: no 1 GB half-copy left
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:  # a rename onto a folder that has files fails: another process (a torchrun rank) finished first
+            os.replace(tmp, out)
+        except OSError:
+            if (out / "assay-complete.json").exists() and not verify_saved(out):
+                shutil.rmtree(tmp, ignore_errors=True)  # keep its copy: removing it would pull it from under its reader
+                return out
+            shutil.rmtree(out, ignore_errors=True)  # a damaged copy
+            os.replace(tmp, out)
     return out
+
+
+@contextmanager
+def _held(folder: Path) -> Iterator[None]:
+    """Create `folder` and hold an exclusive lock on it while the block runs: the kernel drops the
+    lock when its process dies, however it dies, so `_remove_abandoned` can tell a copy being
+    written from one whose writer was killed (SIGKILL, the OOM killer) and cannot clean up."""
+    folder.mkdir(parents=True)
+    if fcntl is None:  # no flock (Windows): abandoned copies stay until removed by hand
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+ABANDONED_AFTER_S = 10.0  # a copy younger than this may be between its mkdir and its lock: never removed
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the half-written copies of `out` whose writers are dead (no lock held on them): each
+    is up to 1 GB, and a process killed outright leaves it behind. One a live process (another
+    torchrun rank, another user of the cache) is writing holds its lock and is left alone."""
+    if fcntl is None:
+        return
+    for tmp in out.parent.glob(out.name + ".tmp*"):
+        try:
+            if time.time() - tmp.stat().st_mtime < ABANDONED_AFTER_S:
+                continue
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:  # gone meanwhile, or not ours to open
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its writer is alive
+            continue
+        else:
+            log.info("removing %s, a copy left half-written by a conversion that was killed", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def _convert_gguf(gguf: Path, sha: str, tmp: Path) -> None:
