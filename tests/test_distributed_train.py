@@ -184,3 +184,21 @@ def test_the_study_sae_stage_under_torchrun_is_reused_by_the_study(tiny, tmp_pat
     monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained an SAE again"))
     report = run_study(study_config(data), tmp_path / "study", progress=False)
     assert len(report.diagnostics["sae_provenance"]) == 4
+
+
+def test_ranks_leave_only_once_all_have_left_the_last_collective(monkeypatch):
+    """The exit rendezvous counts ranks on the store: a rank waits for the last one to arrive, and
+    gives up (False) rather than hang when a rank never comes (torchrun reports a dead one)."""
+    import threading
+    import time
+
+    from assay.distributed import _all_done_with_gloo
+
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    store = torch.distributed.HashStore()
+    late = threading.Timer(0.3, lambda: store.add("assay/left-0", 1))
+    started = time.monotonic()
+    late.start()
+    assert _all_done_with_gloo(store, 2) is True and time.monotonic() - started >= 0.25
+    alone = torch.distributed.HashStore()
+    assert _all_done_with_gloo(alone, 2, timeout_s=0.2) is False

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -102,8 +102,34 @@ def _leave() -> None:
     if dist.is_initialized():
         try:
             dist.barrier()
+            _all_done_with_gloo()
         finally:
             dist.destroy_process_group()
+
+
+def _all_done_with_gloo(store: Any = None, world: int | None = None, timeout_s: float = 60.0) -> bool:
+    """Wait until every rank has returned from the last collective (True; False after `timeout_s`),
+    counted on torchrun's store rather than through the group: a rank can leave gloo's final barrier
+    while its last message is still in flight to another, and tearing its sockets down then aborted
+    that rank (a CI run: `terminate called without an active exception` in rank 1, after rank 0 had
+    written its results)."""
+    import time
+
+    if store is None:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        store, world = _get_default_store(), world_size()
+    key = f"assay/left-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"  # a restarted group counts afresh
+    deadline = time.monotonic() + timeout_s  # a rank that died is torchrun's to report: never hang here
+    try:
+        store.add(key, 1)
+        while store.add(key, 0) < world:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+    except Exception:  # noqa: BLE001  a store hosted by rank 0 (no torchrun agent) may be gone: leave anyway
+        return False
+    return True
 
 
 @contextmanager
