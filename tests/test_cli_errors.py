@@ -40,3 +40,30 @@ def test_errors_reach_the_user_as_one_line(monkeypatch, capsys, exc, first):
     assert stop.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith(first) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("experiment", ["harmful-intent", "sae-frequency", "saes"])
+def test_a_run_that_fails_on_a_bad_model_leaves_no_empty_run_folder(tmp_path, experiment):
+    out = tmp_path / "runs" / "new"
+    run = _assay("experiment", experiment, "--preset", "quick", "--model", str(tmp_path / "no-such-model"),
+                 "--out", str(out))
+    assert run.returncode == 1 and "model path not found" in run.stderr
+    assert not out.exists()
+    out.mkdir(parents=True)  # a folder the user made stays, empty or not
+    assert _assay("experiment", experiment, "--preset", "quick", "--model", str(tmp_path / "no-such-model"),
+                  "--out", str(out)).returncode == 1
+    assert out.is_dir()
+
+
+def test_a_failed_run_keeps_what_it_wrote_and_drops_only_empty_folders(tmp_path):
+    from assay.fileio import kept_only_if_used, write_text
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt), kept_only_if_used(out):
+        (out / "parts" / "empty").mkdir(parents=True)
+        write_text(out / "sweep" / "part.json", "{}")
+        raise KeyboardInterrupt  # a Ctrl-C mid-run: the written part is what a resumed run reuses
+    assert (out / "sweep" / "part.json").is_file() and not (out / "parts").exists()
+    with kept_only_if_used(out / "ok"):
+        (out / "ok").mkdir()
+    assert (out / "ok").is_dir()  # success: nothing removed

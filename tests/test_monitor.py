@@ -165,6 +165,16 @@ def test_bundle_load_errors(tmp_path, built):
         save_bundle(junk, b.spec, b.probe, "card")
     assert (junk / "x.txt").read_text() == "mine"
 
+    class DiskFull:  # a probe whose save fails half-way, as on a full disk
+        def save(self, folder):
+            b.probe.save(folder)
+            raise OSError(28, "No space left on device")
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(OSError, match="No space"):
+        save_bundle(fresh, b.spec, DiskFull(), "card")
+    assert not fresh.exists() and not list(tmp_path.glob(".fresh.tmp*"))
+
 
 def test_conversation_roles(tokenizer):
     from assay.models.chat import Role, format_conversation, format_prompts

@@ -31,6 +31,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+@contextmanager
+def kept_only_if_used(folder: str | Path) -> Iterator[Path]:
+    """For a run's output folder: if the block fails and the folder did not exist before it, remove
+    the folder where nothing was written into it (a bad --model, a bad preset). Anything written
+    stays, since a resumed run reuses it."""
+    folder = Path(folder)
+    new = not folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if new and folder.is_dir():
+            # bottom-up, folders only: rmdir fails on any folder that holds a file, which is kept
+            for sub in sorted((d for d in folder.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+                _rmdir_if_empty(sub)
+            _rmdir_if_empty(folder)
+        raise
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (or another process, a torchrun rank, is writing into it)
+        pass
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

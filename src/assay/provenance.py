@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -48,9 +49,48 @@ def provenance(**extra: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "host": platform.node(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "hardware": hardware(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+@functools.lru_cache(maxsize=1)
+def hardware() -> dict[str, Any]:
+    """The processor a result was measured on. Speeds and the dtype `--dtype auto` picks hang on it
+    (bf16 runs ~6x fp32 with AMX and ~50x slower on AVX2 alone), and a host name does not say it."""
+    cpuinfo = _cpuinfo()
+    record: dict[str, Any] = {"cpu": cpu_model(cpuinfo) or platform.processor() or platform.machine(),
+                              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                              "cpu_flags": matmul_flags(cpuinfo), "logical_cpus": os.cpu_count()}
+    if torch.cuda.is_available():
+        record["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return record
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return ""
+
+
+def cpu_model(cpuinfo: str) -> str | None:
+    """The first processor's model name in a /proc/cpuinfo text."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+# The flags that decide which matmul kernels run (and so whether bf16 pays); the rest is noise here.
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+def matmul_flags(cpuinfo: str) -> list[str]:
+    """Which of `MATMUL_FLAGS` the first processor in a /proc/cpuinfo text has."""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return [f for f in MATMUL_FLAGS if f in flags]
 
 
 def code_fingerprint(*modules: str, root: Path | None = None) -> str:

@@ -377,9 +377,17 @@ def run_sae_frequency(cfg: FrequencyConfig, out: str | Path, lm: Any = None, mod
                       autointerp: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Any], list[Path]]:
     """Train, evaluate, plot, report. Returns (report, the SAE directories): the directories are
     what an auto-interpretability pass reads, whose scores `build_report(autointerp=...)` takes."""
+    from assay.fileio import kept_only_if_used
+
+    with kept_only_if_used(out):  # a bad model or layer leaves no empty run folder behind
+        return _run_sae_frequency(cfg, Path(out), lm, model, layer, dtype, progress, probes, autointerp)
+
+
+def _run_sae_frequency(cfg: FrequencyConfig, out: Path, lm: Any, model: str, layer: int | None, dtype: str,
+                       progress: bool, probes: bool, autointerp: dict[str, dict[str, Any]] | None
+                       ) -> tuple[dict[str, Any], list[Path]]:
     from assay.models.loading import check_layer
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 

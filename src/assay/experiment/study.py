@@ -436,4 +436,7 @@ def subsample(ds: Any, n: int | None, seed: int) -> Any:
 
 
 def run_study(cfg: StudyConfig, out_dir: str | Path, progress: bool = True) -> Any:
-    return Study(cfg, out_dir, progress).run()
+    from assay.fileio import kept_only_if_used
+
+    with kept_only_if_used(out_dir):  # a bad model or dataset leaves no empty run folder behind
+        return Study(cfg, out_dir, progress).run()

@@ -25,6 +25,13 @@ def run_study_saes(cfg: StudyConfig, out_dir: str | Path, progress: bool = True)
 
     Under torchrun the SAEs train with DDP across the ranks; rank 0 prepares first (data, layer sweep:
     the others then read its caches) and alone measures and writes the result; the others return None."""
+    from assay.fileio import kept_only_if_used
+
+    with kept_only_if_used(out_dir):  # a bad model or dataset leaves no empty run folder behind
+        return _run_study_saes(cfg, out_dir, progress)
+
+
+def _run_study_saes(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> dict[str, Any] | None:
     from assay import distributed
     from assay.experiment.study import Study
     from assay.provenance import provenance

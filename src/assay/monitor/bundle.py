@@ -96,9 +96,13 @@ def save_bundle(out: str | Path, spec: dict[str, Any], probe: Any, card_md: str)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    probe.save(tmp / PROBE_DIR)
-    write_json(tmp / BUNDLE_FILE, {"format": FORMAT, **spec})
-    write_text(tmp / CARD_FILE, card_md)
+    try:
+        probe.save(tmp / PROBE_DIR)
+        write_json(tmp / BUNDLE_FILE, {"format": FORMAT, **spec})
+        write_text(tmp / CARD_FILE, card_md)
+    except BaseException:  # a full disk, a Ctrl-C: no hidden half-bundle left beside `out`
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         old = out.with_name(f".{out.name}.old{os.getpid()}")
         os.replace(out, old)
