@@ -11,8 +11,12 @@ held). At 0b742a7 MiniLM began embedding texts batched by length, which moved th
 `minilm_text` part's scores: that record no longer pins that part (`unpinned`, with why), and an
 AVX2-only record (`smoke_study_numbers-avx2-t2.json`) was added at 0b742a7, after checking on that
 platform that 61b4949 and 0b742a7 differ in that part's scores only (all 504 report rows and every
-comparison identical). Every pinned part's per-example scores must match bit for bit, and every
-report row's metrics and every paired comparison exactly. Float results depend on the platform
+comparison identical). An AVX512 platform with AMX (`smoke_study_numbers-avx2-avx512f-avx512_bf16-
+amx_bf16-t2.json`) was recorded at 974c5d7: there every part's scores differ from the
+AVX512-BF16 record's (other matmul kernels), and 476 of the 504 report rows differ there in their
+score threshold alone (by at most 0.0037); every AUROC, AUPRC, recall at FPR and interval is the same,
+and so are all 240 paired comparisons. Every pinned part's per-example scores must match bit for bit,
+and every report row's metrics and every paired comparison exactly. Float results depend on the platform
 (torch build, CPU instruction set, thread count), so on a platform without a record the test says
 so and skips; record there to check. Runs fitted by scikit-learn also depend on its (and SciPy's,
 NumPy's) version: they are compared only where the record names the same versions (records name
