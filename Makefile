@@ -57,7 +57,7 @@ test-fast: setup
 # Every benchmark in benchmarks/, each writing its JSON under benchmarks/results/ (scale.py also
 # rewrites its table in docs/scale.md), then the SAELens interop check (exits 1 on a mismatch). At
 # their default sizes: 21 min on 2 cores from a fresh clone (venvs built in it, caches warm), plus about 3.5 min
-# since sae_train.py runs three interleaved rounds. The two monitor benchmarks read the committed
+# since sae_train.py runs three interleaved rounds, and 2.2 min for forward_compile.py (on an AMX CPU). The two monitor benchmarks read the committed
 # bundle docs/results/monitor-full (their default, runs/monitor-full, is not in a clone);
 # monitor_load.py builds the full benchmark's data first if it is not cached.
 BENCH_BUNDLE := docs/results/monitor-full
@@ -69,6 +69,7 @@ bench: setup saelens
 	$(SAELENS_BIN)/python benchmarks/sae_train.py
 	$(SAELENS_BIN)/python benchmarks/saelens_interop.py
 	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/forward_compile.py
 	$(BIN)/python benchmarks/generate_overhead.py --bundle $(BENCH_BUNDLE)
 	$(BIN)/python benchmarks/monitor_load.py --bundle $(BENCH_BUNDLE)
 
