@@ -1,0 +1,223 @@
+"""assay's two heavy loops on a CUDA GPU, against the same run's matmul peaks: extraction's forward
+and TopK SAE training.
+
+Nothing is downloaded, so it runs on an offline GPU box. The model is Gemma 3 270M's architecture
+(its config.json, `benchmarks/data/`) with random weights: weights do not change a forward pass's
+time. The prompts are random token ids at the quick benchmark's real prompt lengths (also in
+`benchmarks/data/`), batched as `extract` batches them on CUDA (longest first, 32,768 padded tokens
+per batch), through `residual_stream` to layer 9: tokenisation and writing the cache are not timed.
+Extraction is also timed at other token budgets, and profiled (the operators taking the GPU's time).
+SAE training is assay's Trainer on random normal activations held on the GPU, k 32, widths 4,096 and
+16,384, batches of 4,096 and 16,384 tokens, float32 weights (TF32 off, torch's default), with and
+without the bf16 shortlist. About a minute on an H200.
+
+    python benchmarks/gpu.py [--out benchmarks/results/gpu.json]
+    .venv/bin/python benchmarks/gpu.py --write-inputs   # here: refresh benchmarks/data/ from the bundled model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+DATA = ROOT / "benchmarks" / "data"
+CONFIG, LENGTHS = DATA / "gemma-3-270m-config.json", DATA / "quick-prompt-lengths.json"
+LAYER = 9
+
+import torch  # noqa: E402
+
+
+def write_inputs() -> None:
+    """The bundled model's config.json and the quick benchmark's chat-formatted prompt lengths."""
+    from transformers import AutoTokenizer
+
+    from assay.data import build_benchmark
+    from assay.models import format_prompts
+    from assay.models.loading import DEFAULT_MODEL, _resolve
+
+    source, _ = _resolve(DEFAULT_MODEL, None)
+    CONFIG.write_text(json.dumps(json.loads((Path(source) / "config.json").read_text()), indent=1) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    lengths = [len(p.input_ids) for p in format_prompts(tokenizer, build_benchmark("quick", 0).texts)]
+    LENGTHS.write_text(json.dumps({"what": "token counts of the quick benchmark's 700 prompts, chat-formatted by the "
+                                           "bundled model's tokenizer (benchmarks/gpu.py --write-inputs)",
+                                   "lengths": lengths}) + "\n")
+
+
+DEVICE = "cuda"  # --device cpu: a quick run of the script's own code on a machine without a GPU
+
+
+def cuda_seconds(fn, reps: int) -> float:
+    """Mean seconds per call on the GPU clock, after a warm-up call."""
+    fn()
+    if DEVICE == "cpu":
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / reps
+
+
+def matmul_peak(dtype: torch.dtype) -> dict:
+    """TFLOP/s over a few GEMM shapes, the model's own (tokens x 640 x 2048) among them."""
+    best = {}
+    for m, k, n in [(32768, 640, 2048), (32768, 2048, 640), (4096, 640, 16384), (8192, 8192, 8192)]:
+        a = torch.randn(m, k, dtype=dtype, device=DEVICE)
+        b = torch.randn(k, n, dtype=dtype, device=DEVICE)
+        best[f"{m}x{k}x{n}"] = 2 * m * k * n / cuda_seconds(lambda: a @ b, 20 if DEVICE == "cuda" else 1) / 1e12
+    return {"tflops_by_shape": best, "peak_tflops": max(best.values())}
+
+
+def extraction(dtype: torch.dtype, lengths: list[int], budget: int | None = None, profile: bool = False) -> dict:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from assay.activations.batching import length_order, token_budget_batches
+    from assay.activations.extraction import default_token_budget
+    from assay.activations.forward import residual_stream
+    from assay.models.loading import LoadedModel
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from extract import flops_to_layer
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "config.json").write_text(CONFIG.read_text())
+        config = AutoConfig.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(DEVICE).eval().requires_grad_(False)
+    def no_tokenizer() -> None:
+        raise RuntimeError("this benchmark feeds token ids: it has no tokenizer")
+
+    lm = LoadedModel(model=model, load_tokenizer=no_tokenizer, name="gemma-3-270m-architecture",
+                     fingerprint={"model": "random weights"})
+    budget = budget or default_token_budget(torch.device(DEVICE))
+    batches = []
+    for idx in token_budget_batches(length_order(lengths), lengths, budget):
+        longest = max(lengths[i] for i in idx)
+        ids = torch.randint(10, config.vocab_size, (len(idx), longest), device=DEVICE)
+        mask = torch.zeros(len(idx), longest, dtype=torch.long, device=DEVICE)
+        for row, i in enumerate(idx):
+            mask[row, : lengths[i]] = 1
+        batches.append((ids, mask))
+
+    def one_pass() -> None:
+        for ids, mask in batches:
+            residual_stream(lm, ids, mask, [LAYER])
+
+    seconds = cuda_seconds(one_pass, 5)
+    top = top_kernels(one_pass) if profile else None
+    tokens = sum(lengths)
+    flops = flops_to_layer(config, lengths, LAYER)
+    padded = sum(ids.numel() for ids, _ in batches)
+    return {"tokens": tokens, "batches": len(batches), "token_budget": budget, "padding_fraction": padded / tokens - 1,
+            "seconds_per_pass": seconds, "tokens_per_s": tokens / seconds, "useful_tflop": flops / 1e12,
+            "tflops": flops / seconds / 1e12,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else None,
+            **({"top_ops": top} if top else {})}
+
+
+def top_kernels(fn) -> list[dict]:
+    """The operators that take the device's time in one call of `fn` (CPU time on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
+    ops = [e for e in prof.key_averages() if not e.key.startswith("void ") and getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in ops)
+    return [{"op": e.key, "share": round(getattr(e, key) / total, 3), "calls": e.count}
+            for e in sorted(ops, key=lambda e: -getattr(e, key))[:10]]
+
+
+def sae_training(width: int, search_dtype: str | None, steps: int, batch: int, k: int = 32, d_in: int = 640) -> dict:
+    from assay.sae import TrainConfig, Trainer, build_sae
+
+    torch.manual_seed(0)
+    n_tok = (steps + 1) * batch
+    x = torch.randn(n_tok + 2 * batch, d_in, device=DEVICE)
+    sae = build_sae("topk", d_in=d_in, d_sae=width, k=k, dtype="float32")
+    cfg = TrainConfig(total_tokens=n_tok, batch_size=batch, progress=False, scale_batches=1, buffer_tokens=2 * batch,
+                      log_every=10**9, search_dtype=search_dtype)
+    starts: list[float] = []
+
+    class Timed(Trainer):
+        def _step(self, xb: torch.Tensor) -> None:
+            if len(starts) == 1 and DEVICE == "cuda":  # step 0 also sets the input scale: time from here
+                torch.cuda.synchronize()
+            starts.append(time.perf_counter())
+            super()._step(xb)
+
+    trainer = Timed({"topk": sae}, cfg)
+    trainer.fit(x[i:i + batch] for i in range(0, n_tok + 2 * batch, batch))
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - starts[1]
+    assert sae.W_enc.device.type == DEVICE and trainer.state.step == steps + 1
+    return {"steps_timed": steps, "batch": batch, "tokens_per_s": steps * batch / seconds,
+            "bound_flop_per_token": 2 * d_in * width}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write-inputs", action="store_true", help="refresh benchmarks/data/ from the bundled model")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batches", default="4096,16384", help="SAE training batch sizes (tokens per step)")
+    ap.add_argument("--token-budgets", default="8192,131072", help="extraction's other padded-token budgets")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--max-prompts", type=int, default=None, help="only the first N prompt lengths (a quick check)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
+    args = ap.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.token_budgets = [int(b) for b in args.token_budgets.split(",") if b]
+    if args.write_inputs:
+        write_inputs()
+        return
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU; none is visible here")
+    from assay.provenance import provenance
+
+    lengths = json.loads(LENGTHS.read_text())["lengths"][: args.max_prompts]
+    result: dict = {"provenance": provenance(), "benchmark": "gpu", "device": DEVICE, "layer": LAYER,
+                    "matmul_peak": {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)},
+                    "tf32": torch.backends.cuda.matmul.allow_tf32, "extraction": {}, "sae_training": {}}
+    for name, dtype in [("bfloat16", torch.bfloat16), ("float32", torch.float32)]:
+        row = extraction(dtype, lengths, profile=True)
+        row["fraction_of_peak"] = row["tflops"] / result["matmul_peak"][name]["peak_tflops"]
+        result["extraction"][name] = row
+        print(name, json.dumps(row), flush=True)
+    # extract's CUDA budget (32,768 padded tokens per batch) against smaller and larger ones, in bf16
+    result["extraction_bf16_by_token_budget"] = {
+        budget: extraction(torch.bfloat16, lengths, budget)["tokens_per_s"] for budget in args.token_budgets}
+    print("bf16 tokens/s by token budget", result["extraction_bf16_by_token_budget"], flush=True)
+    fp32_peak = result["matmul_peak"]["float32"]["peak_tflops"] * 1e12
+    for batch in args.batches:
+        for width in (4096, 16384):
+            for label, search in [("float32", None), ("float32_bf16_search", "bfloat16")]:
+                row = sae_training(width, search, args.steps, batch)
+                row["fraction_of_fp32_bound"] = row["tokens_per_s"] * row["bound_flop_per_token"] / fp32_peak
+                result["sae_training"][f"batch {batch}/width {width}/{label}"] = row
+                print(batch, width, label, json.dumps(row), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
