@@ -138,7 +138,8 @@ def top_kernels(fn) -> list[dict]:
         if DEVICE == "cuda":
             torch.cuda.synchronize()
     key = "self_device_time_total" if DEVICE == "cuda" else "self_cpu_time_total"
-    ops = [e for e in prof.key_averages() if not e.key.startswith("void ") and getattr(e, key) > 0]
+    # aten operators only: a kernel's time is also its launching operator's, so both would count it twice
+    ops = [e for e in prof.key_averages() if e.key.startswith("aten::") and getattr(e, key) > 0]
     total = sum(getattr(e, key) for e in ops)
     return [{"op": e.key, "share": round(getattr(e, key) / total, 3), "calls": e.count}
             for e in sorted(ops, key=lambda e: -getattr(e, key))[:10]]
