@@ -173,9 +173,74 @@ def sae_training(width: int, search_dtype: str | None, steps: int, batch: int, k
             "bound_flop_per_token": 2 * d_in * width}
 
 
+MARK = ("<!-- gpu-table:start -->", "<!-- gpu-table:end -->")
+DOC = ROOT / "docs" / "scale.md"
+
+
+def table(r: dict) -> str:
+    """docs/scale.md's measured-GPU section, every number from the result `r`."""
+    prov, peak, ext = r["provenance"], r["matmul_peak"], r["extraction"]
+    bf16_peak, fp32_peak = peak["bfloat16"]["peak_tflops"], peak["float32"]["peak_tflops"]
+
+    def hours_100m(rate: float) -> str:
+        minutes = 1e8 / rate / 60
+        return f"{minutes:.1f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+    lines = [f"Measured by `benchmarks/gpu.py` on one {', '.join(prov['hardware'].get('gpus', ['GPU']))} "
+             f"(torch {prov['torch_version']}); the numbers are in `benchmarks/results/gpu-h200.json`. This run's matmul "
+             f"peaks: {bf16_peak:,.0f} TFLOP/s bf16, {fp32_peak:,.1f} TFLOP/s fp32 (TF32 "
+             f"{'on' if r['tf32'] else 'off'}).", "",
+             "| | tokens/s | fraction of | 100M tokens |", "|---|---|---|---|"]
+    for name, row in ext.items():
+        lines.append(f"| extraction to layer {r['layer']}, {name}, {row['token_budget']:,}-token batches | "
+                     f"{row['tokens_per_s']:,.0f} | {row['fraction_of_peak']:.2f} of the {name} peak | "
+                     f"{hours_100m(row['tokens_per_s'])} |")
+    for key, row in r["sae_training"].items():
+        batch, width, label = key.split("/")
+        shortlist = ", bf16 shortlist" if label.endswith("bf16_search") else ""
+        lines.append(f"| TopK SAE training, {width}, k 32, {batch}, fp32{shortlist} | {row['tokens_per_s']:,.0f} | "
+                     f"{row['fraction_of_fp32_bound']:.2f} of the fp32 bound | {hours_100m(row['tokens_per_s'])} |")
+    bf16 = ext["bfloat16"]
+    top = ", ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.2f}" for o in bf16.get("top_ops", [])[:6])
+    mm_share = next((o["share"] for o in bf16.get("top_ops", []) if o["op"] == "aten::mm"), 0.0)
+    scale = json.loads((ROOT / "benchmarks" / "results" / "scale.json").read_text())
+    budgets = "; ".join(f"{int(b):,}: {v:,.0f}" for b, v in r["extraction_bf16_by_token_budget"].items())
+    lines += [
+        "",
+        f"- Extraction: Gemma 3 270M's architecture with random weights (the same FLOPs), the quick benchmark's "
+        f"{len(json.loads(LENGTHS.read_text())['lengths'])} prompt lengths ({bf16['tokens']:,} tokens), forward "
+        f"only (tokenising and writing the cache are not timed): {bf16['useful_tflop']:.2f} TFLOP per pass, "
+        f"{bf16['tflops']:.1f} TFLOP/s in bf16. Shares of the GPU's time in bf16: {top}."
+        + (" The matrix products (mm) are the smaller part: the elementwise work around them (norms, activation, "
+           "casts) is where a fused or compiled forward would gain." if mm_share < 0.5 else ""),
+        f"- bf16 tokens/s at other padded-token budgets per batch ({budgets}) against "
+        f"{bf16['tokens_per_s']:,.0f} at extract's {bf16['token_budget']:,}.",
+        f"- The section above estimated extraction on one {scale['gpu_assumed']['name']} at "
+        f"{scale['low_fraction_assumed']:.2f} of its bf16 peak or more; this GPU ran it at "
+        f"{bf16['fraction_of_peak']:.2f} of its own.",
+        "- SAE training: assay's Trainer on random normal activations held on the GPU; the bound is the dense "
+        "encoder forward, 2 x d_in x width FLOP per token, at this run's fp32 peak.",
+    ]
+    if str(prov["git_commit"]).endswith("+dirty"):
+        lines.append(f"- The result's `git_commit` reads {prov['git_commit'][:12]}+dirty: the code run was that commit "
+                     "with uncommitted changes over it.")
+    return "\n".join(lines)
+
+
+def render(result_path: Path, doc: Path = DOC) -> None:
+    """Write `table` of the result into `doc` between the markers."""
+    text = doc.read_text()
+    head, rest = text.split(MARK[0], 1)
+    doc.write_text(head + MARK[0] + "\n" + table(json.loads(result_path.read_text())) + "\n" + MARK[1]
+                   + rest.split(MARK[1], 1)[1])
+    print(f"wrote the GPU section of {doc} from {result_path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write-inputs", action="store_true", help="refresh benchmarks/data/ from the bundled model")
+    ap.add_argument("--render", metavar="RESULT_JSON", help="only write docs/scale.md's GPU section from a result")
+    ap.add_argument("--doc", default=str(DOC), help="the page --render writes into")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batches", default="4096,16384", help="SAE training batch sizes (tokens per step)")
     ap.add_argument("--token-budgets", default="8192,131072", help="extraction's other padded-token budgets")
@@ -187,6 +252,9 @@ def main() -> None:
     args.token_budgets = [int(b) for b in args.token_budgets.split(",") if b]
     if args.write_inputs:
         write_inputs()
+        return
+    if args.render:
+        render(Path(args.render), Path(args.doc))
         return
     global DEVICE
     DEVICE = args.device

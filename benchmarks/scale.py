@@ -161,7 +161,7 @@ def table(r: dict) -> str:
         f"token, at an assumed {LOW_FRACTION:.2f} (a small model's short sequences keep a GPU far from peak) up to "
         f"the {ext['fraction_of_peak']:.2f} measured here: {GPU['bf16_tflops']:,.0f}e12 x {LOW_FRACTION:.2f} / "
         f"{ext['flop_per_token']:,.0f} = {est['low']['extraction_tokens_per_s']:,.0f} tokens/s. Estimates, not "
-        "measurements: no GPU was lent to this work.",
+        "measurements: what one GPU measured is in the next section.",
         f"- 8 GPUs: extraction 8x (its ranks never talk to each other). A DDP step all-reduces the SAE's "
         f"gradients, 2 x {sae['d_in']} x {sae['width']:,} x 4 bytes = {grad_mb:.0f} MB; a ring all-reduce sends "
         f"2 x 7/8 of that per GPU, {allreduce_ms:.2f} ms at an assumed {NVLINK_GBS:.0f} GB/s of NVLink, after "

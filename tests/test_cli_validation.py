@@ -102,6 +102,8 @@ def test_an_explicit_bfloat16_that_is_slow_here_is_kept_with_a_warning(monkeypat
     (0.4, None, "float32", ["32 rows"]),  # AVX2-only: the quick probe settles it, no 7 s full-size bf16 matmul
     (40.0, 600.0, "bfloat16", ["32 rows", "1024 rows"]),  # a small matmul understates bf16: the full probe decides
     (40.0, 120.0, "float32", ["32 rows", "1024 rows"]),  # not 1.5x faster at full size: float32
+    # an AMX CPU's 50 ms quick probe slowed to a tenth of fp32 by a busy machine: still the full probe
+    (10.0, 600.0, "bfloat16", ["32 rows", "1024 rows"]),
 ])
 def test_auto_dtype_skips_the_full_bfloat16_probe_only_where_bfloat16_is_hopeless(monkeypatch, small, full, chosen,
                                                                                  probes):

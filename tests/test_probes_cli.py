@@ -89,6 +89,7 @@ def _eval(probe, data, out):
     ("probe.json", lambda r: r.update(method="diff-of-means"), "changed or was damaged after training"),
     ("run.json", lambda r: r.pop("files_sha256"), "malformed"),
     ("run.json", lambda r: r["files_sha256"].pop("probe.json"), "files_sha256 is malformed"),
+    ("run.json", lambda r: r.update(dtype="float8"), "dtype is 'float8'"),
 ])
 def test_probe_eval_refuses_an_edited_probe_or_run_file(trained, tmp_path, monkeypatch, target, edit, match):
     """An edited input spec (in probe.json) or run record scored other activations under the
@@ -152,3 +153,22 @@ def test_probe_in_a_reused_folder_loads_as_the_kind_it_was_trained_as(trained, t
         assert res.exit_code == 0, res.output + repr(res.exception)
         scores[name] = [(r.method, r.split, r.auroc, r.threshold) for r in load_report(tmp_path / f"{name}.json").results]
     assert scores["reused"] == scores["clean"]
+
+
+def test_eval_reads_activations_in_the_dtype_each_probe_was_trained_in(trained, tmp_path, monkeypatch):
+    """`--dtype auto` decided anew at eval time (another machine, a matmul probe timed under load)
+    could read activations in another dtype than the probe was fit on, and move every threshold."""
+    root, model, data = trained
+    monkeypatch.setenv("ASSAY_CACHE", str(root / "cache"))
+    trained_in = json.loads((root / "p1" / "run.json").read_text())["dtype"]
+    other = "float32" if trained_in == "bfloat16" else "bfloat16"
+    monkeypatch.setattr("assay.runtime.choose_dtype",  # `auto` would now pick the other dtype
+                        lambda requested="auto", device=None: (other if requested == "auto" else requested, {}))
+    used = {}
+    for name, extra in (("default", []), ("given", ["--dtype", trained_in]), ("auto", ["--dtype", "auto"])):
+        res = _invoke(["eval", root / "p1", "--data", data, "--out", tmp_path / f"{name}.json", "--n-boot", "10", *extra])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        report = load_report(tmp_path / f"{name}.json")
+        used[name] = ([r["dtype"] for r in report.config["probes"]], [(r.split, r.threshold) for r in report.results])
+    assert used["default"] == used["given"] and used["default"][0] == [trained_in]
+    assert used["auto"][0] == [other]  # asked for: kept

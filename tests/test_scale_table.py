@@ -26,3 +26,19 @@ def test_the_committed_table_is_the_json_rendered(tmp_path):
     assert f"| {r['sae_training']['tokens_per_s']:,.0f} (float32) |" in doc
     assert f"= {r['sae_training']['fraction_of_bound']:.2f} of the" in doc
     assert str(r["provenance"]["git_commit"])[:12] in doc and "+dirty" not in r["provenance"]["git_commit"]
+
+
+def test_the_committed_gpu_section_is_the_gpu_json_rendered(tmp_path):
+    """docs/scale.md's measured-GPU section is written by benchmarks/gpu.py --render from its result."""
+    shutil.copy(ROOT / "docs/scale.md", tmp_path / "scale.md")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu.py"), "--render",
+                          str(ROOT / "benchmarks/results/gpu-h200.json"), "--doc", str(tmp_path / "scale.md")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "scale.md").read_text() == (ROOT / "docs/scale.md").read_text()
+    r = json.loads((ROOT / "benchmarks/results/gpu-h200.json").read_text())
+    doc = (ROOT / "docs/scale.md").read_text()
+    bf16 = r["extraction"]["bfloat16"]
+    assert f"| {bf16['tokens_per_s']:,.0f} | {bf16['fraction_of_peak']:.2f} of the bfloat16 peak |" in doc
+    sae = r["sae_training"]["batch 16384/width 16384/float32"]
+    assert f"| {sae['tokens_per_s']:,.0f} | {sae['fraction_of_fp32_bound']:.2f} of the fp32 bound |" in doc

@@ -130,7 +130,7 @@ def matmul_gflops(dtype: "torch.dtype", device: "torch.device | str | None" = No
 
 def bfloat16_gflops(fp32: float, device: "torch.device | str") -> tuple[float, str]:
     """bf16 matmul GFLOP/s, and the probe that measured it. On a CPU, a 32-row matmul first: where
-    it is already under a quarter of the fp32 rate, bf16 is hopeless here and the full probe is
+    it is already under a twentieth of the fp32 rate, bf16 is hopeless here and the full probe is
     skipped. On AVX2-only CPUs (~0.5 GFLOP/s) one full-size bf16 matmul takes about 7 s, and the
     full probe (a warm-up and one timed call) made every command that resolves `--dtype auto` wait
     15.5 s. A small matmul only understates a fast bf16 unit, so the early-out never turns a bf16
@@ -141,7 +141,9 @@ def bfloat16_gflops(fp32: float, device: "torch.device | str") -> tuple[float, s
     on = torch.device(device)
     if on.type == "cpu":
         small = matmul_gflops(torch.bfloat16, on, seconds=0.05, rows=32)
-        if small < fp32 / 4:
+        # AVX2 alone measured 0.004 to 0.02 of fp32 here, AMX 1.6 at 32 rows: a twentieth keeps a
+        # 50 ms probe that a busy machine slowed several times from calling a bf16 CPU hopeless
+        if small < fp32 / 20:
             return small, "32 rows"
     return matmul_gflops(torch.bfloat16, on), "1024 rows"
 

@@ -158,7 +158,8 @@ def evaluate(
     target_fpr: float = typer.Option(0.01, help="False-positive rate the threshold is set for."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for intervals."),
     seed: int = options.SEED,
-    dtype: str = options.DTYPE,
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 for every forward pass; "
+                                        "default: the dtype each probe was trained in."),
 ) -> None:
     """Score every split with each probe; threshold on benign CALIBRATE_ON examples at TARGET_FPR."""
     from assay.data import load_or_build
@@ -176,6 +177,10 @@ def evaluate(
     if n_boot < 10:
         raise typer.BadParameter(f"{n_boot}: intervals need at least 10 bootstrap resamples (1000 is the default)",
                                  param_hint="--n-boot")
+    # By default each probe reads activations in the dtype it was trained in: `auto` decided anew
+    # could pick the other one here (another machine, or a matmul probe timed under load), and move
+    # every score and threshold away from the ones the probe was fit and validated on.
+    given_dtype = options.resolve_dtype_choice(dtype) if dtype is not None else None
     saes: dict[str, object] = {}  # probes that share an SAE share one copy
     loaded = [_read_run(path, saes) for path in probes]  # every probe checked before any work starts
     ds = load_or_build(data, seed)
@@ -187,9 +192,9 @@ def evaluate(
     for path, (run, spec, probe, sae_obj) in zip(probes, loaded):
         if run["dataset_fingerprint"] != ds.fingerprint:
             typer.echo(f"note: {path} was trained on dataset {run['dataset_fingerprint'][:12]}, evaluating on {ds.fingerprint[:12]}")
-        key = (spec.model, spec.layer)
+        run_dtype = (given_dtype or run["dtype"]) if spec.model else "float32"
+        key = (spec.model, spec.layer, run_dtype)
         if key not in readers:
-            run_dtype = options.resolve_dtype_choice(dtype) if spec.model else "float32"
             readers[key] = _inputs(ds, spec, run_dtype, sae_obj)[0]
         elif sae_obj is not None:
             from assay.sae.checks import check_sae_fits
@@ -216,7 +221,7 @@ def evaluate(
             k=len(latents) if latents is not None else None, selector=getattr(cfg, "select", None),
             latents=[int(i) for i in latents] if latents is not None else None, model=spec.model, layer=spec.layer,
             dataset_fingerprint=ds.fingerprint, config={"probe": str(path), "meta": probe.meta})
-        runs.append({"probe": str(path), "method": probe.method, **spec.to_dict()})
+        runs.append({"probe": str(path), "method": probe.method, **spec.to_dict(), "dtype": run_dtype})
     first = runs[0] if runs else {}
     report = Report(
         title=f"assay: harmful-intent probes on {Path(data).name}",
@@ -248,6 +253,8 @@ def _read_run(path: Path, saes: dict[str, object] | None = None):
         if not isinstance(run, dict) or not isinstance(run.get("dataset_fingerprint"), str) \
                 or not isinstance(run.get("files_sha256"), dict):
             raise TypeError("not a JSON object with dataset_fingerprint and files_sha256")
+        if run.get("dtype") not in ("float32", "bfloat16"):
+            raise TypeError(f"dtype is {run.get('dtype')!r}, not float32 or bfloat16")
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigMismatchError(f"{where} is malformed ({type(err).__name__}: {err}); train the probe again") from None
     recorded = run["files_sha256"]
