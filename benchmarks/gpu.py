@@ -229,7 +229,11 @@ def table(r: dict) -> str:
 
 def render(result_path: Path, doc: Path = DOC) -> None:
     """Write `table` of the result into `doc` between the markers."""
+    if not result_path.is_file():
+        raise SystemExit(f"{result_path}: no such result; pass a JSON written by benchmarks/gpu.py --out")
     text = doc.read_text()
+    if MARK[0] not in text or MARK[1] not in text:
+        raise SystemExit(f"{doc} has no {MARK[0]} ... {MARK[1]} markers to write the GPU section between")
     head, rest = text.split(MARK[0], 1)
     doc.write_text(head + MARK[0] + "\n" + table(json.loads(result_path.read_text())) + "\n" + MARK[1]
                    + rest.split(MARK[1], 1)[1])
