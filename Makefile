@@ -57,9 +57,10 @@ test-fast: setup
 # Every benchmark in benchmarks/, each writing its JSON under benchmarks/results/ (scale.py also
 # rewrites its table in docs/scale.md), then the SAELens interop check (exits 1 on a mismatch). At
 # their default sizes: 21 min on 2 cores from a fresh clone (venvs built in it, caches warm), plus about 3.5 min
-# since sae_train.py runs three interleaved rounds, and 2.2 min for forward_compile.py (on an AMX CPU). The two monitor benchmarks read the committed
-# bundle docs/results/monitor-full (their default, runs/monitor-full, is not in a clone);
-# monitor_load.py builds the full benchmark's data first if it is not cached.
+# since sae_train.py runs three interleaved rounds, and 2.2 min for forward_compile.py (on an AMX CPU).
+# The two monitor benchmarks read the committed bundle docs/results/monitor-full (their default,
+# runs/monitor-full, is not in a clone); monitor_load.py builds the full benchmark's data first if it
+# is not cached.
 BENCH_BUNDLE := docs/results/monitor-full
 
 # Each rewrites its committed JSON as it goes; provenance does not count those outputs as changes,

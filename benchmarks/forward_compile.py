@@ -28,6 +28,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="induct
 import torch  # noqa: E402
 
 from assay.activations.batching import length_order, token_budget_batches  # noqa: E402
+from assay.activations.extraction import pad_prompts  # noqa: E402
 from assay.activations.forward import residual_stream  # noqa: E402
 from assay.data import build_benchmark  # noqa: E402
 from assay.models import format_prompts, load  # noqa: E402
@@ -37,16 +38,12 @@ from assay.runtime import choose_dtype, tune_malloc  # noqa: E402
 LAYER = 9
 
 
-def batches(prompts, budget: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(prompts, pad_id: int, budget: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(ids, attention mask) of each batch, padded as `extract` pads them."""
     lengths = [len(p.input_ids) for p in prompts]
     out = []
     for idx in token_budget_batches(length_order(lengths), lengths, budget):
-        longest = max(lengths[i] for i in idx)
-        ids = torch.zeros(len(idx), longest, dtype=torch.long)
-        mask = torch.zeros(len(idx), longest, dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, : lengths[i]] = torch.tensor(prompts[i].input_ids)
-            mask[row, : lengths[i]] = 1
+        ids, mask, _, _ = pad_prompts([prompts[i] for i in idx], pad_id, torch.device("cpu"))
         out.append((ids, mask))
     return out
 
@@ -93,7 +90,7 @@ def main() -> None:
     reference = None
     for name in dtypes:
         lm = load("gemma-3-270m", dtype=name, device="cpu")
-        data = batches(format_prompts(lm.tokenizer, texts), args.budget)
+        data = batches(format_prompts(lm.tokenizer, texts), lm.tokenizer.pad_token_id, args.budget)
         tokens = sum(int(mask.sum()) for _, mask in data)
         forward_all(lm, data[:2])  # warm-up
         eager_s, eager = forward_all(lm, data)
@@ -107,7 +104,8 @@ def main() -> None:
         row = {"tokens": tokens, "batches": len(data), "eager_seconds": eager_s, "compiled_seconds": compiled_s,
                "first_compiled_pass_seconds": compile_s, "eager_tokens_per_s": tokens / eager_s,
                "compiled_tokens_per_s": tokens / compiled_s, "speedup": eager_s / compiled_s,
-               "break_even_tokens": (compile_s - compiled_s) / (1 / (tokens / eager_s) - 1 / (tokens / compiled_s))
+               # the first pass's extra seconds over the seconds saved per token
+               "break_even_tokens": (compile_s - compiled_s) * tokens / (eager_s - compiled_s)
                if compiled_s < eager_s else None,
                "rel_error_vs_float32_eager": {"eager": rel_error(eager, reference),
                                               "compiled": rel_error(compiled, reference)},

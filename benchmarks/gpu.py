@@ -26,11 +26,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 DATA = ROOT / "benchmarks" / "data"
 CONFIG, LENGTHS = DATA / "gemma-3-270m-config.json", DATA / "quick-prompt-lengths.json"
 LAYER = 9
 
 import torch  # noqa: E402
+from extract import flops_to_layer  # noqa: E402  (benchmarks/extract.py: the FLOPs that benchmark counts)
 
 
 def write_inputs() -> None:
@@ -89,14 +91,12 @@ def extraction(dtype: torch.dtype, lengths: list[int], budget: int | None = None
     from assay.activations.forward import residual_stream
     from assay.models.loading import LoadedModel
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from extract import flops_to_layer
-
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "config.json").write_text(CONFIG.read_text())
         config = AutoConfig.from_pretrained(folder)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(DEVICE).eval().requires_grad_(False)
+
     def no_tokenizer() -> None:
         raise RuntimeError("this benchmark feeds token ids: it has no tokenizer")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import re
 import sys
 from pathlib import Path
 
@@ -45,12 +44,10 @@ def platform_signature() -> dict:
     """What float results depend on besides the code: the same signature should give the same bits."""
     import torch
 
-    flags = ""
-    try:
-        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if re.search(rf"\b{f}\b", flags)]
+    from assay.provenance import cpuinfo_text, matmul_flags
+
+    have = matmul_flags(cpuinfo_text())
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have]
     return {"torch": torch.__version__, "machine": platform.machine(), "isa": isa,
             "threads": torch.get_num_threads()}
 

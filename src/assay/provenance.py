@@ -59,7 +59,7 @@ def provenance(**extra: Any) -> dict[str, Any]:
 def hardware() -> dict[str, Any]:
     """The processor a result was measured on. Speeds and the dtype `--dtype auto` picks hang on it
     (bf16 runs ~6x fp32 with AMX and ~50x slower on AVX2 alone), and a host name does not say it."""
-    cpuinfo = _cpuinfo()
+    cpuinfo = cpuinfo_text()
     record: dict[str, Any] = {"cpu": cpu_model(cpuinfo) or platform.processor() or platform.machine(),
                               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                               "cpu_flags": matmul_flags(cpuinfo), "logical_cpus": os.cpu_count()}
@@ -68,7 +68,8 @@ def hardware() -> dict[str, Any]:
     return record
 
 
-def _cpuinfo() -> str:
+def cpuinfo_text() -> str:
+    """/proc/cpuinfo, or "" where there is none (not Linux)."""
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux
