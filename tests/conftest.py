@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -37,6 +39,11 @@ def tokenizer(bundled_dir):
     return AutoTokenizer.from_pretrained(bundled_dir)
 
 
+def tiny_device() -> torch.device:
+    """Where the tiny model runs: the CPU unless ASSAY_TEST_DEVICE names another device."""
+    return torch.device(os.environ.get("ASSAY_TEST_DEVICE") or "cpu")
+
+
 def tiny_gemma3(tokenizer, dtype=torch.float32, seed: int = 0) -> LoadedModel:
     """Gemma 3's architecture at toy size; a sliding window of 8 so local attention really bites."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -49,7 +56,9 @@ def tiny_gemma3(tokenizer, dtype=torch.float32, seed: int = 0) -> LoadedModel:
         max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
-    model = Gemma3ForCausalLM(config).to(dtype).eval().requires_grad_(False)
+    # ASSAY_TEST_DEVICE=cuda runs the tiny-model tests' forwards on a GPU (the weights are drawn on
+    # the CPU first, so they are the same numbers there)
+    model = Gemma3ForCausalLM(config).to(dtype).eval().requires_grad_(False).to(tiny_device())
     return LoadedModel(model=model, tokenizer=tokenizer, name="tiny-gemma3",
                        fingerprint={"model": "tiny-gemma3", "seed": seed, "dtype": str(dtype)})
 

@@ -21,8 +21,8 @@ extract_mod = importlib.import_module("assay.activations.extraction")  # the mod
 def reference_hidden(lm, prompt_ids, layer):
     """transformers' own `output_hidden_states` for one unpadded prompt, BOS dropped."""
     with torch.no_grad():
-        out = lm.model(input_ids=torch.tensor([prompt_ids]), output_hidden_states=True)
-    return out.hidden_states[layer + 1][0, 1:].float()
+        out = lm.model(input_ids=torch.tensor([prompt_ids], device=lm.device), output_hidden_states=True)
+    return out.hidden_states[layer + 1][0, 1:].float().cpu()
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2])

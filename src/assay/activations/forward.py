@@ -19,7 +19,8 @@ def residual_stream(
 ) -> dict[int, torch.Tensor]:
     """Residual stream `[b, T, d]` after each block in `layers`, for a right-padded batch.
 
-    Safe to call from several threads on one model at once (a server's scoring workers): a module's
+    The batch may sit on any device: it runs where the model's embedding is, and the results come
+    back on the batch's device. Safe to call from several threads on one model at once (a server's scoring workers): a module's
     hooks fire for every thread's forward, so each call's hooks act only on its own thread's."""
     captured: dict[int, torch.Tensor] = {}
     deepest = max(layers)
@@ -30,12 +31,14 @@ def residual_stream(
             if threading.get_ident() != caller:
                 return None
             out = output[0] if isinstance(output, tuple) else output
-            # with a device_map the block may sit on another GPU: bring it to the inputs' device
-            captured[layer] = out.to(input_ids.device, non_blocking=True)
+            # with a device_map the block may sit on another GPU: bring it to the caller's device
+            captured[layer] = out.to(home, non_blocking=True)
             if layer == deepest:
                 raise _StopForward
         return hook
 
+    home, model_device = input_ids.device, lm.device  # lm.device: the first parameter's, the embedding's
+    input_ids, attention_mask = input_ids.to(model_device), attention_mask.to(model_device)
     handles = [lm.block(layer).register_forward_hook(hook_for(layer)) for layer in sorted(set(layers))]
     try:
         # The base model has no LM head; the hook stops it after the deepest block anyway.
