@@ -12,12 +12,14 @@ SAE training is assay's Trainer on random normal activations held on the GPU, k 
 without the bf16 shortlist. About a minute on an H200.
 
     python benchmarks/gpu.py [--out benchmarks/results/gpu.json]
+    python benchmarks/gpu.py --compile --out benchmarks/results/gpu-compile.json   # eager vs compiled blocks
     .venv/bin/python benchmarks/gpu.py --write-inputs   # here: refresh benchmarks/data/ from the bundled model
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -83,19 +85,23 @@ def matmul_peak(dtype: torch.dtype) -> dict:
     return {"tflops_by_shape": best, "peak_tflops": max(best.values())}
 
 
-def extraction(dtype: torch.dtype, lengths: list[int], budget: int | None = None, profile: bool = False) -> dict:
+def model_and_batches(dtype: torch.dtype, lengths: list[int], budget: int | None = None, base=None):
+    """Gemma 3 270M's architecture with seeded random weights (`base`'s, cast, if given), and random
+    ids at `lengths` in extract's CUDA batches (longest first, `budget` padded tokens each)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from assay.activations.batching import length_order, token_budget_batches
     from assay.activations.extraction import default_token_budget
-    from assay.activations.forward import residual_stream
     from assay.models.loading import LoadedModel
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "config.json").write_text(CONFIG.read_text())
         config = AutoConfig.from_pretrained(folder)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(DEVICE).eval().requires_grad_(False)
+    if base is not None:
+        model = copy.deepcopy(base).to(dtype)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(DEVICE).eval().requires_grad_(False)
 
     def no_tokenizer() -> None:
         raise RuntimeError("this benchmark feeds token ids: it has no tokenizer")
@@ -111,6 +117,13 @@ def extraction(dtype: torch.dtype, lengths: list[int], budget: int | None = None
         for row, i in enumerate(idx):
             mask[row, : lengths[i]] = 1
         batches.append((ids, mask))
+    return lm, config, batches, budget
+
+
+def extraction(dtype: torch.dtype, lengths: list[int], budget: int | None = None, profile: bool = False) -> dict:
+    from assay.activations.forward import residual_stream
+
+    lm, config, batches, budget = model_and_batches(dtype, lengths, budget)
 
     def one_pass() -> None:
         for ids, mask in batches:
@@ -126,6 +139,55 @@ def extraction(dtype: torch.dtype, lengths: list[int], budget: int | None = None
             "tflops": flops / seconds / 1e12,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else None,
             **({"top_ops": top} if top else {})}
+
+
+def compiled_extraction(dtypes: list[torch.dtype], lengths: list[int], peaks: dict) -> dict:
+    """Eager vs `torch.compile`d blocks (inductor, dynamic shapes), per dtype, on the same weights and
+    batches: tokens/s, the first compiled pass's seconds, and each path's layer-9 residuals' relative
+    L2 error per real token against the float32 eager ones (the same weights, cast)."""
+    from assay.activations.forward import residual_stream
+
+    base, config, batches, budget = model_and_batches(torch.float32, lengths)
+    flops, tokens = flops_to_layer(config, lengths, LAYER), sum(lengths)
+
+    def outputs(lm) -> list[torch.Tensor]:
+        return [residual_stream(lm, ids, mask, [LAYER])[LAYER][mask.bool()].float() for ids, mask in batches]
+
+    reference = outputs(base)
+
+    def rel_error(got: list[torch.Tensor]) -> dict:
+        err = torch.cat([(g - r).norm(dim=-1) / r.norm(dim=-1) for g, r in zip(got, reference)]).cpu()
+        return {"median": err.median().item(), "p99": err.quantile(0.99).item(), "max": err.max().item()}
+
+    rows = {}
+    for dtype in dtypes:
+        name = str(dtype).removeprefix("torch.")
+        lm = base if dtype == torch.float32 else model_and_batches(dtype, lengths[:1], base=base.model)[0]
+
+        def one_pass() -> None:
+            for ids, mask in batches:
+                residual_stream(lm, ids, mask, [LAYER])
+
+        eager_s, eager_err = cuda_seconds(one_pass, 5), rel_error(outputs(lm))
+        for block in lm.blocks[: LAYER + 1]:
+            block.compile(dynamic=True)
+        t0 = time.perf_counter()
+        one_pass()  # compiles on the first shapes it meets, then runs
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        first_s = time.perf_counter() - t0
+        compiled_s = cuda_seconds(one_pass, 5)
+        rows[name] = {"tokens": tokens, "batches": len(batches), "token_budget": budget,
+                      "eager_tokens_per_s": tokens / eager_s, "compiled_tokens_per_s": tokens / compiled_s,
+                      "speedup": eager_s / compiled_s, "first_compiled_pass_seconds": first_s,
+                      "eager_fraction_of_peak": flops / eager_s / 1e12 / peaks[name]["peak_tflops"],
+                      "compiled_fraction_of_peak": flops / compiled_s / 1e12 / peaks[name]["peak_tflops"],
+                      "rel_error_vs_float32_eager": {"eager": eager_err, "compiled": rel_error(outputs(lm))}}
+        print(name, json.dumps(rows[name]), flush=True)
+        for block in lm.blocks[: LAYER + 1]:  # undo, so the next dtype starts eager
+            block._compiled_call_impl = None
+        torch._dynamo.reset()
+    return rows
 
 
 def top_kernels(fn) -> list[dict]:
@@ -250,6 +312,7 @@ def main() -> None:
     ap.add_argument("--token-budgets", default="8192,131072", help="extraction's other padded-token budgets")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--max-prompts", type=int, default=None, help="only the first N prompt lengths (a quick check)")
+    ap.add_argument("--compile", action="store_true", help="only eager vs torch.compile'd extraction, per dtype")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -270,6 +333,12 @@ def main() -> None:
     result: dict = {"provenance": provenance(), "benchmark": "gpu", "device": DEVICE, "layer": LAYER,
                     "matmul_peak": {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)},
                     "tf32": torch.backends.cuda.matmul.allow_tf32, "extraction": {}, "sae_training": {}}
+    if args.compile:
+        result["compiled_extraction"] = compiled_extraction([torch.bfloat16, torch.float32], lengths,
+                                                            result["matmul_peak"])
+        result.pop("extraction"), result.pop("sae_training")
+        write(result, Path(args.out))
+        return
     for name, dtype in [("bfloat16", torch.bfloat16), ("float32", torch.float32)]:
         row = extraction(dtype, lengths, profile=True)
         row["fraction_of_peak"] = row["tflops"] / result["matmul_peak"][name]["peak_tflops"]
@@ -287,9 +356,13 @@ def main() -> None:
                 row["fraction_of_fp32_bound"] = row["tokens_per_s"] * row["bound_flop_per_token"] / fp32_peak
                 result["sae_training"][f"batch {batch}/width {width}/{label}"] = row
                 print(batch, width, label, json.dumps(row), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write(result, Path(args.out))
+
+
+def write(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
