@@ -239,8 +239,9 @@ MARK = ("<!-- gpu-table:start -->", "<!-- gpu-table:end -->")
 DOC = ROOT / "docs" / "scale.md"
 
 
-def table(r: dict) -> str:
-    """docs/scale.md's measured-GPU section, every number from the result `r`."""
+def table(r: dict, compiled: dict | None = None, source: str = "", compiled_source: str = "") -> str:
+    """docs/scale.md's measured-GPU section, every number from the result `r` (and from a `--compile`
+    result, if given)."""
     prov, peak, ext = r["provenance"], r["matmul_peak"], r["extraction"]
     bf16_peak, fp32_peak = peak["bfloat16"]["peak_tflops"], peak["float32"]["peak_tflops"]
 
@@ -249,7 +250,7 @@ def table(r: dict) -> str:
         return f"{minutes:.1f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
     lines = [f"Measured by `benchmarks/gpu.py` on one {', '.join(prov['hardware'].get('gpus', ['GPU']))} "
-             f"(torch {prov['torch_version']}); the numbers are in `benchmarks/results/gpu-h200.json`. This run's matmul "
+             f"(torch {prov['torch_version']}); the numbers are in `{source}`. This run's matmul "
              f"peaks: {bf16_peak:,.0f} TFLOP/s bf16, {fp32_peak:,.1f} TFLOP/s fp32 (TF32 "
              f"{'on' if r['tf32'] else 'off'}).", "",
              "| | tokens/s | fraction of | 100M tokens |", "|---|---|---|---|"]
@@ -257,6 +258,12 @@ def table(r: dict) -> str:
         lines.append(f"| extraction to layer {r['layer']}, {name}, {row['token_budget']:,}-token batches | "
                      f"{row['tokens_per_s']:,.0f} | {row['fraction_of_peak']:.2f} of the {name} peak | "
                      f"{hours_100m(row['tokens_per_s'])} |")
+    if compiled is not None:
+        for name, row in compiled["compiled_extraction"].items():
+            lines.append(f"| extraction to layer {r['layer']}, {name}, {row['token_budget']:,}-token batches, "
+                         f"compiled blocks (`--compile`) | {row['compiled_tokens_per_s']:,.0f} | "
+                         f"{row['compiled_fraction_of_peak']:.2f} of the {name} peak | "
+                         f"{hours_100m(row['compiled_tokens_per_s'])} |")
     for key, row in r["sae_training"].items():
         batch, width, label = key.split("/")
         shortlist = ", bf16 shortlist" if label.endswith("bf16_search") else ""
@@ -283,21 +290,57 @@ def table(r: dict) -> str:
         "- SAE training: assay's Trainer on random normal activations held on the GPU; the bound is the dense "
         "encoder forward, 2 x d_in x width FLOP per token, at this run's fp32 peak.",
     ]
-    if str(prov["git_commit"]).endswith("+dirty"):
-        lines.append(f"- The result's `git_commit` reads {prov['git_commit'][:12]}+dirty: the code run was that commit "
-                     "with uncommitted changes over it.")
+    if compiled is not None:
+        lines += [compiled_note(compiled, compiled_source)]
+    commits = [short(prov["git_commit"])] + ([short(compiled["provenance"]["git_commit"])] if compiled else [])
+    if any(c.endswith("+dirty") for c in commits):
+        lines.append(f"- `git_commit` reads {' and '.join(dict.fromkeys(commits))}: a commit ending in +dirty is the one "
+                     "the GPU machine's copy of the tree started from, with uncommitted changes over it.")
     return "\n".join(lines)
 
 
-def render(result_path: Path, doc: Path = DOC) -> None:
+def short(commit: str) -> str:
+    return str(commit)[:12] + ("+dirty" if str(commit).endswith("+dirty") else "")
+
+
+def compiled_note(c: dict, source: str) -> str:
+    """What compiling the blocks bought in the `--compile` run `c`, and what it cost."""
+    bf16, fp32 = c["compiled_extraction"]["bfloat16"], c["compiled_extraction"]["float32"]
+    eager_s, compiled_s = bf16["tokens"] / bf16["eager_tokens_per_s"], bf16["tokens"] / bf16["compiled_tokens_per_s"]
+    # the first pass's extra seconds over the seconds each further pass saves, in tokens
+    break_even = (bf16["first_compiled_pass_seconds"] - compiled_s) * bf16["tokens"] / (eager_s - compiled_s)
+    err = bf16["rel_error_vs_float32_eager"]
+    return (f"- Compiled blocks (`assay activations extract --compile`; a separate run, "
+            f"`gpu.py --compile`, in `{source}`, commit {short(c['provenance']['git_commit'])}, peaks "
+            f"{c['matmul_peak']['bfloat16']['peak_tflops']:,.0f} / {c['matmul_peak']['float32']['peak_tflops']:.1f} "
+            f"TFLOP/s): {bf16['speedup']:.2f}x the eager tokens/s in bf16 ({bf16['eager_tokens_per_s']:,.0f} -> "
+            f"{bf16['compiled_tokens_per_s']:,.0f}) and {fp32['speedup']:.2f}x in fp32. The first compiled pass takes "
+            f"{bf16['first_compiled_pass_seconds']:.1f} s, so in bf16 compiling pays after about "
+            f"{break_even / 1e6:.0f} million tokens. Relative error per token against float32 eager, median / max: "
+            f"{err['eager']['median']:.4f} / {err['eager']['max']:.3f} eager, {err['compiled']['median']:.4f} / "
+            f"{err['compiled']['max']:.3f} compiled (random weights: a trained model's outlier tokens are not tested).")
+
+
+def render(result_path: Path, doc: Path = DOC, compiled_path: Path | None = None) -> None:
     """Write `table` of the result into `doc` between the markers."""
-    if not result_path.is_file():
-        raise SystemExit(f"{result_path}: no such result; pass a JSON written by benchmarks/gpu.py --out")
+    for path in (result_path, compiled_path):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"{path}: no such result; pass a JSON written by benchmarks/gpu.py --out")
+    if not doc.is_file():
+        raise SystemExit(f"{doc}: no such page to write the GPU section into (--doc)")
     text = doc.read_text()
     if MARK[0] not in text or MARK[1] not in text:
         raise SystemExit(f"{doc} has no {MARK[0]} ... {MARK[1]} markers to write the GPU section between")
     head, rest = text.split(MARK[0], 1)
-    doc.write_text(head + MARK[0] + "\n" + table(json.loads(result_path.read_text())) + "\n" + MARK[1]
+    compiled = json.loads(compiled_path.read_text()) if compiled_path is not None else None
+    if compiled is not None and "compiled_extraction" not in compiled:
+        raise SystemExit(f"{compiled_path} is not a --compile result (no compiled_extraction in it)")
+    def shown(path: Path | None) -> str:  # as the repo names it, wherever the command ran from
+        return "" if path is None else path.resolve().relative_to(ROOT).as_posix() \
+            if path.resolve().is_relative_to(ROOT) else path.name
+
+    section = table(json.loads(result_path.read_text()), compiled, shown(result_path), shown(compiled_path))
+    doc.write_text(head + MARK[0] + "\n" + section + "\n" + MARK[1]
                    + rest.split(MARK[1], 1)[1])
     print(f"wrote the GPU section of {doc} from {result_path}")
 
@@ -307,6 +350,7 @@ def main() -> None:
     ap.add_argument("--write-inputs", action="store_true", help="refresh benchmarks/data/ from the bundled model")
     ap.add_argument("--render", metavar="RESULT_JSON", help="only write docs/scale.md's GPU section from a result")
     ap.add_argument("--doc", default=str(DOC), help="the page --render writes into")
+    ap.add_argument("--compiled", metavar="COMPILE_JSON", help="with --render: also a --compile run's result")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batches", default="4096,16384", help="SAE training batch sizes (tokens per step)")
     ap.add_argument("--token-budgets", default="8192,131072", help="extraction's other padded-token budgets")
@@ -320,8 +364,10 @@ def main() -> None:
     if args.write_inputs:
         write_inputs()
         return
+    if args.compiled and not args.render:
+        raise SystemExit("--compiled goes with --render: it adds a --compile result to the rendered section")
     if args.render:
-        render(Path(args.render), Path(args.doc))
+        render(Path(args.render), Path(args.doc), Path(args.compiled) if args.compiled else None)
         return
     global DEVICE
     DEVICE = args.device

@@ -12,6 +12,7 @@ import importlib
 
 from assay.activations import CacheCorruptError, extract
 from assay.activations.aggregation import Aggregation, pool, pool_tokens, token_mask
+from assay.fileio import read_json
 from assay.models.chat import Role, format_prompts
 from tests.conftest import PROMPTS
 
@@ -409,3 +410,40 @@ def test_a_finished_entry_is_found_without_reading_the_tokenizer(tiny, tmp_path)
     assert extract(blind, PROMPTS, [1], root=tmp_path, progress=False).path == first.path
     with pytest.raises(AssertionError, match="tokenizer was read"):
         extract(blind, PROMPTS + ["one more prompt"], [1], root=tmp_path, progress=False)
+
+
+def test_compiled_extraction_matches_eager_in_its_own_entry(tokenizer, tmp_path):
+    """`compile=True` gives eager's numbers within float error, in its own cache entry, and borrows no
+    prompts from an eager entry (their bits differ); the eager key is the one it always was."""
+    from assay.activations.forward import compile_blocks
+    from tests.conftest import tiny_gemma3
+
+    lm = tiny_gemma3(tokenizer)  # its own copy: compiling replaces the blocks' forward for good
+    eager = extract(lm, PROMPTS, [1, 2], root=tmp_path, progress=False, token_budget=64)
+    compiled = extract(lm, PROMPTS, [1, 2], root=tmp_path, progress=False, token_budget=64, compile=True)
+    assert compiled.path != eager.path and all(getattr(b, "_assay_compiled", False) for b in lm.blocks[:3])
+    assert not getattr(lm.blocks[3], "_assay_compiled", False)  # nothing past the deepest layer
+    spec = read_json(compiled.path / "manifest.json")["spec"]
+    assert spec["compiled"] is True and "compiled" not in read_json(eager.path / "manifest.json")["spec"]
+    assert all(s is None or "view" not in s for s in read_json(compiled.path / "manifest.json")["shards"])
+    for layer in (1, 2):
+        for agg in ("all.mean", "user.last", "resp-5"):
+            torch.testing.assert_close(compiled.pooled(layer, agg), eager.pooled(layer, agg), rtol=1e-4, atol=1e-4)
+    first = lm.blocks[0].forward
+    compile_blocks(lm, 2)  # a second call leaves the compiled blocks as they are
+    assert lm.blocks[0].forward is first
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(tiny, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from assay.cli import app
+    from assay.errors import InputError
+
+    monkeypatch.setattr("shutil.which", lambda name, *a, **k: None)
+    monkeypatch.setattr("assay.data.load_or_build", lambda *a, **k: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr("assay.runtime.default_device", lambda: torch.device("cpu"))
+    tiny.model.config.save_pretrained(tmp_path / "m")
+    result = CliRunner().invoke(app, ["activations", "extract", "--data", "x.csv", "--model", str(tmp_path / "m"),
+                                      "--layer", "1", "--dtype", "float32", "--compile"])
+    assert isinstance(result.exception, InputError) and "C++ compiler" in str(result.exception)

@@ -32,7 +32,8 @@ def test_the_committed_gpu_section_is_the_gpu_json_rendered(tmp_path):
     """docs/scale.md's measured-GPU section is written by benchmarks/gpu.py --render from its result."""
     shutil.copy(ROOT / "docs/scale.md", tmp_path / "scale.md")
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu.py"), "--render",
-                          str(ROOT / "benchmarks/results/gpu-h200.json"), "--doc", str(tmp_path / "scale.md")],
+                          str(ROOT / "benchmarks/results/gpu-h200.json"), "--doc", str(tmp_path / "scale.md"),
+                          "--compiled", str(ROOT / "benchmarks/results/gpu-compile-h200.json")],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "scale.md").read_text() == (ROOT / "docs/scale.md").read_text()
@@ -40,5 +41,8 @@ def test_the_committed_gpu_section_is_the_gpu_json_rendered(tmp_path):
     doc = (ROOT / "docs/scale.md").read_text()
     bf16 = r["extraction"]["bfloat16"]
     assert f"| {bf16['tokens_per_s']:,.0f} | {bf16['fraction_of_peak']:.2f} of the bfloat16 peak |" in doc
+    compiled = json.loads((ROOT / "benchmarks/results/gpu-compile-h200.json").read_text())["compiled_extraction"]
+    assert f"| {compiled['bfloat16']['compiled_tokens_per_s']:,.0f} | " in doc
+    assert f"{compiled['bfloat16']['speedup']:.2f}x the eager tokens/s in bf16" in doc
     sae = r["sae_training"]["batch 16384/width 16384/float32"]
     assert f"| {sae['tokens_per_s']:,.0f} | {sae['fraction_of_fp32_bound']:.2f} of the fp32 bound |" in doc

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from assay.activations.batching import length_order, shard_plan, token_budget_batches
 from assay.activations.aggregation import DEFAULT_AGGREGATIONS, Aggregation, pool_roles, real_tokens
-from assay.activations.forward import residual_stream
+from assay.activations.forward import compile_blocks, residual_stream
 from assay.activations.reuse import borrow, borrowed_examples, borrowed_ok, prompt_keys, view_name
 from assay.activations.store import (
     MANIFEST, ActivationSet, activations_root, read_manifest, shard_name, verify_shard,
@@ -37,11 +37,11 @@ def default_token_budget(device: torch.device) -> int:
 
 def cache_spec(
     lm: LoadedModel, layers: list[int], aggregations: list[str], dataset: str, chat: bool,
-    max_tokens: int | None, store_tokens: bool,
+    max_tokens: int | None, store_tokens: bool, compiled: bool = False,
 ) -> dict[str, Any]:
     """Everything that changes the stored numbers; its hash is the cache key."""
     prefix, suffix = lm.chat_affixes() if chat else ("", "")
-    return {
+    spec = {
         "version": EXTRACTION_VERSION,
         "model": lm.fingerprint | {"model": lm.fingerprint.get("model", lm.name)},
         "dtype": dtype_name(lm.dtype),
@@ -52,6 +52,9 @@ def cache_spec(
         "max_tokens": max_tokens,
         "store_tokens": store_tokens,
     }
+    if compiled:  # compiled kernels round differently from eager ones: their own entry; eager keys unchanged
+        spec["compiled"] = True
+    return spec
 
 
 def extract(
@@ -70,6 +73,7 @@ def extract(
     progress: bool = True,
     part: tuple[int, int] | None = None,
     reuse: bool = True,
+    compile: bool = False,
 ) -> ActivationSet | None:
     """Residual-stream activations of `texts` at `layers`, from the cache or extracted into it.
 
@@ -87,6 +91,9 @@ def extract(
     they work: each shard gets a record beside it, written after the shard, and whichever part finds
     every shard there writes the complete manifest and gets the `ActivationSet`; the others get None.
     A killed part's missing shards are extracted by its next run; finished ones are kept.
+
+    `compile=True` runs the blocks compiled (`assay.activations.forward.compile_blocks`): worth its
+    first-pass cost on a GPU for a large extraction. Its numbers go to their own cache entry.
     """
     if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
         raise ValueError(f"part {part[0]}/{part[1]}: need 0 <= i < n")
@@ -99,7 +106,7 @@ def extract(
     max_tokens = max_tokens or lm.max_positions
     texts = list(texts)
     dataset = dataset_fingerprint or sha256_json(texts)
-    spec = cache_spec(lm, layers, list(aggregations), dataset, chat, max_tokens, store_tokens)
+    spec = cache_spec(lm, layers, list(aggregations), dataset, chat, max_tokens, store_tokens, compile)
     path = activations_root(root) / sha256_json(spec)[:20]
     manifest = _existing_manifest(path, spec, len(texts), lm)
     # A finished, intact entry is reused as it is, whatever shard size made it (sharding never
@@ -121,6 +128,8 @@ def extract(
     mine = range(len(plan)) if part is None else range(part[0], len(plan), part[1])
     todo = [s for s in mine if not _shard_ok(path, manifest, s)]
     if todo:
+        if compile:
+            compile_blocks(lm, max(layers))
         budget = token_budget or default_token_budget(lm.device)
         log.info("extracting %d/%d shards of %s into %s%s", len(todo), len(plan), lm.name, path,
                  "" if part is None else f" (part {part[0]}/{part[1]})")

@@ -51,7 +51,8 @@ def view_name(j: int) -> str:
 
 def can_donate(donor: dict[str, Any], spec: dict[str, Any]) -> bool:
     """Whether an entry made under `donor` holds every number an extraction under `spec` stores."""
-    return (donor.get("version") == spec["version"] and donor["model"] == spec["model"]
+    return (donor.get("version") == spec["version"] and donor.get("compiled") == spec.get("compiled")
+            and donor["model"] == spec["model"]
             and donor["dtype"] == spec["dtype"] and set(spec["layers"]) <= set(donor["layers"])
             and set(spec["features"]) <= set(donor["features"]) and (donor["store_tokens"] or not spec["store_tokens"]))
 
