@@ -142,10 +142,10 @@ def extraction(dtype: torch.dtype, lengths: list[int], budget: int | None = None
 
 
 def compiled_extraction(dtypes: list[torch.dtype], lengths: list[int], peaks: dict) -> dict:
-    """Eager vs `torch.compile`d blocks (inductor, dynamic shapes), per dtype, on the same weights and
+    """Eager vs compiled blocks (`compile_blocks`, as `extract(compile=True)`), per dtype, on the same weights and
     batches: tokens/s, the first compiled pass's seconds, and each path's layer-9 residuals' relative
     L2 error per real token against the float32 eager ones (the same weights, cast)."""
-    from assay.activations.forward import residual_stream
+    from assay.activations.forward import compile_blocks, residual_stream
 
     base, config, batches, budget = model_and_batches(torch.float32, lengths)
     flops, tokens = flops_to_layer(config, lengths, LAYER), sum(lengths)
@@ -169,8 +169,7 @@ def compiled_extraction(dtypes: list[torch.dtype], lengths: list[int], peaks: di
                 residual_stream(lm, ids, mask, [LAYER])
 
         eager_s, eager_err = cuda_seconds(one_pass, 5), rel_error(outputs(lm))
-        for block in lm.blocks[: LAYER + 1]:
-            block.compile(dynamic=True)
+        compile_blocks(lm, LAYER)  # what `extract(compile=True)` does
         t0 = time.perf_counter()
         one_pass()  # compiles on the first shapes it meets, then runs
         if DEVICE == "cuda":
@@ -184,9 +183,7 @@ def compiled_extraction(dtypes: list[torch.dtype], lengths: list[int], peaks: di
                       "compiled_fraction_of_peak": flops / compiled_s / 1e12 / peaks[name]["peak_tflops"],
                       "rel_error_vs_float32_eager": {"eager": eager_err, "compiled": rel_error(outputs(lm))}}
         print(name, json.dumps(rows[name]), flush=True)
-        for block in lm.blocks[: LAYER + 1]:  # undo, so the next dtype starts eager
-            block._compiled_call_impl = None
-        torch._dynamo.reset()
+        torch._dynamo.reset()  # the next dtype's first pass compiles afresh
     return rows
 
 
