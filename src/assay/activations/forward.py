@@ -58,10 +58,11 @@ def compile_blocks(lm: LoadedModel, deepest: int) -> None:
 
     Each block's `forward` is compiled with dynamic shapes (a new batch shape does not recompile; the
     blocks share one graph), and its hooks stay eager, so `residual_stream` works unchanged. It pays
-    where the time goes to the elementwise work around the matmuls: measured on one H200 in bf16,
-    2.6x extraction's tokens/s after a first pass of about 11 s, with the same error against float32
-    (benchmarks/results/gpu-compile-h200.json); 1.16x in fp32, and 1.5x in bf16 on an AMX CPU, whose
-    worst token moved further from float32 (benchmarks/results/forward_compile.json).
+    where the time goes to the elementwise work around the matmuls (norms, activation, casts), as in
+    bf16 on a GPU: several times the tokens/s after a first pass of seconds, with the same error
+    against float32 (benchmarks/results/gpu-compile-h200.json, rendered in docs/scale.md). It gains
+    less in fp32, and on an AMX CPU in bf16 the worst token moved further from float32
+    (benchmarks/results/forward_compile.json).
     """
     check_can_compile(lm.device)
     for block in lm.blocks[: deepest + 1]:
