@@ -142,10 +142,10 @@ def extraction(dtype: torch.dtype, lengths: list[int], budget: int | None = None
 
 
 def compiled_extraction(dtypes: list[torch.dtype], lengths: list[int], peaks: dict) -> dict:
-    """Eager vs compiled blocks (`compile_blocks`, as `extract(compile=True)`), per dtype, on the same weights and
+    """Eager vs compiled blocks (`compiled_blocks`, as `extract(compile=True)`), per dtype, on the same weights and
     batches: tokens/s, the first compiled pass's seconds, and each path's layer-9 residuals' relative
     L2 error per real token against the float32 eager ones (the same weights, cast)."""
-    from assay.activations.forward import compile_blocks, residual_stream
+    from assay.activations.forward import compiled_blocks, residual_stream
 
     base, config, batches, budget = model_and_batches(torch.float32, lengths)
     flops, tokens = flops_to_layer(config, lengths, LAYER), sum(lengths)
@@ -169,19 +169,20 @@ def compiled_extraction(dtypes: list[torch.dtype], lengths: list[int], peaks: di
                 residual_stream(lm, ids, mask, [LAYER])
 
         eager_s, eager_err = cuda_seconds(one_pass, 5), rel_error(outputs(lm))
-        compile_blocks(lm, LAYER)  # what `extract(compile=True)` does
-        t0 = time.perf_counter()
-        one_pass()  # compiles on the first shapes it meets, then runs
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        first_s = time.perf_counter() - t0
-        compiled_s = cuda_seconds(one_pass, 5)
+        with compiled_blocks(lm, LAYER):  # what `extract(compile=True)` runs under
+            t0 = time.perf_counter()
+            one_pass()  # compiles on the first shapes it meets, then runs
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+            first_s = time.perf_counter() - t0
+            compiled_s = cuda_seconds(one_pass, 5)
+            compiled_out = outputs(lm)
         rows[name] = {"tokens": tokens, "batches": len(batches), "token_budget": budget,
                       "eager_tokens_per_s": tokens / eager_s, "compiled_tokens_per_s": tokens / compiled_s,
                       "speedup": eager_s / compiled_s, "first_compiled_pass_seconds": first_s,
                       "eager_fraction_of_peak": flops / eager_s / 1e12 / peaks[name]["peak_tflops"],
                       "compiled_fraction_of_peak": flops / compiled_s / 1e12 / peaks[name]["peak_tflops"],
-                      "rel_error_vs_float32_eager": {"eager": eager_err, "compiled": rel_error(outputs(lm))}}
+                      "rel_error_vs_float32_eager": {"eager": eager_err, "compiled": rel_error(compiled_out)}}
         print(name, json.dumps(rows[name]), flush=True)
         torch._dynamo.reset()  # the next dtype's first pass compiles afresh
     return rows

@@ -415,23 +415,28 @@ def test_a_finished_entry_is_found_without_reading_the_tokenizer(tiny, tmp_path)
 def test_compiled_extraction_matches_eager_in_its_own_entry(tokenizer, tmp_path):
     """`compile=True` gives eager's numbers within float error, in its own cache entry, and borrows no
     prompts from an eager entry (their bits differ); the eager key is the one it always was."""
-    from assay.activations.forward import compile_blocks
+    from assay.activations.forward import compiled_blocks
     from tests.conftest import tiny_gemma3
 
     lm = tiny_gemma3(tokenizer)  # its own copy: compiling replaces the blocks' forward for good
     eager = extract(lm, PROMPTS, [1, 2], root=tmp_path, progress=False, token_budget=64)
     compiled = extract(lm, PROMPTS, [1, 2], root=tmp_path, progress=False, token_budget=64, compile=True)
-    assert compiled.path != eager.path and all(getattr(b, "_assay_compiled", False) for b in lm.blocks[:3])
-    assert not getattr(lm.blocks[3], "_assay_compiled", False)  # nothing past the deepest layer
+    assert compiled.path != eager.path and all("_assay_compiled" in b.__dict__ for b in lm.blocks[:3])
+    assert "_assay_compiled" not in lm.blocks[3].__dict__  # nothing past the deepest layer
+    assert not any("forward" in b.__dict__ for b in lm.blocks)  # eager again once the extraction is done
     spec = read_json(compiled.path / "manifest.json")["spec"]
     assert spec["compiled"] is True and "compiled" not in read_json(eager.path / "manifest.json")["spec"]
     assert all(s is None or "view" not in s for s in read_json(compiled.path / "manifest.json")["shards"])
     for layer in (1, 2):
         for agg in ("all.mean", "user.last", "resp-5"):
             torch.testing.assert_close(compiled.pooled(layer, agg), eager.pooled(layer, agg), rtol=1e-4, atol=1e-4)
-    first = lm.blocks[0].forward
-    compile_blocks(lm, 2)  # a second call leaves the compiled blocks as they are
-    assert lm.blocks[0].forward is first
+    first = lm.blocks[0]._assay_compiled
+    with compiled_blocks(lm, 2):  # a second use runs the blocks compiled the first time
+        assert lm.blocks[0].forward is first
+    # the same extraction into another folder: eager's bits again (compiled blocks would round otherwise)
+    again = extract(lm, PROMPTS, [1, 2], root=tmp_path / "later", progress=False, token_budget=64)
+    assert "compiled" not in read_json(again.path / "manifest.json")["spec"]
+    assert torch.equal(again.pooled(2, "all.mean"), eager.pooled(2, "all.mean"))
 
 
 def test_compile_without_a_cpp_compiler_is_one_clear_error(tiny, tmp_path, monkeypatch):
@@ -447,3 +452,19 @@ def test_compile_without_a_cpp_compiler_is_one_clear_error(tiny, tmp_path, monke
     result = CliRunner().invoke(app, ["activations", "extract", "--data", "x.csv", "--model", str(tmp_path / "m"),
                                       "--layer", "1", "--dtype", "float32", "--compile"])
     assert isinstance(result.exception, InputError) and "C++ compiler" in str(result.exception)
+
+
+def test_a_compile_that_fails_at_the_first_forward_is_one_clear_error(tokenizer, tmp_path, monkeypatch):
+    from torch._dynamo.exc import TorchDynamoException
+
+    from assay.errors import InputError
+    from tests.conftest import tiny_gemma3
+
+    def broken_compile(fn, **kwargs):
+        def run(*a, **k):
+            raise TorchDynamoException("CppCompileError: C++ compile error\n... pages of compiler output ...")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.raises(InputError, match=r"could not compile the model here .*C\+\+ compile error\); run without"):
+        extract(tiny_gemma3(tokenizer), PROMPTS[:2], 1, root=tmp_path, progress=False, compile=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from assay.activations.batching import length_order, shard_plan, token_budget_batches
 from assay.activations.aggregation import DEFAULT_AGGREGATIONS, Aggregation, pool_roles, real_tokens
-from assay.activations.forward import compile_blocks, residual_stream
+from assay.activations.forward import compiled_blocks, residual_stream
 from assay.activations.reuse import borrow, borrowed_examples, borrowed_ok, prompt_keys, view_name
 from assay.activations.store import (
     MANIFEST, ActivationSet, activations_root, read_manifest, shard_name, verify_shard,
@@ -92,7 +92,7 @@ def extract(
     every shard there writes the complete manifest and gets the `ActivationSet`; the others get None.
     A killed part's missing shards are extracted by its next run; finished ones are kept.
 
-    `compile=True` runs the blocks compiled (`assay.activations.forward.compile_blocks`): worth its
+    `compile=True` runs the blocks compiled (`assay.activations.forward.compiled_blocks`): worth its
     first-pass cost on a GPU for a large extraction. Its numbers go to their own cache entry.
     """
     if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
@@ -128,12 +128,11 @@ def extract(
     mine = range(len(plan)) if part is None else range(part[0], len(plan), part[1])
     todo = [s for s in mine if not _shard_ok(path, manifest, s)]
     if todo:
-        if compile:
-            compile_blocks(lm, max(layers))
         budget = token_budget or default_token_budget(lm.device)
         log.info("extracting %d/%d shards of %s into %s%s", len(todo), len(plan), lm.name, path,
                  "" if part is None else f" (part {part[0]}/{part[1]})")
-        with _progress(progress, sum(lengths[i] for s in todo for i in plan[s])) as advance:
+        with (compiled_blocks(lm, max(layers)) if compile else nullcontext()), \
+                _progress(progress, sum(lengths[i] for s in todo for i in plan[s])) as advance:
             for s in todo:
                 t0 = time.perf_counter()
                 tensors = _extract_shard(lm, prompts, plan[s], layers, parsed, store_tokens, budget, advance)

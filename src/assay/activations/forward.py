@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -53,22 +56,47 @@ def residual_stream(
     return captured
 
 
-def compile_blocks(lm: LoadedModel, deepest: int) -> None:
-    """Compile blocks 0..`deepest` with inductor, once per model (a second call is a no-op).
+@contextmanager
+def compiled_blocks(lm: LoadedModel, deepest: int) -> Iterator[None]:
+    """Within the block, blocks 0..`deepest` run compiled by inductor; afterwards eagerly again, so
+    eager numbers never land under an eager cache key by accident.
 
-    Each block's `forward` is compiled with dynamic shapes (a new batch shape does not recompile; the
-    blocks share one graph), and its hooks stay eager, so `residual_stream` works unchanged. It pays
-    where the time goes to the elementwise work around the matmuls (norms, activation, casts), as in
-    bf16 on a GPU: several times the tokens/s after a first pass of seconds, with the same error
-    against float32 (benchmarks/results/gpu-compile-h200.json, rendered in docs/scale.md). It gains
-    less in fp32, and on an AMX CPU in bf16 the worst token moved further from float32
-    (benchmarks/results/forward_compile.json).
+    Each block's `forward` is compiled once (kept on the block for later uses) with dynamic shapes (a
+    new batch shape does not recompile; the blocks share one graph); hooks stay eager, so
+    `residual_stream` works unchanged. It pays where the time goes to the elementwise work around the
+    matmuls (norms, activation, casts), as in bf16 on a GPU: several times the tokens/s after a first
+    pass of seconds, with the same error against float32 (benchmarks/results/gpu-compile-h200.json,
+    rendered in docs/scale.md). It gains less in fp32, and on an AMX CPU in bf16 the worst token moved
+    further from float32 (benchmarks/results/forward_compile.json).
     """
     check_can_compile(lm.device)
-    for block in lm.blocks[: deepest + 1]:
-        if not getattr(block, "_assay_compiled", False):
-            block.forward = torch.compile(block.forward, dynamic=True)
-            block._assay_compiled = True
+    blocks = lm.blocks[: deepest + 1]
+    for block in blocks:
+        if "_assay_compiled" not in block.__dict__:
+            block._assay_compiled = _compile_errors_said_plainly(torch.compile(block.forward, dynamic=True))
+        block.forward = block._assay_compiled
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # the class's eager forward again
+
+
+def _compile_errors_said_plainly(compiled):
+    """Compiling happens at the first forward; a toolchain that fails there (a broken compiler, a GPU
+    Triton does not support) gets one line that says what to do, not inductor's pages of trace."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
+
+    @functools.wraps(compiled)
+    def forward(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except (TorchDynamoException, InductorError) as err:
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise InputError(f"torch.compile could not compile the model here ({type(err).__name__}: {first}); "
+                             "run without --compile") from err
+    return forward
 
 
 def check_can_compile(device: torch.device) -> None:
