@@ -25,8 +25,9 @@ def residual_stream(
     """Residual stream `[b, T, d]` after each block in `layers`, for a right-padded batch.
 
     The batch may sit on any device: it runs where the model's embedding is, and the results come
-    back on the batch's device. Safe to call from several threads on one model at once (a server's scoring workers): a module's
-    hooks fire for every thread's forward, so each call's hooks act only on its own thread's."""
+    back on the batch's device. Safe to call from several threads on one model at once (a server's
+    scoring workers): a module's hooks fire for every thread's forward, so each call's hooks act only
+    on its own thread's."""
     captured: dict[int, torch.Tensor] = {}
     deepest = max(layers)
     caller = threading.get_ident()
@@ -58,8 +59,8 @@ def residual_stream(
 
 @contextmanager
 def compiled_blocks(lm: LoadedModel, deepest: int) -> Iterator[None]:
-    """Within the block, blocks 0..`deepest` run compiled by inductor; afterwards eagerly again, so
-    eager numbers never land under an eager cache key by accident.
+    """Within the `with`, blocks 0..`deepest` run compiled by inductor; afterwards eagerly again, so
+    a later eager extraction of the same model does not store compiled numbers under its eager key.
 
     Each block's `forward` is compiled once (kept on the block for later uses) with dynamic shapes (a
     new batch shape does not recompile; the blocks share one graph); hooks stay eager, so
@@ -71,15 +72,15 @@ def compiled_blocks(lm: LoadedModel, deepest: int) -> Iterator[None]:
     """
     check_can_compile(lm.device)
     blocks = lm.blocks[: deepest + 1]
-    for block in blocks:
-        if "_assay_compiled" not in block.__dict__:
-            block._assay_compiled = _compile_errors_said_plainly(torch.compile(block.forward, dynamic=True))
-        block.forward = block._assay_compiled
     try:
+        for block in blocks:
+            if "_assay_compiled" not in block.__dict__:
+                block._assay_compiled = _compile_errors_said_plainly(torch.compile(block.forward, dynamic=True))
+            block.forward = block._assay_compiled
         yield
     finally:
         for block in blocks:
-            del block.forward  # the class's eager forward again
+            block.__dict__.pop("forward", None)  # the class's eager forward again
 
 
 def _compile_errors_said_plainly(compiled):
