@@ -29,8 +29,9 @@ def same_entry(a, b) -> None:
             assert torch.equal(x[k], y[k]), (name, k)
 
 
-def test_parts_write_the_single_process_entry(tiny, tmp_path):
-    opts = dict(layers=[1, 2], shard_tokens=64, progress=False)
+@pytest.mark.parametrize("compile", [False, True])
+def test_parts_write_the_single_process_entry(tiny, tmp_path, compile):
+    opts = dict(layers=[1, 2], shard_tokens=64, progress=False, compile=compile)
     whole = extract(tiny, TEXTS, root=tmp_path / "one", **opts)
     assert extract(tiny, TEXTS, root=tmp_path / "two", part=(1, 3), **opts) is None
     assert extract(tiny, TEXTS, root=tmp_path / "two", part=(0, 3), **opts) is None

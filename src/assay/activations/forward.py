@@ -6,7 +6,7 @@ import functools
 import shutil
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -57,13 +57,17 @@ def residual_stream(
     return captured
 
 
+_COMPILED_FORWARD: dict[type, Callable] = {}  # a block class -> its compiled forward(self, ...)
+
+
 @contextmanager
 def compiled_blocks(lm: LoadedModel, deepest: int) -> Iterator[None]:
     """Within the `with`, blocks 0..`deepest` run compiled by inductor; afterwards eagerly again, so
     a later eager extraction of the same model does not store compiled numbers under its eager key.
 
-    Each block's `forward` is compiled once (kept on the block for later uses) with dynamic shapes (a
-    new batch shape does not recompile; the blocks share one graph); hooks stay eager, so
+    The block class's `forward` is compiled once per process with dynamic shapes (a new batch shape
+    does not recompile; the blocks share one graph) and kept per class, not per block: a copied
+    model never runs another's weights, and no model is kept alive. Hooks stay eager, so
     `residual_stream` works unchanged. It pays where the time goes to the elementwise work around the
     matmuls (norms, activation, casts), as in bf16 on a GPU: several times the tokens/s after a first
     pass of seconds, with the same error against float32 (benchmarks/results/gpu-compile-h200.json,
@@ -74,9 +78,10 @@ def compiled_blocks(lm: LoadedModel, deepest: int) -> Iterator[None]:
     blocks = lm.blocks[: deepest + 1]
     try:
         for block in blocks:
-            if "_assay_compiled" not in block.__dict__:
-                block._assay_compiled = _compile_errors_said_plainly(torch.compile(block.forward, dynamic=True))
-            block.forward = block._assay_compiled
+            cls = type(block)
+            if cls not in _COMPILED_FORWARD:
+                _COMPILED_FORWARD[cls] = _compile_errors_said_plainly(torch.compile(cls.forward, dynamic=True))
+            block.forward = functools.partial(_COMPILED_FORWARD[cls], block)
         yield
     finally:
         for block in blocks:
