@@ -222,3 +222,24 @@ def test_sae_train_command_shortlists_in_bf16_only_with_a_bf16_model(tiny, tmp_p
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "training.json").read_text())["config"]["search_dtype"] == search
+
+
+def test_sae_train_command_extracts_its_corpus_compiled_with_compile(tiny, tmp_path, monkeypatch):
+    """`--compile` extracts the corpus with compiled blocks into their own cache entry, and cfg.json says so."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from assay.sae.cli import app
+
+    monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "tiny-model"
+    tiny.model.save_pretrained(model)
+    tiny.tokenizer.save_pretrained(model)
+    res = CliRunner().invoke(app, ["train", "--model", str(model), "--dtype", "float32", "--layer", "1", "--width",
+                                   "64", "--k", "8", "--tokens", "1000", "--batch-size", "250", "--max-tokens", "64",
+                                   "--out", str(tmp_path / "sae"), "--compile"])
+    assert res.exit_code == 0, res.output
+    [entry] = (tmp_path / "cache" / "activations").iterdir()
+    assert json.loads((entry / "manifest.json").read_text())["spec"]["compiled"] is True
+    assert json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]["activations_compiled"] is True

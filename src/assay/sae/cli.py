@@ -89,6 +89,8 @@ def train(
     seed: int = options.SEED,
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt"),
     checkpoint_every: int = typer.Option(200, min=1, help="steps between checkpoints (resumable with --resume)"),
+    compile_: bool = typer.Option(False, "--compile", help="extract the corpus with the model's blocks compiled, "
+                                  "as `assay activations extract --compile`: worth it on a GPU for large corpora"),
 ) -> None:
     """Train SAEs on a model's residual-stream activations.
 
@@ -121,6 +123,11 @@ def train(
         raise typer.BadParameter(f"{batch_size} is not a multiple of the {world_size()} ranks: each rank takes an "
                                  "equal share of every batch", param_hint="--batch-size")
     device_map = options.check_device_map(device_map)
+    if compile_ and not device_map:
+        from assay.activations.forward import check_can_compile
+        from assay.runtime import default_device
+
+        check_can_compile(torch.device(device) if device else default_device())  # before the model loads
     lm = load(model, dtype=options.resolve_dtype_choice(dtype), device=device, device_map=device_map)
     if layer is None:  # a model whose config was not local: its middle block, now that it is loaded
         layer = lm.n_layers // 2
@@ -130,7 +137,8 @@ def train(
         typer.echo(f"model {lm.name}: {lm.n_layers} layers, d_model {lm.d_model}; writing to {out}")
 
     def stream():
-        return activation_stream(lm, corpus, layer, n_tokens, seed=seed, max_tokens=max_tokens, epochs=epochs)
+        return activation_stream(lm, corpus, layer, n_tokens, seed=seed, max_tokens=max_tokens, epochs=epochs,
+                                 compile=compile_)
 
     def least_used(sae):  # firing frequencies on the first 64k tokens, to re-initialise the rarest
         sample = []
@@ -148,7 +156,7 @@ def train(
     if finetune_from and resample > 0:
         typer.echo(f"re-initialised {int(round(resample * next(iter(saes.values())).cfg.d_sae))} latents ({resample_how})")
     meta = sae_metadata(lm, layer, corpus, max_tokens, finetuned_from=str(finetune_from) if finetune_from else None,
-                        resampled_fraction=resample)
+                        resampled_fraction=resample, **({"activations_compiled": True} if compile_ else {}))
     # Where the model runs in bfloat16 (`--dtype auto` picks it only where bf16 matmuls are faster),
     # TopK SAEs shortlist each token's top k in bf16 and compute it exactly in fp32, as the study's do.
     cfg = TrainConfig(total_tokens=n_tokens * epochs, batch_size=batch_size, lr=lr, seed=seed,

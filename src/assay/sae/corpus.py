@@ -178,13 +178,14 @@ CORPUS_CODE = ("assay.sae.corpus", "assay.data.sources", "assay.data.normalize")
 def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts: list[str] | None = None,
                       seed: int = 0, max_tokens: int = 1024, chunk_tokens: int = 8192,
                       progress: bool = True, epochs: int = 1,
-                      exclude: frozenset[str] = frozenset()) -> Iterator[torch.Tensor]:
+                      exclude: frozenset[str] = frozenset(), compile: bool = False) -> Iterator[torch.Tensor]:
     """Per-token activations `[m, d_model]` at `layer` (cached by the activations package).
 
     With `epochs > 1` the same tokens come again, each pass in a new seeded order: on a CPU,
     extraction costs far more than an SAE step, so reusing tokens buys training steps cheaply.
     `exclude` is passed to `training_texts` (ignored when `texts` is given). Under torch.distributed
-    the ranks extract the texts together and each streams its own share of the chunks.
+    the ranks extract the texts together and each streams its own share of the chunks. `compile`
+    extracts with the blocks compiled (`extract(compile=True)`), into that entry of the cache.
     """
     from assay import distributed
     from assay.activations import extract_on_all_ranks
@@ -194,7 +195,8 @@ def activation_stream(lm: Any, corpus: str, layer: int, n_tokens: int, *, texts:
     chat = corpus == "chat-user"
     acts = extract_on_all_ranks(lm, texts, [layer], dataset_fingerprint=sha256_json([corpus, texts]),
                                 aggregations=("all.mean",), store_tokens=True, chat=chat, max_tokens=max_tokens,
-                                progress=progress, reuse=False)  # a training stream: same order on any cache
+                                progress=progress, reuse=False,  # a training stream: same order on any cache
+                                compile=compile)
     # "user" = the user's own words for one-turn chat prompts, and every token but BOS otherwise.
     mask = "user" if chat else "all"
     return itertools.chain.from_iterable(
