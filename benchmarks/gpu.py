@@ -85,29 +85,31 @@ def matmul_peak(dtype: torch.dtype) -> dict:
     return {"tflops_by_shape": best, "peak_tflops": max(best.values())}
 
 
-def model_and_batches(dtype: torch.dtype, lengths: list[int], budget: int | None = None, base=None):
-    """Gemma 3 270M's architecture with seeded random weights (`base`'s, cast, if given), and random
-    ids at `lengths` in extract's CUDA batches (longest first, `budget` padded tokens each)."""
+def as_loaded(model):
+    """`model` as assay's LoadedModel, without a tokenizer (the benchmark feeds token ids)."""
+    from assay.models.loading import LoadedModel
+
+    def no_tokenizer() -> None:
+        raise RuntimeError("this benchmark feeds token ids: it has no tokenizer")
+
+    return LoadedModel(model=model, load_tokenizer=no_tokenizer, name="gemma-3-270m-architecture",
+                       fingerprint={"model": "random weights"})
+
+
+def model_and_batches(dtype: torch.dtype, lengths: list[int], budget: int | None = None):
+    """Gemma 3 270M's architecture with seeded random weights, and random ids at `lengths` in
+    extract's CUDA batches (longest first, `budget` padded tokens each)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from assay.activations.batching import length_order, token_budget_batches
     from assay.activations.extraction import default_token_budget
-    from assay.models.loading import LoadedModel
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "config.json").write_text(CONFIG.read_text())
         config = AutoConfig.from_pretrained(folder)
     torch.manual_seed(0)
-    if base is not None:
-        model = copy.deepcopy(base).to(dtype)
-    else:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(DEVICE).eval().requires_grad_(False)
-
-    def no_tokenizer() -> None:
-        raise RuntimeError("this benchmark feeds token ids: it has no tokenizer")
-
-    lm = LoadedModel(model=model, load_tokenizer=no_tokenizer, name="gemma-3-270m-architecture",
-                     fingerprint={"model": "random weights"})
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(DEVICE).eval().requires_grad_(False)
+    lm = as_loaded(model)
     budget = budget or default_token_budget(torch.device(DEVICE))
     batches = []
     for idx in token_budget_batches(length_order(lengths), lengths, budget):
@@ -162,7 +164,7 @@ def compiled_extraction(dtypes: list[torch.dtype], lengths: list[int], peaks: di
     rows = {}
     for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
-        lm = base if dtype == torch.float32 else model_and_batches(dtype, lengths[:1], base=base.model)[0]
+        lm = base if dtype == torch.float32 else as_loaded(copy.deepcopy(base.model).to(dtype))
 
         def one_pass() -> None:
             for ids, mask in batches:

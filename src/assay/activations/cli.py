@@ -70,9 +70,8 @@ def extract_cmd(
     dtype = options.resolve_dtype_choice(dtype)
     if compile_ and not device_map:
         from assay.activations.forward import check_can_compile
-        from assay.runtime import default_device
 
-        check_can_compile(default_device())  # before the data and the model load
+        check_can_compile()  # before the data and the model load
     ds = load_or_build(data)
     if split:
         if split not in ds.splits:

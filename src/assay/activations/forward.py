@@ -105,8 +105,12 @@ def _compile_errors_said_plainly(compiled):
     return forward
 
 
-def check_can_compile(device: torch.device) -> None:
-    """Inductor builds C++ for the CPU (and Triton, which CUDA builds of torch bring, for GPUs)."""
+def check_can_compile(device: torch.device | str | None = None) -> None:
+    """Inductor builds C++ for the CPU (and Triton, which CUDA builds of torch bring, for GPUs);
+    `device` None is where assay would put the model (`runtime.default_device`)."""
+    from assay.runtime import default_device
+
+    device = torch.device(device) if device is not None else default_device()
     if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         raise InputError("compiling the model on the CPU needs a C++ compiler (g++ or clang++), and none is on "
                          "PATH: install one, or extract without --compile")

@@ -125,9 +125,8 @@ def train(
     device_map = options.check_device_map(device_map)
     if compile_ and not device_map:
         from assay.activations.forward import check_can_compile
-        from assay.runtime import default_device
 
-        check_can_compile(torch.device(device) if device else default_device())  # before the model loads
+        check_can_compile(device)  # before the model loads
     lm = load(model, dtype=options.resolve_dtype_choice(dtype), device=device, device_map=device_map)
     if layer is None:  # a model whose config was not local: its middle block, now that it is loaded
         layer = lm.n_layers // 2
