@@ -418,7 +418,7 @@ def test_compiled_extraction_matches_eager_in_its_own_entry(tokenizer, tmp_path)
     from assay.activations.forward import compiled_blocks
     from tests.conftest import tiny_gemma3
 
-    lm = tiny_gemma3(tokenizer)  # its own copy: compiling replaces the blocks' forward for good
+    lm = tiny_gemma3(tokenizer)  # its own model: the test checks what the extractions leave on its blocks
     eager = extract(lm, PROMPTS, [1, 2], root=tmp_path, progress=False, token_budget=64)
     compiled = extract(lm, PROMPTS, [1, 2], root=tmp_path, progress=False, token_budget=64, compile=True)
     assert compiled.path != eager.path
