@@ -21,7 +21,11 @@ both bounds. The exact fp32 row is the one the targets are read from.
 The bound: TopK training cannot beat the dense encoder forward, 2 x d_in x width FLOP per token, at
 this run's fp32 matmul peak (`benchmarks/peak.py`, measured before and after the timings; the higher
 is used). Per width and AuxK load the JSON has tokens/s of each side, the speed-up, and each side's
-fraction of the bound in tokens/s (peak / (2 x d_in x width)). Tokens/s is the batch over the
+fraction of the bound in tokens/s (peak / (2 x d_in x width)). Per width it also has the step floor:
+the three parts of an exact fp32 step no TopK trainer of this kind skips (the encoder addmm, torch.topk
+over its output, one Adam step), each timed alone at the benchmark's shapes, and what a step made of
+only them would reach: its fraction of the bound and its speed-up over SAELens. A target above those
+is out of reach of any trainer built on this CPU's GEMM, topk and Adam as measured in the run. Tokens/s is the batch over the
 median step time, the first step of each run left out (ours sets its input scale there; SAELens's is
 its warm-up): one step slowed by a neighbour on a shared machine does not move it. A step of ours is
 timed from one step's start to the next, so drawing the batch from the shuffle buffer counts.
@@ -147,6 +151,44 @@ def bench_saelens(x: torch.Tensor, width: int, dead: torch.Tensor, args, sparse:
     return args.batch / median_step_seconds(starts, time.perf_counter())
 
 
+def median_ms(fn, reps: int) -> tuple[float, list[float]]:
+    fn()  # warm-up: first-touch page faults and kernel selection
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), times
+
+
+def step_floor(x: torch.Tensor, width: int, args) -> dict:
+    """The parts of an exact fp32 TopK step that no trainer of this kind skips, each timed alone at
+    the benchmark's shapes: the dense encoder addmm (the bound's FLOPs, at the speed this CPU's GEMM
+    reaches on that shape), torch.topk over its [batch, width] output, and one Adam step over the
+    SAE's parameters (the trainer's and SAELens's optimizer). Their sum caps the tokens/s any such
+    trainer reaches here, before its sparse backward, decoder and loss are counted."""
+    sae = build_sae("topk", d_in=x.shape[1], d_sae=width, k=args.k, dtype="float32")
+    batch = x[: args.batch]
+    with torch.no_grad():
+        pre = torch.addmm(sae.b_enc, batch, sae.W_enc)
+    for p in sae.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-4)
+    parts = {
+        "encoder_addmm": lambda: torch.addmm(sae.b_enc, batch, sae.W_enc),
+        "topk": lambda: pre.topk(args.k, dim=-1, sorted=False),
+        "adam_step": opt.step,
+    }
+    with torch.no_grad():
+        timed = {name: median_ms(fn, args.floor_reps) for name, fn in parts.items()}
+    total = sum(m for m, _ in timed.values())
+    addmm_gflops = 2 * args.batch * x.shape[1] * width / (timed["encoder_addmm"][0] / 1e3) / 1e9
+    return {"ms": {k: round(m, 2) for k, (m, _) in timed.items()},
+            "ms_by_rep": {k: [round(t, 2) for t in ts] for k, (_, ts) in timed.items()},
+            "sum_ms": round(total, 2), "tokens_per_s_if_only_these": round(args.batch / total * 1e3, 1),
+            "encoder_addmm_gflops": round(addmm_gflops, 1)}
+
+
 def one_condition(x: torch.Tensor, width: int, fraction: float, args, bf16: bool) -> dict:
     """Every side once per round, the rounds interleaved, so a slow spell of a shared machine
     falls on all sides alike; tokens/s per side is the median over the rounds."""
@@ -184,6 +226,7 @@ def main() -> None:
     p.add_argument("--widths", default="4096,16384", help="comma-separated SAE widths")
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--d-in", type=int, default=640)  # Gemma 3 270M's d_model
+    p.add_argument("--floor-reps", type=int, default=9, help="timings of each part of the step floor (median)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sae_train.json"))
     args = p.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
@@ -201,13 +244,19 @@ def main() -> None:
     # measured only where it is used (the bf16 shortlist's row): on AVX2 its 4096^3 GEMM alone takes minutes
     peak_bf16 = matmul_peak(torch.bfloat16) if bf16 else {"not_measured": "--dtype auto chose float32 here"}
     per_width = {w: {c: one_condition(x, w, f, args, bf16) for c, f in DEAD_FRACTIONS.items()} for w in widths}
+    floors = {w: step_floor(x, w, args) for w in widths}
     peak_after = matmul_peak(DTYPE)
     peak = max(peak_before["peak_gflops"], peak_after["peak_gflops"])
     out_widths = {}
     for w, conditions in per_width.items():
         bound_flop = 2 * args.d_in * w
         bound_rate = peak * 1e9 / bound_flop
-        out_widths[str(w)] = {"bound_flop_per_token": bound_flop, "bound_tokens_per_s": round(bound_rate, 1)}
+        floor = floors[w]
+        floor_rate = floor["tokens_per_s_if_only_these"]
+        out_widths[str(w)] = {"bound_flop_per_token": bound_flop, "bound_tokens_per_s": round(bound_rate, 1),
+                              "step_floor": {**floor,
+                                             "encoder_addmm_fraction_of_peak": round(floor["encoder_addmm_gflops"] / peak, 3),
+                                             "fraction_of_bound_if_only_these": round(floor_rate / bound_rate, 3)}}
         for c, r in conditions.items():
             rates, lens = r["tokens_per_s"], r["best_lens"]
             row = {
@@ -217,6 +266,8 @@ def main() -> None:
                 "speedup_vs_saelens": round(rates["assay_topk_trainer"] / lens, 2),
                 "assay_fraction_of_bound": round(rates["assay_topk_trainer"] / bound_rate, 3),
                 "saelens_fraction_of_bound": round(lens / bound_rate, 3),
+                # the most any trainer computing these three parts as timed here could be ahead of SAELens
+                "step_floor_speedup_vs_saelens": round(floor_rate / lens, 2),
                 "notes": r["notes"],
             }
             if bf16:
@@ -235,6 +286,10 @@ def main() -> None:
         auxk_conditions={c: f"{f:g} of the latents dead, the same fixed set on both sides" for c, f in DEAD_FRACTIONS.items()},
         malloc_tuned=malloc_tuned,
         bound="dense encoder forward, 2 x d_in x width FLOP per token, at this run's fp32 matmul peak",
+        step_floor=("per width: the encoder addmm, torch.topk over its output and one Adam step, each timed alone "
+                    f"(median of {args.floor_reps}) at the benchmark's shapes in fp32; tokens/s if a step did only these, "
+                    "its fraction of the bound, and that rate over SAELens's (the most a trainer built on these kernels "
+                    "could be ahead of it)"),
         matmul_peak={"dtype": str(DTYPE).removeprefix("torch."), "peak_gflops": round(peak, 1),
                      "before": peak_before, "after": peak_after},
         bf16_matmul_peak=peak_bf16,
@@ -251,6 +306,11 @@ def main() -> None:
     print(f"fp32 matmul peak {peak:,.1f} GFLOP/s (before {peak_before['peak_gflops']:,.1f}, "
           f"after {peak_after['peak_gflops']:,.1f})")
     for w, r in out_widths.items():
+        f = r["step_floor"]
+        print(f"width {int(w):>6,} step floor: addmm {f['ms']['encoder_addmm']:.1f} ms "
+              f"({f['encoder_addmm_fraction_of_peak']:.2f} of the peak), topk {f['ms']['topk']:.1f} ms, Adam "
+              f"{f['ms']['adam_step']:.1f} ms: at most {f['tokens_per_s_if_only_these']:,.0f} tok/s = "
+              f"{f['fraction_of_bound_if_only_these']:.3f} of the bound")
         for c in DEAD_FRACTIONS:
             t = r[c]["tokens_per_s"]
             print(f"width {int(w):>6,} {c:>21}: assay {t['assay_topk_trainer']:>9,.1f} tok/s, SAELens "
