@@ -229,7 +229,16 @@ def main() -> None:
     p.add_argument("--floor-reps", type=int, default=9, help="timings of each part of the step floor (median)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sae_train.json"))
     args = p.parse_args()
-    widths = [int(w) for w in args.widths.split(",")]
+    try:
+        widths = [int(w) for w in args.widths.split(",")]
+    except ValueError:
+        p.error(f"--widths {args.widths!r}: give whole numbers separated by commas, e.g. 4096,16384")
+    for name, value, least in (("--steps", args.steps, 1), ("--rounds", args.rounds, 1), ("--floor-reps", args.floor_reps, 1),
+                               ("--batch", args.batch, 1), ("--d-in", args.d_in, 1)):
+        if value < least:  # --steps 0 would time no step: only the first, which is left out, would run
+            p.error(f"{name} must be at least {least}")
+    if any(w < 1 for w in widths) or not 1 <= args.k <= min(widths):
+        p.error(f"--k {args.k} and --widths {args.widths}: every width must be positive and at least k (k at least 1)")
     import sae_lens
 
     # as the CLI does at start-up: glibc otherwise maps and unmaps every big tensor (both sides gain)
