@@ -73,6 +73,38 @@ def test_a_killed_part_redoes_only_its_missing_shards(tiny, tmp_path, monkeypatc
     same_entry(acts, extract(tiny, TEXTS, layers=[1], shard_tokens=64, progress=False, root=tmp_path / "ref"))
 
 
+def test_a_part_given_another_shard_size_is_refused_not_replanned(tiny, tmp_path):
+    """One array task launched with another --shard-tokens would re-plan the entry: the other parts'
+    finished shards dropped, and parts running at once each waiting for shards the other's plan never
+    makes. It is refused, naming the size the entry is being filled with; with that size it finishes."""
+    from assay.errors import ConfigMismatchError
+
+    opts = dict(layers=[1], progress=False, root=tmp_path)
+    assert extract(tiny, TEXTS, part=(0, 2), shard_tokens=64, **opts) is None
+    entry = next(tmp_path.iterdir())
+    before = sorted(p.name for p in entry.glob("shard-*"))
+    with pytest.raises(ConfigMismatchError, match="--shard-tokens 64"):
+        extract(tiny, TEXTS, part=(1, 2), shard_tokens=128, **opts)
+    assert sorted(p.name for p in entry.glob("shard-*")) == before  # part 0's work is still there
+    acts = extract(tiny, TEXTS, part=(1, 2), shard_tokens=64, **opts)
+    same_entry(acts, extract(tiny, TEXTS, layers=[1], shard_tokens=64, progress=False, root=tmp_path / "ref"))
+
+
+def test_starting_over_under_another_shard_size_leaves_no_stale_shards(tiny, tmp_path):
+    """One process may resume an unfinished entry under another shard size (it starts over); the
+    abandoned plan's shards and parts' records beyond the new plan's count are removed."""
+    opts = dict(layers=[1], progress=False, root=tmp_path)
+    assert extract(tiny, TEXTS, part=(0, 2), shard_tokens=64, **opts) is None
+    entry = next(tmp_path.iterdir())
+    assert len(list(entry.glob("shard-*.safetensors"))) > 2
+    acts = extract(tiny, TEXTS, shard_tokens=1 << 15, **opts)
+    assert len(acts.manifest["shards"]) == 1
+    assert sorted(p.name for p in entry.glob("shard-*")) == ["shard-00000.safetensors"]
+    ref = extract(tiny, TEXTS, layers=[1], shard_tokens=1 << 15, progress=False, root=tmp_path / "ref")
+    x, y = load_file(str(acts.path / "shard-00000.safetensors")), load_file(str(ref.path / "shard-00000.safetensors"))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
 def test_bad_part_is_refused(tiny, tmp_path):
     from assay.distributed import parse_part
     from assay.errors import InputError

@@ -113,6 +113,12 @@ def _cache_cases(fx: Fixtures) -> list[Case]:
         Case("cache", "extract-layer-astronomical", extract + ["--layer", "99999999999999999999"]),
         Case("cache", "extract-feature-resp-zero", extract + ["--layer", "1", "--aggregation", "resp-0"]),
         Case("cache", "extract-layers-float", extract + ["--layer", "1.5"]),
+        # issue 14's array-job path: a malformed part, and one task launched with another shard size
+        *[Case("cache", f"extract-shard-{name}", extract + ["--layer", "1", "--shard", bad])
+          for name, bad in (("i-equals-n", "2/2"), ("zero-parts", "0/0"), ("negative", "-1/2"), ("words", "a/b"))],
+        Case("cache", "extract-part-other-shard-tokens", extract + ["--layer", "1", "--shard", "1/2"], env=own,
+             setup=lambda w: _assay("activations", "extract", "--data", str(fx.data_csv), "--model", m, "--layer", "1",
+                                    "--shard", "0/2", "--shard-tokens", "64", cache=w / "cache")),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -18,6 +19,7 @@ from assay.activations.reuse import borrow, borrowed_examples, borrowed_ok, prom
 from assay.activations.store import (
     MANIFEST, ActivationSet, activations_root, read_manifest, shard_name, verify_shard,
 )
+from assay.errors import ConfigMismatchError
 from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from assay.models.chat import FormattedPrompt, format_prompts
 from assay.models.loading import LoadedModel, check_layer
@@ -119,11 +121,13 @@ def extract(
     keys = prompt_keys(prompts)
     lengths = [len(p.input_ids) for p in prompts]
     plan = _resumable_plan(path, manifest, lengths, shard_tokens) if manifest is not None else None
+    if plan is None and part is not None and manifest is not None:
+        _check_parts_agree(path, manifest, shard_tokens)
     if plan is None:  # new, or unfinished under another shard size, or a donor it borrowed from is gone
         path.mkdir(parents=True, exist_ok=True)
         borrowed, covered = borrow(activations_root(root), path, spec, keys) if reuse else ([], set())
         plan = _own_plan(lengths, covered, shard_tokens)
-        manifest = _start_manifest(path, spec, plan, borrowed, prompts, lm)
+        manifest = _start_manifest(path, spec, plan, borrowed, prompts, lm, shard_tokens)
     _adopt_records(path, manifest)
     mine = range(len(plan)) if part is None else range(part[0], len(plan), part[1])
     todo = [s for s in mine if not _shard_ok(path, manifest, s)]
@@ -230,18 +234,46 @@ def _resumable_plan(path: Path, manifest: dict[str, Any], lengths: list[int],
 
 
 def _start_manifest(path: Path, spec: dict[str, Any], plan: list[list[int]], borrowed: list[dict[str, Any]],
-                    prompts: list[FormattedPrompt], lm: LoadedModel) -> dict[str, Any]:
+                    prompts: list[FormattedPrompt], lm: LoadedModel, shard_tokens: int) -> dict[str, Any]:
     manifest = {
         "spec": spec, "plan": sha256_json(plan), "n_examples": len(prompts), "d_model": lm.d_model,
         "n_truncated": sum(p.truncated for p in prompts), "complete": False,
         "shards": [None] * len(plan) + borrowed, "provenance": provenance(),
+        "shard_tokens": shard_tokens,  # parts of one extraction must agree on it (`_check_parts_agree`)
     }
     write_json(path / MANIFEST, manifest)
     used = {info["view"] for info in borrowed}
     for stale in path.glob(view_name(0).replace("00000", "*")):
         if stale.name not in used:
             stale.unlink(missing_ok=True)
+    # An abandoned plan's shards beyond this plan's count, and parts' records made under another plan,
+    # would lie in the entry for good (shards within the count are extracted again and overwritten).
+    for stale in path.glob("shard-*.safetensors*"):
+        m = re.fullmatch(r"shard-(\d+)\.safetensors(\.json)?", stale.name)
+        if m and (int(m[1]) >= len(plan) or (m[2] and _record_plan(stale) != manifest["plan"])):
+            stale.unlink(missing_ok=True)
     return manifest
+
+
+def _record_plan(record: Path) -> str | None:
+    try:
+        found = read_json(record)
+    except (OSError, ValueError):
+        return None
+    return found.get("plan") if isinstance(found, dict) else None
+
+
+def _check_parts_agree(path: Path, manifest: dict[str, Any], shard_tokens: int) -> None:
+    """A part must not re-plan an entry other parts are filling under another shard size: that
+    would drop their finished shards, and parts running at once would each wait for shards
+    the other's plan never makes."""
+    planned = manifest.get("shard_tokens")
+    if not manifest.get("complete") and isinstance(planned, int) and planned != shard_tokens:
+        raise ConfigMismatchError(
+            f"{path} is being extracted in parts with --shard-tokens {planned}, and this part was given "
+            f"{shard_tokens}: every part of one extraction must use the same value. Rerun this part with "
+            f"--shard-tokens {planned}, or remove the entry (assay activations rm {path.name}) to start "
+            "every part again with another size")
 
 
 def _shard_ok(path: Path, manifest: dict[str, Any], s: int) -> bool:
