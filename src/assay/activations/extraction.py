@@ -155,8 +155,10 @@ def extract(
         _adopt_records(path, manifest)
         missing = [s for s in range(len(manifest["shards"])) if not _shard_ok(path, manifest, s)]
         if missing:
-            log.info("part %d/%d done; %d of %d shards are still to come from other parts (the last part to "
-                     "finish writes the manifest)", part[0], part[1], len(missing), len(plan))
+            # the entry's key lets a user see that parts run with another --dtype, layer or --compile
+            # fill another entry (each waiting for the rest of its own)
+            log.info("part %d/%d done; %d of %d shards of entry %s are still to come from other parts (the last "
+                     "part to finish writes the manifest)", part[0], part[1], len(missing), len(plan), path.name)
             return None
     manifest["complete"] = True
     write_json(path / MANIFEST, manifest)
@@ -268,7 +270,8 @@ def _check_parts_agree(path: Path, manifest: dict[str, Any], shard_tokens: int) 
     would drop their finished shards, and parts running at once would each wait for shards
     the other's plan never makes."""
     planned = manifest.get("shard_tokens")
-    if not manifest.get("complete") and isinstance(planned, int) and planned != shard_tokens:
+    # (a hand-edited, meaningless value is not a size to send the user back to: that entry re-plans)
+    if not manifest.get("complete") and type(planned) is int and planned >= 1 and planned != shard_tokens:
         raise ConfigMismatchError(
             f"{path} is being extracted in parts with --shard-tokens {planned}, and this part was given "
             f"{shard_tokens}: every part of one extraction must use the same value. Rerun this part with "
