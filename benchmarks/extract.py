@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from checks import check_args  # benchmarks/checks.py
 from peak import matmul_peak  # benchmarks/peak.py (scale.py imports it from here)
 
 from assay.activations import extract
@@ -102,6 +103,8 @@ def main() -> None:
                     help="also time ours on every prompt of the quick benchmark")
     ap.add_argument("--out", default="benchmarks/results/extract.json")
     args = ap.parse_args()
+    check_args(ap, at_least={"--n": (args.n, 1), "--batch-size": (args.batch_size, 1)}, n_prompts=args.n,
+               layer=args.layer, dtypes=args.dtypes)
     malloc_tuned = tune_malloc()
     ds = build_benchmark("quick", 0)
     texts = random.Random(0).sample(ds.texts, args.n)

@@ -26,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
 
 import torch  # noqa: E402
+from checks import check_args  # noqa: E402
 
 from assay.activations.batching import length_order, token_budget_batches  # noqa: E402
 from assay.activations.extraction import pad_prompts  # noqa: E402
@@ -78,6 +79,7 @@ def main() -> None:
                     "--dtype auto would pick it")
     ap.add_argument("--out", default="benchmarks/results/forward_compile.json")
     args = ap.parse_args()
+    check_args(ap, at_least={"--n": (args.n, 1), "--budget": (args.budget, 2)}, n_prompts=args.n, dtypes=args.dtypes)
     malloc_tuned = tune_malloc()
     texts = random.Random(0).sample(build_benchmark("quick", 0).texts, args.n)
     dtypes = args.dtypes.split(",")

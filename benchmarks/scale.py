@@ -26,6 +26,7 @@ from safetensors import safe_open
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from checks import check_args  # noqa: E402
 from extract import flops_to_layer, matmul_peak  # noqa: E402
 
 from assay.activations import extract  # noqa: E402
@@ -195,10 +196,15 @@ def main() -> None:
                     "measurements (no measuring)")
     args = ap.parse_args()
     if args.render:
+        if not Path(args.out).is_file():
+            ap.error(f"--render re-renders the measurements in --out, and {args.out} is not there; run without "
+                     "--render to measure first")
         result = json.loads(Path(args.out).read_text())
         result.update(gpu_assumed=GPU, low_fraction_assumed=LOW_FRACTION, nvlink_gbs_assumed=NVLINK_GBS,
                       estimates=estimates(result["extraction"], result["sae_training"]))
         return publish(result, args)
+    check_args(ap, at_least={"--n": (args.n, 1), "--sae-steps": (args.sae_steps, 1)}, n_prompts=args.n,
+               layer=args.layer, dtypes=args.dtype)
     tuned = tune_malloc()
     dtype, why = choose_dtype(args.dtype)
     ext = measure_extraction(dtype, args.n, args.layer)
