@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import torch
+from checks import check_args  # benchmarks/checks.py
 
 from assay.activations.extraction import pad_prompts
 from assay.activations.forward import residual_stream
@@ -136,6 +137,9 @@ def main() -> None:
     args = ap.parse_args()
     if not 1 <= args.prompts <= len(PROMPTS):
         ap.error(f"--prompts must be 1..{len(PROMPTS)}")
+    check_args(ap, bundle=args.bundle, dtypes=args.dtype, auto_ok=False,
+               at_least={"--tokens": (args.tokens, 1), "--rounds": (args.rounds, 1),
+                         "--threads": (1 if args.threads is None else args.threads, 1)})
     if args.threads:
         torch.set_num_threads(args.threads)
     args.malloc_tuned = tune_malloc()

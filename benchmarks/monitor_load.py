@@ -46,10 +46,12 @@ import numpy as np
 import psutil
 import torch
 import uvicorn
+from checks import check_args  # benchmarks/checks.py
 from prometheus_client.parser import text_string_to_metric_families
 
 from assay.activations.batching import length_order, token_budget_batches
 from assay.data import load_or_build
+from assay.errors import InputError
 from assay.monitor.scorer import SERVE_MAX_TOKENS, Monitor, Verdict
 from assay.monitor.server import create_app
 from assay.provenance import provenance
@@ -565,14 +567,26 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=1e-3, help="|served - offline| score counted as a mismatch")
     ap.add_argument("--out", default="benchmarks/results/monitor_load.json")
     args = ap.parse_args()
+    check_args(ap, bundle=args.bundle, dtypes=args.dtype, auto_ok=False,
+               at_least={"--requests": (args.requests, 1), "--concurrency": (min(args.concurrency), 1),
+                         "--rss-requests": (min(args.rss_requests), 1), "--rss-concurrency": (args.rss_concurrency, 1),
+                         "--rss-prompts": (args.rss_prompts, 1), "--top-repeats": (args.top_repeats, 1),
+                         "--max-tokens": (args.max_tokens, 2), "--max-batch-tokens": (args.max_batch_tokens, 2),
+                         "--max-wait-ms": (args.max_wait_ms, 0), "--max-items": (args.max_items, 1),
+                         "--workers": (1 if args.workers is None else args.workers, 1), "--tolerance": (args.tolerance, 0)},
+               positive={"--max-seconds": args.max_seconds, "--timeout": args.timeout},
+               fraction={"--malformed-fraction": args.malformed_fraction})
     started = time.monotonic()
     deadline = started + args.max_seconds
     malloc_tuned = tune_malloc()  # as `assay monitor serve` does at start-up
 
     # Prompts, the monitor, and everything that touches the tokenizer, before the server starts:
     # the monitor is not thread-safe, and once serving only the server's worker may call it.
-    ds = load_or_build(args.data)
-    pool = ds.split(args.split).texts if args.split else ds.texts
+    try:
+        ds = load_or_build(args.data)
+        pool = ds.split(args.split).texts if args.split else ds.texts
+    except InputError as err:  # a data name or split that is not there: one line, as assay's CLI says it
+        ap.error(f"--data {args.data} --split {args.split}: {err}")
     rng = random.Random(args.seed)
     texts = [pool[i % len(pool)] for i in rng.sample(range(len(pool)), min(args.requests, len(pool)))]
     texts = (texts * (args.requests // max(1, len(texts)) + 1))[: args.requests]
