@@ -175,6 +175,8 @@ def main() -> int:
     ap.add_argument("--fixtures", type=Path, default=Path(tempfile.gettempdir()) / "assay-hostile-fixtures")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fault_injection.json")
     args = ap.parse_args()
+    if args.trials < 1 or args.kills < 0:
+        ap.error("--trials must be at least 1 and --kills at least 0")
     fx = Fixtures(args.fixtures)
     fx.build()
     rng = random.Random(args.seed)

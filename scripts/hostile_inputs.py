@@ -184,9 +184,13 @@ def main() -> int:
     ap.add_argument("-k", default=None, help="only cases whose group/name contains this")
     ap.add_argument("-j", type=int, default=2, help="cases run at once")
     args = ap.parse_args()
+    if args.j < 1:
+        ap.error("-j must be at least 1")
     fx = Fixtures(args.fixtures)
     fx.build()
     cases = [c for c in all_cases(fx) if not args.k or args.k in f"{c.group}/{c.name}"]
+    if not cases:  # and --out, perhaps the committed result, is left as it is
+        ap.error(f"-k {args.k!r} matches no case (a case is named group/name, e.g. cache/extract-shard-words)")
     keep = Path(tempfile.mkdtemp(prefix="assay-hostile-"))
     with ThreadPoolExecutor(args.j) as pool:
         rows = list(pool.map(lambda c: run_case(c, fx, keep), cases))
