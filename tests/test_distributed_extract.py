@@ -4,6 +4,7 @@ that equals the single-process one, the last part writes the manifest, a killed 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,12 @@ def test_parts_write_the_single_process_entry(tiny, tmp_path, compile):
     assert extract(tiny, TEXTS, root=tmp_path / "two", part=(0, 3), **opts) is None
     entry = next((tmp_path / "two").iterdir())
     assert not __import__("json").loads((entry / MANIFEST).read_text())["complete"]
+    # `assay activations list` counts the parts' finished shards, which only their records beside them name
+    from assay.activations import list_entries
+
+    [row] = list_entries(tmp_path / "two")
+    assert not row["complete"] and row["shards_done"] == len(list(entry.glob("shard-*.safetensors")))
+    assert 0 < row["shards_done"] < row["shards"]
     parted = extract(tiny, TEXTS, root=tmp_path / "two", part=(2, 3), **opts)  # the last part writes the manifest
     assert parted is not None and parted.path.name == whole.path.name
     same_entry(parted, whole)
@@ -163,6 +170,8 @@ def test_shard_option_as_an_array_job_would_run_it(tiny, tmp_path, monkeypatch):
     env = {"COLUMNS": "400", "NO_COLOR": "1"}
     first = CliRunner().invoke(app, [*base, "--shard", "1/2"], env=env)
     assert first.exit_code == 0 and "part 1/2 finished" in first.output, first.output
+    listed = CliRunner().invoke(app, ["list"], env=env)
+    assert re.search(r"no \((\d+)/(\d+) shards\)", listed.output), listed.output
     last = CliRunner().invoke(app, [*base, "--shard", "0/2"], env=env)
     assert last.exit_code == 0 and "->" in last.output, last.output  # the last part gets the whole entry
     bad = CliRunner().invoke(app, [*base, "--shard", "2/2"], env=env)

@@ -106,7 +106,8 @@ def list_cmd() -> None:
     for row in rows:
         table.add_row(row["key"], row["model"], ",".join(map(str, row["layers"])), row["dtype"],
                       str(row["n_examples"]), row["dataset"],
-                      "[red]corrupt manifest[/]" if row["corrupt"] else "yes" if row["complete"] else "[red]no[/]",
+                      "[red]corrupt manifest[/]" if row["corrupt"] else "yes" if row["complete"]
+                      else f"[red]no[/] ({row['shards_done']}/{row['shards']} shards)",
                       f"{row['bytes'] / 2**20:.1f}")
     Console().print(table)
     if any(row["corrupt"] for row in rows):

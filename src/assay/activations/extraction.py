@@ -17,7 +17,8 @@ from assay.activations.aggregation import DEFAULT_AGGREGATIONS, Aggregation, poo
 from assay.activations.forward import compiled_blocks, residual_stream
 from assay.activations.reuse import borrow, borrowed_examples, borrowed_ok, prompt_keys, view_name
 from assay.activations.store import (
-    MANIFEST, ActivationSet, activations_root, read_manifest, shard_name, verify_shard,
+    MANIFEST, ActivationSet, activations_root, part_record, read_manifest, record_name, shard_name,
+    verify_shard,
 )
 from assay.errors import ConfigMismatchError
 from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
@@ -150,7 +151,7 @@ def extract(
                 if part is None:
                     write_json(path / MANIFEST, manifest)
                 else:  # the manifest is shared by every part: each shard's record goes beside it
-                    write_json(path / _record_name(s), manifest["shards"][s] | {"plan": manifest["plan"]})
+                    write_json(path / record_name(s), manifest["shards"][s] | {"plan": manifest["plan"]})
     if part is not None:
         _adopt_records(path, manifest)
         missing = [s for s in range(len(manifest["shards"])) if not _shard_ok(path, manifest, s)]
@@ -180,25 +181,11 @@ def extract_on_all_ranks(lm: LoadedModel, texts: Sequence[str], layers: int | Se
     return extract(lm, texts, layers, progress=False, **kwargs)  # complete now: read from the cache
 
 
-def _record_name(s: int) -> str:
-    return shard_name(s) + ".json"
-
-
 def _adopt_records(path: Path, manifest: dict[str, Any]) -> None:
-    """Take into `manifest` the records parts wrote beside the shards it does not list yet (a
-    record is written only after its shard, so a record names a finished shard or a corrupt one,
-    which `_shard_ok` then catches)."""
+    """Take into `manifest` the records parts wrote beside the shards it does not list yet."""
     for s, info in enumerate(manifest["shards"]):
-        record = path / _record_name(s)
-        if info is None and record.is_file():
-            try:
-                found = read_json(record)
-                # a record left by a run under another plan names other examples' shard
-                if (isinstance(found, dict) and found.get("file") == shard_name(s)
-                        and isinstance(found.get("sha256"), str) and found.get("plan") == manifest["plan"]):
-                    manifest["shards"][s] = found
-            except (OSError, ValueError):
-                log.warning("unreadable shard record %s: extracting that shard again", record)
+        if info is None and (found := part_record(path, s, manifest["plan"])) is not None:
+            manifest["shards"][s] = found
 
 
 def _existing_manifest(path: Path, spec: dict[str, Any], n_examples: int, lm: LoadedModel) -> dict[str, Any] | None:

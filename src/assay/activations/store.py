@@ -48,6 +48,30 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
 
+def record_name(i: int) -> str:
+    """The record a part of a split extraction writes beside shard `i` once the shard is written
+    (the manifest is written by the last part to finish)."""
+    return shard_name(i) + ".json"
+
+
+def part_record(entry: Path, i: int, plan: str) -> dict[str, Any] | None:
+    """The record a part left for shard `i` of `entry` under `plan`, if there is one (a record is
+    written only after its shard, so it names a finished shard or a corrupt one, which the checksum
+    then catches; a record left by a run under another plan names other examples' shard)."""
+    record = entry / record_name(i)
+    if not record.is_file():
+        return None
+    try:
+        found = read_json(record)
+    except (OSError, ValueError):
+        log.warning("unreadable shard record %s: that shard counts as not done", record)
+        return None
+    if (isinstance(found, dict) and found.get("file") == shard_name(i) and isinstance(found.get("sha256"), str)
+            and found.get("plan") == plan):
+        return found
+    return None
+
+
 _VERIFIED: set[tuple[str, float, int]] = set()
 
 
@@ -379,10 +403,15 @@ def list_entries(root: str | Path | None = None) -> list[dict[str, Any]]:
             rows.append({"key": d.name, "model": "?", "layers": [], "dtype": "?", "n_examples": 0, "dataset": "?",
                          "complete": False, "corrupt": True, "bytes": size, "path": str(d)})
             continue
+        complete = m.get("complete", False)
+        # an unfinished entry filled by parts: its finished shards are in the manifest or beside it
+        done = len(m["shards"]) if complete else sum(
+            info is not None or part_record(d, s, m["plan"]) is not None for s, info in enumerate(m["shards"]))
         rows.append({
             "key": d.name, "model": m["spec"]["model"]["model"], "layers": m["spec"]["layers"],
             "dtype": m["spec"]["dtype"], "n_examples": m["n_examples"], "dataset": m["spec"]["dataset"][:12],
-            "complete": m.get("complete", False), "corrupt": False, "bytes": size, "path": str(d),
+            "complete": complete, "corrupt": False, "bytes": size, "path": str(d),
+            "shards": len(m["shards"]), "shards_done": done,
         })
     return rows
 
