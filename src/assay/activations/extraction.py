@@ -21,7 +21,7 @@ from assay.activations.store import (
     verify_shard,
 )
 from assay.errors import ConfigMismatchError
-from assay.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
+from assay.fileio import atomic_path, sha256_file, sha256_json, write_json
 from assay.models.chat import FormattedPrompt, format_prompts
 from assay.models.loading import LoadedModel, check_layer
 from assay.provenance import provenance
@@ -239,17 +239,9 @@ def _start_manifest(path: Path, spec: dict[str, Any], plan: list[list[int]], bor
     # would lie in the entry for good (shards within the count are extracted again and overwritten).
     for stale in path.glob("shard-*.safetensors*"):
         m = re.fullmatch(r"shard-(\d+)\.safetensors(\.json)?", stale.name)
-        if m and (int(m[1]) >= len(plan) or (m[2] and _record_plan(stale) != manifest["plan"])):
+        if m and (int(m[1]) >= len(plan) or (m[2] and part_record(path, int(m[1]), manifest["plan"]) is None)):
             stale.unlink(missing_ok=True)
     return manifest
-
-
-def _record_plan(record: Path) -> str | None:
-    try:
-        found = read_json(record)
-    except (OSError, ValueError):
-        return None
-    return found.get("plan") if isinstance(found, dict) else None
 
 
 def _check_parts_agree(path: Path, manifest: dict[str, Any], shard_tokens: int) -> None:
