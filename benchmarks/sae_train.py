@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT / "src"))  # the work tree's assay: it is not instal
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from checks import check_args  # noqa: E402
 from peak import matmul_peak  # noqa: E402
 
 from assay.provenance import provenance  # noqa: E402
@@ -233,10 +234,9 @@ def main() -> None:
         widths = [int(w) for w in args.widths.split(",")]
     except ValueError:
         p.error(f"--widths {args.widths!r}: give whole numbers separated by commas, e.g. 4096,16384")
-    for name, value, least in (("--steps", args.steps, 1), ("--rounds", args.rounds, 1), ("--floor-reps", args.floor_reps, 1),
-                               ("--batch", args.batch, 1), ("--d-in", args.d_in, 1)):
-        if value < least:  # --steps 0 would time no step: only the first, which is left out, would run
-            p.error(f"{name} must be at least {least}")
+    # --steps 0 would time no step: only the first, which is left out, would run
+    check_args(p, at_least={"--steps": (args.steps, 1), "--rounds": (args.rounds, 1), "--floor-reps": (args.floor_reps, 1),
+                            "--batch": (args.batch, 1), "--d-in": (args.d_in, 1)})
     if any(w < 1 for w in widths) or not 1 <= args.k <= min(widths):
         p.error(f"--k {args.k} and --widths {args.widths}: every width must be positive and at least k (k at least 1)")
     import sae_lens

@@ -44,6 +44,15 @@ def check_device_map(device_map: str | None) -> str | None:
     return device_map
 
 
+def check_compile(compile_: bool, device_map: str | None, device: str | None = None) -> None:
+    """--compile on a CPU without a C++ compiler, refused before the data and the model load (with a
+    device map, accelerate picks the device: `compiled_blocks` checks it once the model is placed)."""
+    if compile_ and not device_map:
+        from assay.activations.forward import check_can_compile
+
+        check_can_compile(device)
+
+
 SEED = typer.Option(0, "--seed", help="Seed of every random choice (data sampling, initialisation, bootstrap).")
 
 

@@ -68,10 +68,7 @@ def extract_cmd(
                                  param_hint="--shard")
     layer_list = [options.resolve_layer(model, x) for x in dict.fromkeys(layer or [None])]
     dtype = options.resolve_dtype_choice(dtype)
-    if compile_ and not device_map:
-        from assay.activations.forward import check_can_compile
-
-        check_can_compile()  # before the data and the model load
+    options.check_compile(compile_, device_map)
     ds = load_or_build(data)
     if split:
         if split not in ds.splits:

@@ -123,10 +123,7 @@ def train(
         raise typer.BadParameter(f"{batch_size} is not a multiple of the {world_size()} ranks: each rank takes an "
                                  "equal share of every batch", param_hint="--batch-size")
     device_map = options.check_device_map(device_map)
-    if compile_ and not device_map:
-        from assay.activations.forward import check_can_compile
-
-        check_can_compile(device)  # before the model loads
+    options.check_compile(compile_, device_map, device)
     lm = load(model, dtype=options.resolve_dtype_choice(dtype), device=device, device_map=device_map)
     if layer is None:  # a model whose config was not local: its middle block, now that it is loaded
         layer = lm.n_layers // 2
