@@ -25,6 +25,15 @@ def _own_monitor_selections(tmp_path_factory):
         yield
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny matmuls only pay the threads' overhead on shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def bundled_dir() -> str:
     """The bundled model's dequantised directory (converted once, then cached)."""

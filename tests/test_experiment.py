@@ -20,7 +20,7 @@ def test_study_end_to_end(smoke_run):
     kinds = {r.kind for r in report.results}
     assert kinds == {"dense", "attention", "baseline", "sae_sparse", "sae_reconstruction", "sae_error"}
     assert {r.split for r in report.results} == {"train", "val", "calib", "ood"}
-    saes = {"pretrain", "chat", "pretrain+chat-ft", "pretrain+wiki-ft"}
+    saes = {"pretrain", "chat", "pretrain+chat-ft", "pretrain+pretrain-ft"}
     assert {r.sae for r in report.results if r.sae} == saes
     # like for like: every SAE method at every aggregation the dense probe is fitted on
     for method in ("1-sparse", "k-sparse", "reconstruction", "error"):

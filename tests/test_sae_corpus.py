@@ -76,3 +76,28 @@ def test_texts_chosen_for_a_model_are_kept_and_read_back_without_its_tokenizer(t
     assert held == held_out_texts("wiki", tokenizer, 3000, 128, seed=3, skip=2) and reads == ["a", "a"]
     assert training_texts("wiki", lazy("a"), 3000, 128, seed=4) != want and reads == ["a", "a", "a"]
     assert training_texts("wiki", lazy("b"), 3000, 128, seed=3) == want and reads[-1] == "b"
+
+
+def test_dictionary_documents_are_clean_prose():
+    docs = sources.dictionary_texts()
+    assert len(docs) > 10_000 and sum(map(len, docs)) > 17_000_000
+    sample = docs[::500]
+    assert not any("24 hours per day, 7 days per week" in d for d in sample)  # the package's misplaced etymologies
+    assert all(200 < len(d) < 20_000 for d in sample) and all("\n\n" in d or len(d) > 1500 for d in sample)
+
+
+def test_pretraining_mix_is_half_dictionary_in_every_part(tokenizer):
+    from assay.sae.corpus import held_out_texts
+
+    wiki = set(sources.wikipedia_texts())
+    train = training_texts("pretrain", tokenizer, 300_000, 512)
+    held = held_out_texts("pretrain", tokenizer, 100_000, 512)
+
+    def wiki_share(texts: list[str]) -> float:
+        return sum(len(t) for t in texts if t in wiki) / sum(map(len, texts))
+
+    # by characters: Wikipedia and as many characters of dictionary, shuffled together
+    assert 0.4 < wiki_share(train) < 0.6 and 0.4 < wiki_share(held) < 0.6
+    assert not set(train) & set(held)  # held-out text comes from the other end of the order
+    short = training_texts("pretrain", tokenizer, 100_000, 512)
+    assert train[: len(short)] == short  # a smaller budget is a prefix of the same order

@@ -18,12 +18,7 @@ def _cfg(tokens=60_000, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add overhead on shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SPECS = {

@@ -25,13 +25,23 @@ def test_study_reuses_the_saes_command_and_says_so(tmp_path, monkeypatch, tiny):
 
     result = run_study_saes(cfg, tmp_path / "saes", progress=False)
     assert {(r["sae"], r["seed"]) for r in result["saes"]} == {
-        (n, 0) for n in ("pretrain", "chat", "pretrain+chat-ft", "pretrain+wiki-ft")}
+        (n, 0) for n in ("pretrain", "chat", "pretrain+chat-ft", "pretrain+pretrain-ft")}
     assert all(r["trained"]["trained_in_this_run"] and r["trained"]["train_seconds"] >= 0 for r in result["saes"])
     assert all(r["trained"]["corpus_seconds"] >= 0 for r in result["saes"])  # extraction timed apart from training
     md = (tmp_path / "saes" / "saes.md").read_text()
-    assert "| pretrain | 0 | wiki |" in md and "Wall time per stage" in md
+    assert "| pretrain | 0 | pretrain |" in md and "Wall time per stage" in md
     assert (tmp_path / "saes" / "figures" / "freq_hist-chat.png").exists()
-    assert json.loads((tmp_path / "saes" / "saes.json").read_text())["layer"] == 1
+    saved = json.loads((tmp_path / "saes" / "saes.json").read_text())
+    assert saved["layer"] == 1
+    # every SAE's held-out curve, its last point the saved SAE (its quality record's FVU); finetunes
+    # continue their parent's token axis; a random tiny model's SAEs miss the bar, and the report says so
+    by_sae = {r["sae"]: r for r in saved["saes"]}
+    for c in saved["curves"]:
+        assert len(c["points"]) >= 2 and c["points"][-1]["fvu"] == pytest.approx(by_sae[c["sae"]]["fvu"], rel=1e-5)
+        assert c["points"][-1]["delta_lm_loss"] == pytest.approx(by_sae[c["sae"]]["delta_lm_loss"], rel=1e-5)
+        assert c["points"][0]["tokens"] > c["offset_tokens"] == (by_sae["pretrain"]["training_tokens"] if c["parent"] else 0)
+    assert (tmp_path / "saes" / "figures" / "curves.png").exists() and "figures/curves.png" in md
+    assert saved["bar"]["text"].startswith("0 of the 4 SAEs meet the quality bar") and "Quality bar" in md
 
     # the study: no corpus extracted, no SAE trained, quality records read from beside the SAEs
     monkeypatch.setattr(saes_mod.Corpora, "activations", lambda *a: pytest.fail("extracted an SAE corpus again"))
@@ -101,8 +111,20 @@ def test_a_subsampled_run_says_how_small_it_is():
                              provenance=SimpleNamespace(splits=splits))
     (text,) = scale_notes(report)
     assert "at most 40 rows per split and class" in text and "(train 80, ood 80)" in text
-    assert "1,024 latents" in text and "12,000 Wikipedia" in text and "demo preset" in text
+    assert "1,024 latents" in text and "12,000 pretraining (Wikipedia and dictionary)" in text and "demo preset" in text
     report.config = {**report.config, "preset": "quick"}
     assert "demo preset" not in scale_notes(report)[0]
     report.config = {**report.config, "subsample": None}
     assert scale_notes(report) == []
+
+
+def test_training_cost_is_summed_from_the_records_that_trained_the_saes():
+    from assay.experiment.study_saes import cost_text
+
+    rows = [{"trained": {"train_seconds": 600.0, "corpus_seconds": 1800.0, "git_commit": "abc1234ffff"}},
+            {"trained": {"train_seconds": 200.0, "corpus_seconds": 0.0, "git_commit": "abc1234ffff"}}]
+    text = cost_text(rows)
+    assert "corpus extraction 1800 s" in text and "training with held-out curves 800 s" in text
+    assert "0.72 h in all" in text and "(abc1234)" in text
+    rows[1]["trained"]["train_seconds"] = None  # a record without its time: no sum pretends to be whole
+    assert cost_text(rows) == "Training cost: not recorded for every SAE."

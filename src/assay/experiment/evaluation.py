@@ -169,7 +169,7 @@ class Evaluator:
         if pre_ref is None or dense_ref is None:
             return []
         out = []
-        for other in ("chat", "pretrain+chat-ft", "pretrain+wiki-ft"):
+        for other in ("chat", "pretrain+chat-ft", "pretrain+pretrain-ft"):
             for split in ("calib", "ood"):
                 i = st.idx.get(split)
                 runs = {"dense": _run(dense_ref), "pre": _run(pre_ref), "other": _run(pre_ref, sae=other)}
@@ -246,7 +246,7 @@ def _run(ref: Any, **override: Any) -> Any:
 def families(cfg_like: dict[str, Any] | Any) -> dict[str, Callable[[Any], bool]]:
     """Method families of the headline, each a predicate over primary result rows."""
     k = cfg_like["headline_k"] if isinstance(cfg_like, dict) else cfg_like.headline_k
-    saes = ("pretrain", "chat", "pretrain+chat-ft", "pretrain+wiki-ft")
+    saes = ("pretrain", "chat", "pretrain+chat-ft", "pretrain+pretrain-ft")
     fams: dict[str, Callable[[Any], bool]] = {
         "dense-logistic": lambda r: r.method == "dense-logistic",
         "diff-of-means": lambda r: r.method in ("diff-of-means", "diff-of-means-std", "lda"),
@@ -343,6 +343,7 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
     from assay.report.render import write_report
     from assay.report.schema import Interval, Provenance, Report, SAEQuality
     from assay.experiment.findings import attach as attach_findings
+    from assay.experiment.sae_quality import meets_bar
     from assay.experiment.saes import STUDY_SAES
     from assay.provenance import provenance
 
@@ -363,6 +364,7 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
             ce_texts=q.get("ce_texts"), ce_tokens=q.get("ce_tokens"), dead_fraction=q["dead"] / q["d_sae"],
             dead_in_training=q["dead_in_training"] / q["d_sae"] if q.get("dead_in_training") is not None else None,
             dense_fraction=q["dense"] / q["d_sae"], training_tokens=q.get("training_tokens"),
+            meets_bar=meets_bar(q),
             eval_split="L0, FVU, dead, dense: benchmark val tokens; LM losses: held-out documents of the SAE's corpus"))
     stability = [{"sae": run.sae, "features": run.features, "selector": run.selector, "k": run.k,
                   **study.meta[run]["stability"]} for run in sorted(study.scores, key=_sort_key)

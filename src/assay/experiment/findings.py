@@ -12,6 +12,7 @@ import statistics
 from typing import Any
 
 from assay.experiment.evaluation import family_best
+from assay.experiment.saes import SAE_NAMES
 from assay.experiment.layers import mean_val_auroc, ranked_layers
 
 _CMP_SPLITS = ("calib", "ood")
@@ -75,12 +76,46 @@ class _Writer:
         self.cites.append(Citation(source=source, ref=ref, metric=metric, value=value))
         return fmt(value)
 
-    def finding(self, claim: str, text: str, holds: bool | None) -> Any:
+    def finding(self, claim: str, text: str, holds: bool | None, saes: list[str] | None = None) -> Any:
+        """A finding from `text` and the numbers it cited; one about `saes` ends with their quality
+        (delta LM loss and FVU, every seed) and records those below the bar."""
         from assay.report.schema import Finding
 
-        f = Finding(claim=claim, text=text, holds=holds, cites=self.cites)
+        below: list[str] = []
+        if saes:
+            quality, below = self.quality(saes)
+            text = f"{text} {quality}" if quality else text
+        f = Finding(claim=claim, text=text, holds=holds, cites=self.cites, below_bar=below)
         self.cites = []
         return f
+
+    def quality(self, saes: list[str]) -> tuple[str, list[str]]:
+        """'SAE quality (...): pretrain delta LM loss 0.41, FVU 0.19; ...' with each number cited, and
+        the SAEs any of whose seeds misses the bar (or has no verdict)."""
+        from assay.experiment.sae_quality import QUALITY_BAR
+
+        parts, below = [], []
+        for sae in saes:
+            qs = sorted((q for q in self.report.sae_quality if q.sae == sae), key=lambda q: q.seed or 0)
+            if not qs:
+                continue
+            vals = {m: [self.value("sae_quality", m, getattr(q, m), ref=_quality_ref(q)) for q in qs
+                        if getattr(q, m) is not None] for m in ("delta_lm_loss", "fvu")}
+            txt = ", ".join(f"{name} {'/'.join(v)}" for name, v in (("delta LM loss", vals["delta_lm_loss"]),
+                                                                   ("FVU", vals["fvu"])) if v)
+            parts.append(f"{sae} {txt}")
+            if not all(q.meets_bar for q in qs):
+                below.append(sae)
+        if not parts:
+            return "", []
+        n_seeds = max(len([q for q in self.report.sae_quality if q.sae == s]) for s in saes)
+        head = ("SAE quality (delta LM loss in nats/token on held-out text of each SAE's corpus, FVU on the "
+                "benchmark's validation tokens" + (", per seed" if n_seeds > 1 else "") + "): ")
+        bar = f"delta LM loss <= {QUALITY_BAR['delta_lm_loss']} and FVU <= {QUALITY_BAR['fvu']}"
+        tail = (f" Every one meets the quality bar ({bar})." if not below else
+                f" Below the quality bar ({bar}): {', '.join(below)}; for those this verdict describes SAEs as trained "
+                "here, not good SAEs.")
+        return head + "; ".join(parts) + "." + tail, below
 
 
 def attach(report: Any) -> Any:
@@ -99,7 +134,8 @@ def scale_notes(report: Any) -> list[str]:
     rows = ", ".join(f"{s} {v['rows']}" for s, v in splits.items())
     text = (f"A reduced run: at most {cfg['subsample']} rows per split and class of the benchmark ({rows}), so the "
             f"intervals are wide; its SAEs have {sae.get('width', 0):,} latents, trained on "
-            f"{sae.get('pretrain_tokens', 0):,} Wikipedia and {sae.get('chat_tokens', 0):,} chat tokens.")
+            f"{sae.get('pretrain_tokens', 0):,} pretraining (Wikipedia and dictionary) and "
+            f"{sae.get('chat_tokens', 0):,} chat tokens.")
     if cfg.get("preset") == "demo":
         text += (" The demo preset shows the pipeline at work in minutes, with SAEs far too small to judge SAEs by; "
                  "the quick and full presets are the study.")
@@ -133,7 +169,7 @@ def findings(report: Any) -> list[Any]:
     w = _Writer(report)
     out = []
     k = cfg["headline_k"]
-    saes = [s for s in ("pretrain", "chat", "pretrain+chat-ft", "pretrain+wiki-ft") if f"k-sparse k={k} [{s}]" in best]
+    saes = [s for s in SAE_NAMES if f"k-sparse k={k} [{s}]" in best]
 
     # 1. The dense probe.
     near_perfect = (find_result(report, dense, "ood").auroc or 0) >= 0.98
@@ -156,7 +192,7 @@ def findings(report: Any) -> list[Any]:
             "1-sparse probes (latent chosen on train, aggregation on validation): " + "; ".join(parts) + ". "
             + ("Each fits train clearly worse than the dense probe, as GDM found." if all(fails)
                else "Not every SAE's best latent falls short of the dense probe on train beyond noise."),
-            all(fails)))
+            all(fails), saes))
 
     # 3. k-sparse probes: fit in distribution, worse OOD.
     parts, holds, fits = [], [], []
@@ -179,7 +215,7 @@ def findings(report: Any) -> list[Any]:
             f"{sum(fits)} of {len(fits)} SAEs" + (", as GDM found. " if all(fits) else ", where GDM found they fit. ")
             + ("Worse OOD for every SAE, as GDM found." if all(holds) else
                "Not worse OOD beyond noise for every SAE, unlike GDM's finding."),
-            all(holds) and all(fits)))
+            all(holds) and all(fits), saes))
 
     # 4. Reconstruction and error probes.
     for what, claim in (("reconstruction", "Probes on the SAE reconstruction lose the signal (worse OOD)."),
@@ -193,7 +229,7 @@ def findings(report: Any) -> list[Any]:
         out.append(w.finding(
             claim, f"With {what_txt} (aggregation chosen on validation): " + "; ".join(parts) + f". Worse than the "
             f"dense probe beyond noise for {n_worse} of {len(worse)} SAEs.",
-            (n_worse == len(worse)) if claim else None))
+            (n_worse == len(worse)) if claim else None, saes))
 
     # 5. Chat data closes part of the gap (with the equal-steps control).
     gaps = [g for g in report.diagnostics.get("gap_closed", []) if g["split"] == "ood"]
@@ -216,7 +252,7 @@ def findings(report: Any) -> list[Any]:
                          if len(g["fraction_per_seed"]) > 1 else "")
                 parts.append(f"{g['sae']} {frac} (95% interval {g['fraction_ci'][0]:.0%} to {g['fraction_ci'][1]:.0%}{seeds})")
                 fracs[g["sae"]] = g
-            ft, ctl = fracs.get("pretrain+chat-ft"), fracs.get("pretrain+wiki-ft")
+            ft, ctl = fracs.get("pretrain+chat-ft"), fracs.get("pretrain+pretrain-ft")
             closes = bool(ft and ft["fraction_ci"][0] > 0)
             beats_control = bool(ft and ctl and ft["fraction_closed"] > ctl["fraction_ci"][1])
             # GDM's claim is about chat data: a share the equal-steps control also closes does not support it
@@ -228,7 +264,7 @@ def findings(report: Any) -> list[Any]:
                 tail = (" Finetuning on chat closes a share beyond noise; "
                         + ("more than the equal-steps control's interval, so chat data, not extra training, does the work."
                            if beats_control else
-                           "no more than the equal-steps control (as many more Wikipedia tokens) might, so it need not be "
+                           "no more than the equal-steps control (as many more pretraining tokens) might, so it need not be "
                            "the chat data."))
             if ft and len(ft["fraction_per_seed"]) > 1:
                 lo, hi = min(ft["fraction_per_seed"]), max(ft["fraction_per_seed"])
@@ -236,7 +272,8 @@ def findings(report: Any) -> list[Any]:
                          "bootstrap interval of one seed, so seed variation dominates the uncertainty.")
             text = (f"Share of the pretraining SAE's OOD gap to the dense probe (gap {gap} AUROC, k={k}, "
                     f"{label(_ref(g0['config']))}) closed by: " + "; ".join(parts) + "." + tail)
-        out.append(w.finding("SAEs trained or finetuned on chat data close about half the gap.", text, holds))
+        out.append(w.finding("SAEs trained or finetuned on chat data close about half the gap.", text, holds,
+                             ["pretrain"] + [g["sae"] for g in gaps]))
 
     # 6. Text baselines and attention probes against the dense probe.
     for fam, what in (("tfidf", "TF-IDF + logistic regression"), ("minilm", "MiniLM embeddings + logistic regression"),
@@ -256,7 +293,8 @@ def findings(report: Any) -> list[Any]:
 
     # 8. Auto-interpretability, uniform and frequency-weighted.
     if (report.diagnostics.get("autointerp") or {}).get("rows"):
-        out.append(autointerp_finding(report.diagnostics["autointerp"], w))
+        out.append(autointerp_finding(report.diagnostics["autointerp"], w,
+                                      [r["sae"] for r in report.diagnostics["autointerp"]["rows"]]))
 
     # 9. Why difference of means fails.
     dm = report.diagnostics.get("diff_of_means", [])
@@ -398,7 +436,7 @@ def layer_finding(sweep: dict[str, Any], w: "_Writer | None" = None) -> Any:
     return w.finding("GDM chose the probing layer by sweeping layers.", text, None)
 
 
-def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None) -> Any:
+def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None, saes: list[str] | None = None) -> Any:
     """How interpretable each SAE's latents are by each weighting, against the controls; the probe's
     latents against random ones; and what the studied model is worth as its own explainer."""
     import math
@@ -453,7 +491,7 @@ def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None) -> Any:
                     "judge to say what a latent means; use the rule-based pair or a larger model (--explainer "
                     "URL).") )
     return w.finding("GDM: uniform averages over latents hide dense, uninterpretable ones; weight by firing "
-                     "frequency.", text, None)
+                     "frequency.", text, None, sorted(set(saes or []), key=(saes or []).index))
 
 
 def _against_dense(w: _Writer, best: dict[str, Any], dense: Any, saes: list[str], family: str,

@@ -1,11 +1,12 @@
 """The study's SAEs and their quality.
 
 Four SAEs per seed, all of one architecture and width:
-- `pretrain`: trained on Wikipedia text (pretraining-like data);
+- `pretrain`: trained on the pretraining mix (Wikipedia lead sections and GCIDE dictionary entries,
+  half each: `assay.sae.corpus`);
 - `chat`: trained from scratch on ShareGPT conversations;
 - `pretrain+chat-ft`: `pretrain` finetuned on chat tokens;
-- `pretrain+wiki-ft`: `pretrain` trained on as many more *Wikipedia* tokens: the equal-steps
-  control, so that "finetuning on chat helps" is not "more training helps".
+- `pretrain+pretrain-ft`: `pretrain` trained on as many more fresh *pretraining* tokens: the
+  equal-steps control, so that "finetuning on chat helps" is not "more training helps".
 Chat corpora leave out every conversation containing one of the benchmark's prompts. Seeds
 change an SAE's initialisation and its token order, not its text. Each SAE lives in
 `cache_dir()/sae/<name>-L<layer>-s<seed>-<key>/`, the key hashing everything that changes its
@@ -19,14 +20,17 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-
-from assay.experiment.config import StudyConfig
+from assay.experiment.config import SAESpec, StudyConfig
 from assay.fileio import sha256_json, write_json
-from assay.models.loading import LoadedModel
 from assay.runtime import cache_dir, search_dtype_for
+
+if TYPE_CHECKING:  # torch-free at import: the findings read the SAE names from here
+    import torch
+
+    from assay.models.loading import LoadedModel
+    from assay.sae.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +41,29 @@ SAE_CODE = ("assay.sae.base", "assay.sae.trainer", "assay.sae.buffer", "assay.sa
 @dataclass(frozen=True)
 class StudySAE:
     name: str
-    corpus: str  # what it is trained on: "wiki" or "chat"
+    corpus: str  # what it is trained on: "pretrain" or "chat"
     parent: str | None  # the SAE it continues from
     description: str
 
 
 STUDY_SAES = (
-    StudySAE("pretrain", "wiki", None, "pretraining text (Wikipedia)"),
+    StudySAE("pretrain", "pretrain", None, "pretraining text (Wikipedia and a dictionary)"),
     StudySAE("chat", "chat", None, "chat (ShareGPT conversations)"),
     StudySAE("pretrain+chat-ft", "chat", "pretrain", "pretraining SAE finetuned on chat"),
-    StudySAE("pretrain+wiki-ft", "wiki", "pretrain", "pretraining SAE trained on as many more Wikipedia tokens "
-             "(equal-steps control for the chat finetune)"),
+    StudySAE("pretrain+pretrain-ft", "pretrain", "pretrain", "pretraining SAE trained on as many more fresh "
+             "pretraining tokens (equal-steps control for the chat finetune)"),
 )
 
 
 def study_saes_for(cfg: StudyConfig) -> list[StudySAE]:
-    return [s for s in STUDY_SAES if cfg.sae.control or s.name != "pretrain+wiki-ft"]
+    return [s for s in STUDY_SAES if cfg.sae.control or s.name != "pretrain+pretrain-ft"]
+
+
+SAE_NAMES = tuple(s.name for s in STUDY_SAES)
 
 
 class Corpora:
-    """The SAE training texts: `wiki` holds the pretraining SAE's texts followed by the control's
+    """The SAE training texts: `pretrain` holds the pretraining SAE's texts followed by the control's
     fresh ones; `chat` the chat SAE's texts, whose first documents also serve the finetune. Chosen
     (tokenised, not run) on construction; each corpus is extracted once, on first use, so a run
     whose SAEs all exist already (`assay experiment saes` ran first) never extracts them."""
@@ -66,14 +73,14 @@ class Corpora:
 
         spec, self.lm, self.cfg, self.progress = cfg.sae, lm, cfg, progress
         self.exclude = exclude
-        wiki_pre = training_texts("wiki", lm, spec.pretrain_tokens, spec.max_tokens, cfg.seed)
-        wiki = (training_texts("wiki", lm, spec.pretrain_tokens + spec.finetune_tokens, spec.max_tokens,
-                               cfg.seed) if spec.control else wiki_pre)
+        pre = training_texts("pretrain", lm, spec.pretrain_tokens, spec.max_tokens, cfg.seed)
+        pre_all = (training_texts("pretrain", lm, spec.pretrain_tokens + spec.finetune_tokens, spec.max_tokens,
+                                  cfg.seed) if spec.control else pre)
         chat = training_texts("chat", lm, spec.chat_tokens, spec.max_tokens, cfg.seed, exclude)
         chat_ft = training_texts("chat", lm, spec.finetune_tokens, spec.max_tokens, cfg.seed, exclude)
-        assert wiki[: len(wiki_pre)] == wiki_pre and chat[: len(chat_ft)] == chat_ft  # prefixes of one order
-        self.texts: dict[str, list[str]] = {"wiki": wiki, "chat": chat}
-        self.ranges: dict[str, range] = {"pretrain": range(len(wiki_pre)), "pretrain+wiki-ft": range(len(wiki_pre), len(wiki)),
+        assert pre_all[: len(pre)] == pre and chat[: len(chat_ft)] == chat_ft  # prefixes of one order
+        self.texts: dict[str, list[str]] = {"pretrain": pre_all, "chat": chat}
+        self.ranges: dict[str, range] = {"pretrain": range(len(pre)), "pretrain+pretrain-ft": range(len(pre), len(pre_all)),
                                          "chat": range(len(chat)), "pretrain+chat-ft": range(len(chat_ft))}
         self._acts: dict[str, object] = {}
 
@@ -108,7 +115,7 @@ class Corpora:
 def sae_key(lm: LoadedModel, cfg: StudyConfig, sae: StudySAE, seed: int, corpora_fp: str) -> str:
     from assay.provenance import code_fingerprint
 
-    spec = cfg.sae.model_dump(exclude={"eval_texts", "eval_max_tokens", "control"})
+    spec = cfg.sae.model_dump(exclude={"eval_texts", "eval_max_tokens", "control", "curve_points"})
     parent = sae_key(lm, cfg, by_name(sae.parent), seed, corpora_fp) if sae.parent else None
     return sha256_json({"model": lm.fingerprint, "layer": cfg.layer, "seed": seed, "name": sae.name, "sae": spec,
                         "corpora": corpora_fp, "parent": parent, "code": code_fingerprint(*SAE_CODE)})[:16]
@@ -118,18 +125,24 @@ def by_name(name: str) -> StudySAE:
     return next(s for s in STUDY_SAES if s.name == name)
 
 
-def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
-                     progress: bool = True) -> dict[tuple[str, int], Path]:
-    """Train (or reuse) every study SAE for every seed; returns (name, seed) -> directory."""
+def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str], progress: bool = True,
+                     val_tokens: list[torch.Tensor] | None = None) -> dict[tuple[str, int], Path]:
+    """Train (or reuse) every study SAE for every seed; returns (name, seed) -> directory.
+
+    With `val_tokens` (the benchmark's validation tokens), each SAE trained here records a held-out
+    curve in its `training.json`: L0, FVU and dense latents on those tokens at `spec.curve_points`
+    points of training, and, for the first seed, delta LM loss on the held-out documents that
+    `sae_quality` measures it on (so a curve's last point is the SAE's quality record)."""
     from assay.distributed import is_main
     from assay.sae.base import sparsity_kwargs
     from assay.sae.recipe import initial_saes, sae_metadata, train_saes
+    from assay.experiment.sae_quality import curve_evaluator, held_out_lm_loss
     from assay.provenance import git_commit
-    from assay.sae.trainer import TrainConfig
 
     spec = cfg.sae
     corpora = Corpora(lm, cfg, exclude, progress)
     fp = corpora.fingerprint()
+    lm_losses: dict[str, Any] = {}  # per corpus: the clean pass over its held-out documents, run once
     out: dict[tuple[str, int], Path] = {}
     for seed in cfg.seeds:
         for sae in study_saes_for(cfg):
@@ -142,21 +155,24 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
                 lm.d_model, [spec.arch], spec.width, seed, {spec.arch: sparsity_kwargs(spec.arch, spec.k)},
                 finetune_from=out[(sae.parent, seed)] if sae.parent else None, resample=spec.resample_fraction,
                 device=str(lm.device)).values()))
-            n_tokens = spec.finetune_tokens if sae.parent else {"wiki": spec.pretrain_tokens, "chat": spec.chat_tokens}[sae.corpus]
+            n_tokens = spec.finetune_tokens if sae.parent else {"pretrain": spec.pretrain_tokens,
+                                                                 "chat": spec.chat_tokens}[sae.corpus]
             meta = sae_metadata(lm, cfg.layer, sae.corpus, spec.max_tokens, study_sae=sae.name, seed=seed,
                                 finetuned_from=str(out[(sae.parent, seed)]) if sae.parent else None,
                                 excluded_benchmark_requests=len(exclude))
-            train_cfg = TrainConfig(total_tokens=n_tokens * spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
-                                    seed=seed, checkpoint_every=50, progress=progress,
-                                    lr_warmup_steps=0 if sae.parent else 100,
-                                    search_dtype=search_dtype_for(lm.dtype))
+            train_cfg = recipe(spec, n_tokens, seed, search_dtype_for(lm.dtype), progress)
+            evaluate = None
+            if train_cfg.eval_every_tokens and val_tokens is not None and is_main():
+                if seed == cfg.seed and sae.corpus not in lm_losses:
+                    lm_losses[sae.corpus] = held_out_lm_loss(lm, cfg, sae.corpus, exclude)
+                evaluate = curve_evaluator(val_tokens, lm_losses.get(sae.corpus) if seed == cfg.seed else None)
             log.info("training SAE %s seed %d (%s, %d latents) on %d %s tokens x %d epochs", sae.name, seed, spec.arch,
                      spec.width, n_tokens, sae.corpus, spec.epochs)
             t0 = time.perf_counter()
             corpora.activations(sae.corpus)  # extracted (or read from the cache) by the first SAE that needs it
             t1 = time.perf_counter()
             train_saes({sae.name: model}, corpora.stream(sae, seed), path, train_cfg, meta, device=lm.device,
-                       resume=(path / "checkpoint.pt").exists())
+                       resume=(path / "checkpoint.pt").exists(), evaluate=evaluate)
             if not is_main():
                 continue
             # how it was made, for the reports of runs that reuse it (training.json has no clock)
@@ -166,6 +182,26 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
                                                "unix": time.time()})
             (path / "checkpoint.pt").unlink(missing_ok=True)
     return out
+
+
+def recipe(spec: SAESpec, n_tokens: int, seed: int, search_dtype: str | None = None,
+           progress: bool = False) -> TrainConfig:
+    """How a study SAE trains on `n_tokens` unique tokens (`spec`: a `SAESpec`): `spec.epochs`
+    passes at `spec.batch_size` and `spec.lr`, warm-up and the trainer's linear decay, inputs scaled
+    to unit mean squared norm and `b_dec` started at their mean (`Trainer`), `spec.curve_points`
+    held-out evaluations (the curve; evaluation never changes the weights). `tests/test_sae_recipe.py`
+    holds it to a known answer."""
+    from assay.sae.trainer import TrainConfig
+
+    total = n_tokens * spec.epochs
+    steps = max(1, total // spec.batch_size)
+    return TrainConfig(total_tokens=total, batch_size=spec.batch_size, lr=spec.lr, seed=seed,
+                       checkpoint_every=max(50, steps // 20), progress=progress,
+                       # a finetune warms up too: Adam's first steps at the full rate, before its
+                       # moments settle, knock a converged SAE off its optimum
+                       lr_warmup_steps=min(100, max(1, steps // 10)), search_dtype=search_dtype,
+                       # the same on every rank (they wait for the main rank's evaluations)
+                       eval_every_tokens=max(spec.batch_size, total // spec.curve_points) if spec.curve_points else 0)
 
 
 def sae_provenance(paths: dict[tuple[str, int], Path], started: float) -> list[dict[str, Any]]:

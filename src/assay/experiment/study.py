@@ -172,7 +172,7 @@ class Study:
         self.inputs = Inputs(self.acts, self.ds.texts, layer=cfg.layer, aggregations=cfg.aggregations, dtype=cfg.dtype,
                              progress=self.progress)
         self.stage("probes", lambda: self.fit_runs(None))
-        self.stage("SAEs", self.train_saes)
+        self.stage("SAEs", lambda: self.train_saes(self.val_tokens()))
         quality = self.stage("SAE quality", self.sae_quality)
         for m, q in zip(self.sae_provenance, quality):  # both in sae_paths' order
             m["quality_measured"] = (q.get("computed_by") or {}).get("unix")
@@ -319,12 +319,18 @@ class Study:
             self._exclusions = sharegpt_requests(self.ds) | frozenset(normalize_text(t) for t in self.ds.texts)
         return self._exclusions
 
-    def train_saes(self) -> None:
+    def train_saes(self, val_tokens: list[torch.Tensor] | None = None) -> None:
+        """Train (or reuse) the study's SAEs; with `val_tokens`, each records its held-out curve."""
         from assay.experiment.saes import sae_provenance, train_study_saes
 
         started = time.time()
-        self.sae_paths = train_study_saes(self.lm, self.cfg, self.sae_exclusions(), progress=self.progress)
+        self.sae_paths = train_study_saes(self.lm, self.cfg, self.sae_exclusions(), progress=self.progress,
+                                          val_tokens=val_tokens)
         self.sae_provenance = sae_provenance(self.sae_paths, started)
+
+    def val_tokens(self) -> list[torch.Tensor]:
+        """The validation split's token activations at the study's layer (SAE quality and curves)."""
+        return list(self.acts.iter_tokens(self.cfg.layer, 8192, mask="all", indices=self.idx["val"].tolist()))
 
     def autointerp_saes(self) -> dict[str, Any]:
         from assay.experiment.study_autointerp import study_autointerp
@@ -337,7 +343,7 @@ class Study:
         from assay.experiment.sae_quality import sae_quality
 
         if val_tokens is None:
-            val_tokens = list(self.acts.iter_tokens(self.cfg.layer, 8192, mask="all", indices=self.idx["val"].tolist()))
+            val_tokens = self.val_tokens()
         return sae_quality(self.lm, self.cfg, self.sae_paths, val_tokens, self.val_key(), self.sae_exclusions(),
                            self.progress)
 

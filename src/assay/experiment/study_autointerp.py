@@ -39,14 +39,15 @@ def probe_latents(study: Any, sae: str, seed: int) -> tuple[list[int], dict[str,
 
 
 def autointerp_texts(study: Any) -> list[str]:
-    """The benchmark's training prompts and held-out Wikipedia and ShareGPT text (half each)."""
+    """The benchmark's training prompts and held-out text of the SAEs' two corpora (half each): the
+    pretraining mix (Wikipedia and dictionary) and ShareGPT, from the end of each corpus's order."""
     from assay.sae.corpus import held_out_texts
 
     cfg, lm = study.cfg, study.lm  # the model, not its tokenizer: the texts are kept under its tokenizer's hash
     prompts = [study.ds.texts[i] for i in study.idx["train"]]
     half = cfg.autointerp_tokens // 2
     exclude = study.sae_exclusions()
-    return (prompts + held_out_texts("wiki", lm, half, cfg.autointerp_max_tokens, seed=cfg.seed)
+    return (prompts + held_out_texts("pretrain", lm, half, cfg.autointerp_max_tokens, seed=cfg.seed)
             + held_out_texts("chat", lm, half, cfg.autointerp_max_tokens, seed=cfg.seed, exclude=exclude))
 
 

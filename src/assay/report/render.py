@@ -7,6 +7,7 @@ import base64
 import html
 import json
 from pathlib import Path
+from typing import Any
 
 from assay.report.plots import figure_inputs, report_figures
 from assay.report.schema import Report, report_json_schema
@@ -30,12 +31,20 @@ def _provenance_lines(report: Report) -> list[str]:
     return [f"- **{k}**: `{v}`" for k, v in p.items()]
 
 
+def finding_status(f: Any) -> str:
+    """'holds here', 'does not hold here', and, for a verdict resting on SAEs that miss the quality
+    bar, 'on SAEs below the quality bar: ...' ('' when there is nothing to say)."""
+    verdict = {True: "holds here", False: "does not hold here", None: ""}[f.holds] if f.claim else ""
+    below = f"on SAEs below the quality bar: {', '.join(f.below_bar)}" if f.below_bar else ""
+    return "; ".join(x for x in (verdict, below) if x)
+
+
 def _finding_lines(report: Report) -> list[tuple[str, str]]:
     """(lead, text) per finding: the GDM claim it tests and whether it holds, then our sentence."""
     out = []
     for f in report.findings:
-        verdict = {True: "holds", False: "does not hold", None: ""}[f.holds]
-        lead = f"GDM: {f.claim} ({verdict} here)" if f.claim and verdict else (f"GDM: {f.claim}" if f.claim else "")
+        status = finding_status(f)
+        lead = " ".join(x for x in (f"GDM: {f.claim}" if f.claim else "", f"({status})" if status else "") if x)
         out.append((lead, f.text))
     return out
 

@@ -135,6 +135,9 @@ class SAEQuality(BaseModel):
     training_tokens: int | None = _f("Training tokens", "Tokens the SAE was trained on (all epochs; finetunes: the finetuning tokens).", None)
     dense_fraction: float | None = _f("Dense fraction", "Fraction of latents firing on more than 10% of tokens.", None)
     eval_split: str | None = _f("Evaluated on", "Tokens the metrics were measured on.", None)
+    meets_bar: bool | None = _f(
+        "Meets the quality bar", "Delta LM loss and FVU within assay.experiment.sae_quality.QUALITY_BAR: below it an "
+        "SAE verdict describes a broken instrument; None when a number is missing.", None)
 
 
 class PublishedResult(BaseModel):
@@ -213,6 +216,9 @@ class Finding(BaseModel):
     text: str = _f("Text", "The finding in plain words, generated from the cited numbers.")
     holds: bool | None = _f("Holds", "Whether our numbers agree with GDM's claim (null when not a test of one).", None)
     cites: list[Citation] = _f("Citations", "Every number the text quotes, with its row.", [])
+    below_bar: list[str] = _f(
+        "SAEs below the quality bar", "The SAEs this finding is about whose quality misses the bar (delta LM loss "
+        "and FVU, `SAEQuality.meets_bar`): the verdict describes those SAEs as trained here, not good SAEs.", [])
 
 
 class Report(BaseModel):

@@ -126,24 +126,27 @@ def breakdown_tables(report: Report, split: str, max_methods: int = 8) -> list[T
 def sae_quality_table(report: Report) -> Table | None:
     if not report.sae_quality:
         return None
-    cols = ["sae", "seed", "delta_lm_loss", "random_same_norm_delta_lm_loss", "ce_loss_recovered", "l0", "fvu",
-            "fvu_other_dims", "dead_in_training", "dead_fraction", "dense_fraction", "d_sae", "training_tokens"]
-    head = ["SAE", "seed", "delta LM loss [95% CI]", "random error, same norm", "CE loss recovered (zero abl.)", "L0",
-            "FVU", "FVU w/o 8 outlier dims", "dead in training", "never fires on val", "fires on >10%", "latents",
-            "training tokens"]
+    cols = ["sae", "seed", "meets_bar", "delta_lm_loss", "random_same_norm_delta_lm_loss", "ce_loss_recovered", "l0",
+            "fvu", "fvu_other_dims", "dead_in_training", "dead_fraction", "dense_fraction", "d_sae", "training_tokens"]
+    head = ["SAE", "seed", "meets the quality bar", "delta LM loss [95% CI]", "random error, same norm",
+            "CE loss recovered (zero abl.)", "L0", "FVU", "FVU w/o 8 outlier dims", "dead in training",
+            "never fires on val", "fires on >10%", "latents", "training tokens"]
 
     def cell(q, c):
         v = getattr(q, c)
         if c == "delta_lm_loss" and v is not None and q.delta_lm_loss_ci is not None:
             return fmt_ci(v, q.delta_lm_loss_ci)
+        if c == "meets_bar":
+            return {True: "yes", False: "no", None: "–"}[v]
         return fmt(v) if isinstance(v, float) else ("–" if v is None else str(v))
 
     rows = [[cell(q, c) for c in cols] for q in report.sae_quality]
     return Table("SAE quality", head, rows,
                  "Delta LM loss: next-token loss (nats/token) with the reconstruction spliced in at every token but BOS "
-                 "minus the clean loss, on held-out documents of the SAE's own corpus (first seed only); CE loss recovered "
-                 "is against zero ablation of the same positions. L0, FVU and the latent counts are on the benchmark's "
-                 "validation tokens.", "table-sae")
+                 "minus the clean loss, on held-out documents of the SAE's own corpus; CE loss recovered is against zero "
+                 "ablation of the same positions. L0, FVU and the latent counts are on the benchmark's validation tokens. "
+                 "The quality bar bounds both delta LM loss and FVU (assay.experiment.sae_quality.QUALITY_BAR).",
+                 "table-sae")
 
 
 def family_table(report: Report) -> Table | None:
@@ -284,7 +287,7 @@ def diagnostics_tables(report: Report) -> list[Table]:
                            f"{g['fraction_closed']:.0%} [{g['fraction_ci'][0]:.0%}, {g['fraction_ci'][1]:.0%}]",
                            ", ".join(f"{x:.0%}" for x in g["fraction_per_seed"])] for g in d["gap_closed"]],
                          "(AUROC_it - AUROC_pretrain) / (AUROC_dense - AUROC_pretrain) with the k-sparse configuration chosen "
-                         "on validation for the pretraining SAE; paired clustered bootstrap; pretrain+wiki-ft is the "
+                         "on validation for the pretraining SAE; paired clustered bootstrap; pretrain+pretrain-ft is the "
                          "equal-steps control.", "table-gap"))
     if d.get("diff_of_means"):
         names = sorted({k.split(":", 1)[1] for row in d["diff_of_means"] for k in row if k.startswith("val_auroc:")})

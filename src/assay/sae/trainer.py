@@ -24,7 +24,7 @@ import math
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -56,6 +56,9 @@ class TrainConfig:
     # fixed 1M-token window never fires in a 1.2M-token run, so AuxK would never act.
     dead_after_tokens: int | None = None
     checkpoint_every: int = 0  # steps; 0 = only at the end
+    # Held-out evaluation (one point of the training curve) every this many training tokens, and
+    # after the last step; 0 = none. Needs the `evaluate` callable given to the Trainer.
+    eval_every_tokens: int = 0
     log_every: int = 20
     seed: int = 0
     progress: bool = True
@@ -89,6 +92,8 @@ class _State:
     tokens_seen: int = 0  # tokens trained on
     scale: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # held-out evaluations during training
+    evaluated_at: int = -1  # tokens_seen at the last curve point (on every rank, curve or not)
 
 
 # TrainConfig fields that do not change the trained weights, so a resume may differ in them.
@@ -99,8 +104,13 @@ class Trainer:
     """`Trainer({"topk": sae1, "jr": sae2}, TrainConfig(...), out_dir).fit(stream)`."""
 
     def __init__(self, saes: dict[str, SAE], cfg: TrainConfig, out_dir: str | Path | None = None,
-                 metadata: dict[str, Any] | None = None):
+                 metadata: dict[str, Any] | None = None,
+                 evaluate: Callable[[dict[str, SAE]], dict[str, dict[str, float]]] | None = None):
+        """`evaluate(saes)`, given the SAEs as they would be saved (acting on raw activations), returns
+        each one's held-out metrics (e.g. FVU, delta LM loss): called every `cfg.eval_every_tokens`
+        tokens and after the last step, on the main rank only, into `state.curve`."""
         self.saes = saes
+        self.evaluate = evaluate
         self.cfg = cfg
         self.out_dir = Path(out_dir) if out_dir else None
         self.metadata = metadata or {}
@@ -136,8 +146,10 @@ class Trainer:
                 self._step(x)
                 if bar is not None:
                     bar.update(task, completed=self.state.step, description=self._describe())
+                self._maybe_evaluate()
                 if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+        self._maybe_evaluate(last=True)
         if self.state.step < self.cfg.total_steps and distributed.is_main():
             log.warning("SHORT RUN: the data ran out after %d of %d steps (%d of %d tokens); the SAEs are "
                         "undertrained and training.json says complete: false. Give more tokens or fewer steps.",
@@ -147,6 +159,29 @@ class Trainer:
             (self.out_dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: nothing left to resume
         distributed.barrier()  # the other ranks return once the result is on disk
         return self.saes
+
+    def _maybe_evaluate(self, last: bool = False) -> None:
+        """A point of the held-out curve when this step crossed a multiple of `eval_every_tokens`,
+        and at the end of training (`last`), so that every curve ends at the SAEs that are saved.
+        Every rank takes the same branches (they wait for the main rank's evaluation together);
+        only the main rank needs `evaluate`."""
+        every, st = self.cfg.eval_every_tokens, self.state
+        if not every or not st.step:
+            return
+        if last:
+            due = st.evaluated_at != st.tokens_seen
+        else:
+            due = st.tokens_seen // every > (st.tokens_seen - sum(self._counts)) // every
+        if not due:
+            return
+        st.evaluated_at = st.tokens_seen
+        if distributed.is_main() and self.evaluate is not None:
+            point = {"step": st.step, "tokens": st.tokens_seen,
+                     **self.evaluate({name: self.folded(name) for name in self.saes})}
+            st.curve.append(point)
+            log.info("held-out after %d tokens: %s", st.tokens_seen,
+                     {n: v for n, v in point.items() if n not in ("step", "tokens")})
+        distributed.barrier()
 
     def _together(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         """The batches while steps remain and every rank still has one; records each step's token
@@ -332,7 +367,7 @@ class Trainer:
             saes={n: {"architecture": s.architecture, **s.cfg.to_dict()} for n, s in self.saes.items()},
             input_scale=self.state.scale, steps=self.state.step, tokens=self.state.tokens_seen, ranks=self.world,
             steps_planned=self.cfg.total_steps, complete=self.state.step >= self.cfg.total_steps,
-            metadata=self.metadata, history=self.state.history))
+            metadata=self.metadata, history=self.state.history, curve=self.state.curve))
 
     def dead_in_training(self) -> dict[str, int]:
         """Latents of each SAE that had not fired within the dead window when training stopped."""
@@ -352,7 +387,8 @@ class Trainer:
         # Plain values and tensors only, so resuming never needs to unpickle arbitrary objects.
         blob = {
             "identity": json.dumps(self._identity(), sort_keys=True),
-            "state": {**asdict(self.state), "history": json.dumps(self.state.history)},
+            "state": {**asdict(self.state), "history": json.dumps(self.state.history),
+                      "curve": json.dumps(self.state.curve)},
             "saes": {n: s.state_dict() for n, s in self.saes.items()},
             "raw_space": {n: s.raw_space for n, s in self.saes.items()},
             "opts": {n: o.state_dict() for n, o in self.opts.items()},
@@ -390,6 +426,7 @@ class Trainer:
                 "another output directory) to train from the start")
         state = dict(blob["state"])
         state["history"] = json.loads(state["history"])
+        state["curve"] = json.loads(state.get("curve", "[]"))
         self.state = _State(**state)
         for n, s in self.saes.items():
             s.load_state_dict(blob["saes"][n])
