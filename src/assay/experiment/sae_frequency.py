@@ -156,8 +156,10 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
-def findings(rows: list[dict[str, Any]], targets: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Sentences written from the numbers they cite; each comes with those numbers."""
+def findings(rows: list[dict[str, Any]], targets: tuple[int, ...],
+             matched: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Sentences written from the numbers they cite; each comes with those numbers. `matched`: the
+    families against JumpReLU at matched L0 (`sae_frequency_match.compare_at_matched_l0`)."""
     out: list[dict[str, Any]] = []
     by = {(r["variant"], r["target_l0"]): r for r in rows}
     penalised = [r for r in rows if r["architecture"] != "topk"]
@@ -167,69 +169,68 @@ def findings(rows: list[dict[str, Any]], targets: tuple[int, ...]) -> list[dict[
                         f"{TOLERANCE:.0%} of their target on held-out tokens"
                         + ("." if not missed else "; missed: " + ", ".join(
                             f"{r['sae']} (L0 {_fmt(r['l0'])} vs {r['target_l0']})" for r in missed) + ".")})
-    for t in targets:
-        qf, jr = by.get(("qf0.01", t)), by.get(("jumprelu", t))
-        if not (qf and jr):
-            continue
-        nums = {"qf_dense": qf["dense"], "jr_dense": jr["dense"], "qf_fvu": round(qf["fvu"], 4),
-                "jr_fvu": round(jr["fvu"], 4), "qf_delta": round(qf["delta_lm_loss"], 4),
-                "jr_delta": round(jr["delta_lm_loss"], 4), "qf_l0": round(qf["l0"], 1), "jr_l0": round(jr["l0"], 1)}
-        text = (f"At target L0 {t} (measured {nums['qf_l0']} vs {nums['jr_l0']}), QF-JumpReLU (omega_0 = 0.01) has "
-                f"{nums['qf_dense']} latents firing on >10% of tokens vs {nums['jr_dense']} for JumpReLU; its FVU is "
-                f"{nums['qf_fvu']} vs {nums['jr_fvu']} and its delta LM loss {nums['qf_delta']} vs {nums['jr_delta']} "
-                "nats/token.")
-        out.append({"id": f"qf_vs_jumprelu_l0_{t}", "numbers": nums, "text": text})
-    # GDM's claim, checked over all targets: QF (omega_0 = 0.01) has fewer dense latents than
-    # JumpReLU at a small FVU cost (here: at most 10% relative).
-    pairs = [(by[("qf0.01", t)], by[("jumprelu", t)]) for t in targets if ("qf0.01", t) in by and ("jumprelu", t) in by]
-    if pairs:
-        fewer = sum(q["dense"] < j["dense"] for q, j in pairs)
-        with_dense = sum(j["dense"] > 0 for _, j in pairs)
-        cost = max(q["fvu"] / j["fvu"] - 1 for q, j in pairs)
-        matched = sum(q["l0_matched"] and j["l0_matched"] for q, j in pairs)
-        holds = fewer == with_dense and with_dense > 0 and cost <= 0.10
-        # Only a matched pair tests the claim: a QF SAE at a lower L0 has fewer dense latents anyway.
-        verdict = ("untested: the pairs' L0s are not matched" if matched < len(pairs) else
-                   "agrees" if holds else "does not reproduce it")
-        holds = holds if matched == len(pairs) else None
-        nums = {"fewer": fewer, "levels": len(pairs), "jr_levels_with_dense": with_dense,
-                "max_fvu_cost_pct": round(100 * cost, 1), "levels_both_matched": matched}
-        text = (f"GDM found that the quadratic-frequency penalty removes high-frequency latents at a small "
-                f"reconstruction cost; verdict here: {verdict}. QF-JumpReLU (omega_0 = 0.01) has fewer latents "
-                f"above 10% frequency than JumpReLU at {fewer} of {len(pairs)} levels (JumpReLU has any at "
-                f"{with_dense}), at an FVU cost of at most {nums['max_fvu_cost_pct']}% relative; both SAEs hit their "
-                f"target L0 at {matched} of {len(pairs)} levels.")
-        out.append({"id": "gdm_qf_claim", "numbers": nums, "text": text, "holds": holds})
+    out += matched_findings(matched or [], rows)
     for t in targets:
         dense = {v.name: by[(v.name, t)]["dense"] for v in VARIANTS if (v.name, t) in by}
         if len(dense) == len(VARIANTS):
             out.append({"id": f"dense_by_arch_l0_{t}", "numbers": dense,
-                        "text": f"Latents firing on >10% of tokens at target L0 {t}: " + ", ".join(
-                            f"{v.label} {dense[v.name]}" for v in VARIANTS) + "."})
-    levels = [t for t in targets if all((v, t) in by for v in ("gated", "jumprelu", "topk"))]
-    if levels:
-        fewer = [t for t in levels if by[("gated", t)]["dense"] < min(by[("jumprelu", t)]["dense"],
-                                                                     by[("topk", t)]["dense"])]
-        nums = {"gated_fewer_levels": len(fewer), "levels": len(levels)}
-        agree = len(fewer) == len(levels)
-        out.append({"id": "gated_has_fewer_dense", "numbers": nums, "holds": agree,
-                    "text": f"GDM found Gated SAEs free of high-frequency latents where JumpReLU and TopK have them; "
-                            f"here Gated has fewer latents above 10% frequency than both JumpReLU and TopK at "
-                            f"{len(fewer)} of {len(levels)} levels ("
-                            + ("consistent with GDM)." if agree else "not everywhere what GDM found).")})
-    for t in targets:
-        fvu = {v.name: by[(v.name, t)]["fvu"] for v in VARIANTS if (v.name, t) in by}
-        if len(fvu) > 1:
-            best = min(fvu, key=fvu.get)
-            label = next(v.label for v in VARIANTS if v.name == best)
-            out.append({"id": f"best_fvu_l0_{t}", "numbers": {"best": label, "fvu": round(fvu[best], 4)},
-                        "text": f"Lowest FVU at target L0 {t}: {label} ({round(fvu[best], 4)})."})
+                        "text": f"Latents firing on >10% of tokens in each family's SAE for target L0 {t} (where each "
+                                "landed, not at matched L0: the comparison above is): " + ", ".join(
+                                    f"{v.label} {dense[v.name]}" for v in VARIANTS) + "."})
+    return out
+
+
+def matched_findings(matched: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GDM's claim for every omega_0 (and Gated, TopK beside), at every L0 both families reach:
+    dense latents interpolated along each family's curve, with the paired interval of the
+    difference, the FVU cost, and the SAEs' quality against the bar."""
+    from assay.experiment.sae_quality import QUALITY_BAR, meets_bar
+
+    out = []
+    labels = {v.name: v.label for v in VARIANTS}
+    judged = [meets_bar(r) for r in rows]
+    quality = (f"These SAEs' quality (held-out): delta LM loss {min(r['delta_lm_loss'] for r in rows):.2f} to "
+               f"{max(r['delta_lm_loss'] for r in rows):.2f} nats/token, FVU {min(r['fvu'] for r in rows):.3f} to "
+               f"{max(r['fvu'] for r in rows):.3f}; {sum(bool(j) for j in judged)} of {len(rows)} meet the quality bar "
+               f"(delta LM loss <= {QUALITY_BAR['delta_lm_loss']}, FVU <= {QUALITY_BAR['fvu']})"
+               + (", so these verdicts describe SAEs below it." if not all(judged) else "."))
+    for variant in dict.fromkeys(m["variant"] for m in matched):
+        ms = [m for m in matched if m["variant"] == variant]
+        parts = [f"at L0 {m['l0']:g}: {m['dense']:.1f} vs {m['baseline_dense']:.1f} dense latents, difference "
+                 f"{m['dense_diff']:+.1f} [{m['dense_diff_ci'][0]:+.1f}, {m['dense_diff_ci'][1]:+.1f}] ({m['verdict']}); "
+                 f"FVU {m['fvu']:.3f} vs {m['baseline_fvu']:.3f} ({100 * (m['fvu'] / m['baseline_fvu'] - 1):+.0f}%), "
+                 f"delta LM loss {m['delta_lm_loss']:.3f} vs {m['baseline_delta_lm_loss']:.3f}" for m in ms]
+        fewer = all(m["verdict"] == "fewer dense latents" for m in ms)
+        cheap = all(m["fvu"] <= 1.10 * m["baseline_fvu"] for m in ms)
+        qf = variant.startswith("qf")
+        holds: dict[str, Any] = {}
+        if qf:
+            holds = {"holds": fewer and cheap}
+            verdict = ("agrees" if fewer and cheap else
+                       "fewer dense latents, but at an FVU cost above 10%" if fewer else "does not reproduce it")
+            text = (f"GDM found that the quadratic-frequency penalty removes latents firing on >10% of tokens at a "
+                    f"small reconstruction cost. {labels[variant]} against JumpReLU at matched L0 (each family "
+                    f"interpolated along its own curve; 95% paired block-bootstrap intervals over held-out tokens, "
+                    f"not over training seeds): " + "; ".join(parts) + f". Verdict: {verdict}. {quality}")
+        elif variant == "gated":
+            holds = {"holds": fewer}
+            text = (f"GDM found Gated SAEs free of the high-frequency latents JumpReLU grows. {labels[variant]} against "
+                    "JumpReLU at matched L0 (interpolated as above): " + "; ".join(parts) + ". "
+                    + ("Fewer at every level, as GDM found." if fewer else "Not fewer beyond noise at every level."))
+        else:
+            text = (f"{labels[variant]} against JumpReLU at matched L0 (interpolated as above): " + "; ".join(parts)
+                    + ".")
+        out.append({"id": f"matched_l0_{variant}", "numbers": {"comparisons": ms}, "text": text, **holds})
+    if not matched:
+        out.append({"id": "matched_l0_none", "numbers": {},
+                    "text": "No target L0 lies inside both JumpReLU's and a QF family's measured L0 ranges: no "
+                            "comparison at matched L0 is possible from this sweep; widen its targets."})
     return out
 
 
 def build_report(cfg: FrequencyConfig, rows: list[dict[str, Any]], figures: dict[str, str], timings: dict[str, float],
                  context: dict[str, Any], autointerp: dict[str, dict[str, Any]] | None = None,
-                 probes: dict[str, Any] | None = None) -> dict[str, Any]:
+                 probes: dict[str, Any] | None = None, matched: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """report.json's content. `autointerp`: per SAE name, auto-interpretability summaries (e.g.
     {"uniform": 0.71, "frequency_weighted": 0.55}) added by another module; None leaves the
     section marked pending."""
@@ -239,10 +240,11 @@ def build_report(cfg: FrequencyConfig, rows: list[dict[str, Any]], figures: dict
         unknown = sorted(set(autointerp) - {r["sae"] for r in rows})
         if unknown:
             raise InputError(f"autointerp scores for SAEs not in this sweep: {unknown}")
-    found = findings(rows, cfg.targets) + (autointerp_findings(rows, autointerp, cfg.targets) if autointerp else [])
+    found = findings(rows, cfg.targets, matched) + (autointerp_findings(rows, autointerp, cfg.targets) if autointerp else [])
     return provenance(
         experiment="sae-frequency", config=asdict(cfg), **context, tolerance=TOLERANCE,
         variants=[asdict(v) for v in VARIANTS], saes=rows, findings=found, figures=figures,
+        matched_l0=matched or [],
         timings_s={k: round(v, 1) for k, v in timings.items()},
         probes=probes or {"status": "not run (pass --probes)"},
         autointerp=autointerp or {"status": "pending: no auto-interpretability scores attached yet"})
@@ -264,6 +266,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['sae']} | {r['target_l0']} | {r['l0']:.1f} | {'yes' if r['l0_matched'] else '**no**'} | "
                      f"{coef} | {r['fvu']:.4f} | {r['delta_lm_loss']:.4f} | {r['ce_recovered']:.3f} | {r['dead']} | "
                      f"{r['dense']} ({r['dense_share']:.1%}) |")
+    matched = report.get("matched_l0") or []
+    if matched:
+        lines += ["", "## At matched L0 (each family interpolated along its own curve; 95% paired block-bootstrap "
+                  "intervals over held-out tokens)", "",
+                  "| family | vs | L0 | dense latents | JumpReLU's | difference [95% CI] | FVU | JumpReLU's | "
+                  "delta LM loss | JumpReLU's | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {m['variant']} | {m['baseline']} | {m['l0']:g} | {m['dense']:.1f} | {m['baseline_dense']:.1f} | "
+                  f"{m['dense_diff']:+.1f} [{m['dense_diff_ci'][0]:+.1f}, {m['dense_diff_ci'][1]:+.1f}] | "
+                  f"{m['fvu']:.4f} | {m['baseline_fvu']:.4f} | {m['delta_lm_loss']:.3f} | "
+                  f"{m['baseline_delta_lm_loss']:.3f} | {m['verdict']} |" for m in matched]
     lines += ["", "## Figures", ""] + [f"![{k}]({Path(v).name})" for k, v in report["figures"].items()]
     lines += ["", "## Probes on each SAE (harmful intent)", ""]
     pr = report["probes"]
@@ -371,6 +383,18 @@ def plot_autointerp(rows: list[dict[str, Any]], ai: dict[str, dict[str, Any]], p
     return path
 
 
+def matched_l0(rows: list[dict[str, Any]], blocks: dict[str, Any], cfg: FrequencyConfig) -> list[dict[str, Any]]:
+    """Every family against JumpReLU at the target L0s inside all the penalised families' measured
+    ranges (`sae_frequency_match`)."""
+    from assay.experiment.sae_frequency_match import compare_at_matched_l0, comparison_levels
+
+    others = [v.name for v in VARIANTS if v.name != "jumprelu"]
+    levels = comparison_levels(rows, ["jumprelu", "qf0.1", "qf0.01"], cfg.targets)
+    fired = {k: v.numpy() for k, v in blocks["fired"].items()}
+    return compare_at_matched_l0(rows, fired, blocks["block_tokens"].numpy(), "jumprelu", others, levels,
+                                 seed=cfg.seed)
+
+
 # --- the experiment ------------------------------------------------------------------------
 def run_sae_frequency(cfg: FrequencyConfig, out: str | Path, lm: Any = None, model: str = "gemma-3-270m",
                       layer: int | None = None, dtype: str = "float32", progress: bool = True, probes: bool = False,
@@ -405,7 +429,8 @@ def _run_sae_frequency(cfg: FrequencyConfig, out: Path, lm: Any, model: str, lay
     layer = lm.n_layers // 2 if layer is None else layer
     check_layer(layer, lm.n_layers)
     root, names = stage("train (extract + one pass)", lambda: train_sweep(lm, layer, cfg, progress))
-    rows, freqs = stage("evaluate (held-out)", lambda: evaluate_sweep(lm, layer, cfg, root, names, progress))
+    rows, freqs, blocks = stage("evaluate (held-out)", lambda: evaluate_sweep(lm, layer, cfg, root, names, progress))
+    matched = matched_l0(rows, blocks, cfg)
     figures = stage("figures", lambda: make_figures(rows, freqs, cfg.targets, out))
     with_atomic_torch_save(freqs, out / "frequencies.pt")
     training = read_json(root / "training.json")
@@ -422,7 +447,7 @@ def _run_sae_frequency(cfg: FrequencyConfig, out: Path, lm: Any, model: str, lay
 
         probe_results = stage("probes", lambda: sae_probes(lm, layer, {r["sae"]: Path(r["path"]) for r in rows},
                                                            out / "probes", seed=cfg.seed, progress=progress))
-    report = build_report(cfg, rows, figures, timings, context, autointerp, probe_results)
+    report = build_report(cfg, rows, figures, timings, context, autointerp, probe_results, matched)
     write_json(out / "report.json", report)
     write_text(out / "report.md", render_markdown(report))
     return report, [names[r["sae"]] for r in rows]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from assay.errors import InputError
+from assay.experiment.sae_frequency_match import BLOCK_TOKENS
 from assay.experiment.sae_frequency_train import TOLERANCE, FrequencyConfig, sweep
 from assay.fileio import read_json, sha256_json, write_json
 
@@ -18,9 +19,11 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names: dict[str, Path],
-                   progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """Per SAE on held-out Wikipedia: L0, FVU, dead/dense latents, frequencies, delta LM loss.
-    Cached beside the sweep, keyed by the evaluation settings and the code that computes them."""
+                   progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], dict[str, Any]]:
+    """Per SAE on held-out Wikipedia: L0, FVU, dead/dense latents, frequencies, delta LM loss; and
+    the firing counts per block of held-out tokens that the matched-L0 comparison resamples
+    (`{"fired": {sae: [n_blocks, d_sae]}, "block_tokens": [n_blocks]}`). Cached beside the sweep,
+    keyed by the evaluation settings and the code that computes them."""
     from assay.activations import extract
     from assay.provenance import code_fingerprint
     from assay.sae.corpus import held_out_texts, training_texts
@@ -30,8 +33,10 @@ def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names:
     key = sha256_json([cfg.eval_tokens, cfg.ce_texts, cfg.ce_max_tokens, cfg.max_tokens, cfg.seed,
                        code_fingerprint(*EVAL_CODE)])[:10]
     cache, freq_file = root / f"frequency-eval-{key}.json", root / f"frequency-eval-{key}.pt"
-    if cache.exists() and freq_file.exists():
-        return read_json(cache)["rows"], torch.load(freq_file, weights_only=True)
+    blocks_file = root / f"frequency-blocks-{key}.pt"
+    if cache.exists() and freq_file.exists() and blocks_file.exists():
+        return (read_json(cache)["rows"], torch.load(freq_file, weights_only=True),
+                torch.load(blocks_file, weights_only=True))
     train = set(training_texts("wiki", lm, cfg.train_tokens, cfg.max_tokens, cfg.seed))
     held = held_out_texts("wiki", lm, cfg.eval_tokens, cfg.max_tokens, seed=cfg.seed)
     ce_src = held_out_texts("wiki", lm, cfg.ce_texts * (cfg.ce_max_tokens + 1), cfg.ce_max_tokens,
@@ -48,11 +53,12 @@ def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names:
     # a residual stream's variance (as the study's SAE quality does).
     outliers = torch.cat(tokens).double().var(0).argsort(descending=True)[:N_OUTLIER_DIMS].tolist()
     controls = read_json(root / "l0_control.json")
-    rows, freqs, saes = [], {}, {}
+    rows, freqs, saes, fired = [], {}, {}, {}
     for (name, v, target) in sweep(cfg):
         sae = load_sae(names[name], device=str(lm.device)).eval()
         stats = reconstruction_stats(sae, tokens, outlier_dims=outliers)
         freqs[name] = stats.pop("freq")
+        fired[name] = block_firing(sae, tokens)
         l0 = stats["l0"]
         control = controls.get(name, {})
         rows.append({
@@ -69,14 +75,30 @@ def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names:
     ce = ce_recovered(lm, saes, layer, texts_batches, seed=cfg.seed)
     for row in rows:
         row.update(ce[row["sae"]])
+    n = sum(len(t) for t in tokens)
+    blocks = {"fired": fired, "block_tokens": torch.tensor([min(BLOCK_TOKENS, n - s) for s in range(0, n, BLOCK_TOKENS)])}
     write_json(cache, {"rows": rows})
     with_atomic_torch_save(freqs, freq_file)
-    return rows, freqs
+    with_atomic_torch_save(blocks, blocks_file)
+    return rows, freqs, blocks
+
+
+@torch.no_grad()
+def block_firing(sae: Any, tokens: list[torch.Tensor]) -> torch.Tensor:
+    """How often each latent fires in each block of `BLOCK_TOKENS` consecutive held-out tokens
+    `[n_blocks, d_sae]` (the unit the matched-L0 comparison resamples)."""
+    x = torch.cat(tokens)
+    block = torch.arange(len(x), device=x.device) // BLOCK_TOKENS
+    out = torch.zeros(int(block[-1]) + 1, sae.cfg.d_sae, dtype=torch.int32)
+    for start in range(0, len(x), 8192):
+        active = (sae.encode(x[start:start + 8192]) > 0).to(torch.int32).cpu()
+        out.index_add_(0, block[start:start + 8192].cpu(), active)
+    return out
 
 
 # The code whose numbers the cache holds (the SAEs' own code keys the sweep's directory): an edit to
 # any of it measures again, so a report never shows numbers an older version computed.
-EVAL_CODE = ("assay.experiment.sae_frequency_eval", "assay.sae.metrics")
+EVAL_CODE = ("assay.experiment.sae_frequency_eval", "assay.experiment.sae_frequency_match", "assay.sae.metrics")
 N_OUTLIER_DIMS = 8
 
 
