@@ -1,51 +1,77 @@
-"""The smoke study's numbers equal the pinned ones.
+"""The smoke study's numbers against the pinned ones.
 
-`tests/data/smoke_study_numbers*.json` hold one record per platform, each written by `python
-tests/smoke_study.py --record` on it (its commit is in the file); the test reads the one recorded
-on this platform. The first (`smoke_study_numbers.json`, AVX512-BF16) was recorded before the
-probe-interface refactor, and re-recorded at babf2ed, after 1a1a2e6 moved logistic fits with fewer
-rows than features to the span of the rows: the same minimiser, other low bits (scores moved by at
-most 3.7e-9, thresholds by at most 6.4e-10; every AUROC, AUPRC, recall at FPR, interval and paired
-comparison stayed the same, and the code before 1a1a2e6 still reproduced every part the old file
-held). At 0b742a7 MiniLM began embedding texts batched by length, which moved the low bits of the
-`minilm_text` part's scores: that record no longer pins that part (`unpinned`, with why), and an
-AVX2-only record (`smoke_study_numbers-avx2-t2.json`) was added at 0b742a7, after checking on that
-platform that 61b4949 and 0b742a7 differ in that part's scores only (all 504 report rows and every
-comparison identical). An AVX512 platform with AMX (`smoke_study_numbers-avx2-avx512f-avx512_bf16-
-amx_bf16-t2.json`) was recorded at 974c5d7: there every part's scores differ from the
-AVX512-BF16 record's (other matmul kernels), and 476 of the 504 report rows differ there in their
-score threshold alone (by at most 0.0037); every AUROC, AUPRC, recall at FPR and interval is the same,
-and so are all 240 paired comparisons. Every pinned part's per-example scores must match bit for bit,
-and every report row's metrics and every paired comparison exactly. Float results depend on the platform
-(torch build, CPU instruction set, thread count), so on a platform without a record the test says
-so and skips; record there to check. Runs fitted by scikit-learn also depend on its (and SciPy's,
-NumPy's) version: they are compared only where the record names the same versions (records name
-them since they were found to move LDA's and TF-IDF's bits between installs on one platform).
+By default, on every platform (never skipped): the same runs, report rows and paired comparisons as
+the reference record (`tests/data/smoke_study_numbers.json`), every row's AUROC, AUPRC and AUROC
+interval and every comparison's difference and interval within `TOLERANCE` of it, and every recall
+at the calibrated FPR within one positive of the smoke study's ten. How the tolerance was chosen: at
+b4e3226 three platforms' records (AVX2-only, AVX512-BF16, AMX, all with 2 threads) differed by at
+most 0.010 in any AUROC, 0.013 in any AUPRC (both on SAE-probe rows; every other row was identical)
+and not at all in recall; on an AMD CPU with AVX512-BF16 the scikit-learn fits (LDA, TF-IDF) gave
+other bits than on Intel's. `TOLERANCE` is five times the largest of those spreads. A change that
+moves a number by more is a change in what the study computes, and fails here on any CPU.
+
+Exact bits are a separate, opt-in check (`ASSAY_EXACT_PINS=1`): every part's per-example scores,
+every row and every comparison equal to the record made on this very platform (`python
+tests/smoke_study.py --record` writes one); with no record for this platform it fails and says so.
+Runs fitted by scikit-learn are held to their bits only under the library versions they were
+recorded with (their bits follow the scikit-learn, SciPy and NumPy builds and the CPU's BLAS kernels).
+
+The reference record was re-recorded at the SAE recipe change (corpus mix, warm-up for finetunes):
+every SAE-probe part changed there, so the older platforms' bit records were retired with it.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 
 import pytest
 
-from smoke_study import SKLEARN_METHODS, library_versions, measure, platform_signature, record_for, records
+from smoke_study import NUMBERS, SKLEARN_METHODS, library_versions, measure, platform_signature, record_for, records
+
+TOLERANCE = 0.05  # AUROC, AUPRC, their intervals, paired differences and their intervals
+RECALL_TOLERANCE = 0.1 + 1e-9  # one of the smoke study's ten positives per split
+
+
+def _close(a, b, tol: float) -> bool:
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return abs(a - b) <= tol
 
 
 @pytest.mark.slow
-def test_study_numbers_equal_the_pinned_ones(smoke_run):
+def test_study_numbers_are_the_pinned_ones_within_tolerance(smoke_run):
+    ref = json.loads(NUMBERS.read_text())
+    report, out = smoke_run
+    got = measure(out, report.model_dump(mode="json"))
+    assert sorted(got["parts"]) == sorted([*ref["parts"], *ref.get("unpinned", {})]), "the study fitted another set of runs"
+    assert sorted(got["rows"]) == sorted(ref["rows"]) and sorted(got["comparisons"]) == sorted(ref["comparisons"])
+    off = [(k, m, v, got["rows"][k][m]) for k, row in ref["rows"].items() for m, v in row.items() if m != "threshold"
+           and not _close(v, got["rows"][k][m], RECALL_TOLERANCE if m == "recall_at_fpr" else TOLERANCE)]
+    assert not off, f"{len(off)} row metrics moved beyond the tolerance (row, metric, pinned, now), e.g. {off[:5]}"
+    off = [(k, c, got["comparisons"][k]) for k, c in ref["comparisons"].items()
+           if not (_close(c["diff"], got["comparisons"][k]["diff"], TOLERANCE)
+                   and _close(c["ci"], got["comparisons"][k]["ci"], TOLERANCE))]
+    assert not off, f"{len(off)} paired comparisons moved beyond the tolerance, e.g. {off[:3]}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ASSAY_EXACT_PINS") != "1", reason="exact-bit pins are opt-in: ASSAY_EXACT_PINS=1")
+def test_study_numbers_equal_this_platforms_record_bit_for_bit(smoke_run):
     path = record_for(platform_signature())
     if path is None:
         pinned = [json.loads(p.read_text())["platform"] for p in records()]
-        pytest.skip(f"numbers pinned on {pinned}, this is {platform_signature()}")
+        pytest.fail(f"no exact-bit record for this platform {platform_signature()} (records: {pinned}); write one "
+                    "with `python tests/smoke_study.py --record` on a commit whose numbers you trust")
     ref = json.loads(path.read_text())
     report, out = smoke_run
     got = measure(out, report.model_dump(mode="json"))
-    # a part a record no longer pins (`unpinned`, with why) must still be fitted; its bits are not held
-    assert sorted(got["parts"]) == sorted([*ref["parts"], *ref.get("unpinned", {})]), \
-        "the study fitted another set of runs"
-    # scikit-learn's fits are compared only under the library versions they were recorded with (the
-    # file may not name them: then only the torch-fitted runs, most of them, are held to their bits)
+    assert sorted(got["parts"]) == sorted([*ref["parts"], *ref.get("unpinned", {})]), "the study fitted another set of runs"
     same_libraries = ref.get("libraries") == library_versions()
 
     def held(key: str) -> bool:
@@ -53,8 +79,7 @@ def test_study_numbers_equal_the_pinned_ones(smoke_run):
 
     differing = [k for k, v in ref["parts"].items() if held(k) and got["parts"][k] != v]
     assert not differing, f"{len(differing)} runs' scores changed, e.g. {differing[:5]}"
-    assert sum(map(held, ref["parts"])) > len(ref["parts"]) // 2
     rows = [k for k, v in ref["rows"].items() if held(k) and got["rows"].get(k) != v]
     assert not rows and len(got["rows"]) == len(ref["rows"]), f"report rows changed: {rows[:5]}"
-    comparisons = [c for c in ref["comparisons"] if held(c)]
-    assert [c for c in got["comparisons"] if held(c)] == comparisons
+    changed = [k for k, v in ref["comparisons"].items() if held(k) and got["comparisons"].get(k) != v]
+    assert not changed, f"comparisons changed: {changed[:3]}"
