@@ -85,6 +85,13 @@ def loco(candidates: Sequence[Candidate], folds: Sequence[Fold], y: np.ndarray, 
         advance()
 
     def held_out(f: Fold) -> dict[str, Any]:
+        try:
+            return held_out_fits(f)
+        except BaseException:  # set here, not only when the main thread sees it: under load that thread
+            stop.set()  # can wake many fits later, and the other workers would fit on for nothing
+            raise
+
+    def held_out_fits(f: Fold) -> dict[str, Any]:
         per: dict[str, dict[str, Any]] = {}
         kept: dict[str, list[float]] = {}  # test scores, for paired comparisons
         for c in candidates:
