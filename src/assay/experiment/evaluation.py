@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from assay.experiment.saes import SAE_NAMES
+
 log = logging.getLogger(__name__)
 
 GROUP_FIELDS = ("family", "transformation", "source", "group")
@@ -169,7 +171,7 @@ class Evaluator:
         if pre_ref is None or dense_ref is None:
             return []
         out = []
-        for other in ("chat", "pretrain+chat-ft", "pretrain+pretrain-ft"):
+        for other in (n for n in SAE_NAMES if n != "pretrain"):
             for split in ("calib", "ood"):
                 i = st.idx.get(split)
                 runs = {"dense": _run(dense_ref), "pre": _run(pre_ref), "other": _run(pre_ref, sae=other)}
@@ -246,7 +248,7 @@ def _run(ref: Any, **override: Any) -> Any:
 def families(cfg_like: dict[str, Any] | Any) -> dict[str, Callable[[Any], bool]]:
     """Method families of the headline, each a predicate over primary result rows."""
     k = cfg_like["headline_k"] if isinstance(cfg_like, dict) else cfg_like.headline_k
-    saes = ("pretrain", "chat", "pretrain+chat-ft", "pretrain+pretrain-ft")
+    saes = SAE_NAMES
     fams: dict[str, Callable[[Any], bool]] = {
         "dense-logistic": lambda r: r.method == "dense-logistic",
         "diff-of-means": lambda r: r.method in ("diff-of-means", "diff-of-means-std", "lda"),

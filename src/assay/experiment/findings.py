@@ -491,7 +491,7 @@ def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None, saes: lis
                     "judge to say what a latent means; use the rule-based pair or a larger model (--explainer "
                     "URL).") )
     return w.finding("GDM: uniform averages over latents hide dense, uninterpretable ones; weight by firing "
-                     "frequency.", text, None, sorted(set(saes or []), key=(saes or []).index))
+                     "frequency.", text, None, list(dict.fromkeys(saes or [])))
 
 
 def _against_dense(w: _Writer, best: dict[str, Any], dense: Any, saes: list[str], family: str,

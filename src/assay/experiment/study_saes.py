@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from assay.experiment.config import StudyConfig
-from assay.experiment.sae_quality import QUALITY_BAR, bar_text, meets_bar
+from assay.experiment.sae_quality import QUALITY_BAR, bar_text
 from assay.fileio import read_json, write_json, write_text
 
 
@@ -50,7 +50,7 @@ def _run_study_saes(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> di
     quality = study.stage("SAE quality", lambda: study.sae_quality(val_tokens))
     cfg = study.cfg
     made = {(p["sae"], p["seed"]): p for p in study.sae_provenance}
-    rows = [{**{k: v for k, v in q.items() if k not in ("path", "outlier_dims", "freq_hist")}, "meets_bar": meets_bar(q),
+    rows = [{**{k: v for k, v in q.items() if k not in ("path", "outlier_dims", "freq_hist")},
              "dir": made[(q["sae"], q["seed"])]["dir"], "trained": made[(q["sae"], q["seed"])]} for q in quality]
     figures = study.out / "figures"
     figures.mkdir(exist_ok=True)
