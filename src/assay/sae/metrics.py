@@ -105,14 +105,17 @@ def token_losses(model: torch.nn.Module, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token losses `[b, T-1]` (float64) and which count: both the context token and the
     target are real (so under left padding no loss is scored for predicting BOS from a pad)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
     target = input_ids[:, 1:]
-    # Rows of contiguous [tokens, vocab]: cross_entropy over a transposed [b, vocab, T] view takes
-    # a strided path about 3x slower at Gemma's 262k vocabulary, and less accurate: on 16 held-out
-    # Wikipedia documents (Gemma 3 270M, bf16 logits) its per-token losses were up to 8.5e-4 nats
-    # from a float64 computation, these up to 6e-5.
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                             reduction="none").view(target.shape).double()
+    # One document at a time in float32: a whole batch's float32 logits at Gemma's 262k vocabulary
+    # is 1 GiB per 8 x 128 tokens (on top of the model-dtype logits), which, repeated over every
+    # spliced reconstruction, took the SAE-quality stage to the edge of a 24 GiB machine. Rows of
+    # contiguous [tokens, vocab]: cross_entropy over a transposed [b, vocab, T] view takes a strided
+    # path about 3x slower, and less accurate: on 16 held-out Wikipedia documents (Gemma 3 270M, bf16
+    # logits) its per-token losses were up to 8.5e-4 nats from a float64 computation, these up to 6e-5.
+    loss = torch.empty(target.shape, dtype=torch.float64, device=target.device)
+    for row in range(len(target)):
+        loss[row] = torch.nn.functional.cross_entropy(logits[row].float(), target[row], reduction="none")
     if attention_mask is None:
         return loss, torch.ones_like(target, dtype=torch.bool)
     real = attention_mask.bool()
