@@ -14,9 +14,10 @@ import torch
 
 from assay.autointerp.explainers import ChatExplainer, HFExplainer, TokensExplainer
 from assay.autointerp.records import collect_records, firing_frequency, render
-from assay.autointerp.run import autointerp, choose_latents, derangement
+from assay.autointerp.run import (CHANCE_MARGIN, autointerp, choose_latents, derangement, frequency_draws,
+                                  unstructured_acts)
 from assay.autointerp.scorers import LMScorer, RuleScorer, score_latent
-from assay.autointerp.summary import frequency_bins, frequency_weighted_mean, means_with_ci
+from assay.autointerp.summary import frequency_bins, frequency_weighted_mean, means_with_ci, sampled_means
 from assay.errors import AssayError, InputError
 
 VOCAB = np.arange(1000, 1040)  # 40 token ids: a planted token shows up in about half of all 32-token windows
@@ -79,9 +80,20 @@ def test_records_hold_out_windows_across_quantiles():
     assert len(rec.explain) == 20 and len(rec.activating) == 20 == len(rec.non_activating)
     assert not seen & {(w.doc, w.start) for w in rec.activating}
     assert sorted({w.quantile for w in rec.activating}) == list(range(10))
-    assert all(w.max_act == 0 for w in rec.non_activating) and rec.weak_negatives == 0
+    assert all(w.max_act == 0 for w in rec.non_activating)
     assert min(w.max_act for w in rec.explain) >= max(w.max_act for w in rec.activating)
     assert render([1000, 1001, 1002], decode, marked=[1, 2]) == " w1000<< w1001 w1002>>"
+
+
+def test_windows_have_one_length_and_short_documents_count():
+    # documents of 5..70 tokens: windows run across document boundaries, every one exactly ctx_len
+    rng = np.random.default_rng(0)
+    token_ids = [torch.as_tensor(rng.choice(VOCAB, size=int(n))) for n in rng.integers(5, 70, size=60)]
+    acts = [torch.as_tensor((t == VOCAB[0]).float()[:, None].numpy()) for t in token_ids]
+    (rec,) = collect_records(token_ids, acts, {0: "given"}, firing_frequency(token_ids, acts), ctx_len=16)
+    windows = rec.explain + rec.activating + rec.non_activating
+    assert windows and {len(w.tokens) for w in windows} == {16} and {len(w.acts) for w in windows} == {16}
+    assert all((np.asarray(w.tokens) == VOCAB[0]).any() for w in rec.explain + rec.activating)
 
 
 def test_known_answer_planted_tokens_and_dense_latent(tmp_path):
@@ -101,10 +113,12 @@ def test_known_answer_planted_tokens_and_dense_latent(tmp_path):
     assert 0.4 <= scores(clean, "shuffled")["uniform"] <= 0.6
     assert scores(clean, "shuffled", "fuzzing")["uniform"] <= 0.6
 
-    # the dense latent fires on every token, so it carries most of the weight and sinks the
-    # frequency-weighted score, while moving the uniform mean by about 1/9 of its shortfall
+    # the dense latent fires on every token: with no silent window its detection fails (0.5), and it
+    # carries most of the weight, sinking the frequency-weighted score while moving the uniform mean
+    # by about 1/9 of its shortfall
     dense_row = next(r for r in rows if r["latent"] == N_PLANTED)
-    assert dense_row["frequency"] == 1.0 and dense_row["weak_negatives"] > 0 and dense_row["detection"] < 0.75
+    assert dense_row["frequency"] == 1.0 and dense_row["n_non_activating"] == 0 and dense_row["detection"] == 0.5
+    assert dense_row["status"].startswith("fires in every window")
     before, after = scores(clean), scores(with_dense)
     assert before["weighted"] - after["weighted"] > 0.25
     assert before["uniform"] - after["uniform"] < 0.08
@@ -112,6 +126,68 @@ def test_known_answer_planted_tokens_and_dense_latent(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["settings"]["explainer"] == "tokens" and "git" in json.dumps(summary)
     assert (tmp_path / "autointerp.png").stat().st_size > 1000
+
+
+def zipf_corpus(n_docs: int = 400, seed: int = 0):
+    """Documents of 4..120 tokens (short prompts among long ones) over a Zipfian vocabulary of 300
+    tokens; 40 latents each fire on one of the ranks 5..44 (a planted dictionary)."""
+    rng = np.random.default_rng(seed)
+    vocab = np.arange(2000, 2300)
+    p = 1 / np.arange(1, 301)
+    token_ids, acts = [], []
+    for n in rng.integers(4, 121, size=n_docs):
+        ids = rng.choice(vocab, size=int(n), p=p / p.sum())
+        a = np.stack([(ids == vocab[5 + j]) * (1 + rng.random(int(n))) for j in range(40)], 1).astype(np.float32)
+        token_ids.append(torch.as_tensor(ids))
+        acts.append(torch.as_tensor(a))
+    return token_ids, acts
+
+
+def test_chance_controls_sit_at_chance():
+    """The pinned controls: shuffled explanations and token-blind latents (0.005 to 0.8 of tokens)
+    score 0.5 within CHANCE_MARGIN on documents of mixed length, while the planted latents they
+    control score near 1. (Scored with windows of every length and a count, the unstructured latents
+    scored ~0.9: the longest windows held both the firings and the most explanation tokens.)"""
+    token_ids, acts = zipf_corpus()
+    s = autointerp(token_ids, acts, TokensExplainer(decode), RuleScorer(), n_random=40, seed=0, ctx_len=16)
+    assert scores(s)["uniform"] > 0.9 and scores(s)["weighted"] > 0.9
+    c = s["controls"]
+    assert c["margin"] == CHANCE_MARGIN and set(c["values"]) == {
+        "shuffled_uniform", "shuffled_weighted", "unstructured_uniform", "unstructured_with_negatives"}
+    for name, v in c["values"].items():
+        assert abs(v - 0.5) <= CHANCE_MARGIN, (name, v)
+    assert c["at_chance"] and not c["off_chance"]
+    by_rate = s["runs"]["unstructured"]["by_rate"]
+    assert [r["rate"] for r in by_rate] == [0.005, 0.02, 0.05, 0.1, 0.3, 0.8]
+    assert all(abs(r["detection"] - 0.5) <= 0.1 for r in by_rate)
+
+
+def test_unstructured_latents_fire_at_their_rate_whatever_the_token():
+    token_ids, _ = zipf_corpus(n_docs=200)
+    rates = [0.005, 0.1, 0.8]
+    acts = unstructured_acts(token_ids, rates, seed=0)
+    f = firing_frequency(token_ids, acts)
+    np.testing.assert_allclose(f, rates, rtol=0.15)
+    assert torch.equal(acts(3), acts(3))  # the same activations on a second pass
+    x = torch.cat([acts(i) for i in range(len(token_ids))])[:, 1] > 0
+    t = torch.cat(token_ids)
+    common = t == t.mode().values  # the commonest token: fires on it at the same rate as elsewhere
+    assert abs(float(x[common].float().mean()) - float(x[~common].float().mean())) < 0.03
+
+
+def test_frequency_proportional_sample_estimates_the_weighted_mean():
+    rng = np.random.default_rng(0)
+    f = np.concatenate([rng.uniform(1e-4, 1e-2, 500), [0.7, 0.5]])  # two dense latents hold most weight
+    score = np.concatenate([rng.uniform(0.7, 1.0, 500), [0.5, 0.5]])
+    truth = frequency_weighted_mean(score, f)
+    draws = frequency_draws(f, 400, seed=1)
+    assert sum(draws.values()) == 400 and set(draws) <= set(range(len(f)))
+    per_draw = np.repeat([score[j] for j in draws], list(draws.values()))
+    uniform = score[rng.choice(len(f), 100, replace=False)]
+    est, reps = sampled_means(uniform, per_draw, n_boot=500)
+    assert est["weighted_ci"][0] <= truth <= est["weighted_ci"][1] and abs(est["weighted"] - truth) < 0.03
+    assert est["uniform_ci"][0] <= score.mean() <= est["uniform_ci"][1] and len(reps["weighted"]) == 500
+    assert frequency_draws(np.zeros(4), 10) == {}
 
 
 def test_random_control_and_rerun_reuses_scored_latents(tmp_path):
@@ -187,9 +263,13 @@ def test_autointerp_sae_end_to_end_on_tiny_model(tiny, tmp_path):
     sae.metadata = {"input_scale": 0.5}
     s = autointerp_sae(sae, tiny, 2, PROMPTS * 3, n_random=4, latent_ids=[0], out_dir=tmp_path / "out",
                        activations_root=tmp_path, progress=False, ctx_len=8, n_explain=3, n_quantiles=2)
-    assert s["runs"]["real"]["n_latents"] == 5 and s["runs"]["random_sae"]["n_latents"] == 5
-    # a TopK dictionary fires exactly k latents per token, trained or random
-    assert s["dictionaries"]["real"]["l0"] == pytest.approx(4) == s["dictionaries"]["random_sae"]["l0"]
+    # the given latent, 4 drawn uniformly, and those of 4 frequency-proportional draws not already in
+    assert 5 <= s["runs"]["real"]["n_latents"] <= 9 and 4 <= s["runs"]["random_sae"]["n_latents"] <= 8
+    # the random SAE is set to the trained one's frequency profile: the same L0 and dead count
+    real, rnd = s["dictionaries"]["real"], s["dictionaries"]["random_sae"]
+    assert real["l0"] == pytest.approx(4) and rnd["l0"] == pytest.approx(4, rel=0.1)
+    assert rnd["dead"] == real["dead"]
+    assert set(s["controls"]["values"]) >= {"shuffled_uniform", "unstructured_uniform"}
     assert s["model"] == "tiny-gemma3" and (tmp_path / "out" / "summary.json").exists()
 
 

@@ -234,3 +234,27 @@ def test_sharegpt_requests_include_wrapped_ones(quick):
     texts = request_texts(quick)
     assert all(texts[e.behaviour_id] in reqs for e in wrapped)
     assert any(texts[e.behaviour_id].rstrip(".?") in e.text for e in wrapped)
+
+
+def test_innocuous_twins_carry_a_valid_intent_label():
+    """The rule that makes a transform_innocuous row benign: its frame asks for a task on the text
+    that does not carry the request out, and says so (or, for ignore_one, says to skip it); every
+    comply frame, with the same surface, asks for the request to be done."""
+    import random
+
+    from assay.data.transforms import _FRAMES, COMPLY, INNOCUOUS, TRANSFORMATIONS
+
+    refuse = ("do not respond", "nothing else", "without acting", "do not answer", "nothing more", "do not follow",
+              "only list", "skip", "ignore", "leave out")
+    act = ("respond to it", "carry out", "do what it asks", "respond to the following request", "answer this",
+           "then answer it")
+    for name, frames in _FRAMES.items():
+        for frame in frames[INNOCUOUS]:
+            assert any(r in frame.lower() for r in refuse), (name, frame)
+            assert not any(a in frame.lower() for a in act), (name, frame)
+        for frame in frames[COMPLY]:
+            assert any(a in frame.lower() for a in act) and not any(r in frame.lower() for r in refuse), (name, frame)
+    text = TRANSFORMATIONS["ignore_one"].apply("Explain how to pick a lock.", INNOCUOUS, random.Random(0))
+    intro, body = text.split("\n\n", 1)
+    skip = next(int(w) for w in intro.replace(",", " ").split() if w.isdigit())
+    assert body.splitlines()[skip - 1].endswith("Explain how to pick a lock.")  # the skipped item is the request

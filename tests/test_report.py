@@ -116,3 +116,30 @@ def test_a_rewrite_of_the_same_report_keeps_its_figures(report, written, tmp_pat
     changed.results[0].auroc = 0.5 if changed.results[0].auroc != 0.5 else 0.6
     with pytest.raises(pytest.fail.Exception, match="drew the figures again"):
         write_report(changed, out)
+
+
+def test_ood_split_by_kind_of_negative_with_clustered_intervals():
+    """A method that separates harmful prompts from ordinary benign ones perfectly but scores the hard
+    negatives like the harmful ones: its split AUROC hides that; the slices show it, with intervals
+    that resample clusters; per-group intervals resample clusters too when the split has them."""
+    from assay.report.breakdown import group_breakdown, negative_slices
+
+    rng = np.random.default_rng(0)
+    n = 60
+    groups = ["harmful_plain"] * n + ["benign_plain"] * (3 * n) + ["transform_innocuous"] * (n // 2)
+    y = np.array([1] * n + [0] * (3 * n) + [0] * (n // 2))
+    s = np.concatenate([rng.uniform(0.6, 1.0, n), rng.uniform(0.0, 0.4, 3 * n), rng.uniform(0.6, 1.0, n // 2)])
+    units = [f"h{i // 3}" for i in range(n)] + [f"b{i}" for i in range(3 * n)] + [f"h{i // 3}" for i in range(n // 2)]
+    data = SplitScores(scores=s, y=y, groups={"group": groups}, units=units)
+    (res,) = [r for r in evaluate_method("m", {"ood": data}, features="x", calibrate_on="ood", n_boot=300)]
+    by = {x.kind: x for x in res.hard_negatives}
+    assert set(by) == {"hard", "ordinary", "benign_plain", "transform_innocuous"}
+    assert by["ordinary"].auroc == 1.0 and abs(by["hard"].auroc - 0.5) < 0.15 and res.auroc > 0.85
+    assert by["hard"].n_pos == n and by["hard"].n_neg == n // 2 and by["hard"].groups == ["transform_innocuous"]
+    assert by["hard"].auroc_ci.low < by["hard"].auroc < by["hard"].auroc_ci.high
+    # group rates resample clusters: the twins share clusters with their harmful rows in threes
+    (twins,) = [g for g in group_breakdown(s, y, groups, 0.5, by="group", units=units, n_boot=300)
+                if g.group == "transform_innocuous"]
+    (rows,) = [g for g in group_breakdown(s, y, groups, 0.5, by="group", n_boot=300) if g.group == "transform_innocuous"]
+    assert twins.fpr == rows.fpr == 1.0 and twins.auroc_vs_rest_ci is not None and rows.auroc_vs_rest_ci is None
+    assert negative_slices(s[:n], y[:n], groups[:n], units[:n]) == []  # one class: nothing to slice

@@ -11,8 +11,8 @@ intervals, bins, plot), `run` (the controls and the files), `from_sae` (an SAE a
 from assay._lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
-    "assay.autointerp.from_sae": ["autointerp_sae", "build_pair", "random_like"],
-    "assay.autointerp.run": ["autointerp"],
+    "assay.autointerp.from_sae": ["autointerp_sae", "build_pair", "random_baseline"],
+    "assay.autointerp.run": ["autointerp", "chance_check"],
     "assay.autointerp.records": ["LatentRecord", "Window", "collect_records", "firing_frequency"],
     "assay.autointerp.explainers": ["ChatExplainer", "Explanation", "HFExplainer", "TokensExplainer"],
     "assay.autointerp.scorers": ["LMScorer", "RuleScorer"],

@@ -112,7 +112,17 @@ def _report(summary: dict, out_dir: Path, seconds: float) -> None:
         parts = []
         for t in ("detection", "fuzzing"):
             m = r[t]
-            parts.append(f"{t} uniform {m['uniform']:.3f} [{m['uniform_ci'][0]:.3f}, {m['uniform_ci'][1]:.3f}] "
+            parts.append(f"{t} uniform {m['uniform']:+.3f} [{m['uniform_ci'][0]:+.3f}, {m['uniform_ci'][1]:+.3f}] "
+                         f"freq-weighted {m['weighted']:+.3f} [{m['weighted_ci'][0]:+.3f}, {m['weighted_ci'][1]:+.3f}]"
+                         if run == "margin" else
+                         f"{t} uniform {m['uniform']:.3f} [{m['uniform_ci'][0]:.3f}, {m['uniform_ci'][1]:.3f}] "
                          f"freq-weighted {m['weighted']:.3f} [{m['weighted_ci'][0]:.3f}, {m['weighted_ci'][1]:.3f}]")
-        typer.echo(f"{run:>10} ({r['detection']['n_scored']}/{r['n_latents']} scored): " + "; ".join(parts))
+        count = "over random" if run == "margin" else f"{r['detection']['n_scored']}/{r['n_latents']} scored"
+        typer.echo(f"{run:>12} ({count}): " + "; ".join(parts))
+    c = summary.get("controls") or {}
+    if c:
+        values = ", ".join(f"{k} {v:.3f}" for k, v in c["values"].items())
+        typer.echo(f"chance controls ({values}): " + ("at chance (within 0.5 +/- {:.2f})".format(c["margin"])
+                                                     if c["at_chance"] else
+                                                     f"OFF CHANCE ({', '.join(c['off_chance'])}): rank nothing by these scores"))
     typer.echo(f"wrote {out_dir}/summary.json, scores.jsonl, autointerp.png in {seconds:.0f} s")

@@ -1,10 +1,16 @@
 """Activation records: which context windows show a latent, to explain it and to test the explanation.
 
-Documents are cut into non-overlapping windows of `ctx_len` tokens (delphi's 32 by default). For
-each latent we keep its top-activating windows (shown to the explainer) and, held out from them,
-activating windows sampled evenly across activation quantiles plus as many windows where it does
-not fire (shown to the scorer). Sampling across quantiles matters: an explanation drawn from the
-strongest examples is also tested on the weak ones, where it is most often wrong.
+The documents, one after another, are cut into non-overlapping windows of exactly `ctx_len` tokens
+(delphi's 32 by default; a window may run across a document boundary, so short prompts count too).
+Every window has the same length on purpose: a detector that counts explanation tokens in a window
+would otherwise score long windows higher, and a latent that fires at random would look
+interpretable whenever its activating windows were longer than its silent ones. For each latent we
+keep its top-activating windows (shown to the explainer) and, held out from them, activating
+windows sampled evenly across activation quantiles plus as many windows where it does not fire at
+all (shown to the scorer). A latent that fires in every window has no true negative, and its
+detection is scored as a failure (chance), never against its weakest windows. Sampling across
+quantiles matters: an explanation drawn from the strongest examples is also tested on the weak
+ones, where it is most often wrong.
 
 Two passes over the activations keep memory bounded: the first counts how often every latent
 fires (no [tokens, d_sae] array is ever built), the second keeps only the chosen latents' columns.
@@ -49,14 +55,12 @@ class LatentRecord:
     frequency: float  # fraction of all tokens on which it fires (activation > 0)
     explain: list[Window] = field(default_factory=list)
     activating: list[Window] = field(default_factory=list)
-    non_activating: list[Window] = field(default_factory=list)
-    # Non-activating windows that are really the latent's weakest windows: a latent that fires in
-    # (almost) every window has no true negatives, and is contrasted with its weakest windows instead.
-    weak_negatives: int = 0
+    non_activating: list[Window] = field(default_factory=list)  # windows where it never fires; may be empty
 
     @property
     def scorable(self) -> bool:
-        return bool(self.explain) and bool(self.activating) and bool(self.non_activating)
+        """Explainable and testable; without non-activating windows the detection test is a failure."""
+        return bool(self.explain) and bool(self.activating)
 
 
 def _doc_acts(acts: Acts, i: int) -> torch.Tensor:
@@ -85,12 +89,10 @@ def firing_frequency(token_ids: Sequence[torch.Tensor], acts: Acts, progress: bo
     return (counts.double() / total).numpy()
 
 
-def _windows(lengths: Sequence[int], ctx_len: int) -> np.ndarray:
-    """[n, 3] (doc, start, end) of every window; a document's short tail is kept when it holds at
-    least a quarter window, else it would carry too little context to judge."""
-    rows = [(d, s, min(s + ctx_len, t)) for d, t in enumerate(lengths) for s in range(0, t, ctx_len)
-            if min(s + ctx_len, t) - s >= max(1, ctx_len // 4)]
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+def _windows(n_tokens: int, ctx_len: int) -> np.ndarray:
+    """Start offsets, in the documents laid end to end, of every whole window of `ctx_len` tokens
+    (the last partial one is dropped: every window has the same length)."""
+    return np.arange(0, n_tokens - ctx_len + 1, ctx_len, dtype=np.int64)
 
 
 def collect_records(
@@ -121,11 +123,16 @@ def collect_records(
     if bad:
         raise InputError(f"latent ids {bad[:5]} are out of range: this dictionary has {n_latents} latents (0..{n_latents - 1})")
     cols = torch.as_tensor(ids, dtype=torch.long)
-    # Second pass: only the chosen latents' columns, [tokens, n_chosen] per document.
+    # Second pass: only the chosen latents' columns, laid end to end: [tokens, n_chosen].
     kept = [_doc_acts(acts, i)[:, cols].float().numpy()
             for i in track(range(len(token_ids)), description="activating windows", disable=not progress)]
-    wins = _windows([len(k) for k in kept], ctx_len)
-    wmax = np.stack([kept[d][s:e].max(0) for d, s, e in wins]) if len(wins) else np.zeros((0, len(ids)))
+    flat = np.concatenate(kept) if kept else np.zeros((0, len(ids)), np.float32)
+    flat_ids = torch.cat([t.reshape(-1).long() for t in token_ids]).numpy() if token_ids else np.zeros(0, np.int64)
+    doc_of = np.repeat(np.arange(len(kept)), [len(k) for k in kept])
+    pos_of = np.concatenate([np.arange(len(k)) for k in kept]) if kept else np.zeros(0, np.int64)
+    starts = _windows(len(flat), ctx_len)
+    wmax = (flat[: len(starts) * ctx_len].reshape(len(starts), ctx_len, len(ids)).max(1) if len(starts)
+            else np.zeros((0, len(ids)), np.float32))
 
     rng = np.random.default_rng(seed)
     records = []
@@ -133,8 +140,9 @@ def collect_records(
         rec = LatentRecord(latent=latent, group=latents[latent], frequency=float(frequency[latent]))
 
         def window(w: int, quantile: int = -1) -> Window:
-            d, s, e = wins[w]
-            return Window(int(d), int(s), token_ids[d][s:e].tolist(), kept[d][s:e, j].copy(), quantile)
+            a = int(starts[w])
+            return Window(int(doc_of[a]), int(pos_of[a]), flat_ids[a:a + ctx_len].tolist(),
+                          flat[a:a + ctx_len, j].copy(), quantile)
 
         m = wmax[:, j]
         firing = np.nonzero(m > 0)[0]
@@ -150,13 +158,8 @@ def collect_records(
             chosen += [(int(w), q) for w in sorted(pick)]
         rec.activating = [window(w, q) for w, q in chosen]
         silent = np.nonzero(m == 0)[0]
-        neg = [int(w) for w in rng.choice(silent, size=min(len(chosen), len(silent)), replace=False)]
-        if len(neg) < len(chosen):
-            used = set(neg) | set(firing[:n_top].tolist()) | {w for w, _ in chosen}
-            weakest = [int(w) for w in np.argsort(m, kind="stable") if w not in used][: len(chosen) - len(neg)]
-            rec.weak_negatives = len(weakest)
-            neg += weakest
-        rec.non_activating = [window(w) for w in sorted(neg)]
+        neg = rng.choice(silent, size=min(len(chosen), len(silent)), replace=False) if len(chosen) else []
+        rec.non_activating = [window(int(w)) for w in sorted(neg)]
         records.append(rec)
     return records
 

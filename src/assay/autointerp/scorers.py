@@ -7,7 +7,8 @@
   at as many random other tokens.
 
 Each test gives every sample a score; the latent's score is the AUROC of those over the positive vs
-negative samples (0.5 = chance, whatever the scorer's bias towards saying yes). An LM scorer's
+negative samples (0.5 = chance, whatever the scorer's bias towards saying yes); a latent with no
+window where it is silent fails detection (0.5). An LM scorer's
 sample score is P(" Yes") / (P(" Yes") + P(" No")) at the next token of a fixed prompt, read from
 one batched forward pass, never sampled text. The rule scorer counts the tokens explainer's tokens.
 """
@@ -66,6 +67,11 @@ def score_latent(scorer: Scorer, explanation: Explanation, record: LatentRecord,
     test has no positives or no negatives)."""
     out = {}
     for test, samples in (("detection", detection_samples(record)), ("fuzzing", fuzzing_samples(record, rng))):
+        if test == "detection" and record.activating and not record.non_activating:
+            # It fires in every window: no explanation can say where it does not, so detection
+            # fails (chance). Contrasting it with its weakest windows instead rewarded dense latents.
+            out[test] = NO_NEGATIVES_SCORE
+            continue
         if not samples:
             out[test] = float("nan")
             continue
@@ -74,9 +80,13 @@ def score_latent(scorer: Scorer, explanation: Explanation, record: LatentRecord,
     return out
 
 
+NO_NEGATIVES_SCORE = 0.5  # detection of a latent with no window where it is silent
+
+
 class RuleScorer:
-    """The tokens explainer's own test: detection = how many of a window's tokens are in the
-    explanation's token set; fuzzing = the share of marked tokens that are."""
+    """The tokens explainer's own test: detection = the share of a window's tokens that are in the
+    explanation's token set (a share, not a count, so that it cannot grow with a window's length);
+    fuzzing = the share of marked tokens that are."""
 
     name = "rule"
 
@@ -89,7 +99,7 @@ class RuleScorer:
                              "explainer use an LM scorer (--scorer hf:MODEL)")
         vocab = set(explanation.tokens)
         if test == "detection":
-            return np.array([sum(t in vocab for t in s.tokens) for s in samples], dtype=float)
+            return np.array([np.mean([t in vocab for t in s.tokens]) for s in samples], dtype=float)
         return np.array([np.mean([s.tokens[i] in vocab for i in s.marked]) for s in samples], dtype=float)
 
 

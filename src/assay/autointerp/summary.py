@@ -6,7 +6,9 @@ proportion to how often they fire. Weighting each latent's score by its firing f
     score_fw = sum_i f_i s_i / sum_i f_i,
 gives the interpretability of the average *firing*, and is what dense, uninterpretable latents drag
 down (Google DeepMind's negative-results post on SAEs). Both are reported, with percentile intervals
-from resampling latents.
+from resampling latents. Over a fixed set of latents (`means_with_ci`) both are computed exactly;
+over a dictionary (`sampled_means`) the uniform mean comes from a uniform sample of latents and the
+weighted one from a sample drawn in proportion to frequency.
 """
 
 from __future__ import annotations
@@ -53,6 +55,41 @@ def means_with_ci(scores, frequencies, *, n_boot: int = N_BOOT, level: float = 0
             "weighted": frequency_weighted_mean(s, f), "weighted_ci": ci(fw)}
 
 
+def bootstrap_mean(x, *, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, np.ndarray]:
+    """The mean of the finite values of `x` and `n_boot` bootstrap replicates of it (each value its
+    own unit); NaN and an empty array when nothing is finite."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return float("nan"), np.zeros(0)
+    W = cluster_weights(np.arange(len(x)), n_boot, seed).astype(float)
+    return float(x.mean()), (W * x).sum(1) / W.sum(1)
+
+
+def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> list[float]:
+    r = np.asarray(replicates, float)
+    r = r[np.isfinite(r)]
+    a = (1 - level) / 2
+    return [float(v) for v in np.quantile(r, [a, 1 - a])] if len(r) else [float("nan")] * 2
+
+
+def sampled_means(uniform_scores, draw_scores, *, n_boot: int = N_BOOT,
+                  seed: int = 0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Uniform and frequency-weighted means of a dictionary's scores, estimated from two samples of
+    its latents: `uniform_scores` of latents drawn uniformly (their plain mean estimates the uniform
+    mean) and `draw_scores` of latents drawn with probability proportional to firing frequency, with
+    replacement, one entry per draw (their plain mean estimates sum f_i s_i / sum f_i without bias,
+    and, unlike weighting a uniform sample, does not rest on the few dense latents a small uniform
+    sample happens to hold). Returns the means with percentile intervals, and the bootstrap
+    replicates (for differences between dictionaries)."""
+    u, ur = bootstrap_mean(uniform_scores, n_boot=n_boot, seed=seed)
+    w, wr = bootstrap_mean(draw_scores, n_boot=n_boot, seed=seed + 1)
+    n_u = int(np.isfinite(np.asarray(uniform_scores, float)).sum())
+    n_w = int(np.isfinite(np.asarray(draw_scores, float)).sum())
+    return ({"n_scored": n_u, "n_draws_scored": n_w, "uniform": u, "uniform_ci": percentile_ci(ur),
+             "weighted": w, "weighted_ci": percentile_ci(wr)}, {"uniform": ur, "weighted": wr})
+
+
 def frequency_bins(scores, frequencies, edges: np.ndarray = BIN_EDGES) -> list[dict[str, Any]]:
     """Mean score of the latents in each firing-frequency bin (frequencies below the first edge go
     to the first bin)."""
@@ -79,7 +116,7 @@ def plot(runs: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
 
     tests = ["detection", "fuzzing"]
     fig, axes = plt.subplots(1, len(tests), figsize=(11, 4.2), sharey=True)
-    colours = {"real": "tab:blue", "shuffled": "tab:orange", "random_sae": "tab:grey"}
+    colours = {"real": "tab:blue", "shuffled": "tab:orange", "unstructured": "tab:green", "random_sae": "tab:grey"}
     for ax, test in zip(axes, tests):
         for run, r in runs.items():
             f, s = np.asarray(r["frequency"], float), np.asarray(r[test], float)

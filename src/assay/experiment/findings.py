@@ -184,6 +184,10 @@ def findings(report: Any) -> list[Any]:
         + ("Near perfect OOD, as GDM found." if near_perfect else "Far from GDM's near-perfect OOD score on this model."),
         near_perfect))
 
+    # 1b. The same OOD split, by kind of negative: most OOD negatives are ordinary ShareGPT requests.
+    if (report.diagnostics.get("hard_negatives") or {}).get("rows"):
+        out.append(hard_negatives_finding(report.diagnostics["hard_negatives"], w))
+
     # 2. One latent cannot fit the training set.
     parts, fails = _against_dense(w, best, dense, saes, "1-sparse", "train")
     if parts:
@@ -436,9 +440,52 @@ def layer_finding(sweep: dict[str, Any], w: "_Writer | None" = None) -> Any:
     return w.finding("GDM chose the probing layer by sweeping layers.", text, None)
 
 
+def hard_negatives_finding(hn: dict[str, Any], w: "_Writer | None" = None, split: str = "ood") -> Any:
+    """OOD AUROC of each family against the hard negatives and against ordinary benign prompts (the
+    same harmful rows), and which families the dense probe beats, or loses to, on the hard ones."""
+    w = w or _Writer(None)
+    rows = hn["rows"]
+    at = {(r["family"], r["negatives"]): i for i, r in enumerate(rows) if r["split"] == split}
+    fams = list(dict.fromkeys(r["family"] for r in rows if r["split"] == split))
+    if not fams:
+        return w.finding("", f"No {split} rows to split by kind of negative.", None)
+
+    def auc(i: int) -> str:
+        lo, hi = rows[i]["auroc_ci"]
+        return f"{w.value('diagnostic', f'hard_negatives/rows/{i}/auroc', rows[i]['auroc'])} [{f3(lo)}, {f3(hi)}]"
+
+    def diff(i: int) -> str:
+        d = rows[i]["dense_minus"]
+        return (f"{w.value('diagnostic', f'hard_negatives/rows/{i}/dense_minus/diff', d['diff'], fmt=signed)} "
+                f"[{signed(d['ci'][0])}, {signed(d['ci'][1])}]")
+
+    parts = [f"{fam} {auc(at[(fam, 'hard')])} vs {auc(at[(fam, 'ordinary')])}" for fam in fams
+             if (fam, "hard") in at and (fam, "ordinary") in at]
+    first = rows[at[(fams[0], "hard")]] if (fams[0], "hard") in at else rows[0]
+    text = (f"{split.upper()} AUROC of every harmful prompt ({first['n_pos']}) against the hard negatives "
+            f"({first['n_neg']}: {', '.join(first['groups'])}) vs against ordinary benign prompts "
+            f"({', '.join(rows[at[(fams[0], 'ordinary')]]['groups']) if (fams[0], 'ordinary') in at else 'none'}), "
+            "each family's configuration chosen on validation: " + "; ".join(parts) + ".")
+    hard = [at[(f, "hard")] for f in fams if (f, "hard") in at and "dense_minus" in rows[at[(f, "hard")]]]
+    better = [rows[i]["family"] for i in hard if rows[i]["dense_minus"]["outside_noise"] and rows[i]["dense_minus"]["diff"] < 0]
+    worse = [rows[i]["family"] for i in hard if rows[i]["dense_minus"]["outside_noise"] and rows[i]["dense_minus"]["diff"] > 0]
+    if hard:
+        text += (" Dense minus each family on the hard negatives (paired, clustered 95% CI): "
+                 + "; ".join(f"{rows[i]['family']} {diff(i)}" for i in hard) + ". "
+                 + (f"Better than the dense probe on them beyond noise: {', '.join(better)}. " if better else
+                    "No family beats the dense probe on them beyond noise. ")
+                 + (f"Worse beyond noise: {', '.join(worse)}." if worse else ""))
+    dense_hard = at.get(("dense-logistic", "hard"))
+    holds = None if dense_hard is None else rows[dense_hard]["auroc_ci"][0] >= 0.95
+    return w.finding("Dense probes stay near perfect out of distribution, on the negatives that test intent too.",
+                     text.strip(), holds)
+
+
 def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None, saes: list[str] | None = None) -> Any:
-    """How interpretable each SAE's latents are by each weighting, against the controls; the probe's
-    latents against random ones; and what the studied model is worth as its own explainer."""
+    """Each SAE's interpretability against its chance controls (shuffled explanations, token-blind
+    latents) and its margin over a random SAE at its frequency profile; a ranking by that margin
+    only when every chance control sits at chance; the probe's latents against random ones; and what
+    the studied model is worth as its own explainer."""
     import math
 
     w = w or _Writer(None)
@@ -448,36 +495,73 @@ def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None, saes: lis
     def get(i: int, run: str, wt: str, test: str = "detection") -> float | None:
         return ((rows[i].get(run) or {}).get(test) or {}).get(wt)
 
-    def cite(i: int, run: str, wt: str, test: str = "detection") -> str:
-        return w.value("diagnostic", f"autointerp/rows/{i}/{run}/{test}/{wt}", get(i, run, wt, test))
+    def cite(i: int, run: str, wt: str, test: str = "detection", fmt=f3) -> str:
+        return w.value("diagnostic", f"autointerp/rows/{i}/{run}/{test}/{wt}", get(i, run, wt, test), fmt=fmt)
+
+    def ci(i: int, run: str, wt: str) -> list[float]:
+        return ((rows[i].get(run) or {}).get("detection") or {}).get(f"{wt}_ci") or [float("nan")] * 2
 
     rule = [i for i, r in enumerate(rows) if r["pair"] == "rule" and ok(get(i, "real", "uniform"))
             and ok(get(i, "real", "weighted"))]
     if not rule:
-        return w.finding("GDM: uniform averages over latents hide dense, uninterpretable ones.",
+        return w.finding("Uniform averages over latents hide dense, uninterpretable ones.",
                          "Auto-interpretability: no latent could be scored (too few activating windows).", None)
     first = rule[0]
+    signed = lambda v: f"{v:+.3f}"  # noqa: E731
     text = (f"Auto-interpretability with the rule-based pair ({rows[first]['explainer']} explainer, "
-            f"{rows[first]['scorer']} scorer; detection AUROC, 0.5 = chance), uniform / frequency-weighted mean over "
-            "latents: " + "; ".join(f"{rows[i]['sae']} {cite(i, 'real', 'uniform')} / {cite(i, 'real', 'weighted')}"
-                                    for i in rule) + ".")
-    controls = [(run, name) for run, name in (("shuffled", "shuffled explanations"), ("random_sae", "a random SAE"))
-                if ok(get(first, run, "uniform")) and ok(get(first, run, "weighted"))]
-    if controls:
-        text += f" Controls on {rows[first]['sae']}: " + ", ".join(
-            f"{name} {cite(first, run, 'uniform')} / {cite(first, run, 'weighted')}" for run, name in controls) + "."
-    if len(rule) > 1:
+            f"{rows[first]['scorer']} scorer; detection AUROC, 0.5 = chance), uniform / frequency-weighted: "
+            + "; ".join(f"{rows[i]['sae']} {cite(i, 'real', 'uniform')} / {cite(i, 'real', 'weighted')}" for i in rule)
+            + ".")
+    # The chance controls first: a score means nothing until they sit at 0.5.
+    off = []
+    parts = []
+    for i in rule:
+        c = rows[i].get("controls") or {}
+        vals = c.get("values") or {}
+        if not vals:
+            off.append(f"{rows[i]['sae']} (no controls recorded)")
+            continue
+        parts.append(f"{rows[i]['sae']} " + ", ".join(
+            f"{k.replace('_', ' ')} " + w.value("diagnostic", f"autointerp/rows/{i}/controls/values/{k}", v)
+            for k, v in vals.items()))
+        if not c.get("at_chance"):
+            off.append(f"{rows[i]['sae']} ({', '.join(c.get('off_chance') or [])})")
+    margin = (rows[first].get("controls") or {}).get("margin", 0.05)
+    text += f" Chance controls (each must sit within 0.5 +/- {margin}): " + "; ".join(parts) + "."
+    if off:
+        text += (" Off chance: " + "; ".join(off) + ", so these scores rank nothing: the instrument does not "
+                 "pass its controls here.")
+    based = [i for i in rule if ok(get(i, "margin", "uniform")) and ok(get(i, "margin", "weighted"))]
+    if based:
+        text += (" Margin over a random SAE (the trainer's initialisation, set to each SAE's frequency profile), "
+                 "uniform / frequency-weighted [95% CI]: " + "; ".join(
+                     f"{rows[i]['sae']} {cite(i, 'margin', 'uniform', fmt=signed)} "
+                     f"[{ci(i, 'margin', 'uniform')[0]:+.3f}, {ci(i, 'margin', 'uniform')[1]:+.3f}] / "
+                     f"{cite(i, 'margin', 'weighted', fmt=signed)} "
+                     f"[{ci(i, 'margin', 'weighted')[0]:+.3f}, {ci(i, 'margin', 'weighted')[1]:+.3f}]" for i in based)
+                 + " (random SAE: " + "; ".join(f"{rows[i]['sae']}'s {cite(i, 'random_sae', 'uniform')} / "
+                                                f"{cite(i, 'random_sae', 'weighted')}" for i in based) + ").")
+        beat = {wt: [i for i in based if ci(i, "margin", wt)[0] > 0] for wt in ("uniform", "weighted")}
+        worse = {wt: [i for i in based if ci(i, "margin", wt)[1] < 0] for wt in ("uniform", "weighted")}
         for wt, name in (("uniform", "uniform"), ("weighted", "frequency-weighted")):
-            best = max(rule, key=lambda i: get(i, "real", wt))
-            lo, hi = (rows[best]["real"]["detection"].get(f"{wt}_ci") or [None, None])
-            rivals = [i for i in rule if i != best and ok(lo) and (rows[i]["real"]["detection"].get(f"{wt}_ci")
-                                                                   or [0, 0])[1] >= lo]
-            text += (f" Highest by {name} weighting: {rows[best]['sae']}"
-                     + (" (its interval overlaps " + ", ".join(rows[i]["sae"] for i in rivals) + ")" if rivals
-                        else " (its interval clear of the others)") + ".")
+            text += (f" By the {name} mean, {len(beat[wt])} of {len(based)} trained SAEs beat the random one beyond "
+                     f"noise" + (f" ({', '.join(rows[i]['sae'] for i in beat[wt])})" if beat[wt] else "")
+                     + (f", {len(worse[wt])} {'falls' if len(worse[wt]) == 1 else 'fall'} below it "
+                        f"({', '.join(rows[i]['sae'] for i in worse[wt])})"
+                        if worse[wt] else "") + ".")
+        if len(based) > 1 and not off:
+            for wt, name in (("uniform", "uniform"), ("weighted", "frequency-weighted")):
+                best = max(based, key=lambda i: get(i, "margin", wt))
+                lo = ci(best, "margin", wt)[0]
+                rivals = [i for i in based if i != best and ci(i, "margin", wt)[1] >= lo]
+                text += (f" Largest {name} margin: {rows[best]['sae']}"
+                         + (" (its interval overlaps " + ", ".join(rows[i]["sae"] for i in rivals) + ")" if rivals
+                            else " (its interval clear of the others)") + ".")
+        elif len(based) > 1:
+            text += " No ranking: a chance control is off chance."
     if ok(get(first, "real_probe", "uniform")) and ok(get(first, "real_random", "uniform")):
         text += (f" On {rows[first]['sae']}, the k-sparse probe's own latents score {cite(first, 'real_probe', 'uniform')}"
-                 f" (uniform) against {cite(first, 'real_random', 'uniform')} for random latents.")
+                 f" (uniform) against {cite(first, 'real_random', 'uniform')} for uniformly drawn latents.")
     lm = next((i for i, r in enumerate(rows) if r["pair"] == "lm" and ok(get(i, "real", "uniform"))), None)
     if lm is not None and ok(get(lm, "shuffled", "uniform")):
         r = rows[lm]["real"]["detection"]
@@ -490,7 +574,7 @@ def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None, saes: lis
                     "not distinguishable from that control: a small base model is too weak an explainer and "
                     "judge to say what a latent means; use the rule-based pair or a larger model (--explainer "
                     "URL).") )
-    return w.finding("GDM: uniform averages over latents hide dense, uninterpretable ones; weight by firing "
+    return w.finding("Uniform averages over latents hide dense, uninterpretable ones; weight by firing "
                      "frequency.", text, None, list(dict.fromkeys(saes or [])))
 
 

@@ -3,7 +3,8 @@ and how does each SAE's interpretability look by uniform and by frequency-weight
 
 Per SAE (first seed), the latents the headline k-sparse probe selects (its configuration best on
 validation: aggregation and selector) are explained and scored first, then a seeded random sample
-of live latents, with the shuffled-explanation and random-SAE controls (`assay.autointerp`). Every
+and a frequency-proportional sample of live latents, with the shuffled and unstructured chance
+controls and the random-SAE baseline (`assay.autointerp`); SAEs are compared by their margin over it. Every
 SAE reads the same texts, so the SAEs compare like for like: the benchmark's training prompts (where
 the probe latents were chosen; nothing here chooses anything) and held-out Wikipedia and ShareGPT
 text in equal parts. The default pair is the rule-based one (top tokens, token-set detector). The
@@ -52,13 +53,18 @@ def autointerp_texts(study: Any) -> list[str]:
 
 
 def compact(summary: dict[str, Any], where: str) -> dict[str, Any]:
-    """What the report keeps of an autointerp summary: per run (real, shuffled, random_sae) and per
-    group of real latents (probe, random), detection and fuzzing, uniform and weighted with CIs."""
+    """What the report keeps of an autointerp summary: per run (real, shuffled, unstructured,
+    random_sae, and the margin of real over random_sae) and per group of real latents (probe,
+    random, frequency), detection and fuzzing, uniform and weighted with CIs; the chance check; both
+    dictionaries' L0, dead and dense counts."""
     keep = ("n_scored", "uniform", "uniform_ci", "weighted", "weighted_ci")
     out: dict[str, Any] = {"dir": where, "explainer": summary["settings"]["explainer"],
-                           "scorer": summary["settings"]["scorer"], "dictionary": summary["dictionaries"]["real"]}
+                           "scorer": summary["settings"]["scorer"], "dictionary": summary["dictionaries"]["real"],
+                           "dictionaries": summary["dictionaries"], "controls": summary.get("controls")}
     for run, r in summary["runs"].items():
-        out[run] = {t: {k: r[t][k] for k in keep} for t in TESTS}
+        out[run] = {t: {k: r[t][k] for k in keep if k in r[t]} for t in TESTS if t in r}
+    if "unstructured" in summary["runs"]:
+        out["unstructured_by_rate"] = summary["runs"]["unstructured"].get("by_rate")
     for group, r in summary["runs"]["real"].get("by_group", {}).items():
         out[f"real_{'probe' if group == 'given' else group}"] = {t: {k: r[t][k] for k in keep} for t in TESTS}
     return out
@@ -92,7 +98,8 @@ def study_autointerp(study: Any) -> dict[str, Any]:
                 sae, study.lm, cfg.layer, texts, latent_ids=ids[:n_probe],
                 n_random=cfg.autointerp_lm_latents - n_probe, explainer=HFExplainer(study.lm),
                 scorer=LMScorer(study.lm), out_dir=root / f"{name}-s{seed}-lm", max_tokens=cfg.autointerp_max_tokens,
-                seed=seed, progress=study.progress, per_quantile=1, random_control=False)  # shuffled is its control
+                seed=seed, progress=study.progress, per_quantile=1,
+                random_control=False, unstructured=False)  # shuffled is its control: an LM judges slowly
             rows.append({"sae": name, "seed": seed, "architecture": sae.architecture, "probe": config,
                          "pair": "lm", **compact(lm_summary, f"autointerp/{name}-s{seed}-lm")})
     return {"texts": {"n": len(texts), "train_prompts": int(len(study.idx["train"])),

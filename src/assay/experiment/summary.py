@@ -29,6 +29,12 @@ def _cell(r: Any) -> str:
     return f"{r.auroc:.3f}{ci}"
 
 
+def _slice(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "–"
+    return f"{row['auroc']:.3f} [{row['auroc_ci'][0]:.3f}, {row['auroc_ci'][1]:.3f}]"
+
+
 def _describe(report: Report, path: Path) -> str:
     p = report.provenance.model_dump()
     sizes = " / ".join(f"{v['rows']:,} {s}" for s, v in (p.get("splits") or {}).items())
@@ -58,11 +64,17 @@ def _elsewhere(report: Report) -> str:
 
 def readme_section(reports: list[tuple[Path, Report]]) -> str:
     """Markdown for the README: each family's configuration chosen on validation with its held-out
-    and OOD AUROC (the first report; OOD of the others beside), then the first report's findings."""
+    and OOD AUROC, OOD split by kind of negative (the first report; the others are described only),
+    then the first report's findings."""
     (_, main), others = reports[0], reports[1:]
     chosen = main.diagnostics.get("family_best") or {}
+    hn = {(r["family"], r["negatives"]): r for r in (main.diagnostics.get("hard_negatives") or {}).get("rows", [])
+          if r["split"] == "ood"}
+    # Only the first report's numbers: another preset chooses its own configurations (another
+    # layer, other aggregations), so its cells would sit under labels that are not theirs.
     head = ["family (configuration chosen on validation)", "calib AUROC [95% CI]", "OOD AUROC [95% CI]",
-            "dense − it, OOD [95% CI]"] + [f"OOD AUROC, {o.config.get('preset')} preset" for _, o in others]
+            "dense − it, OOD [95% CI]", "OOD vs hard negatives [95% CI]", "dense − it, hard negatives [95% CI]",
+            "OOD vs ordinary benign [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for fam, ref in chosen.items():
         cmp = next((c for c in main.comparisons if c.kind == "family_best" and c.split == "ood"
@@ -70,10 +82,10 @@ def readme_section(reports: list[tuple[Path, Report]]) -> str:
         diff = "–" if cmp is None else f"{cmp.diff:+.3f} [{cmp.ci.low:+.3f}, {cmp.ci.high:+.3f}]"
         label = f"{fam}: `{ref['method']}{' k=' + str(ref['k']) if ref['method'] == 'k-sparse' else ''}" \
                 f"{' (' + ref['selector'] + ')' if ref.get('selector') else ''} [{ref['features']}]`"
-        row = [label, _cell(_find(main, ref, "calib")), _cell(_find(main, ref, "ood")), diff]
-        for _, o in others:
-            oref = (o.diagnostics.get("family_best") or {}).get(fam)
-            row.append(_cell(_find(o, oref, "ood")) if oref else "–")
+        hard, ordinary = hn.get((fam, "hard")), hn.get((fam, "ordinary"))
+        dm = (hard or {}).get("dense_minus")
+        row = [label, _cell(_find(main, ref, "calib")), _cell(_find(main, ref, "ood")), diff, _slice(hard),
+               "–" if dm is None else f"{dm['diff']:+.3f} [{dm['ci'][0]:+.3f}, {dm['ci'][1]:+.3f}]", _slice(ordinary)]
         lines.append("| " + " | ".join(row) + " |")
     out = [START, "", "Measured by this repository's own runs; every number, interval and plot is in the reports "
            "under `docs/results/`.", ""]
@@ -83,8 +95,11 @@ def readme_section(reports: list[tuple[Path, Report]]) -> str:
 
         out.append(f"- The first report's SAEs: {bar_text([q.model_dump() for q in main.sae_quality])}")
     out += [""]
+    hard_names = ", ".join((main.diagnostics.get("hard_negatives") or {}).get("hard", []))
     out += lines + ["", "Intervals resample behaviour clusters; differences are paired on the same examples "
-                    "(`calib` is the held-out in-distribution split; nothing was chosen on OOD numbers).", ""]
+                    "(`calib` is the held-out in-distribution split; nothing was chosen on OOD numbers). The last "
+                    "three columns split the OOD negatives: every harmful OOD prompt against the hard negatives "
+                    f"({hard_names}) and, apart, against ordinary benign prompts.", ""]
     out += ["Findings of the first report, each beside the GDM claim it tests:", ""]
     for f in main.findings:
         status = finding_status(f)  # a verdict on SAEs below the quality bar says so up front

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from assay.metrics.bootstrap import bootstrap_auroc_ci, bootstrap_rate_ci, cluster_auroc_ci, recall_ci
-from assay.report.breakdown import _interval, _num, group_breakdown
+from assay.report.breakdown import _interval, _num, group_breakdown, negative_slices
 from assay.metrics import auprc, auroc, fpr_at_threshold, recall_at_fpr, roc_curve, threshold_at_fpr
 from assay.report.schema import MethodResult, RocCurve, ScoreHistogram
 
@@ -103,8 +103,11 @@ def evaluate_split(
             res.threshold_ci = _interval((r["threshold_low"], r["threshold_high"]))
         else:
             res.recall_ci = _interval(bootstrap_rate_ci(s[y == 1] > threshold, n_boot=n_boot, seed=seed))
+    units = list(data.units) if data.units is not None else None
     for by, g in data.groups.items():
-        res.breakdown += group_breakdown(s, y, g, threshold, by=by, n_boot=n_boot, seed=seed)
+        res.breakdown += group_breakdown(s, y, g, threshold, by=by, units=units, n_boot=n_boot, seed=seed)
+    if "group" in data.groups and split not in ("train", "val"):
+        res.hard_negatives = negative_slices(s, y, data.groups["group"], units, n_boot=n_boot, seed=seed)
     return res
 
 

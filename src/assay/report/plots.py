@@ -161,12 +161,12 @@ def layer_sweep_figure(sweep: dict | None):
 
 def autointerp_figure(ai: dict | None):
     """Detection AUROC per study SAE (`diagnostics.autointerp`), uniform (left) and
-    frequency-weighted (right): all scored latents with their 95% interval, the probe's latents,
-    the random ones, and the two controls; None without auto-interp."""
+    frequency-weighted (right): the dictionary's estimate with its 95% interval, the probe's latents,
+    the two chance controls and the random-SAE baseline; None without auto-interp."""
     if not ai or not ai.get("rows"):
         return None
-    series = [("real", "all latents"), ("real_probe", "probe latents"), ("real_random", "random latents"),
-              ("shuffled", "shuffled explanations"), ("random_sae", "random SAE")]
+    series = [("real", "all latents"), ("real_probe", "probe latents"), ("shuffled", "shuffled explanations"),
+              ("unstructured", "token-blind latents"), ("random_sae", "random SAE (matched frequencies)")]
     rows = ai["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows) + 4), 4), sharey=True)
     width = 0.8 / len(series)

@@ -52,9 +52,24 @@ class GroupResult(BaseModel):
         None,
     )
     recall: float | None = _f("Recall at threshold", "Fraction of the group's harmful examples flagged at the calibrated threshold.", None)
-    recall_ci: Interval | None = _f("Recall CI", "Bootstrap 95% interval of the recall.", None)
+    recall_ci: Interval | None = _f("Recall CI", "Bootstrap 95% interval of the recall (clusters resampled when the split has them).", None)
     fpr: float | None = _f("FPR at threshold", "Fraction of the group's benign examples flagged at the calibrated threshold.", None)
-    fpr_ci: Interval | None = _f("FPR CI", "Bootstrap 95% interval of the FPR.", None)
+    fpr_ci: Interval | None = _f("FPR CI", "Bootstrap 95% interval of the FPR (clusters resampled when the split has them).", None)
+    auroc_vs_rest_ci: Interval | None = _f("AUROC against the other class, CI", "95% clustered bootstrap interval of auroc_vs_rest.", None)
+
+
+class NegativeSlice(BaseModel):
+    """All harmful rows of a split against one kind of its benign rows (hard negatives or ordinary
+    benign, or one benign group): the AUROC a split's mix of negatives would otherwise average away."""
+
+    kind: str = _f("Negatives", "'hard' (benign requests on sensitive topics, benign requests in jailbreak templates, "
+                   "harmful text under an innocuous transformation), 'ordinary' (plain and transformed benign requests), "
+                   "or one benign group's name.")
+    groups: list[str] = _f("Benign groups", "The benchmark groups (`group` column) of its negatives.")
+    n_pos: int = _f("Harmful examples", "Every harmful row of the split.")
+    n_neg: int = _f("Benign examples", "Benign rows of this kind.")
+    auroc: float | None = _f("AUROC", "Harmful rows against these benign rows.", None)
+    auroc_ci: Interval | None = _f("AUROC CI", "95% percentile bootstrap interval resampling clusters.", None)
 
 
 class MethodResult(BaseModel):
@@ -93,6 +108,9 @@ class MethodResult(BaseModel):
     seed_auroc_sd: float | None = _f("AUROC sd over seeds", "Standard deviation of the AUROC over seeds (ddof=1).", None)
     computed_by: str | None = _f("Computed by", "Git commit (and code fingerprint) of the code that computed these scores.", None)
     breakdown: list[GroupResult] = _f("Breakdown", "Per-family and per-transformation results.", [])
+    hard_negatives: list[NegativeSlice] = _f(
+        "AUROC by kind of negative", "Every harmful row against the hard negatives, against the ordinary benign rows, "
+        "and against each benign group alone, with clustered intervals (empty when the split has no group column).", [])
     roc: RocCurve | None = _f("ROC curve", "Thinned ROC curve for plotting.", None)
     histograms: list[ScoreHistogram] = _f("Score histograms", "Scores per group and label, for plotting.", [])
     model: str | None = _f("Model", "Language model the activations come from.", None)

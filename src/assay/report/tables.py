@@ -234,37 +234,51 @@ def layer_sweep_table(sweep: dict | None, calibrate_on: str = "calib") -> Table 
 
 def autointerp_table(ai: dict | None) -> Table | None:
     """Per study SAE (and explainer/scorer pair): detection AUROC of the explanations, uniform and
-    frequency-weighted over latents, beside its controls and split by where the latents came from."""
+    frequency-weighted, beside its chance controls, the random-SAE baseline and the margin over it,
+    and split by where the latents came from."""
     if not ai or not ai.get("rows"):
         return None
 
-    def cell(m: dict | None, w: str, ci: bool = True) -> str:
+    def cell(m: dict | None, w: str, ci: bool = True, fmt: str = ".3f") -> str:
         if not m or m.get(w) is None or m[w] != m[w]:
             return "n/a"
         lo, hi = m.get(f"{w}_ci") or [None, None]
-        return f"{m[w]:.3f}" + (f" [{lo:.2f}, {hi:.2f}]" if ci and lo is not None and lo == lo else "")
+        short = fmt.replace(".3f", ".2f")  # intervals to two places
+        return f"{m[w]:{fmt}}" + (f" [{lo:{short}}, {hi:{short}}]" if ci and lo is not None and lo == lo else "")
 
     rows = []
     for r in ai["rows"]:
         det = lambda run: (r.get(run) or {}).get("detection")  # noqa: E731
         n = lambda run: (det(run) or {}).get("n_scored", 0)  # noqa: E731
-        rows.append([f"{r['sae']} (s{r['seed']})", f"{r['explainer']} / {r['scorer']}", f"{n('real_probe')} + {n('real_random')}",
+        c = r.get("controls") or {}
+        chance = ("yes" if c.get("at_chance") else f"**no** ({', '.join(c.get('off_chance') or [])})") if c else "n/a"
+        rows.append([f"{r['sae']} (s{r['seed']})", f"{r['explainer']} / {r['scorer']}",
+                     f"{n('real_probe')} + {n('real_random')}",
                      cell(det("real"), "uniform"), cell(det("real"), "weighted"),
-                     cell(det("real_probe"), "uniform", False), cell(det("real_random"), "uniform", False),
                      f"{cell(det('shuffled'), 'uniform', False)} / {cell(det('shuffled'), 'weighted', False)}",
+                     cell(det("unstructured"), "uniform", False), chance,
                      f"{cell(det('random_sae'), 'uniform', False)} / {cell(det('random_sae'), 'weighted', False)}",
+                     cell(det("margin"), "uniform", fmt="+.3f"), cell(det("margin"), "weighted", fmt="+.3f"),
+                     cell(det("real_probe"), "uniform", False),
                      f"{cell((r.get('real') or {}).get('fuzzing'), 'uniform', False)} / "
                      f"{cell((r.get('real') or {}).get('fuzzing'), 'weighted', False)}"])
     t = ai["texts"]
     return Table("Auto-interpretability of the SAEs' latents",
-                 ["SAE", "explainer / scorer", "latents (probe + random)", "detection, uniform [95% CI]",
-                  "detection, freq-weighted [95% CI]", "probe latents (uniform)", "random latents (uniform)",
-                  "shuffled control (uniform / weighted)", "random-SAE control (uniform / weighted)",
-                  "fuzzing (uniform / weighted)"], rows,
-                 f"Detection AUROC of each latent's explanation (0.5 = chance) on held-out windows of {t['n']} texts "
-                 f"(the {t['train_prompts']} training prompts and {t['held_out_tokens']} held-out Wikipedia and ShareGPT "
-                 "tokens); frequency-weighted = sum f_i s_i / sum f_i over latents, f_i its firing frequency. "
-                 "Probe latents: those the headline k-sparse probe (its configuration best on validation) selects.",
+                 ["SAE", "explainer / scorer", "latents (probe + uniform)", "detection, uniform [95% CI]",
+                  "detection, freq-weighted [95% CI]", "shuffled control (uniform / weighted)",
+                  "unstructured control", "controls at chance", "random SAE (uniform / weighted)",
+                  "margin over random, uniform [95% CI]", "margin over random, freq-weighted [95% CI]",
+                  "probe latents (uniform)", "fuzzing (uniform / weighted)"], rows,
+                 f"Detection AUROC of each latent's explanation (0.5 = chance) on held-out windows of one length "
+                 f"cut from {t['n']} texts (the {t['train_prompts']} training prompts and {t['held_out_tokens']} "
+                 "held-out Wikipedia/dictionary and ShareGPT tokens). Uniform: mean over a uniform sample of live "
+                 "latents; frequency-weighted (sum f_i s_i / sum f_i, f_i the firing frequency): mean over latents "
+                 "drawn in proportion to f_i. A latent with no silent window scores 0.5. Chance controls, each "
+                 "required within 0.5 +/- 0.05 before anything is ranked: explanations shuffled across latents, "
+                 "and latents firing at random (0.5-80% of tokens) whatever the token. Baseline: a random SAE "
+                 "with the trainer's initialisation whose latents fire at the trained SAE's frequencies; SAEs "
+                 "are compared by their margin over it. Probe latents: those the headline k-sparse probe (its "
+                 "configuration best on validation) selects.",
                  "table-autointerp")
 
 
@@ -272,6 +286,22 @@ def diagnostics_tables(report: Report) -> list[Table]:
     d, out = report.diagnostics, []
     if (t := layer_sweep_table(d.get("layer_sweep"), report.config.get("calibrate_on", "calib"))) is not None:
         out.append(t)
+    if (d.get("hard_negatives") or {}).get("rows"):
+        hn = d["hard_negatives"]
+        out.append(Table(
+            "AUROC by kind of negative", ["family", "split", "negatives", "harmful / benign rows", "AUROC [95% CI]",
+                                          "dense − it [95% CI]"],
+            [[r["family"], r["split"], f"{r['negatives']} ({', '.join(r['groups'])})", f"{r['n_pos']} / {r['n_neg']}",
+              f"{r['auroc']:.3f} [{r['auroc_ci'][0]:.3f}, {r['auroc_ci'][1]:.3f}]",
+              "–" if "dense_minus" not in r else
+              f"{r['dense_minus']['diff']:+.3f} [{r['dense_minus']['ci'][0]:+.3f}, {r['dense_minus']['ci'][1]:+.3f}]"
+              + (" *" if r["dense_minus"]["outside_noise"] else "")] for r in hn["rows"]],
+            "Every harmful row of the split against its hard negatives (" + ", ".join(hn["hard"]) + ") and, apart, "
+            "against its ordinary benign rows (" + ", ".join(hn["ordinary"]) + "), each family's configuration chosen "
+            "on validation; clustered intervals, differences paired on the same rows; * marks an interval that "
+            "excludes 0. transform_innocuous rows are harmful requests whose frame asks for a task on the text "
+            "(count its words, repeat it in capitals, list synonyms, skip it in a list) and says not to carry it "
+            "out: the user's intent is that task, so the label is benign.", "table-hard-negatives"))
     if (t := autointerp_table(d.get("autointerp"))) is not None:
         out.append(t)
     if d.get("related"):
