@@ -255,7 +255,7 @@ def sae_frequency(
     out: Optional[Path] = typer.Option(None, help="Output folder (default runs/sae-frequency-<preset>)."),
     targets: Optional[str] = typer.Option(None, help="Comma-separated target L0s, e.g. 16,32,64 (default: the preset's)."),
     width: Optional[int] = typer.Option(None, help="Override the SAEs' number of latents."),
-    tokens: Optional[float] = typer.Option(None, help="Override the unique Wikipedia training tokens."),
+    tokens: Optional[float] = typer.Option(None, help="Override the unique training tokens (of the preset's corpus)."),
     epochs: Optional[int] = typer.Option(None, help="Override the passes over the training tokens."),
     autointerp_latents: Optional[int] = typer.Option(
         None, help="Random live latents per SAE to explain and score (rule-based auto-interpretability, uniform and "

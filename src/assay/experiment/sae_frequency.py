@@ -5,10 +5,12 @@ high-frequency latents).
 GDM report that JumpReLU and TopK SAEs grow latents firing on more than 10% of tokens, that
 Gated SAEs (L1) do not, and that replacing JumpReLU's L0 penalty by lambda * sum_i f_i (1 +
 f_i / omega_0) removes them at a small reconstruction cost. This module trains every variant at
-several sparsity levels on the same Wikipedia tokens in one pass, tunes each penalised SAE's
-coefficient to its target L0 inside that pass (`assay.sae.calibrate`), and measures on held-out
-tokens: L0 (and whether it hit its target within 10%), FVU, delta LM loss, dead and dense latents
-and the frequency histogram. Report sentences are written from the numbers they cite.
+several sparsity levels on the same corpus tokens in one pass (Wikipedia in the small presets, the
+study's pretraining mix in `full`, whose SAEs are sized to meet the study's quality bar), tunes each
+penalised SAE's coefficient to its target L0 inside that pass (`assay.sae.calibrate`), and measures
+on held-out tokens: L0 (and whether it hit its target within 10%), FVU, delta LM loss, dead and
+dense latents and the frequency histogram; then auto-interpretability against its chance controls
+and a random-SAE baseline. Report sentences are written from the numbers they cite.
 
 Training (and the sweep's cache) is `sae_frequency_train`, evaluation `sae_frequency_eval`; this
 module plots and reports.
@@ -37,13 +39,13 @@ log = logging.getLogger(__name__)
 def autointerp_sweep(lm: Any, layer: int, cfg: FrequencyConfig, rows: list[dict[str, Any]], out: Path,
                      progress: bool = True) -> dict[str, dict[str, Any]]:
     """Every SAE's random live latents explained and scored (tokens explainer, rule scorer) on the
-    same held-out Wikipedia tokens, with its shuffled and random-SAE controls; per SAE the compact
+    same held-out corpus tokens, with its chance controls and random-SAE baseline; per SAE the compact
     summary the report shows, the full one in `out/<sae>/summary.json`. Resumes per latent."""
     from assay.autointerp import autointerp_sae
     from assay.sae.corpus import held_out_texts
     from assay.sae.io import load_sae
 
-    texts = held_out_texts("wiki", lm, cfg.autointerp_tokens, cfg.max_tokens, seed=cfg.seed)
+    texts = held_out_texts(cfg.corpus, lm, cfg.autointerp_tokens, cfg.max_tokens, seed=cfg.seed)
     result = {}
     for r in rows:
         sae = load_sae(r["path"], device=str(lm.device)).eval()
@@ -54,15 +56,18 @@ def autointerp_sweep(lm: Any, layer: int, cfg: FrequencyConfig, rows: list[dict[
 
 
 def compact_autointerp(summary: dict[str, Any], where: str) -> dict[str, Any]:
-    """Detection and fuzzing, uniform and frequency-weighted (with intervals), for the real latents
-    and each control: what the report's table and curves read."""
+    """Detection and fuzzing, uniform and frequency-weighted (with intervals), for the real latents,
+    each chance control, the random-SAE baseline and the margin over it, and the chance check: what
+    the report's table, findings and curves read."""
     out: dict[str, Any] = {"dir": where, "explainer": summary["settings"]["explainer"],
-                           "scorer": summary["settings"]["scorer"], "n_scored": {}}
+                           "scorer": summary["settings"]["scorer"], "n_scored": {},
+                           "controls": summary.get("controls"), "dictionaries": summary.get("dictionaries")}
     for run, r in summary["runs"].items():
-        out["n_scored"][run] = r["detection"]["n_scored"]
+        if "n_scored" in r.get("detection", {}):
+            out["n_scored"][run] = r["detection"]["n_scored"]
         for test in ("detection", "fuzzing"):
-            m = r[test]
-            out[f"{run}_{test}"] = {k: m[k] for k in ("uniform", "uniform_ci", "weighted", "weighted_ci")}
+            if test in r:
+                out[f"{run}_{test}"] = {k: r[test][k] for k in ("uniform", "uniform_ci", "weighted", "weighted_ci")}
     return out
 
 
@@ -254,7 +259,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [f"# SAE latent frequency at matched L0 ({cfg['preset']} preset)", "",
              f"Model {report['model']}, residual stream after block {report['layer']}; {len(report['saes'])} SAEs of "
-             f"{cfg['width']} latents trained together on {report['train_tokens']} Wikipedia tokens x {cfg['epochs']} "
+             f"{cfg['width']} latents trained together on {report['train_tokens']} tokens of the "
+             f"`{cfg.get('corpus', 'wiki')}` corpus x {cfg['epochs']} "
              f"epochs; measured on {report['saes'][0]['tokens']} held-out tokens and "
              f"{report['saes'][0].get('ce_texts', 0)} held-out documents for the LM loss.", "", "## Findings", ""]
     lines += [f"- {f['text']}" for f in report["findings"]]
@@ -298,68 +304,98 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ai_cell(m: dict[str, Any], key: str) -> str:
+def _ai_cell(m: dict[str, Any], key: str, signed: bool = False) -> str:
     v, ci = m.get(key), m.get(f"{key}_ci") or [None, None]
     if v is None or not math.isfinite(v):
         return "n/a"
-    return f"{v:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+    f, g = ("+.3f", "+.2f") if signed else (".3f", ".2f")
+    return f"{v:{f}} [{ci[0]:{g}}, {ci[1]:{g}}]"
 
 
 def autointerp_lines(ai: dict[str, dict[str, Any]]) -> list[str]:
-    """The table: detection AUROC per SAE, uniform and frequency-weighted, beside its controls."""
+    """The table: detection AUROC per SAE, uniform and frequency-weighted, beside its chance controls,
+    the random-SAE baseline and the margin over it."""
     first = next(iter(ai.values()))
     lines = [f"Explainer `{first['explainer']}`, scorer `{first['scorer']}` (the rule-based pair: the latent's top "
-             "tokens, tested on held-out windows sampled across activation quantiles). A score is the AUROC of the "
-             "explanation at telling activating windows from non-activating ones; 0.5 is chance. Controls: the same "
-             "latents with shuffled explanations, and latents of a randomly initialised SAE of the same "
-             "architecture and width. Per-latent scores and plots are in each SAE's folder.", "",
-             "| SAE | latents scored | detection, uniform | detection, freq-weighted | shuffled (uniform / weighted) "
-             "| random SAE (uniform / weighted) | fuzzing, uniform | fuzzing, freq-weighted |",
-             "|---|---|---|---|---|---|---|---|"]
+             "tokens, tested on held-out windows of one length sampled across activation quantiles). A score is the "
+             "AUROC of the explanation at telling activating windows from silent ones; 0.5 is chance, and a latent "
+             "with no silent window scores 0.5. Uniform: mean over a uniform sample of live latents; "
+             "frequency-weighted: mean over latents drawn in proportion to firing frequency. Chance controls, each "
+             "required within 0.5 +/- 0.05 before anything is ranked: explanations shuffled across latents, and "
+             "latents firing at random (0.5-80% of tokens) whatever the token. Baseline: a random SAE with the "
+             "trainer's initialisation whose latents fire at this SAE's frequencies; SAEs are compared by their "
+             "margin over it. Per-latent scores and plots are in each SAE's folder.", "",
+             "| SAE | latents (uniform) | detection, uniform | detection, freq-weighted | shuffled (uniform / weighted) "
+             "| unstructured | at chance | random SAE (uniform / weighted) | margin, uniform | margin, freq-weighted |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in ai.items():
-        real, sh, rnd, fz = (a.get("real_detection", {}), a.get("shuffled_detection", {}),
-                             a.get("random_sae_detection", {}), a.get("real_fuzzing", {}))
+        real, sh, un, rnd, mg = (a.get("real_detection", {}), a.get("shuffled_detection", {}),
+                                 a.get("unstructured_detection", {}), a.get("random_sae_detection", {}),
+                                 a.get("margin_detection", {}))
         pair = lambda m: " / ".join(f"{m[k]:.3f}" if m.get(k) is not None and math.isfinite(m[k]) else "n/a"  # noqa: E731
                                     for k in ("uniform", "weighted")) if m else "n/a"
+        c = a.get("controls") or {}
+        chance = "yes" if c.get("at_chance") else f"**no** ({', '.join(c.get('off_chance') or ['not measured'])})"
         lines.append(f"| {name} | {a['n_scored'].get('real', 0)} | {_ai_cell(real, 'uniform')} | "
-                     f"{_ai_cell(real, 'weighted')} | {pair(sh)} | {pair(rnd)} | {_ai_cell(fz, 'uniform')} | "
-                     f"{_ai_cell(fz, 'weighted')} |")
+                     f"{_ai_cell(real, 'weighted')} | {pair(sh)} | {_ai_cell(un, 'uniform')} | {chance} | {pair(rnd)} | "
+                     f"{_ai_cell(mg, 'uniform', signed=True)} | {_ai_cell(mg, 'weighted', signed=True)} |")
     return lines
 
 
 def autointerp_findings(rows: list[dict[str, Any]], ai: dict[str, dict[str, Any]],
                         targets: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Which of QF-JumpReLU (omega_0 = 0.01) and JumpReLU is more interpretable at each target, by
-    each weighting; 'no clear difference' where the two intervals overlap (the latents differ, so
-    the scores are not paired)."""
+    """Whether the chance controls sit at chance and whether trained SAEs beat the random baseline;
+    then, only if every control is at chance, which of QF-JumpReLU (omega_0 = 0.01) and JumpReLU has
+    the larger margin over its random SAE at each target, by each weighting ('no clear difference'
+    where the two intervals overlap: the latents differ, so nothing pairs them)."""
+    scored = [r for r in rows if r["sae"] in ai and ai[r["sae"]].get("margin_detection")]
+    if not scored:
+        return []
+    off = {r["sae"]: (ai[r["sae"]].get("controls") or {}).get("off_chance") or ["not measured"]
+           for r in scored if not (ai[r["sae"]].get("controls") or {}).get("at_chance")}
+    beat = {w: [r["sae"] for r in scored if ai[r["sae"]]["margin_detection"][f"{w}_ci"][0] > 0]
+            for w in ("uniform", "weighted")}
+    below = {w: [r["sae"] for r in scored if ai[r["sae"]]["margin_detection"][f"{w}_ci"][1] < 0]
+             for w in ("uniform", "weighted")}
+    text = (f"Chance controls: {len(scored) - len(off)} of {len(scored)} SAEs' runs have both (shuffled explanations, "
+            "token-blind latents) within 0.5 +/- 0.05" + (": off for " + "; ".join(f"{k} ({', '.join(v)})"
+                                                                                 for k, v in off.items())
+                                                         + ", so no ranking below" if off else "") + ". "
+            + " ".join(f"By the {label} mean, {len(beat[w])} of {len(scored)} trained SAEs beat their random SAE "
+                       f"beyond noise and {len(below[w])} {'falls' if len(below[w]) == 1 else 'fall'} below it." for w, label in
+                       (("uniform", "uniform"), ("weighted", "frequency-weighted"))))
+    out = [{"id": "autointerp_controls", "numbers": {"n": len(scored), "off_chance": len(off),
+                                                     **{f"beat_{w}": len(v) for w, v in beat.items()}},
+            "text": text}]
+    if off:
+        return out
     by = {(r["variant"], r["target_l0"]): r for r in rows}
-    out = []
     for t in targets:
         q, j = by.get(("qf0.01", t)), by.get(("jumprelu", t))
         if not (q and j and q["sae"] in ai and j["sae"] in ai):
             continue
         parts, nums = [], {"qf_l0": round(q["l0"], 1), "jr_l0": round(j["l0"], 1)}
         for w, label in (("uniform", "uniform"), ("weighted", "frequency-weighted")):
-            a, b = ai[q["sae"]]["real_detection"], ai[j["sae"]]["real_detection"]
+            a, b = ai[q["sae"]].get("margin_detection") or {}, ai[j["sae"]].get("margin_detection") or {}
             if a.get(w) is None or b.get(w) is None or not (math.isfinite(a[w]) and math.isfinite(b[w])):
                 continue
             nums.update({f"qf_{w}": round(a[w], 3), f"jr_{w}": round(b[w], 3)})
             overlap = a[f"{w}_ci"][0] <= b[f"{w}_ci"][1] and b[f"{w}_ci"][0] <= a[f"{w}_ci"][1]
             verdict = ("no clear difference (intervals overlap)" if overlap else
                        "QF-JumpReLU higher" if a[w] > b[w] else "JumpReLU higher")
-            parts.append(f"{label} {a[w]:.3f} vs {b[w]:.3f}: {verdict}")
+            parts.append(f"{label} {a[w]:+.3f} vs {b[w]:+.3f}: {verdict}")
         if parts:
             matched = q["l0_matched"] and j["l0_matched"]
             out.append({"id": f"autointerp_qf_vs_jumprelu_l0_{t}", "numbers": nums,
-                        "text": f"Detection score at target L0 {t}, QF-JumpReLU (omega_0 = 0.01) vs JumpReLU (L0 "
-                                f"{nums['qf_l0']} vs {nums['jr_l0']}" + ("" if matched else ", not matched") + "): "
-                                + "; ".join(parts) + "."})
+                        "text": f"Margin of the detection score over each SAE's random SAE at target L0 {t}, "
+                                f"QF-JumpReLU (omega_0 = 0.01) vs JumpReLU (L0 {nums['qf_l0']} vs {nums['jr_l0']}"
+                                + ("" if matched else ", not matched") + "): " + "; ".join(parts) + "."})
     return out
 
 
 def plot_autointerp(rows: list[dict[str, Any]], ai: dict[str, dict[str, Any]], path: Path) -> Path:
     """Detection score against measured L0, one curve per variant; uniform and frequency-weighted
-    panels, with the random-SAE control as grey crosses."""
+    panels, with each SAE's random-SAE baseline as grey crosses."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, (w, title) in zip(axes, (("uniform", "uniform mean over latents"),
@@ -370,7 +406,7 @@ def plot_autointerp(rows: list[dict[str, Any]], ai: dict[str, dict[str, Any]], p
             ax.plot([a for a, _ in pts], [b for _, b in pts], "o-", label=v.label)
         ctl = [(r["l0"], ai[r["sae"]].get("random_sae_detection", {}).get(w)) for r in rows if r["sae"] in ai]
         ctl = [(a, b) for a, b in ctl if b is not None]
-        ax.plot([a for a, _ in ctl], [b for _, b in ctl], "x", color="grey", label="random SAE (control)")
+        ax.plot([a for a, _ in ctl], [b for _, b in ctl], "x", color="grey", label="random SAE (baseline)")
         ax.axhline(0.5, color="black", lw=0.5, ls=":")
         ax.set_xscale("log")
         ax.set_xlabel("L0 (held-out)")

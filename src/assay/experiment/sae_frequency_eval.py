@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names: dict[str, Path],
                    progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], dict[str, Any]]:
-    """Per SAE on held-out Wikipedia: L0, FVU, dead/dense latents, frequencies, delta LM loss; and
+    """Per SAE on held-out documents of the training corpus: L0, FVU, dead/dense latents, frequencies, delta LM loss; and
     the firing counts per block of held-out tokens that the matched-L0 comparison resamples
     (`{"fired": {sae: [n_blocks, d_sae]}, "block_tokens": [n_blocks]}`). Cached beside the sweep,
     keyed by the evaluation settings and the code that computes them."""
@@ -37,15 +37,15 @@ def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names:
     if cache.exists() and freq_file.exists() and blocks_file.exists():
         return (read_json(cache)["rows"], torch.load(freq_file, weights_only=True),
                 torch.load(blocks_file, weights_only=True))
-    train = set(training_texts("wiki", lm, cfg.train_tokens, cfg.max_tokens, cfg.seed))
-    held = held_out_texts("wiki", lm, cfg.eval_tokens, cfg.max_tokens, seed=cfg.seed)
-    ce_src = held_out_texts("wiki", lm, cfg.ce_texts * (cfg.ce_max_tokens + 1), cfg.ce_max_tokens,
+    train = set(training_texts(cfg.corpus, lm, cfg.train_tokens, cfg.max_tokens, cfg.seed))
+    held = held_out_texts(cfg.corpus, lm, cfg.eval_tokens, cfg.max_tokens, seed=cfg.seed)
+    ce_src = held_out_texts(cfg.corpus, lm, cfg.ce_texts * (cfg.ce_max_tokens + 1), cfg.ce_max_tokens,
                             seed=cfg.seed, skip=len(held))[: cfg.ce_texts]
     overlap = len(train & (set(held) | set(ce_src)))
     if overlap:
-        raise InputError(f"{overlap} held-out documents are also training documents: the Wikipedia corpus is too "
+        raise InputError(f"{overlap} held-out documents are also training documents: the {cfg.corpus} corpus is too "
                          "small for these token budgets; lower --tokens")
-    acts = extract(lm, held, [layer], dataset_fingerprint=sha256_json(["wiki-held-out", held]),
+    acts = extract(lm, held, [layer], dataset_fingerprint=sha256_json([f"{cfg.corpus}-held-out", held]),
                    aggregations=("all.mean",), store_tokens=True, chat=False, max_tokens=cfg.max_tokens,
                    progress=progress)
     tokens = [c.to(lm.device) for c in acts.iter_tokens(layer, 8192, mask="all")]
