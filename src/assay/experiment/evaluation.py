@@ -433,10 +433,11 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
 
 # The parts of GDM's study that run as their own commands, linked from every study report.
 RELATED = [
-    {"command": "assay experiment sae-frequency --preset quick",
+    {"command": "assay experiment sae-frequency --preset full --layer 14",
      "what": "Gated vs JumpReLU vs quadratic-frequency JumpReLU (omega_0 0.1, 0.01) vs TopK at matched L0: "
-             "latents firing on >10% of tokens, FVU and delta LM loss against L0, frequency-weighted auto-interp",
-     "report": "docs/results/sae-frequency-quick/report.md"},
+             "latents firing on >10% of tokens, FVU and delta LM loss against L0, frequency-weighted auto-interp "
+             "against its chance controls and a random-SAE baseline",
+     "report": "docs/results/sae-frequency-full/report.md"},
     {"command": "assay experiment layers --preset full",
      "what": "the layer sweep alone, on the full benchmark (float32; the bfloat16 run is in "
              "docs/results/layers-full-bf16); `harmful-intent --preset full --layer-sweep-from` reuses its file",

@@ -567,10 +567,12 @@ def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None, saes: lis
         r = rows[lm]["real"]["detection"]
         s_hi = rows[lm]["shuffled"]["detection"]
         above = ok(r["uniform_ci"][0]) and r["uniform_ci"][0] > s_hi["uniform"]
+        at_chance = (rows[lm].get("controls") or {}).get("at_chance", True)
         text += (f" The studied model itself as explainer and scorer ({rows[lm]['explainer']}, "
                  f"{r['n_scored']} latents of {rows[lm]['sae']}): detection {cite(lm, 'real', 'uniform')} against "
                  f"{cite(lm, 'shuffled', 'uniform')} with shuffled explanations, "
-                 + ("its interval above that control." if above else
+                 + ("a control off chance (too few latents to shuffle against): nothing can be read from it."
+                    if not at_chance else "its interval above that control." if above else
                     "not distinguishable from that control: a small base model is too weak an explainer and "
                     "judge to say what a latent means; use the rule-based pair or a larger model (--explainer "
                     "URL).") )
