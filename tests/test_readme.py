@@ -7,7 +7,9 @@ import pytest
 from assay.experiment.summary import END, START, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORTS = [ROOT / "docs/results/harmful-intent-full/report.json", ROOT / "docs/results/harmful-intent-quick/report.json"]
+# The full preset's report only: the quick preset chooses its own configurations (another layer), so
+# its numbers cannot sit in the full report's rows; its report is linked from the README instead.
+REPORTS = [ROOT / "docs/results/harmful-intent-full/report.json"]
 
 
 def test_readme_results_section_matches_the_committed_reports():
