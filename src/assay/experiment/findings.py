@@ -189,7 +189,7 @@ def findings(report: Any) -> list[Any]:
         out.append(hard_negatives_finding(report.diagnostics["hard_negatives"], w))
 
     # 2. One latent cannot fit the training set.
-    parts, fails = _against_dense(w, best, dense, saes, "1-sparse", "train")
+    parts, fails, _ = _against_dense(w, best, dense, saes, "1-sparse", "train")
     if parts:
         out.append(w.finding(
             "A single SAE latent cannot even fit the training set.",
@@ -224,7 +224,7 @@ def findings(report: Any) -> list[Any]:
     # 4. Reconstruction and error probes.
     for what, claim in (("reconstruction", "Probes on the SAE reconstruction lose the signal (worse OOD)."),
                         ("error", "")):
-        parts, worse = _against_dense(w, best, dense, saes, what, "ood")
+        parts, worse, better = _against_dense(w, best, dense, saes, what, "ood")
         if not parts:
             continue
         what_txt = ("a dense probe on the SAE's reconstruction" if what == "reconstruction"
@@ -232,7 +232,8 @@ def findings(report: Any) -> list[Any]:
         n_worse = sum(worse)
         out.append(w.finding(
             claim, f"With {what_txt} (aggregation chosen on validation): " + "; ".join(parts) + f". Worse than the "
-            f"dense probe beyond noise for {n_worse} of {len(worse)} SAEs.",
+            f"dense probe beyond noise for {n_worse} of {len(worse)} SAEs"
+            + (f"; better than it beyond noise for {', '.join(better)}." if better else "; better for none."),
             (n_worse == len(worse)) if claim else None, saes))
 
     # 5. Chat data closes part of the gap (with the equal-steps control).
@@ -581,10 +582,11 @@ def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None, saes: lis
 
 
 def _against_dense(w: _Writer, best: dict[str, Any], dense: Any, saes: list[str], family: str,
-                   split: str) -> tuple[list[str], list[bool]]:
+                   split: str) -> tuple[list[str], list[bool], list[str]]:
     """Per SAE: the family's configuration chosen on validation on `split`, and the dense probe on
-    the same aggregation minus it; plus whether the dense probe is better beyond noise."""
-    parts, worse = [], []
+    the same aggregation minus it; whether the dense probe is better beyond noise; and the SAEs whose
+    probe is better than the dense one beyond noise."""
+    parts, worse, better = [], [], []
     for sae in saes:
         ref = best.get(f"{family} [{sae}]")
         if ref is None:
@@ -593,7 +595,9 @@ def _against_dense(w: _Writer, best: dict[str, Any], dense: Any, saes: list[str]
         parts.append(f"{sae}: {label(ref)} {split} AUROC {w.result(ref, split)}, dense probe on the same "
                      f"aggregation minus it {d}")
         worse.append(c is not None and c.outside_noise and c.diff > 0)
-    return parts, worse
+        if c is not None and c.outside_noise and c.diff < 0:
+            better.append(sae)
+    return parts, worse, better
 
 
 def _dense_at(dense: Any, features: str) -> Any:
