@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from assay.autointerp.explainers import ChatExplainer, Explainer, HFExplainer, TokensExplainer, resolve_specs
-from assay.autointerp.run import autointerp, matched_frequency
+from assay.autointerp.run import autointerp
 from assay.autointerp.scorers import LMScorer, RuleScorer, Scorer
 
 
 def random_baseline(sae: Any, acts: Any, layer: int, seed: int,
                     n_sample: int = 16_384) -> Callable[[np.ndarray], Callable[[int], torch.Tensor]]:
-    """The random-SAE baseline, built from the trained SAE's firing frequencies on these texts.
+    """The random-SAE baseline, built from the trained SAE's firing frequencies on these texts (the
+    returned `make(frequency)`, which reads its sample only when called).
 
     Its directions are those a fresh SAE of `sae`'s architecture and width starts from (the
     trainer's initialisation: decoder rows random, encoder its transpose), applied to activations
@@ -29,20 +30,17 @@ def random_baseline(sae: Any, acts: Any, layer: int, seed: int,
     not a fair control. Latent i = relu(w_i . (x - mean) - threshold_i)."""
     from assay.sae.base import build_sae
 
-    cfg = {**sae.cfg.to_dict(), "seed": seed, "device": "cpu", "dtype": "float32"}
-    w = build_sae(sae.architecture, **cfg).W_enc.detach()  # [d_in, d_sae]
-    rows, n = [], 0
-    for i in range(acts.n):
-        if n >= n_sample:
-            break
-        x = acts.example_tokens(layer, i)[0]
-        rows.append(x[: n_sample - n])
-        n += len(rows[-1])
-    sample = torch.cat(rows).float()
-    mean = sample.mean(0)
-
-    @matched_frequency
     def make(frequency: np.ndarray) -> Callable[[int], torch.Tensor]:
+        cfg = {**sae.cfg.to_dict(), "seed": seed, "device": "cpu", "dtype": "float32"}
+        w = build_sae(sae.architecture, **cfg).W_enc.detach()  # [d_in, d_sae]
+        rows, taken = [], 0
+        for i in range(acts.n):
+            if taken >= n_sample:
+                break
+            rows.append(acts.example_tokens(layer, i)[0][: n_sample - taken])
+            taken += len(rows[-1])
+        sample = torch.cat(rows).float()
+        mean = sample.mean(0)
         target = torch.as_tensor(np.random.default_rng(seed).permutation(np.asarray(frequency, float)))
         pre = (sample - mean) @ w
         threshold = torch.full((w.shape[1],), float("inf"))
@@ -114,7 +112,7 @@ def autointerp_sae(
                     **{k: saved.get(k) for k in ("corpus", "study_sae", "seed", "training_tokens")}}}
     weights = sha256_json({k: v.float().sum().item() for k, v in sae.state_dict().items()})
     return autointerp(token_ids, encoder(sae, acts, layer), explainer, scorer, latent_ids=latent_ids,
-                      n_random=n_random, control_acts=random_baseline(sae, acts, layer, seed + 1) if random_control else None,
+                      n_random=n_random, make_control=random_baseline(sae, acts, layer, seed + 1) if random_control else None,
                       out_dir=out_dir, seed=seed, fingerprint=[fp, acts.key, weights, random_control],
                       meta=meta, progress=progress, **options)
 

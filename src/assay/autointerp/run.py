@@ -182,6 +182,11 @@ def _run_summary(rows: list[dict], prefix: str = "", seed: int = 0,
     return out
 
 
+def _finite_mean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
 def _margin(real: dict[str, np.ndarray], base: dict[str, np.ndarray], real_sum: dict, base_sum: dict) -> dict:
     """real - baseline per test and weighting, with a percentile interval from independent
     bootstraps of the two (their latents differ, so nothing pairs them)."""
@@ -222,7 +227,8 @@ def autointerp(
     *,
     latent_ids: Sequence[int] = (),
     n_random: int = 50,
-    control_acts: Acts | Callable[[np.ndarray], Acts] | None = None,
+    control_acts: Acts | None = None,
+    make_control: Callable[[np.ndarray], Acts] | None = None,
     unstructured: bool = True,
     out_dir: str | Path | None = None,
     seed: int = 0,
@@ -237,13 +243,15 @@ def autointerp(
     """Explain and score `latent_ids`, `n_random` uniformly drawn live latents and `n_random` draws
     in proportion to frequency, of the dictionary whose per-document activations `acts` gives; with
     the shuffled and (with `unstructured`) unstructured chance controls; `control_acts` (a random
-    SAE's activations on the same tokens, or a function of this dictionary's firing frequencies
-    returning them, to match its frequency profile) adds the random_sae baseline and the margin over
-    it. Returns the summary; with `out_dir` also writes scores.jsonl, summary.json and
+    SAE's activations on the same tokens) or `make_control` (a function of this dictionary's firing
+    frequencies returning them, to match its frequency profile; called only if the run is not
+    already finished) adds the random_sae baseline and the margin over it. Returns the summary; with `out_dir` also writes scores.jsonl, summary.json and
     autointerp.png there. With a `fingerprint` of the inputs, a rerun reuses finished latents."""
     from assay.fileio import sha256_json, write_json, write_text
     from assay.provenance import code_fingerprint, provenance
 
+    if control_acts is not None and make_control is not None:
+        raise InputError("give control_acts or make_control, not both")
     settings = {"explainer": explainer.name, "explainer_settings": explainer.settings(), "scorer": scorer.name,
                 "scorer_settings": scorer.settings(), "ctx_len": ctx_len, "n_explain": n_explain,
                 "n_quantiles": n_quantiles, "per_quantile": per_quantile, "seed": seed, "chance_margin": CHANCE_MARGIN,
@@ -294,11 +302,10 @@ def autointerp(
         runs["unstructured"] = _run_summary(urows, seed=seed)
         runs["unstructured"]["with_negatives"] = _run_summary([r for r in urows if r["status"] == "scored"], seed=seed)
         runs["unstructured"]["by_rate"] = [
-            {"rate": float(p), **{t: _run_summary([r for r, q in zip(urows, ufreq) if q == p], seed=seed)[t]["uniform"]
-                                  for t in TESTS}} for p in UNSTRUCTURED_FREQUENCIES]
-    if control_acts is not None:
-        # A function of the real frequencies is called now; a plain list or encoder is used as is.
-        cacts = control_acts(freq) if getattr(control_acts, "wants_frequency", False) else control_acts
+            {"rate": float(p), **{t: _finite_mean(_column([r for r, q in zip(urows, ufreq) if q == p], t)) for t in TESTS}}
+            for p in UNSTRUCTURED_FREQUENCIES]
+    if control_acts is not None or make_control is not None:
+        cacts = control_acts if control_acts is not None else make_control(freq)
         cfreq = firing_frequency(token_ids, cacts, progress)
         dictionaries["random_sae"] = dictionary_stats(cfreq)
         clatents = {j: "random" for j in choose_latents(cfreq, n_random, (), seed + 7)}
@@ -325,13 +332,6 @@ def autointerp(
              f"{explainer.name} explainer, {scorer.name} scorer (dashed: uniform mean, solid: frequency-weighted)")
         write_json(out / "summary.json", summary)  # last: its key marks the run finished
     return summary
-
-
-def matched_frequency(make: Callable[[np.ndarray], Acts]) -> Callable[[np.ndarray], Acts]:
-    """Mark `make(frequencies) -> activations` as a control that `autointerp` builds from the real
-    dictionary's firing frequencies (rather than activations to use as they are)."""
-    make.wants_frequency = True  # type: ignore[attr-defined]
-    return make
 
 
 def _finished_summary(out: Path | None, key: str | None) -> dict[str, Any] | None:

@@ -156,38 +156,38 @@ class Evaluator:
                     continue
                 out += [self.compare(_run(ref), _run(run_ref), s, "family_best") for s in st.splits]
         return out, {"family_best": {f: r.model_dump() for f, r in best.items()},
-                     "hard_negatives": self.hard_negatives(best)}
+                     "hard_negatives": self.hard_negatives(best, results)}
 
-    def hard_negatives(self, best: dict[str, Any]) -> dict[str, Any]:
-        """Each family's configuration chosen on validation, on the held-out splits: every harmful
-        row against the hard negatives and, apart, against the ordinary benign rows, with clustered
-        intervals, and the dense family's paired difference to it on the same rows. (A split's AUROC
-        mostly measures harmful vs ordinary ShareGPT: 75% of the full preset's OOD negatives.)"""
-        from assay.metrics import auroc
-        from assay.metrics.bootstrap import cluster_auroc_ci, paired_auroc_diff
+    def hard_negatives(self, best: dict[str, Any], results: list[Any]) -> dict[str, Any]:
+        """Each family's configuration chosen on validation, on the held-out splits: its result's
+        AUROC against the hard negatives and, apart, against the ordinary benign rows (the
+        `hard_negatives` slices `evaluate_split` computed, clustered intervals included), and the
+        dense family's paired difference to it on the same rows. (A split's AUROC mostly measures
+        harmful vs ordinary ShareGPT: 75% of the full preset's OOD negatives.)"""
+        from assay.metrics.bootstrap import paired_auroc_diff
         from assay.report.breakdown import HARD_NEGATIVES, ORDINARY_NEGATIVES
 
         st, cfg = self.study, self.cfg
         dense = best.get("dense-logistic")
+        keys = ("method", "features", "sae", "k", "selector", "seed")
         rows = []
         for split in [s for s in ("calib", "ood") if s in st.idx]:
             i = np.asarray(st.idx[split])
             y, g, units = st.y[i], self.groups["group"][i], st.units[i]
-            for kind, names in (("hard", HARD_NEGATIVES), ("ordinary", ORDINARY_NEGATIVES)):
-                sel = (y == 1) | np.isin(g, names)
-                if not (y[sel] == 0).any() or not (y[sel] == 1).any():
-                    continue
+            for kind in ("hard", "ordinary"):
                 for fam, ref in best.items():
-                    run = _run(ref)
-                    sc = st.scores[run][i][sel]
-                    lo, hi = cluster_auroc_ci(sc, y[sel], units[sel].tolist(), n_boot=cfg.n_boot, seed=cfg.seed)
-                    row = {"family": fam, **ref.model_dump(), "split": split, "negatives": kind,
-                           "groups": [n for n in names if n in set(g[y == 0].tolist())],
-                           "n_pos": int((y[sel] == 1).sum()), "n_neg": int((y[sel] == 0).sum()),
-                           "auroc": float(auroc(sc, y[sel])), "auroc_ci": [lo, hi]}
+                    res = next((r for r in results if r.split == split and all(getattr(r, k) == getattr(ref, k)
+                                                                               for k in keys)), None)
+                    sl = next((x for x in (res.hard_negatives if res else []) if x.kind == kind), None)
+                    if sl is None:
+                        continue
+                    row = {"family": fam, **ref.model_dump(), "split": split, "negatives": kind, "groups": sl.groups,
+                           "n_pos": sl.n_pos, "n_neg": sl.n_neg, "auroc": sl.auroc,
+                           "auroc_ci": [sl.auroc_ci.low, sl.auroc_ci.high] if sl.auroc_ci else [float("nan")] * 2}
                     if dense is not None and fam != "dense-logistic":
-                        d = paired_auroc_diff(st.scores[_run(dense)][i][sel], sc, y[sel], units[sel].tolist(),
-                                              n_boot=cfg.n_boot, seed=cfg.seed)
+                        sel = (y == 1) | np.isin(g, sl.groups)
+                        d = paired_auroc_diff(st.scores[_run(dense)][i][sel], st.scores[_run(ref)][i][sel], y[sel],
+                                              units[sel].tolist(), n_boot=cfg.n_boot, seed=cfg.seed)
                         row["dense_minus"] = {"diff": d["diff"], "ci": [d["low"], d["high"]],
                                               "outside_noise": bool(d["low"] > 0 or d["high"] < 0)}
                     rows.append(row)

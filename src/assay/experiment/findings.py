@@ -508,7 +508,6 @@ def autointerp_finding(ai: dict[str, Any], w: "_Writer | None" = None, saes: lis
         return w.finding("Uniform averages over latents hide dense, uninterpretable ones.",
                          "Auto-interpretability: no latent could be scored (too few activating windows).", None)
     first = rule[0]
-    signed = lambda v: f"{v:+.3f}"  # noqa: E731
     text = (f"Auto-interpretability with the rule-based pair ({rows[first]['explainer']} explainer, "
             f"{rows[first]['scorer']} scorer; detection AUROC, 0.5 = chance), uniform / frequency-weighted: "
             + "; ".join(f"{rows[i]['sae']} {cite(i, 'real', 'uniform')} / {cite(i, 'real', 'weighted')}" for i in rule)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from assay.metrics.bootstrap import _percentile, bootstrap_rate_ci, cluster_weights, weighted_auroc, weighted_mean
+from assay.metrics.bootstrap import _percentile, bootstrap_rate_ci, cluster_auroc_ci, cluster_weights, weighted_mean
 from assay.metrics import auroc, auroc_pos_neg
 from assay.report.schema import GroupResult, Interval, NegativeSlice
 
@@ -75,7 +75,8 @@ def group_breakdown(
             auroc=_num(auroc(s[sel], yy[sel])), auroc_vs_rest=_num(vs_rest) if vs_rest is not None else None,
         )
         if vs_rest_rows is not None and u is not None:
-            res.auroc_vs_rest_ci = _clustered_auroc_ci(s[vs_rest_rows], yy[vs_rest_rows], u[vs_rest_rows], n_boot, seed)
+            res.auroc_vs_rest_ci = _interval(cluster_auroc_ci(s[vs_rest_rows], yy[vs_rest_rows], u[vs_rest_rows],
+                                                              n_boot=n_boot, seed=seed))
         if threshold is not None and len(gp):
             res.recall = float(np.mean(gp > threshold))
             res.recall_ci = rate_ci(gp > threshold, sel & (yy == 1))
@@ -84,10 +85,6 @@ def group_breakdown(
             res.fpr_ci = rate_ci(gn > threshold, sel & (yy == 0))
         out.append(res)
     return out
-
-
-def _clustered_auroc_ci(s: np.ndarray, y: np.ndarray, units: np.ndarray, n_boot: int, seed: int) -> Interval | None:
-    return _interval(_percentile(weighted_auroc(s, y, cluster_weights(units, n_boot, seed)), 0.95))
 
 
 def negative_slices(scores, y, groups: Sequence[str], units: Sequence[str] | None, *, n_boot: int = 1000,
@@ -111,5 +108,6 @@ def negative_slices(scores, y, groups: Sequence[str], units: Sequence[str] | Non
         rows = (yy == 1) | ((yy == 0) & np.isin(g, names))
         out.append(NegativeSlice(kind=kind, groups=names, n_pos=int((yy == 1).sum()),
                                  n_neg=int(rows.sum() - (yy == 1).sum()), auroc=_num(auroc(s[rows], yy[rows])),
-                                 auroc_ci=_clustered_auroc_ci(s[rows], yy[rows], u[rows], n_boot, seed)))
+                                 auroc_ci=_interval(cluster_auroc_ci(s[rows], yy[rows], u[rows], n_boot=n_boot,
+                                                                     seed=seed))))
     return out
