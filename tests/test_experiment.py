@@ -283,3 +283,33 @@ def test_the_evaluation_memo_gives_back_what_it_was_given(tmp_path):
     assert again.get(again.key("dense-logistic", s, kwargs | {"seed": 1})) is None
     other = EvaluationMemo(tmp_path / "evaluation.json", "another layout")
     assert other.get(other.key("dense-logistic", s, kwargs)) is None
+
+
+@pytest.mark.slow
+def test_recompute_checks_the_committed_numbers_from_the_scores_file(smoke_run, tmp_path):
+    """The study writes its headline rows' per-example scores; `assay experiment recompute` gets every
+    number of those rows back from them, and fails (exit 1) on a report whose interval was changed,
+    and with a clear error on a folder without a scores file."""
+    import re
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from assay.experiment.cli import app
+
+    _, out = smoke_run
+    assert (out / "scores.npz").is_file()
+    res = CliRunner().invoke(app, ["recompute", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "every number matches the report" in res.output and "0 differ" in res.output
+    shutil.copy(out / "scores.npz", tmp_path / "scores.npz")
+    report = json.loads((out / "report.json").read_text())
+    row = next(r for r in report["results"] if r["auroc_ci"] and r["split"] == "ood")
+    row["auroc_ci"]["high"] = row["auroc_ci"]["high"] - 0.02
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    res = CliRunner().invoke(app, ["recompute", str(tmp_path)])
+    assert res.exit_code == 1 and "auroc_ci/high" in res.output, res.output
+    (tmp_path / "scores.npz").unlink()
+    res = CliRunner().invoke(app, ["recompute", str(tmp_path)])
+    said = re.sub(r"[\s│╭╮╰╯─]+", " ", res.output)  # the rich error box wraps the message
+    assert res.exit_code == 2 and "no per-example scores file here" in said, res.output

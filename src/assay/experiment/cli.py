@@ -245,6 +245,51 @@ def refresh_findings(
     typer.echo(f"{report_file}: {len(report.findings)} findings regenerated")
 
 
+@app.command("recompute")
+def recompute_intervals(
+    run_dir: Path = typer.Argument(..., help="A study's output folder, holding report.json and scores.npz."),
+) -> None:
+    """Recompute every number of the headline rows (AUROC, recall and FPR with their clustered
+    intervals, breakdowns, paired comparisons, hard-negative, gap-closed and k-sparse gap
+    diagnostics) from the committed per-example scores, and compare with report.json. Exits 1 if
+    any differs; needs neither the model nor the caches."""
+    from assay.errors import InputError
+    from assay.experiment.recompute import TOLERANCE, recompute
+    from assay.experiment.score_table import SCORES_FILE, load_scores
+    from assay.report.schema import load_report
+
+    report_file, scores_file = run_dir / "report.json", run_dir / SCORES_FILE
+    for f, what in ((report_file, "report"), (scores_file, "per-example scores file")):
+        if not f.is_file():
+            raise typer.BadParameter(f"{f}: no {what} here (a study run with this version of assay writes both into "
+                                     "its output folder)", param_hint="RUN_DIR")
+    try:
+        report = load_report(report_file)
+    except ValueError as err:
+        raise typer.BadParameter(f"{report_file}: not a valid report.json ({str(err).splitlines()[0]})") from None
+    if not report.results or "headline_k" not in report.diagnostics:
+        raise typer.BadParameter(f"{report_file}: not a harmful-intent study report (no study results or headline k)")
+    try:
+        table = load_scores(scores_file)
+    except InputError as err:
+        raise typer.BadParameter(str(err), param_hint="RUN_DIR") from None
+    typer.echo(f"{scores_file}: {len(table.scores)} runs' scores on {sum(len(i) for i in table.idx.values())} rows "
+               f"({', '.join(f'{s} {len(i)}' for s, i in table.idx.items())}); recomputing with "
+               f"{report.config.get('n_boot')} resamples, seed {report.config.get('seed')} ...")
+    sections = recompute(report, table)
+    bad = 0
+    for s in sections:
+        typer.echo(f"  {s.name}: {s.values} numbers ({s.intervals} intervals) recomputed, max |difference| "
+                   f"{s.max_abs_diff:.1e}, {len(s.mismatches)} differ" + ("" if s.mismatches else " - all match"))
+        for path, a, b in s.mismatches[:10]:
+            typer.echo(f"    {path}: report {a!r}, recomputed {b!r}")
+        bad += len(s.mismatches)
+    if bad:
+        typer.echo(f"{bad} numbers differ from the report by more than {TOLERANCE:g}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"every number matches the report (tolerance {TOLERANCE:g})")
+
+
 @app.command("sae-frequency")
 def sae_frequency(
     preset: str = typer.Option("quick", help="demo (what make demo runs) | quick | full."),

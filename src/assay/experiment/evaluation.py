@@ -19,7 +19,6 @@ from assay.experiment.saes import SAE_NAMES
 
 log = logging.getLogger(__name__)
 
-GROUP_FIELDS = ("family", "transformation", "source", "group")
 # Big or per-run bookkeeping that stays in the parts, not in the report.
 _DROP_META = ("l1_path", "selection", "computed_by", "history", "top10")
 
@@ -35,6 +34,13 @@ def is_primary(run: Any, cfg: Any) -> bool:
     return run.seed is None or run.seed == cfg.seed
 
 
+def detailed(run: Any, cfg: Any) -> bool:
+    """Whether a run's results carry intervals, curves and breakdowns: the primary seed of every
+    configuration the tables and findings use (the k-sweep's other k and the extra seeds get point
+    metrics)."""
+    return is_primary(run, cfg) and (run.method != "k-sparse" or run.k == cfg.headline_k)
+
+
 def to_ref(run: Any) -> Any:
     from assay.report.schema import RowRef
 
@@ -42,17 +48,18 @@ def to_ref(run: Any) -> Any:
 
 
 class Evaluator:
-    def __init__(self, study: Any):
-        self.study, self.cfg = study, study.cfg
-        ex = study.ds.examples
-        self.groups = {f: np.array([getattr(e, f) for e in ex], dtype=object) for f in GROUP_FIELDS}
+    """Every number of the report that is computed from per-example scores, read from a
+    `ScoreTable`: the study's own (`for_study`), or the committed headline scores
+    (`assay experiment recompute`), which must give the same numbers."""
 
-    def split_scores(self, scores: np.ndarray) -> dict[str, Any]:
-        from assay.report.evaluate import SplitScores
+    def __init__(self, table: Any, cfg: Any, study: Any = None):
+        self.t, self.cfg, self.study = table, cfg, study
 
-        st = self.study
-        return {s: SplitScores(scores=scores[i], y=st.y[i], groups={f: g[i].tolist() for f, g in self.groups.items()},
-                               units=st.units[i].tolist()) for s, i in st.idx.items()}
+    @classmethod
+    def for_study(cls, study: Any) -> "Evaluator":
+        from assay.experiment.score_table import from_study
+
+        return cls(from_study(study), study.cfg, study)
 
     def evaluate(self) -> list[Any]:
         """MethodResults of every run on every split. Full detail (clustered intervals, curves,
@@ -65,7 +72,7 @@ class Evaluator:
         rows = []
         for run in sorted(st.scores, key=_sort_key):
             meta = st.meta.get(run, {})
-            detail = is_primary(run, cfg) and (run.method != "k-sparse" or run.k == cfg.headline_k)
+            detail = detailed(run, cfg)
             computed = meta.get("computed_by", {})
             kwargs = dict(features=run.features, calibrate_on=cfg.calibrate_on, target_fpr=cfg.target_fpr,
                           n_boot=cfg.n_boot, seed=cfg.seed, detail=detail, kind=run.kind, sae=run.sae, k=run.k,
@@ -76,7 +83,7 @@ class Evaluator:
             key = memo.key(run.method, st.scores[run], kwargs)
             res = memo.get(key)
             if res is None:
-                res = evaluate_method(run.method, self.split_scores(st.scores[run]), **kwargs)
+                res = evaluate_method(run.method, self.t.split_scores(st.scores[run]), **kwargs)
                 memo.put(key, res)
             for r in res:
                 r.seed = run.seed
@@ -89,10 +96,10 @@ class Evaluator:
         """Fingerprint of what every run is evaluated against: the splits' rows, labels, units and groups."""
         from assay.fileio import sha256_json
 
-        st = self.study
-        return sha256_json({"idx": {s: np.asarray(i).tolist() for s, i in st.idx.items()}, "y": np.asarray(st.y).tolist(),
-                            "units": np.asarray(st.units).tolist(),
-                            "groups": {f: g.tolist() for f, g in self.groups.items()}})
+        t = self.t
+        return sha256_json({"idx": {s: np.asarray(i).tolist() for s, i in t.idx.items()}, "y": np.asarray(t.y).tolist(),
+                            "units": np.asarray(t.units).tolist(),
+                            "groups": {f: g.tolist() for f, g in t.groups.items()}})
 
     def _seed_summaries(self, rows: list[Any]) -> None:
         """Attach mean and sd over seeds to each configuration's primary row."""
@@ -115,14 +122,14 @@ class Evaluator:
         if run.seed is None:
             return [run]
         return [type(run)(**{**run.__dict__, "seed": s}) for s in self.cfg.seeds
-                if type(run)(**{**run.__dict__, "seed": s}) in self.study.scores]
+                if type(run)(**{**run.__dict__, "seed": s}) in self.t.scores]
 
     def compare(self, a: Any, b: Any, split: str, kind: str) -> Any:
         from assay.metrics.bootstrap import paired_auroc_diff
         from assay.metrics import auroc
         from assay.report.schema import Comparison, Interval
 
-        st = self.study
+        st = self.t
         i = st.idx[split]
         r = paired_auroc_diff(st.scores[a][i], st.scores[b][i], st.y[i], st.units[i].tolist(),
                               n_boot=self.cfg.n_boot, seed=self.cfg.seed)
@@ -141,7 +148,7 @@ class Evaluator:
         configuration chosen on validation against the dense family's, on every split."""
         from assay.experiment.study import Run
 
-        cfg, st = self.cfg, self.study
+        cfg, st = self.cfg, self.t
         out = []
         dense = {agg: Run("dense-logistic", agg) for agg in cfg.aggregations}
         for run in sorted(st.scores, key=_sort_key):
@@ -167,13 +174,13 @@ class Evaluator:
         from assay.metrics.bootstrap import paired_auroc_diff
         from assay.report.breakdown import HARD_NEGATIVES, ORDINARY_NEGATIVES
 
-        st, cfg = self.study, self.cfg
+        st, cfg = self.t, self.cfg
         dense = best.get("dense-logistic")
         keys = ("method", "features", "sae", "k", "selector", "seed")
         rows = []
         for split in [s for s in ("calib", "ood") if s in st.idx]:
             i = np.asarray(st.idx[split])
-            y, g, units = st.y[i], self.groups["group"][i], st.units[i]
+            y, g, units = st.y[i], st.groups["group"][i], st.units[i]
             for kind in ("hard", "ordinary"):
                 for fam, ref in best.items():
                     res = next((r for r in results if r.split == split and all(getattr(r, k) == getattr(ref, k)
@@ -195,46 +202,101 @@ class Evaluator:
 
     def gap_closed(self, results: list[Any]) -> list[dict[str, Any]]:
         """GDM: SAEs trained or finetuned on chat close about half the pretraining SAE's gap to the
-        dense probe. With the k-sparse configuration chosen on validation for the pretraining SAE
-        (and the dense family's best), the share of the gap each other SAE closes, on calib and OOD,
-        with a paired clustered interval and per seed."""
+        dense probe. The share of that gap each other SAE closes, on calib and OOD, with a paired
+        clustered interval and per seed, under two rules for the other SAE's probe:
+        `pretrain_config`, the k-sparse configuration chosen on validation for the pretraining SAE
+        (aggregation and selector held, only the SAE differs), and `own_config`, each SAE's own
+        configuration chosen on validation (the row its headline table shows). Neither rule looks
+        at calib or OOD; a claim holds only if it holds under both."""
         from assay.metrics.bootstrap import _percentile, cluster_weights, weighted_auroc
         from assay.metrics import auroc
 
-        cfg, st = self.cfg, self.study
+        cfg, st = self.cfg, self.t
         best = family_best(results, cfg)
-        pre_ref, dense_ref = best.get(f"k-sparse k={cfg.headline_k} [pretrain]"), best.get("dense-logistic")
+        k = cfg.headline_k
+        pre_ref, dense_ref = best.get(f"k-sparse k={k} [pretrain]"), best.get("dense-logistic")
         if pre_ref is None or dense_ref is None:
             return []
         out = []
-        for other in (n for n in SAE_NAMES if n != "pretrain"):
-            for split in ("calib", "ood"):
-                i = st.idx.get(split)
-                runs = {"dense": _run(dense_ref), "pre": _run(pre_ref), "other": _run(pre_ref, sae=other)}
-                if i is None or runs["other"] not in st.scores:
+        for rule in ("pretrain_config", "own_config"):
+            for other in (n for n in SAE_NAMES if n != "pretrain"):
+                other_ref = pre_ref if rule == "pretrain_config" else best.get(f"k-sparse k={k} [{other}]")
+                if other_ref is None:
                     continue
-                W = cluster_weights(st.units[i].tolist(), cfg.n_boot, cfg.seed)
-                a = {n: weighted_auroc(st.scores[r][i], st.y[i], W) for n, r in runs.items()}
-                point = {n: auroc(st.scores[r][i], st.y[i]) for n, r in runs.items()}
-                gap = point["dense"] - point["pre"]
-                boot_gap = a["dense"] - a["pre"]
-                frac = (a["other"] - a["pre"]) / np.where(boot_gap > 0, boot_gap, np.nan)
-                lo, hi = _percentile(frac, 0.95)
-                g_lo, g_hi = _percentile(boot_gap, 0.95)
-                per_seed = []
-                for seed in cfg.seeds:
-                    pre_s, other_s = _run(pre_ref, seed=seed), _run(pre_ref, sae=other, seed=seed)
-                    if pre_s in st.scores and other_s in st.scores:
-                        p = {n: auroc(st.scores[r][i], st.y[i]) for n, r in
-                             (("dense", runs["dense"]), ("pre", pre_s), ("other", other_s))}
-                        if p["dense"] - p["pre"] > 0:
-                            per_seed.append((p["other"] - p["pre"]) / (p["dense"] - p["pre"]))
-                out.append({
-                    "sae": other, "split": split, "config": pre_ref.model_dump(), "dense": dense_ref.model_dump(),
-                    "auroc_dense": point["dense"], "auroc_pretrain": point["pre"], "auroc_other": point["other"],
-                    "gap": gap, "gap_ci": [g_lo, g_hi], "gap_outside_noise": bool(g_lo > 0),
-                    "fraction_closed": (point["other"] - point["pre"]) / gap if gap > 0 else None,
-                    "fraction_ci": [lo, hi], "fraction_per_seed": per_seed})
+                for split in ("calib", "ood"):
+                    i = st.idx.get(split)
+                    runs = {"dense": _run(dense_ref), "pre": _run(pre_ref), "other": _run(other_ref, sae=other)}
+                    if i is None or any(r not in st.scores for r in runs.values()):
+                        continue
+                    W = cluster_weights(st.units[i].tolist(), cfg.n_boot, cfg.seed)
+                    a = {n: weighted_auroc(st.scores[r][i], st.y[i], W) for n, r in runs.items()}
+                    point = {n: auroc(st.scores[r][i], st.y[i]) for n, r in runs.items()}
+                    gap = point["dense"] - point["pre"]
+                    boot_gap = a["dense"] - a["pre"]
+                    frac = (a["other"] - a["pre"]) / np.where(boot_gap > 0, boot_gap, np.nan)
+                    lo, hi = _percentile(frac, 0.95)
+                    g_lo, g_hi = _percentile(boot_gap, 0.95)
+                    per_seed = []
+                    for seed in cfg.seeds:
+                        pre_s, other_s = _run(pre_ref, seed=seed), _run(other_ref, sae=other, seed=seed)
+                        if pre_s in st.scores and other_s in st.scores:
+                            p = {n: auroc(st.scores[r][i], st.y[i]) for n, r in
+                                 (("dense", runs["dense"]), ("pre", pre_s), ("other", other_s))}
+                            if p["dense"] - p["pre"] > 0:
+                                per_seed.append((p["other"] - p["pre"]) / (p["dense"] - p["pre"]))
+                    out.append({
+                        "rule": rule, "sae": other, "split": split, "config": pre_ref.model_dump(),
+                        "config_other": to_ref(runs["other"]).model_dump(), "dense": dense_ref.model_dump(),
+                        "auroc_dense": point["dense"], "auroc_pretrain": point["pre"], "auroc_other": point["other"],
+                        "gap": gap, "gap_ci": [g_lo, g_hi], "gap_outside_noise": bool(g_lo > 0),
+                        "fraction_closed": (point["other"] - point["pre"]) / gap if gap > 0 else None,
+                        "fraction_ci": [lo, hi], "fraction_per_seed": per_seed})
+        return out
+
+    def ksparse_gaps(self, results: list[Any]) -> list[dict[str, Any]]:
+        """GDM: k-sparse SAE probes fit in distribution but are worse out of distribution. Tested as
+        a difference of gaps: for each SAE's k-sparse configuration chosen on validation, the dense
+        family's AUROC minus it on calib (in distribution, held out) and on OOD, and OOD gap minus
+        calib gap, with percentile intervals. Both probes are scored on each cluster resample, so
+        every interval is paired; calib and OOD are drawn independently when no unit lies in both
+        (the benchmark keeps a behaviour in one split), so each gap's interval is the one its
+        comparison in the report shows, and jointly otherwise. GDM's
+        pattern is a calib gap within noise of 0, an OOD gap above 0, and their difference above 0,
+        each beyond noise where it says so."""
+        from assay.metrics.bootstrap import _percentile, cluster_weights, weighted_auroc
+        from assay.metrics import auroc
+
+        cfg, st = self.cfg, self.t
+        best = family_best(results, cfg)
+        dense_ref = best.get("dense-logistic")
+        if dense_ref is None or not all(s in st.idx for s in ("calib", "ood")):
+            return []
+        i_cal, i_ood = np.asarray(st.idx["calib"]), np.asarray(st.idx["ood"])
+        if set(st.units[i_cal].tolist()) & set(st.units[i_ood].tolist()):  # a unit in both moves in both
+            W = cluster_weights(st.units[np.concatenate([i_cal, i_ood])].tolist(), cfg.n_boot, cfg.seed)
+            W_cal, W_ood = W[:, :len(i_cal)], W[:, len(i_cal):]
+        else:  # independent draws per split: each gap's interval is then its paired comparison's
+            W_cal = cluster_weights(st.units[i_cal].tolist(), cfg.n_boot, cfg.seed)
+            W_ood = cluster_weights(st.units[i_ood].tolist(), cfg.n_boot, cfg.seed)
+        out = []
+        for sae in SAE_NAMES:
+            ref = best.get(f"k-sparse k={cfg.headline_k} [{sae}]")
+            if ref is None or _run(ref) not in st.scores or _run(dense_ref) not in st.scores:
+                continue
+            d, s = st.scores[_run(dense_ref)], st.scores[_run(ref)]
+            gaps, boot = {}, {}
+            for name, i, Wi in (("calib", i_cal, W_cal), ("ood", i_ood, W_ood)):
+                gaps[name] = auroc(d[i], st.y[i]) - auroc(s[i], st.y[i])
+                boot[name] = weighted_auroc(d[i], st.y[i], Wi) - weighted_auroc(s[i], st.y[i], Wi)
+            diff, boot_diff = gaps["ood"] - gaps["calib"], boot["ood"] - boot["calib"]
+            row = {"sae": sae, "config": ref.model_dump(), "dense": dense_ref.model_dump()}
+            for name, point, b in (("calib_gap", gaps["calib"], boot["calib"]), ("ood_gap", gaps["ood"], boot["ood"]),
+                                   ("gap_difference", diff, boot_diff)):
+                lo, hi = _percentile(b, 0.95)
+                row[name] = {"value": point, "ci": [lo, hi], "above_zero": bool(lo > 0), "below_zero": bool(hi < 0)}
+            row["gdm_pattern"] = bool(not row["calib_gap"]["above_zero"] and not row["calib_gap"]["below_zero"]
+                                      and row["ood_gap"]["above_zero"] and row["gap_difference"]["above_zero"])
+            out.append(row)
         return out
 
     def diff_of_means_diagnostic(self) -> list[dict[str, Any]]:
@@ -381,12 +443,13 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
     from assay.report.render import write_report
     from assay.report.schema import Interval, Provenance, Report, SAEQuality
     from assay.experiment.findings import attach as attach_findings
+    from assay.experiment.score_table import SCORES_FILE, headline_runs, save_scores
     from assay.experiment.sae_quality import meets_bar
     from assay.experiment.saes import STUDY_SAES
     from assay.provenance import provenance
 
     cfg = study.cfg
-    ev = Evaluator(study)
+    ev = Evaluator.for_study(study)
     results = ev.evaluate()
     comparisons, chosen = ev.comparisons(results)
     describe = {s.name: s.description for s in STUDY_SAES}
@@ -424,10 +487,11 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
                      **({"autointerp": study.autointerp} if getattr(study, "autointerp", None) else {}),
                      **({"sae_provenance": study.sae_provenance} if getattr(study, "sae_provenance", None) else {}),
                      "related": RELATED,
-                     "gap_closed": ev.gap_closed(results),
+                     "gap_closed": ev.gap_closed(results), "ksparse_gaps": ev.ksparse_gaps(results),
                      "diff_of_means": ev.diff_of_means_diagnostic(), "latent_stability": stability},
     )
     write_report(attach_findings(report), study.out)
+    save_scores(study.out / SCORES_FILE, ev.t, headline_runs(ev.t, results, cfg))
     return report
 
 

@@ -198,28 +198,9 @@ def findings(report: Any) -> list[Any]:
                else "Not every SAE's best latent falls short of the dense probe on train beyond noise."),
             all(fails), saes))
 
-    # 3. k-sparse probes: fit in distribution, worse OOD.
-    parts, holds, fits = [], [], []
-    for sae in saes:
-        ks = best[f"k-sparse k={k} [{sae}]"]
-        fit, c_fit = w.diff(_dense_at(dense, ks.features), ks, "train")
-        fits.append(c_fit is not None and not (c_fit.outside_noise and c_fit.diff > 0))
-        cal, c_cal = w.diff(dense, ks, "calib")
-        ood, c_ood = w.diff(dense, ks, "ood")
-        parts.append(f"{sae}: {label(ks)} train {w.result(ks, 'train')} (dense on the same aggregation minus it "
-                     f"{fit}), calib {w.result(ks, 'calib')} ({_verdict(c_cal, 'dense better', 'SAE better', 'tie')}: "
-                     f"{cal}), OOD {w.result(ks, 'ood')} ({_verdict(c_ood, 'dense better', 'SAE better', 'tie')}: {ood})")
-        holds.append(c_ood is not None and c_ood.outside_noise and c_ood.diff > 0)
-    if parts:
-        out.append(w.finding(
-            "k-sparse SAE probes fit in distribution but are distinctly worse out of distribution.",
-            f"k-sparse probes at k={k} (fixed in advance; selector and aggregation chosen on validation) against the "
-            "dense probe's best configuration, paired clustered 95% intervals of dense minus SAE: " + "; ".join(parts)
-            + f". They fit train as well as the dense probe on the same aggregation (no worse beyond noise) for "
-            f"{sum(fits)} of {len(fits)} SAEs" + (", as GDM found. " if all(fits) else ", where GDM found they fit. ")
-            + ("Worse OOD for every SAE, as GDM found." if all(holds) else
-               "Not worse OOD beyond noise for every SAE, unlike GDM's finding."),
-            all(holds) and all(fits), saes))
+    # 3. k-sparse probes: fit in distribution, worse OOD, tested as a difference of gaps.
+    if report.diagnostics.get("ksparse_gaps"):
+        out.append(ksparse_finding(report, w, best, dense, k))
 
     # 4. Reconstruction and error probes.
     for what, claim in (("reconstruction", "Probes on the SAE reconstruction lose the signal (worse OOD)."),
@@ -236,49 +217,9 @@ def findings(report: Any) -> list[Any]:
             + (f"; better than it beyond noise for {', '.join(better)}." if better else "; better for none."),
             (n_worse == len(worse)) if claim else None, saes))
 
-    # 5. Chat data closes part of the gap (with the equal-steps control).
-    gaps = [g for g in report.diagnostics.get("gap_closed", []) if g["split"] == "ood"]
-    if gaps:
-        g0 = gaps[0]
-        i0 = report.diagnostics["gap_closed"].index(g0)
-        gap = w.value("diagnostic", f"gap_closed/{i0}/gap", g0["gap"])
-        if not g0["gap_outside_noise"]:
-            text = (f"The pretraining SAE's k={k} probe is within noise of the dense probe OOD (gap {gap}, 95% interval "
-                    f"[{f3(g0['gap_ci'][0])}, {f3(g0['gap_ci'][1])}]): no gap for chat data to close.")
-            holds = None
-        else:
-            parts, fracs = [], {}
-            for g in gaps:
-                i = report.diagnostics["gap_closed"].index(g)
-                if g["fraction_closed"] is None:
-                    continue
-                frac = w.value("diagnostic", f"gap_closed/{i}/fraction_closed", g["fraction_closed"], fmt=lambda x: f"{x:.0%}")
-                seeds = (f"; per seed {', '.join(f'{x:.0%}' for x in g['fraction_per_seed'])}"
-                         if len(g["fraction_per_seed"]) > 1 else "")
-                parts.append(f"{g['sae']} {frac} (95% interval {g['fraction_ci'][0]:.0%} to {g['fraction_ci'][1]:.0%}{seeds})")
-                fracs[g["sae"]] = g
-            ft, ctl = fracs.get("pretrain+chat-ft"), fracs.get("pretrain+pretrain-ft")
-            closes = bool(ft and ft["fraction_ci"][0] > 0)
-            beats_control = bool(ft and ctl and ft["fraction_closed"] > ctl["fraction_ci"][1])
-            # GDM's claim is about chat data: a share the equal-steps control also closes does not support it
-            holds = closes and (ctl is None or beats_control)
-            tail = ""
-            if ft and not closes:
-                tail = " Finetuning on chat closes no share of the gap beyond noise (its interval includes 0)."
-            elif ft and ctl:
-                tail = (" Finetuning on chat closes a share beyond noise; "
-                        + ("more than the equal-steps control's interval, so chat data, not extra training, does the work."
-                           if beats_control else
-                           "no more than the equal-steps control (as many more pretraining tokens) might, so it need not be "
-                           "the chat data."))
-            if ft and len(ft["fraction_per_seed"]) > 1:
-                lo, hi = min(ft["fraction_per_seed"]), max(ft["fraction_per_seed"])
-                tail += (f" Across seeds the chat finetune's share ranges from {lo:.0%} to {hi:.0%}, wider than the "
-                         "bootstrap interval of one seed, so seed variation dominates the uncertainty.")
-            text = (f"Share of the pretraining SAE's OOD gap to the dense probe (gap {gap} AUROC, k={k}, "
-                    f"{label(_ref(g0['config']))}) closed by: " + "; ".join(parts) + "." + tail)
-        out.append(w.finding("SAEs trained or finetuned on chat data close about half the gap.", text, holds,
-                             ["pretrain"] + [g["sae"] for g in gaps]))
+    # 5. Chat data closes part of the gap (with the equal-steps control), under both configuration rules.
+    if any(g["split"] == "ood" for g in report.diagnostics.get("gap_closed", [])):
+        out.append(gap_closed_finding(report.diagnostics["gap_closed"], w, k))
 
     # 6. Text baselines and attention probes against the dense probe.
     for fam, what in (("tfidf", "TF-IDF + logistic regression"), ("minilm", "MiniLM embeddings + logistic regression"),
@@ -439,6 +380,119 @@ def layer_finding(sweep: dict[str, Any], w: "_Writer | None" = None) -> Any:
                  f"{str(prov.get('git_commit'))[:7]}{f', {secs / 60:.0f} min' if secs else ''}); this study read its "
                  f"file {src['path']}, checked against this study's {src['checked']}.")
     return w.finding("GDM chose the probing layer by sweeping layers.", text, None)
+
+
+def _interval_text(w: "_Writer", path: str, row: dict[str, Any]) -> str:
+    """'+0.123 [+0.050, +0.190]' for a diagnostic's {'value', 'ci'}, the value cited."""
+    return f"{w.value('diagnostic', f'{path}/value', row['value'], fmt=signed)} [{signed(row['ci'][0])}, {signed(row['ci'][1])}]"
+
+
+def ksparse_finding(report: Any, w: "_Writer", best: dict[str, Any], dense: Any, k: int) -> Any:
+    """GDM: k-sparse probes fit in distribution but are worse OOD. The test is the pattern of gaps
+    to the dense probe: within noise of 0 on calib (held out, in distribution), above 0 on OOD, and
+    the OOD gap above the calib gap, each by its paired clustered interval."""
+    rows = report.diagnostics["ksparse_gaps"]
+    parts, holds, fits = [], [], []
+    for i, g in enumerate(rows):
+        ks = best.get(f"k-sparse k={k} [{g['sae']}]")
+        if ks is None:
+            continue
+        fit, c_fit = w.diff(_dense_at(dense, ks.features), ks, "train")
+        fits.append(c_fit is not None and not (c_fit.outside_noise and c_fit.diff > 0))
+        cal = _interval_text(w, f"ksparse_gaps/{i}/calib_gap", g["calib_gap"])
+        ood = _interval_text(w, f"ksparse_gaps/{i}/ood_gap", g["ood_gap"])
+        dif = _interval_text(w, f"ksparse_gaps/{i}/gap_difference", g["gap_difference"])
+        where = ("GDM's pattern" if g["gdm_pattern"] else
+                 "not GDM's pattern: " + ", ".join(x for x, bad in (
+                     ("the calib gap is above 0", g["calib_gap"]["above_zero"]),
+                     ("the calib gap is below 0", g["calib_gap"]["below_zero"]),
+                     ("the OOD gap is not above 0", not g["ood_gap"]["above_zero"]),
+                     ("the OOD gap is not above the calib gap", not g["gap_difference"]["above_zero"])) if bad))
+        parts.append(f"{g['sae']} ({label(ks)}): train {w.result(ks, 'train')} (dense on the same aggregation minus it "
+                     f"{fit}); gap calib {cal}, OOD {ood}, OOD minus calib {dif}: {where}")
+        holds.append(g["gdm_pattern"])
+    n = sum(holds)
+    more = sum(g["gap_difference"]["above_zero"] for g in rows)
+    short = sum(g["calib_gap"]["above_zero"] for g in rows)
+    return w.finding(
+        "k-sparse SAE probes fit in distribution but are distinctly worse out of distribution.",
+        f"Gaps to the dense probe's best configuration (dense AUROC minus the k-sparse probe's, k={k} fixed in advance; "
+        "selector and aggregation chosen on validation), paired clustered 95% intervals. GDM's claim is tested as the "
+        "pattern: a calib (held-out, in-distribution) gap within noise of 0, an OOD gap above 0, and the OOD gap above "
+        "the calib gap, each beyond noise. " + "; ".join(parts) + f". The pattern holds for {n} of {len(holds)} SAEs"
+        + (", as GDM found." if holds and all(holds) else
+           f"; for {'the others' if n else 'each'} the numbers are not GDM's 'fits in distribution, fails out of it' "
+           "(why is said for each).")
+        + f" The OOD gap exceeds the calib gap beyond noise for {more} of {len(holds)}, and the calib gap is above 0 "
+        f"beyond noise for {short} of {len(holds)}."
+        + f" They fit train no worse than the dense probe on the same aggregation for {sum(fits)} of {len(fits)}.",
+        bool(holds) and all(holds), [g["sae"] for g in rows])
+
+
+def gap_closed_finding(rows: list[dict[str, Any]], w: "_Writer", k: int) -> Any:
+    """GDM: SAEs trained or finetuned on chat close about half the gap. The share of the pretraining
+    SAE's OOD gap each other SAE closes under both rules for its configuration (`gap_closed`); the
+    claim holds only if the chat finetune closes a share beyond noise, and more than the
+    equal-steps control's interval, under both."""
+    ood = [(i, g) for i, g in enumerate(rows) if g["split"] == "ood"]
+    i0, g0 = ood[0]
+    gap = w.value("diagnostic", f"gap_closed/{i0}/gap", g0["gap"])
+    saes = ["pretrain"] + sorted({g["sae"] for _, g in ood}, key=SAE_NAMES.index)
+    claim = "SAEs trained or finetuned on chat data close about half the gap."
+    if not g0["gap_outside_noise"]:
+        return w.finding(claim, f"The pretraining SAE's k={k} probe is within noise of the dense probe OOD (gap {gap}, "
+                         f"95% interval [{f3(g0['gap_ci'][0])}, {f3(g0['gap_ci'][1])}]): no gap for chat data to close.",
+                         None, saes)
+    rule_text = {"pretrain_config": f"with the pretraining SAE's configuration ({label(_ref(g0['config']))}) on every SAE",
+                 "own_config": "with each SAE's own configuration chosen on validation (the rows of its table)"}
+    texts: list[str] = []
+    ok: dict[str, dict[str, bool]] = {}  # chat SAE -> rule -> closes a share beyond noise, beyond the control
+    for rule in ("pretrain_config", "own_config"):
+        parts, fr = [], {}
+        for i, g in ood:
+            if g.get("rule", "pretrain_config") != rule or g["fraction_closed"] is None:
+                continue
+            frac = w.value("diagnostic", f"gap_closed/{i}/fraction_closed", g["fraction_closed"], fmt=lambda x: f"{x:.0%}")
+            seeds = (f"; per seed {', '.join(f'{x:.0%}' for x in g['fraction_per_seed'])}"
+                     if len(g["fraction_per_seed"]) > 1 else "")
+            parts.append(f"{g['sae']} {frac} (95% interval {g['fraction_ci'][0]:.0%} to {g['fraction_ci'][1]:.0%}{seeds})")
+            fr[g["sae"]] = g
+        if not parts:
+            continue
+        ctl = fr.get("pretrain+pretrain-ft")
+        said = []
+        for sae, who in (("chat", "the SAE trained on chat"), ("pretrain+chat-ft", "the chat finetune")):
+            g = fr.get(sae)
+            if g is None:
+                continue
+            closes = g["fraction_ci"][0] > 0
+            # GDM's claim is about chat data: a share the equal-steps control (as many more pretraining
+            # tokens) also closes does not support it
+            beats = ctl is None or g["fraction_closed"] > ctl["fraction_ci"][1]
+            ok.setdefault(sae, {})[rule] = closes and beats
+            seeds = g["fraction_per_seed"]
+            spread = (f" (though its seeds range from {min(seeds):.0%} to {max(seeds):.0%}, wider than one seed's "
+                      "bootstrap interval)" if closes and len(seeds) > 1 and min(seeds) < g["fraction_ci"][0] else "")
+            said.append(f"{who} closes no share beyond noise" if not closes else
+                        f"{who} closes a share beyond noise, more than the equal-steps control's interval{spread}" if beats
+                        else f"{who} closes a share beyond noise, but no more than the equal-steps control might{spread}")
+        texts.append(f"{rule_text[rule]}: " + "; ".join(parts) + (f"; {', and '.join(said)}" if said else ""))
+    rules = [r for r in ("pretrain_config", "own_config") if any(r in v for v in ok.values())]
+    both = [s for s, v in ok.items() if all(v.get(r) for r in rules)]
+    one = [s for s, v in ok.items() if s not in both and any(v.values())]
+    if not ok:
+        verdict, holds = "", None
+    elif both:
+        verdict, holds = f" Under both rules the claim holds for {', '.join(both)}.", True
+    else:
+        verdict, holds = (" It holds under both rules for no chat SAE." if one else
+                          " It holds under neither rule for any chat SAE."), False
+    if one:
+        verdict += (f" For {', '.join(one)} it holds under one rule only, so it turns on which configuration is "
+                    "compared and is not counted.")
+    return w.finding(claim, f"Share of the pretraining SAE's OOD gap to the dense probe (gap {gap} AUROC, k={k}) closed "
+                     "by each other SAE's k-sparse probe, (its AUROC - pretrain's) / (dense's - pretrain's), paired "
+                     "clustered intervals; " + ". Then, ".join(texts) + "." + verdict, holds, saes)
 
 
 def hard_negatives_finding(hn: dict[str, Any], w: "_Writer | None" = None, split: str = "ood") -> Any:

@@ -99,13 +99,25 @@ def readme_section(reports: list[tuple[Path, Report]]) -> str:
     out += lines + ["", "Intervals resample behaviour clusters; differences are paired on the same examples "
                     "(`calib` is the held-out in-distribution split; nothing was chosen on OOD numbers). The last "
                     "three columns split the OOD negatives: every harmful OOD prompt against the hard negatives "
-                    f"({hard_names}) and, apart, against ordinary benign prompts.", ""]
+                    f"({hard_names}) and, apart, against ordinary benign prompts." + _recompute_text(reports[0][0]), ""]
     out += ["Findings of the first report, each beside the GDM claim it tests:", ""]
     for f in main.findings:
         status = finding_status(f)  # a verdict on SAEs below the quality bar says so up front
         lead = (f"**GDM: {f.claim}** " if f.claim else "") + (f"({status}) " if status else "")
         out.append(f"- {lead}{f.text}")
     return "\n".join(out + ["", END])
+
+
+def _recompute_text(report_path: Path) -> str:
+    """How a reader checks the table: the headline rows' per-example scores, when committed beside the report."""
+    from assay.experiment.score_table import SCORES_FILE
+
+    run_dir = report_path.parent
+    if not (run_dir / SCORES_FILE).is_file():
+        return ""
+    return (f" The headline rows' per-example scores are in `{(run_dir / SCORES_FILE).as_posix()}`: `assay experiment "
+            f"recompute {run_dir.as_posix()}` recomputes every number and interval of those rows from them (no model, "
+            "no caches) and compares it with the report.")
 
 
 def update_readme(readme: Path, reports: list[Path]) -> tuple[str, str]:

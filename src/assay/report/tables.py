@@ -308,17 +308,32 @@ def diagnostics_tables(report: Report) -> list[Table]:
         out.append(Table("Related experiments", ["command", "what it answers", "committed report"],
                          [[f"`{r['command']}`", r["what"], r["report"]] for r in d["related"]],
                          "Parts of GDM's study run as their own commands (each has its own report).", "table-related"))
+    if d.get("ksparse_gaps"):
+        iv = lambda x: f"{x['value']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}]"  # noqa: E731
+        out.append(Table("k-sparse probes: gap to the dense probe in and out of distribution",
+                         ["SAE", "k-sparse configuration", "calib gap [95% CI]", "OOD gap [95% CI]",
+                          "OOD − calib [95% CI]", "GDM's pattern"],
+                         [[g["sae"], f"{g['config']['features']} {g['config']['selector']} k={g['config']['k']}",
+                           iv(g["calib_gap"]), iv(g["ood_gap"]), iv(g["gap_difference"]),
+                           "yes" if g["gdm_pattern"] else "no"] for g in d["ksparse_gaps"]],
+                         "Dense AUROC minus the k-sparse probe's (each family's configuration chosen on validation); "
+                         "paired clustered intervals. GDM's pattern: calib gap within noise of 0, OOD gap above 0, "
+                         "and the OOD gap above the calib gap.", "table-ksparse-gaps"))
     if d.get("gap_closed"):
-        out.append(Table("Share of the pretraining SAE's gap closed", ["SAE", "split", "AUROC dense / pretrain / it",
-                                                                       "gap [95% CI]", "share closed [95% CI]", "per seed"],
-                         [[g["sae"], g["split"], f"{g['auroc_dense']:.3f} / {g['auroc_pretrain']:.3f} / {g['auroc_other']:.3f}",
+        rule = {"pretrain_config": "pretrain's configuration", "own_config": "its own configuration"}
+        out.append(Table("Share of the pretraining SAE's gap closed", ["SAE", "configuration rule", "split",
+                                                                       "AUROC dense / pretrain / it", "gap [95% CI]",
+                                                                       "share closed [95% CI]", "per seed"],
+                         [[g["sae"], rule.get(g.get("rule", "pretrain_config"), "?"), g["split"],
+                           f"{g['auroc_dense']:.3f} / {g['auroc_pretrain']:.3f} / {g['auroc_other']:.3f}",
                            f"{g['gap']:+.3f} [{g['gap_ci'][0]:+.3f}, {g['gap_ci'][1]:+.3f}]",
                            "–" if g["fraction_closed"] is None else
                            f"{g['fraction_closed']:.0%} [{g['fraction_ci'][0]:.0%}, {g['fraction_ci'][1]:.0%}]",
                            ", ".join(f"{x:.0%}" for x in g["fraction_per_seed"])] for g in d["gap_closed"]],
-                         "(AUROC_it - AUROC_pretrain) / (AUROC_dense - AUROC_pretrain) with the k-sparse configuration chosen "
-                         "on validation for the pretraining SAE; paired clustered bootstrap; pretrain+pretrain-ft is the "
-                         "equal-steps control.", "table-gap"))
+                         "(AUROC_it - AUROC_pretrain) / (AUROC_dense - AUROC_pretrain), the pretraining SAE at its "
+                         "k-sparse configuration chosen on validation and the other SAE either at that same "
+                         "configuration or at its own (chosen on validation); paired clustered bootstrap; "
+                         "pretrain+pretrain-ft is the equal-steps control.", "table-gap"))
     if d.get("diff_of_means"):
         names = sorted({k.split(":", 1)[1] for row in d["diff_of_means"] for k in row if k.startswith("val_auroc:")})
         out.append(Table("Why difference of means fails", ["aggregation", "top-8 dims' variance share",
