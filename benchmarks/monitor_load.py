@@ -53,11 +53,12 @@ from assay.activations.batching import length_order, token_budget_batches
 from assay.data import load_or_build
 from assay.errors import InputError
 from assay.monitor.scorer import SERVE_MAX_TOKENS, Monitor, Verdict
-from assay.monitor.server import create_app
+from assay.monitor.server import MAX_REQUEST_TOKENS, create_app
 from assay.provenance import provenance
 from assay.runtime import matmul_speeds, tune_malloc
 
 ROUTE = "/v1/moderations"
+LONG_PROMPTS = 4  # prompts in each request of the short-behind-long phase's long client
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -501,6 +502,62 @@ def rss_phase(url: str, bodies: list[bytes], checkpoints: list[int], concurrency
 
 
 # -- main -----------------------------------------------------------------------------------------
+def short_behind_long(url: str, long_body: bytes, short_body: bytes, n_short: int, gap_s: float, deadline: float,
+                      timeout: float) -> dict[str, Any]:
+    """Short requests while one client keeps the server busy with long ones: a closed-loop client
+    sends one long request after another (`long_body`, several prompts near the per-prompt limit),
+    and another sends `n_short` one-prompt requests `gap_s` apart. A short one can wait for batches
+    already running, not for a whole long request queued before it (shortest due first)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+
+    async def go() -> dict[str, Any]:
+        stop = asyncio.Event()
+        idle: list[float] = []
+        short: list[float] = []
+        long: list[float] = []
+        statuses: Counter = Counter()
+
+        async def timed(conn: Connection, body: bytes, into: list[float], kind: str) -> None:
+            t0 = time.perf_counter()
+            try:
+                status, _ = await asyncio.wait_for(conn.post(ROUTE, body), timeout)
+            except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError) as err:
+                await conn.close()
+                statuses[f"{kind} {type(err).__name__}"] += 1
+                return
+            into.append(time.perf_counter() - t0)
+            statuses[f"{kind} {status}"] += 1
+
+        async def long_loop() -> None:
+            conn = Connection(host, int(port))
+            while not stop.is_set() and time.monotonic() < deadline:
+                await timed(conn, long_body, long, "long")
+            await conn.close()
+
+        async def short_loop() -> None:
+            conn = Connection(host, int(port))
+            for _ in range(n_short):
+                if time.monotonic() > deadline:
+                    break
+                await timed(conn, short_body, short, "short")
+                await asyncio.sleep(gap_s)
+            stop.set()
+            await conn.close()
+
+        conn = Connection(host, int(port))
+        for _ in range(10):  # the same short request on an idle server
+            await timed(conn, short_body, idle, "idle")
+        await conn.close()
+        loop_task = asyncio.create_task(long_loop())
+        await asyncio.sleep(1.0)  # the long client first, so every short request meets it
+        await short_loop()
+        await loop_task
+        return {"short_idle_ms": latency_ms(idle), "short_behind_long_ms": latency_ms(short),
+                "long_ms": latency_ms(long), "statuses": dict(statuses)}
+
+    return asyncio.run(go())
+
+
 def summary(results: dict[str, Any], top: int) -> dict[str, Any]:
     levels = [r for r in results["levels"] if "prompts_per_s" in r]
     at_top = next((r for r in levels if r["concurrency"] == top), None)
@@ -526,6 +583,8 @@ def summary(results: dict[str, Any], top: int) -> dict[str, Any]:
         "malformed_all_expected": mal.get("malformed_all_expected"),
         "rss_ratio": rss_row.get("rss_ratio_last_to_first"), "rss_within_10pct": rss_row.get("rss_within_10pct"),
         "ratio_at_top_one_worker": (results.get("one_worker_at_top") or {}).get("ratio_to_offline"),
+        "short_behind_long_p99_ms": ((results.get("short_behind_long") or {}).get("short_behind_long_ms") or {}).get("p99"),
+        "short_idle_p99_ms": ((results.get("short_behind_long") or {}).get("short_idle_ms") or {}).get("p99"),
         "stopped_by_time_cap": any(r.get("stopped_by_time_cap") or r.get("skipped") for r in
                                    results["levels"] + [mal, rss_row]),
     }
@@ -565,6 +624,7 @@ def main() -> None:
     ap.add_argument("--reference", choices=["adjacent", "once"], default="adjacent",
                     help="offline reference measured again just before each phase (adjacent), or only at the start")
     ap.add_argument("--tolerance", type=float, default=1e-3, help="|served - offline| score counted as a mismatch")
+    ap.add_argument("--short-requests", type=int, default=30, help="short requests sent behind a long client")
     ap.add_argument("--out", default="benchmarks/results/monitor_load.json")
     args = ap.parse_args()
     check_args(ap, bundle=args.bundle, dtypes=args.dtype, auto_ok=False,
@@ -573,7 +633,8 @@ def main() -> None:
                          "--rss-prompts": (args.rss_prompts, 1), "--top-repeats": (args.top_repeats, 1),
                          "--max-tokens": (args.max_tokens, 2), "--max-batch-tokens": (args.max_batch_tokens, 2),
                          "--max-wait-ms": (args.max_wait_ms, 0), "--max-items": (args.max_items, 1),
-                         "--workers": (1 if args.workers is None else args.workers, 1), "--tolerance": (args.tolerance, 0)},
+                         "--workers": (1 if args.workers is None else args.workers, 1), "--tolerance": (args.tolerance, 0),
+                         "--short-requests": (args.short_requests, 1)},
                positive={"--max-seconds": args.max_seconds, "--timeout": args.timeout},
                fraction={"--malformed-fraction": args.malformed_fraction})
     started = time.monotonic()
@@ -602,6 +663,13 @@ def main() -> None:
     while not long_text or monitor.count_tokens([long_text])[0] <= monitor.max_tokens:
         long_text += filler + " "
     kinds = malformed_kinds(long_text)
+    # The long client's request: LONG_PROMPTS prompts that together come just under the per-request cap.
+    near_limit = ""
+    while not near_limit or monitor.count_tokens([near_limit])[0] < min(monitor.max_tokens, MAX_REQUEST_TOKENS
+                                                                         // LONG_PROMPTS) - 64:
+        near_limit += pool[len(near_limit) % len(pool)] + " "
+    long_body = json.dumps({"input": [near_limit] * LONG_PROMPTS}).encode()
+    long_request_tokens = LONG_PROMPTS * monitor.count_tokens([near_limit])[0]
     long_tokens = monitor.count_tokens([long_text])[0]
     offline_batches = token_budget_batches(length_order(lengths), lengths, monitor.token_budget)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in offline_batches)
@@ -719,6 +787,15 @@ def main() -> None:
                   f"{num(row['prompts_per_s'], '.1f')} prompts/s", flush=True)
         else:
             results["rss"] = {"skipped": "time cap"}
+        if time.monotonic() <= deadline:
+            row = short_behind_long(srv.url, long_body, short_bodies[len(short_bodies) // 2], args.short_requests, 0.25,
+                                    deadline, args.timeout)
+            results["short_behind_long"] = row | {"long_prompts": LONG_PROMPTS, "long_tokens": long_request_tokens}
+            print(f"short behind long ({LONG_PROMPTS} x {long_request_tokens // LONG_PROMPTS} tokens): short p50/p99 "
+                  f"{num((row['short_behind_long_ms'] or {}).get('p50'), '.0f')}/"
+                  f"{num((row['short_behind_long_ms'] or {}).get('p99'), '.0f')} ms (idle p99 "
+                  f"{num((row['short_idle_ms'] or {}).get('p99'), '.0f')} ms); long p50 "
+                  f"{num((row['long_ms'] or {}).get('p50'), '.0f')} ms; {row['statuses']}", flush=True)
     # The same top level served by one scoring worker (the default before two): what the second bought.
     if workers != 1 and time.monotonic() <= deadline:
         one = create_app(monitor, max_items=args.max_items, max_batch_tokens=args.max_batch_tokens,

@@ -238,7 +238,7 @@ def test_build_refuses_bad_data(tiny, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_cli_bad_input_is_one_clear_error_before_any_model_loads(tmp_path, monkeypatch):
+def test_cli_bad_input_is_one_clear_error_before_any_model_loads(tmp_path, monkeypatch, built):
     from typer.testing import CliRunner
 
     from assay.cli import app
@@ -266,6 +266,13 @@ def test_cli_bad_input_is_one_clear_error_before_any_model_loads(tmp_path, monke
         assert isinstance(res.exception, AssayError), (args, repr(res.exception))
         assert message in str(res.exception).lower(), (args, str(res.exception))
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "b").exists()
+    bundle = built[0]
+    res = CliRunner().invoke(app, ["monitor", "serve", str(bundle), "--threshold", "fpr=2%"],
+                             env={"COLUMNS": "400", "NO_COLOR": "1"})
+    assert res.exit_code == 2 and "unknown threshold 'fpr=2%'" in res.output, res.output
+    res = CliRunner().invoke(app, ["monitor", "serve", str(bundle)],
+                             env={"COLUMNS": "400", "NO_COLOR": "1", "ASSAY_MONITOR_KEY": "has space"})
+    assert res.exit_code == 2 and "printable ASCII" in res.output, res.output
     res = CliRunner().invoke(app, ["monitor", "serve", str(tmp_path), "--generate", "--workers", "2"],
                              env={"COLUMNS": "400", "NO_COLOR": "1"})
     assert res.exit_code == 2 and "one scoring thread" in res.output, res.output
@@ -393,7 +400,7 @@ def test_two_scoring_workers_serve_the_offline_scores(built):
     offline = [v.score for v in mon.score_texts(texts)]
     app = create_app(mon, workers=2, max_wait_ms=0)
     assert app.state.batcher.workers == 2
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(8) as pool:

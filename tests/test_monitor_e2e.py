@@ -32,7 +32,7 @@ def test_quick_monitor_built_served_and_scored_like_its_cache(bundled, tmp_path)
     cached = bundle.probe.score(acts.pooled(9, spec["inputs"]["aggregation"]).float()[rows])
 
     monitor = Monitor(bundle, bundled)
-    with TestClient(create_app(monitor, max_wait_ms=20)) as client:
+    with TestClient(create_app(monitor, max_wait_ms=20), base_url="http://localhost") as client:
         res = client.post("/v1/moderations", json={"input": [ds[i].text for i in rows]})
         assert res.status_code == 200, res.text
         served = [r["assay"]["score"] for r in res.json()["results"]]

@@ -182,7 +182,7 @@ def test_openai_client_chat_completions(monitor, extremes):
 ])
 def test_bad_chat_requests(monitor, body, status, code):
     gen = Generator(monitor, max_new_tokens=16)
-    with TestClient(create_app(monitor, generator=gen)) as client:
+    with TestClient(create_app(monitor, generator=gen), base_url="http://localhost") as client:
         error = assert_openai_error(client.post("/v1/chat/completions", json=body), status)
     assert error["code"] == code and error["message"]
 
@@ -190,11 +190,11 @@ def test_bad_chat_requests(monitor, body, status, code):
 def test_context_length_and_routes(monitor, monkeypatch):
     gen = Generator(monitor, max_new_tokens=300)
     monkeypatch.setattr(type(gen), "context_length", property(lambda self: 64))
-    with TestClient(create_app(monitor, generator=gen)) as client:
+    with TestClient(create_app(monitor, generator=gen), base_url="http://localhost") as client:
         r = client.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 60})
         assert assert_openai_error(r, 400)["code"] == "context_length_exceeded"
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [monitor.name, gen.model_name]
-    with TestClient(create_app(monitor)) as client:  # no generator: no chat route
+    with TestClient(create_app(monitor), base_url="http://localhost") as client:  # no generator: no chat route
         assert client.post("/v1/chat/completions", json={"messages": CHAT}).status_code == 404
     with pytest.raises(ValueError, match="same threshold"):
         create_app(monitor, generator=gen, threshold=THRESHOLD)
@@ -239,16 +239,17 @@ def test_generation_and_scoring_share_the_one_worker(monitor, extremes):
     assert len(seen) == 1 and not overlapped[0]
 
 
-def test_cli_serve_generate(monitor, monkeypatch, tmp_path):
+def test_cli_serve_generate(monitor, monkeypatch):
     from assay.monitor import cli, server
 
     seen = {}
     monkeypatch.setattr(cli, "_load", lambda *a: monitor)
     monkeypatch.setattr(server, "run", lambda mon, **kw: seen.update(kw))
     runner = CliRunner()
-    bad = runner.invoke(cli.app, ["serve", str(tmp_path), "--refuse-when-flagged"])
+    bundle = str(monitor.bundle.path)  # a real bundle: serve checks it before loading the model
+    bad = runner.invoke(cli.app, ["serve", bundle, "--refuse-when-flagged"])
     assert bad.exit_code != 0 and "--generate" in bad.output
-    ok = runner.invoke(cli.app, ["serve", str(tmp_path), "--generate", "--refuse-when-flagged",
+    ok = runner.invoke(cli.app, ["serve", bundle, "--generate", "--refuse-when-flagged",
                                  "--max-new-tokens", "64", "--threshold", THRESHOLD])
     assert ok.exit_code == 0, ok.output
     g = seen["generator"]

@@ -124,7 +124,8 @@ def fake() -> FakeMonitor:
 
 @contextlib.contextmanager
 def app_client(monitor: FakeMonitor, **options) -> Iterator[TestClient]:
-    with TestClient(create_app(monitor, **options)) as client:  # `with`: runs the lifespan (the worker)
+    # `with`: runs the lifespan (the worker); a loopback Host, as a server without a key requires
+    with TestClient(create_app(monitor, **options), base_url="http://localhost") as client:
         yield client
 
 
@@ -298,7 +299,7 @@ def test_fastapi_validation_errors_use_openai_shape(fake):
     async def typed(n: int) -> dict:
         return {"n": n}
 
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         error = assert_openai_error(c.get("/typed", params={"n": "abc"}), 400)
         assert "n" in error["message"]
 
@@ -411,8 +412,8 @@ def test_metrics(client):
 def test_worker_lives_in_the_lifespan(fake):
     app = create_app(fake)
     # Without the lifespan (no `with`), there is no worker: a clear 503, not a hang or a crash.
-    assert_openai_error(TestClient(app).post("/v1/moderations", json={"input": "a"}), 503, "server_error")
-    with TestClient(app) as c:
+    assert_openai_error(TestClient(app, base_url="http://localhost").post("/v1/moderations", json={"input": "a"}), 503, "server_error")
+    with TestClient(app, base_url="http://localhost") as c:
         assert c.post("/v1/moderations", json={"input": "a"}).status_code == 200
         assert app.state.batcher.running
     assert not app.state.batcher.running
@@ -424,7 +425,7 @@ def test_run_reads_the_key_from_the_environment(fake, monkeypatch):
     monkeypatch.setenv("ASSAY_MONITOR_KEY", "from-env")
     server.run(fake, port=1234, max_items=2)
     assert seen["host"] == "127.0.0.1" and seen["port"] == 1234
-    with TestClient(seen["app"]) as c:
+    with TestClient(seen["app"], base_url="http://localhost") as c:
         assert_openai_error(c.get("/v1/models"), 401)
         assert c.get("/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
         assert c.post("/v1/moderations", json={"input": ["a"] * 3},

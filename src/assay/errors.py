@@ -7,6 +7,7 @@ Messages name the problem and what to do about it.
 
 from __future__ import annotations
 
+import errno
 import json
 
 
@@ -22,11 +23,23 @@ class ConfigMismatchError(AssayError, ValueError):
     """A saved file (checkpoint, run.json, cfg.json) disagrees with what it claims or is asked for."""
 
 
+class ScoringError(AssayError, RuntimeError):
+    """A monitor could not give a verdict it can stand behind (a score that is not a finite number):
+    answered as an error, never as `flagged: false`."""
+
+
 # Errors from the environment rather than from assay's code: shown as one line, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     AssayError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-    FileExistsError, UnicodeDecodeError, json.JSONDecodeError, MemoryError,
+    FileExistsError, UnicodeDecodeError, json.JSONDecodeError, MemoryError, OSError,
 )
+# What to do about the disk and permission errors a long job meets (a full disk, a read-only cache).
+_OS_HINTS = {
+    errno.ENOSPC: "free some space there, or point ASSAY_CACHE at a disk with room, and run the command again",
+    errno.EDQUOT: "your disk quota is used up: free some space, or point ASSAY_CACHE elsewhere",
+    errno.EROFS: "that file system is read-only: point ASSAY_CACHE (or --out) at a writable folder",
+    errno.EACCES: "you may not write there: point ASSAY_CACHE (or --out) at a folder you own",
+}
 
 
 def describe(err: BaseException) -> str:
@@ -40,7 +53,8 @@ def describe(err: BaseException) -> str:
                 "save it as UTF-8")
     if isinstance(err, OSError):
         where = f": {err.filename}" if err.filename else ""
-        return f"{err.strerror or type(err).__name__}{where}"
+        hint = _OS_HINTS.get(err.errno)
+        return f"{err.strerror or type(err).__name__}{where}" + (f"; {hint}" if hint else "")
     if isinstance(err, MemoryError):
         return "out of memory; lower --batch-size or the number of tokens"
     return f"{type(err).__name__}: {err}"

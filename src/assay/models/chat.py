@@ -82,7 +82,9 @@ def format_prompts(
         need = len(pre_ids) + len(suf_ids) + 1
         raise InputError(f"max_tokens={max_tokens} leaves no room for the user's text after the chat template's "
                          f"{need - 1} tokens; use --max-tokens {need} or more")
-    contents = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    # The user's words stay words: a "<end_of_turn>" they type must not become the control token
+    # (it would forge a turn for the probe and for generation).
+    contents = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
     out, n_truncated = [], 0
     for ids in contents:
         truncated = budget is not None and len(ids) > budget
@@ -102,8 +104,12 @@ def _bos(tokenizer: Any) -> list[int]:
     return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+def _encode(tokenizer: Any, text: str, content: bool = False) -> list[int]:
+    """Token ids of template text (its special tokens parsed as such) or, with `content`, of a
+    message's text (special-token strings in it kept as plain text)."""
+    if not text:
+        return []
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=content)["input_ids"]
 
 
 CHAT_ROLES = ("system", "user", "assistant")
@@ -133,8 +139,8 @@ def format_conversation(tokenizer: Any, messages: Sequence[dict], max_tokens: in
     if pieces is not None:
         bos = [] if pieces[0][0].startswith(tokenizer.bos_token or "\x01") else _bos(tokenizer)
         ids, roles = list(bos), [int(Role.SPECIAL)] * len(bos)
-        for text, role in pieces:
-            piece = _encode(tokenizer, text)
+        for text, role, content in pieces:
+            piece = _encode(tokenizer, text, content)
             ids += piece
             roles += [int(role)] * len(piece)
         if ids and ids[0] == tokenizer.bos_token_id:
@@ -146,9 +152,9 @@ def format_conversation(tokenizer: Any, messages: Sequence[dict], max_tokens: in
     return p
 
 
-def _conversation_pieces(tokenizer: Any, messages: Sequence[dict]) -> list[tuple[str, Role]]:
-    """(text, role) pieces of the rendered conversation: template text between the messages'
-    contents, found by rendering sentinels in place of the contents."""
+def _conversation_pieces(tokenizer: Any, messages: Sequence[dict]) -> list[tuple[str, Role, bool]]:
+    """(text, role, is a message's content) pieces of the rendered conversation: template text
+    between the messages' contents, found by rendering sentinels in place of the contents."""
     if getattr(tokenizer, "chat_template", None):
         marks = [f"\x00ASSAY_MESSAGE_{i}\x00" for i in range(len(messages))]
         rendered = tokenizer.apply_chat_template([{"role": m["role"], "content": s} for m, s in zip(messages, marks)],
@@ -157,14 +163,15 @@ def _conversation_pieces(tokenizer: Any, messages: Sequence[dict]) -> list[tuple
             pieces, rest = [], rendered
             for m, s in zip(messages, marks):
                 before, _, rest = rest.partition(s)
-                pieces += [(before, Role.TEMPLATE), (m["content"], Role.USER if m["role"] == "user" else Role.TEMPLATE)]
-            return [(t, r) for t, r in pieces + [(rest, Role.TEMPLATE)] if t]
+                pieces += [(before, Role.TEMPLATE, False),
+                           (m["content"], Role.USER if m["role"] == "user" else Role.TEMPLATE, True)]
+            return [p for p in pieces + [(rest, Role.TEMPLATE, False)] if p[0]]
         log.warning("chat template drops or repeats message text; falling back to Gemma's turn format")
     pieces = []
     for m in messages:  # Gemma has no system turn: its text goes in a user turn, as Gemma's template does
         turn = "model" if m["role"] == "assistant" else "user"
-        pieces += [(f"<start_of_turn>{turn}\n", Role.TEMPLATE),
-                   (m["content"], Role.USER if m["role"] == "user" else Role.TEMPLATE),
-                   ("<end_of_turn>\n", Role.TEMPLATE)]
-    pieces.append(("<start_of_turn>model\n", Role.TEMPLATE))
-    return [(t, r) for t, r in pieces if t]
+        pieces += [(f"<start_of_turn>{turn}\n", Role.TEMPLATE, False),
+                   (m["content"], Role.USER if m["role"] == "user" else Role.TEMPLATE, True),
+                   ("<end_of_turn>\n", Role.TEMPLATE, False)]
+    pieces.append(("<start_of_turn>model\n", Role.TEMPLATE, False))
+    return [p for p in pieces if p[0]]

@@ -200,7 +200,8 @@ def build_monitor(
     name = f"assay-harmful-intent-{Path(str(model)).name}-L{chosen.layer}"
     spec = {
         "name": name,
-        "model": model_identity(lm) | {"source": model},
+        # a local path absolute, so the bundle serves from any working directory
+        "model": model_identity(lm) | {"source": str(Path(model).resolve()) if Path(str(model)).exists() else model},
         "layer": chosen.layer, "dtype": dtype_name, "dtype_choice": dtype_why,
         "chat_format": list(lm.chat_affixes()),
         "max_tokens": acts.spec["max_tokens"],

@@ -123,6 +123,12 @@ def serve(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Scoring threads sharing the model, each "
                                           "with its share of the cores (default: 2 on a CPU with 2+ cores, else 1; "
                                           "1 with --generate)."),
+    max_queue_tokens: int = typer.Option(131072, "--max-queue-tokens", min=1, help="Tokens waiting to be scored "
+                                         "before new requests get a 429 with Retry-After."),
+    max_request_tokens: int = typer.Option(16384, "--max-request-tokens", min=1, help="Tokens one request may hold "
+                                           "in all; more get a 413 (so one client cannot hold every worker)."),
+    limit_concurrency: int = typer.Option(256, "--limit-concurrency", min=1, help="Open connections at most; more "
+                                          "get a 503 (bounds sockets and memory under a flood)."),
 ) -> None:
     """Serve a bundle over HTTP: /v1/moderations, /v1/score, /v1/models, /healthz, /metrics, and with
     --generate /v1/chat/completions. Set ASSAY_MONITOR_KEY to require `Authorization: Bearer <key>`."""
@@ -134,6 +140,7 @@ def serve(
     if generate and workers is not None and workers > 1:
         raise typer.BadParameter("--generate serves with one scoring thread (generation hooks the model for its "
                                  "own forward pass); drop --workers or set it to 1", param_hint="--workers")
+    _check_before_loading(bundle, threshold)
     monitor = _load(bundle, model, dtype, max_tokens)
     generator = None
     if generate:
@@ -142,4 +149,25 @@ def serve(
         generator = Generator(monitor, threshold=threshold, refuse_when_flagged=refuse_when_flagged,
                               max_new_tokens=max_new_tokens)
     run(monitor, host=host, port=port, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, threshold=threshold,
-        generator=generator, workers=workers)
+        generator=generator, workers=workers, max_queue_tokens=max_queue_tokens, max_request_tokens=max_request_tokens,
+        limit_concurrency=limit_concurrency)
+
+
+def _check_before_loading(bundle: Path, threshold: Optional[str]) -> None:
+    """What a typo can get wrong, checked in a second rather than after the model's load: the
+    bundle itself, the threshold named, and the API key the server would require."""
+    import os
+
+    from assay.monitor.bundle import load_bundle
+    from assay.monitor.server import check_api_key
+
+    b = load_bundle(bundle, device="cpu")
+    if threshold is not None and threshold not in b.thresholds:
+        raise typer.BadParameter(f"unknown threshold {threshold!r} for bundle {bundle}; choose one of "
+                                 f"{sorted(b.thresholds)}", param_hint="--threshold")
+    key = os.environ.get("ASSAY_MONITOR_KEY")
+    if key:
+        try:
+            check_api_key(key)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="ASSAY_MONITOR_KEY") from None

@@ -34,7 +34,9 @@ REFUSAL = "I can't help with that request."
 DEFAULT_MAX_NEW_TOKENS = 512
 MAX_STOP_STRINGS = 4  # OpenAI's limit; each stop string is searched for after every token
 # Turn-end tokens of chat formats: a chat model ends its answer with these, not always with EOS.
-TURN_END_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>")
+# A turn ends at its end token, or where the model starts another turn (Gemma's <start_of_turn>):
+# an answer must not run on into a turn it writes for the user.
+TURN_END_TOKENS = ("<end_of_turn>", "<start_of_turn>", "<|eot_id|>", "<|im_end|>", "<|im_start|>", "<|end|>")
 
 
 @dataclass(frozen=True)

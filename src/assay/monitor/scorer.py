@@ -15,13 +15,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from assay.activations.aggregation import Aggregation, pool_roles, real_tokens
 from assay.activations.batching import length_order, token_budget_batches
 from assay.activations.extraction import default_token_budget, pad_prompts
 from assay.activations.forward import residual_stream
-from assay.errors import ConfigMismatchError, InputError
+from assay.errors import ConfigMismatchError, InputError, ScoringError
 from assay.models.chat import FormattedPrompt, chat_affixes, format_conversation, format_prompts
 from assay.monitor.bundle import Bundle, load_bundle
 
@@ -72,6 +73,26 @@ class Monitor:
             raise InputError(f"bundle {self.bundle.path} reads {self._spec['reads']!r}; a monitor serves probes on "
                              "the model's activations (pooled or tokens)")
         self.token_budget = self.token_budget or default_token_budget(self.lm.device)
+        self._check_probe_fits()
+
+    @torch.inference_mode()
+    def _check_probe_fits(self) -> None:
+        """The probe reads vectors of the model's width at a layer the model has: scored once on zeros
+        here, so a bundle for another width fails at load, not on the first request."""
+        d, layer = self.lm.d_model, self.bundle.layer
+        if not 0 <= layer < self.lm.n_layers:
+            raise ConfigMismatchError(f"bundle {self.bundle.path} reads layer {layer}, but the model has "
+                                      f"{self.lm.n_layers} blocks; use the bundle's model")
+        x = torch.zeros(1, d) if self._spec["reads"] == "pooled" else torch.zeros(1, 1, d)
+        try:
+            z = self.bundle.probe.score(x) if x.ndim == 2 else self.bundle.probe.score(x, torch.ones(1, 1, dtype=torch.bool))
+            ok = np.isfinite(np.asarray(z, dtype=np.float64)).all() and np.asarray(z).size == 1
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ConfigMismatchError(f"bundle {self.bundle.path}'s probe does not read this model's {d}-wide "
+                                      f"activations ({type(err).__name__}: {err}); use the bundle's model") from None
+        if not ok:
+            raise ConfigMismatchError(f"bundle {self.bundle.path}'s probe gives no finite score on this model's "
+                                      f"{d}-wide activations; build the bundle again")
 
     @classmethod
     def load(cls, path: str, *, model: str | None = None, dtype: str | None = None, device: str | None = None,
@@ -193,6 +214,9 @@ class Monitor:
 
     def _verdict(self, z: float, prompt: FormattedPrompt, token_scores: list[float] | None = None,
                  tokens: list[str] | None = None) -> Verdict:
+        if not math.isfinite(z):  # NaN compares false with every threshold: it would read as "not flagged"
+            raise ScoringError(f"the probe of bundle {self.bundle.path} gave a score of {z} for a {len(prompt.input_ids)}"
+                               "-token prompt; no verdict (check the model's dtype and the bundle's probe)")
         return Verdict(score=z, probability=_sigmoid(z), n_tokens=len(prompt.input_ids),
                        flagged={k: z > t for k, t in self.thresholds.items()}, token_scores=token_scores,
                        tokens=tokens)

@@ -51,6 +51,7 @@ except ImportError as err:  # the serve extra is optional: say how to get it rat
     raise ImportError(f"the monitor server needs the serve extra ({err.name} is missing): "
                       "pip install 'assay[serve]'") from err
 
+from assay.errors import ScoringError  # noqa: E402
 from assay.runtime import set_torch_threads, threads_per_worker  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ CATEGORY = "harmful_intent"
 ROLES = ("system", "user", "assistant")
 MAX_BODY_BYTES = 4 * 1024 * 1024  # above max_items prompts of max_tokens each; refuses memory-exhausting bodies
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+MAX_QUEUE_TOKENS = 16 * 8192  # tokens waiting to be scored before new work gets a 429 (16 default batches)
+MAX_REQUEST_TOKENS = 16384  # one request's tokens in all: two default batches, so one client cannot hold every worker
+RETRY_AFTER_S = 1
 
 
 class ScoringMonitor(Protocol):
@@ -101,9 +106,10 @@ class APIError(Exception):
     """An error answered as OpenAI's error object; `message` says what is wrong and what to do."""
 
     def __init__(self, status: int, message: str, *, code: str, param: str | None = None,
-                 type: str = "invalid_request_error") -> None:
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.type = status, message, code, param, type
+        self.headers = headers
 
 
 def error_response(status: int, message: str, *, code: str | None, param: str | None = None,
@@ -113,7 +119,7 @@ def error_response(status: int, message: str, *, code: str | None, param: str | 
 
 
 def _api_error_response(err: APIError) -> JSONResponse:
-    return error_response(err.status, err.message, code=err.code, param=err.param, type=err.type)
+    return error_response(err.status, err.message, code=err.code, param=err.param, type=err.type, headers=err.headers)
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -203,8 +209,34 @@ class MetricsMiddleware:
         finally:
             # The route template, not the raw path, so random 404 paths cannot blow up label cardinality.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            # and the method from a fixed set: a client can send any token as a method
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+class HostMiddleware:
+    """Answers only requests whose Host header names one of `hosts`. A server without an API key
+    takes loopback names only: a web page can point a name it controls at 127.0.0.1 (DNS
+    rebinding) and read what a loopback server answers, but its requests carry that name."""
+
+    def __init__(self, app: Any, hosts: Sequence[str]) -> None:
+        self.app, self.hosts = app, {h.lower() for h in hosts}
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
+            name = host.split("]")[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
+            if name not in self.hosts:
+                response = error_response(
+                    403, f"Host {host or '(none)'!r} is not one this server answers ({', '.join(sorted(self.hosts))}); "
+                    "a server without an API key answers loopback names only: set ASSAY_MONITOR_KEY to serve "
+                    "other hosts", code="host_not_allowed")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 # -- the micro-batcher ----------------------------------------------------------------------------
@@ -224,7 +256,7 @@ class Batcher:
     """Owns the scoring worker threads that touch the monitor, and the queue feeding them."""
 
     def __init__(self, monitor: ScoringMonitor, *, max_batch_tokens: int, max_wait_ms: float,
-                 workers: int = 1) -> None:
+                 workers: int = 1, max_queue_tokens: int = MAX_QUEUE_TOKENS) -> None:
         if workers > 1 and not hasattr(monitor, "replica"):
             raise ValueError("several scoring workers need a monitor with replica() (one tokenizer per thread)")
         self.monitor, self.workers = monitor, workers
@@ -232,9 +264,12 @@ class Batcher:
         # count would read that count as its default, not the cores.
         self.threads = threads_per_worker(workers)
         self.max_batch_tokens, self.max_wait = max_batch_tokens, max_wait_ms / 1000
+        self.max_queue_tokens = max_queue_tokens
+        self.short_tokens = max(1, max_batch_tokens // 8)  # "short": what the last free worker keeps its lane for
         self.pending: dict[str, deque[Job]] = {TEXT: deque(), MESSAGES: deque()}
         self.metrics: Metrics | None = None
         self._arrived = asyncio.Event()
+        self._released = asyncio.Event()
         self._executors: list[ThreadPoolExecutor] = []
         self._free: asyncio.Queue | None = None  # (executor, monitor) pairs not scoring a batch now
         self._busy: set[asyncio.Task] = set()
@@ -255,6 +290,7 @@ class Batcher:
 
     async def start(self) -> None:
         self._arrived = asyncio.Event()  # bound to this loop: an app may be started again on a new loop
+        self._released = asyncio.Event()
         self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"assay-monitor-{i}",
                                               initializer=set_torch_threads, initargs=(self.threads,))
                            for i in range(self.workers)]
@@ -309,6 +345,13 @@ class Batcher:
         if not self.running:
             raise APIError(503, "the scoring worker is not running (server starting or stopping); retry shortly",
                            code="not_ready", type="server_error")
+        # Backpressure: past the bound, new work is refused at once (429) rather than queued behind
+        # minutes of others; an idle server takes any one request its per-request limits allow.
+        queued = sum(j.n_tokens for q in self.pending.values() for j in q)
+        if queued and queued + sum(n_tokens) > self.max_queue_tokens:
+            raise APIError(429, f"the monitor is busy ({queued} tokens waiting to be scored, limit "
+                           f"{self.max_queue_tokens}); retry after {RETRY_AFTER_S} s", code="queue_full",
+                           type="rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_S)})
         loop = asyncio.get_running_loop()
         jobs = [Job(kind, p, n, loop.create_future()) for p, n in zip(payloads, n_tokens, strict=True)]
         self.pending[kind].extend(jobs)
@@ -320,13 +363,17 @@ class Batcher:
         while True:
             try:
                 worker = await self._free.get()  # a batch is formed only once a worker can take it
+                # With several workers, the last one free takes short items only while long ones hold the
+                # others: a one-line request then waits for a short batch, not for a long prompt's forward
+                # pass (measured in benchmarks/monitor_load.py, the short-behind-long phase).
+                short_only = self.workers > 1 and self._free.qsize() == 0
                 try:
-                    kind, jobs = await self._next_batch()
+                    kind, jobs = await self._next_batch(short_only)
                 except BaseException:
                     self._release(worker)
                     raise
-                if not jobs:  # every queued client went away while the batch formed
-                    self._release(worker)
+                if not jobs:  # every queued client went away, or another worker came free: choose again
+                    self._free.put_nowait(worker)
                     continue
                 task = asyncio.create_task(self._score(kind, jobs, *worker))
                 self._busy.add(task)
@@ -339,28 +386,48 @@ class Batcher:
     def _release(self, worker: tuple[ThreadPoolExecutor, ScoringMonitor]) -> None:
         if self._free is not None:
             self._free.put_nowait(worker)
+            self._released.set()
 
-    async def _next_batch(self) -> tuple[str, list[Job]]:
-        """Wait for items, then gather one kind's items until the token budget or the wait runs out."""
-        while not self.depth():
+    async def _next_batch(self, short_only: bool = False) -> tuple[str, list[Job]]:
+        """Wait for items, then gather one kind's items until the token budget or the wait runs out.
+        `short_only`: items of at most `short_tokens` only; ("", []) if another worker comes free
+        while only longer items wait (that worker takes them)."""
+        assert self._free is not None
+        fits = (lambda j: j.n_tokens <= self.short_tokens) if short_only else (lambda j: True)
+        while not any(fits(j) for q in self.pending.values() for j in q):
+            if short_only and self.depth() and self._free.qsize():
+                return "", []
             self._arrived.clear()
-            await self._arrived.wait()
-        kind = min((k for k, q in self.pending.items() if q), key=lambda k: self.pending[k][0].enqueued)
-        queue, batch, tokens = self.pending[kind], [], 0
+            self._released.clear()
+            waits = [self._arrived] + ([self._released] if short_only and self.depth() else [])
+            await _first_of(waits)
+        kind = min((k for k, q in self.pending.items() if any(fits(j) for j in q)),
+                   key=lambda k: min(_due(j) for j in self.pending[k] if fits(j)))
+        # Shortest due first: a job is due at its arrival plus the time its tokens take to score, so a
+        # short request that arrives while a long one waits goes ahead of it, and a long one is never
+        # passed for longer than its own scoring time (no starvation).
+        self.pending[kind] = queue = deque(sorted(self.pending[kind], key=_due))
         # Measured from the oldest item's arrival: one that waited through a forward pass goes at once.
-        deadline = queue[0].enqueued + self.max_wait
+        deadline = min(j.enqueued for j in queue if fits(j)) + self.max_wait
+        batch: list[Job] = []
+        tokens = 0
         while True:
+            kept, full = deque(), False
             while queue:
-                job = queue[0]
+                job = queue.popleft()
                 if job.future.done():  # the client went away: don't spend a forward pass on it
-                    queue.popleft()
                     continue
-                if batch and tokens + job.n_tokens > self.max_batch_tokens:
-                    return kind, batch
-                batch.append(queue.popleft())
-                tokens += job.n_tokens
+                if full or not fits(job):
+                    kept.append(job)
+                elif batch and tokens + job.n_tokens > self.max_batch_tokens:
+                    full = True
+                    kept.append(job)
+                else:
+                    batch.append(job)
+                    tokens += job.n_tokens
+            queue.extend(kept)
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or tokens >= self.max_batch_tokens:
+            if full or remaining <= 0 or tokens >= self.max_batch_tokens:
                 return kind, batch
             # No await between draining the queue and clearing: an item queued meanwhile cannot be missed.
             self._arrived.clear()
@@ -382,8 +449,10 @@ class Batcher:
         except Exception as err:
             log.exception("scoring a batch of %d %s items failed", len(jobs), kind)
             self._observe_failure(kind)
-            failed = APIError(500, f"the monitor failed to score this input ({type(err).__name__}); "
-                              "see the server log, and retry", code="scoring_failed", type="server_error")
+            failed = (APIError(500, f"no verdict: {err}", code="non_finite_score", type="server_error")
+                      if isinstance(err, ScoringError) else
+                      APIError(500, f"the monitor failed to score this input ({type(err).__name__}); "
+                               "see the server log, and retry", code="scoring_failed", type="server_error"))
             for job in jobs:
                 _resolve(job.future, error=failed)
             return
@@ -402,6 +471,25 @@ class Batcher:
     def _observe_failure(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.failures.labels(kind).inc()
+
+
+# Tokens a CPU scores per second, order of magnitude (Gemma 3 270M, bf16, 2 cores: benchmarks/monitor_load.py):
+# the exchange rate between waiting and length in `_due`.
+TOKENS_PER_SECOND = 2000.0
+
+
+def _due(job: Job) -> float:
+    return job.enqueued + job.n_tokens / TOKENS_PER_SECOND
+
+
+async def _first_of(events: list[asyncio.Event]) -> None:
+    """Until any of `events` is set."""
+    tasks = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
 def default_workers(device: str, generating: bool) -> int:
@@ -432,7 +520,13 @@ def _json_type(value: Any) -> str:
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object, or an APIError that says what is wrong with it."""
+    """The request body as a JSON object, or an APIError that says what is wrong with it. Only a
+    body declared `application/json`: a browser sends `text/plain` cross-origin without asking
+    first, so accepting any type would let any web page a user opens drive the server."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise APIError(415, f"send the body as JSON with `Content-Type: application/json` (got "
+                       f"{media or 'no content type'!r})", code="unsupported_media_type")
     declared = request.headers.get("content-length", "")
     too_big = APIError(413, f"request body is over the {max_bytes}-byte limit; send fewer or shorter inputs "
                        "per request", code="body_too_large")
@@ -453,6 +547,11 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise APIError(400, f"request body is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
                        "send a JSON object", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "request body nests JSON too deeply; send a flat object", code="invalid_json") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise APIError(400, f"request body holds a value JSON parsing refused ({err}); send a plain object",
+                       code="invalid_json") from None
     if not isinstance(value, dict):
         raise APIError(400, f"request body must be a JSON object, got {_json_type(value)}", code="invalid_request")
     return value
@@ -479,7 +578,17 @@ def parse_texts(body: dict[str, Any], key: str, max_items: int) -> list[str]:
         if not item:
             raise APIError(400, f"`{key}[{i}]` is an empty string; send text to score", code="empty_input",
                            param=f"{key}[{i}]")
+        _check_text(item, f"{key}[{i}]")
     return value
+
+
+def _check_text(text: str, where: str) -> None:
+    """A string JSON allows but no tokenizer encodes: a lone UTF-16 surrogate escape (`"\\ud800"`)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise APIError(400, f"`{where}` holds a lone surrogate escape at character {err.start}, which is not text; "
+                       "send valid Unicode", code="invalid_input", param=where) from None
 
 
 def parse_conversation(value: Any, where: str) -> list[dict[str, str]]:
@@ -504,6 +613,7 @@ def parse_conversation(value: Any, where: str) -> list[dict[str, str]]:
         if not isinstance(message.get("content"), str):
             raise APIError(400, f"`{at}.content` must be a string, got {_json_type(message.get('content'))}",
                            code="invalid_messages", param=f"{at}.content")
+        _check_text(message["content"], f"{at}.content")
         out.append({"role": message["role"], "content": message["content"]})
     return out
 
@@ -537,12 +647,16 @@ def _check_count(n: int, key: str, max_items: int) -> None:
                        "split it into several requests", code="too_many_items", param=key)
 
 
-def check_lengths(counts: Sequence[int], key: str, limit: int, single: bool = False) -> None:
+def check_lengths(counts: Sequence[int], key: str, limit: int, single: bool = False,
+                  request_limit: int | None = None) -> None:
     for i, n in enumerate(counts):
         if n > limit:
             at = key if single else f"{key}[{i}]"
             raise APIError(413, f"`{at}` (item {i}) is {n} tokens long, over this monitor's limit of {limit} "
                            "tokens; shorten or split it", code="too_many_tokens", param=at)
+    if request_limit is not None and sum(counts) > request_limit:
+        raise APIError(413, f"`{key}` totals {sum(counts)} tokens, over this server's limit of {request_limit} per "
+                       "request; send fewer or shorter items per request", code="too_many_tokens", param=key)
 
 
 # -- responses ------------------------------------------------------------------------------------
@@ -733,16 +847,27 @@ def _chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None = Non
 
 
 # -- the app --------------------------------------------------------------------------------------
+def check_api_key(api_key: str) -> None:
+    """A key a client can send in a header: printable ASCII without spaces."""
+    bad = [c for c in api_key if not (33 <= ord(c) <= 126)]
+    if not api_key or bad:
+        raise ValueError(f"the API key must be printable ASCII without spaces (it holds {bad[:3]!r}); no HTTP "
+                         "client could send it. Choose another key")
+
+
 def _auth(api_key: str) -> Callable[[Request], Awaitable[None]]:
-    expected = f"Bearer {api_key}".encode()
+    check_api_key(api_key)
+    expected = api_key.encode()
 
     async def require_key(request: Request) -> None:
         header = request.headers.get("authorization")
         if not header:
             raise APIError(401, "missing API key: send the header `Authorization: Bearer <key>`",
                            code="missing_api_key")
-        # Constant time, so response timing does not leak how much of a guessed key was right.
-        if not hmac.compare_digest(header.encode(), expected):
+        scheme, _, given = header.partition(" ")
+        # The scheme is case-insensitive (RFC 7235); the key is compared in constant time, so response
+        # timing does not leak how much of a guessed key was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             raise APIError(401, "invalid API key: send `Authorization: Bearer <key>` with the server's key",
                            code="invalid_api_key")
 
@@ -784,18 +909,22 @@ def _check_generator(monitor: ScoringMonitor, generator: ChatGenerator | None, t
 def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items: int = 64,
                max_batch_tokens: int = 8192, max_wait_ms: float = 5.0, threshold: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, generator: ChatGenerator | None = None,
-               workers: int | None = None) -> FastAPI:
+               workers: int | None = None, max_queue_tokens: int = MAX_QUEUE_TOKENS,
+               max_request_tokens: int = MAX_REQUEST_TOKENS, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """A FastAPI app serving `monitor`; with `api_key`, every route but /healthz needs it as a bearer token.
     `threshold` names the operating point `flagged` means in /v1/moderations (default: the generator's,
     else the monitor's). With `generator` (built on `monitor`), /v1/chat/completions is served too.
-    `workers` scoring threads share the model (default: `default_workers`)."""
+    `workers` scoring threads share the model (default: `default_workers`). Past `max_queue_tokens`
+    waiting, new work gets a 429; a request of more than `max_request_tokens` in all, a 413. `allowed_hosts`: the Host names answered (default: any with a key,
+    loopback names only without one)."""
     threshold = _resolve_threshold(monitor, threshold or getattr(generator, "threshold", None))
     _check_generator(monitor, generator, threshold)
     if workers is None:
         device = str(getattr(getattr(monitor, "lm", None), "device", "cpu")).split(":")[0]
         workers = default_workers(device, generator is not None) if hasattr(monitor, "replica") else 1
     _check_options(max_items, max_batch_tokens, max_wait_ms, max_body_bytes, workers, generator is not None)
-    batcher = Batcher(monitor, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, workers=workers)
+    batcher = Batcher(monitor, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, workers=workers,
+                      max_queue_tokens=max_queue_tokens)
     metrics = batcher.metrics = Metrics(batcher.depth)
     generations: set[threading.Event] = set()  # the cancel flags of generations queued or running
 
@@ -817,6 +946,9 @@ def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items
     routes = ["/v1/moderations", "/v1/score", "/v1/models", "/healthz", "/metrics"]
     _install_error_handlers(app, routes + ["/v1/chat/completions"] * (generator is not None))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    hosts = allowed_hosts if allowed_hosts is not None else (None if api_key else LOOPBACK_HOSTS)
+    if hosts is not None:
+        app.add_middleware(HostMiddleware, hosts=hosts)
     guarded = [Depends(_auth(api_key))] if api_key else []
 
     # Counting on a thread of its own (with its own tokenizer) lets requests queue while a forward
@@ -834,7 +966,7 @@ def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items
 
     async def verdicts(kind: str, payloads: list[Any], key: str, single: bool = False) -> list[Any]:
         counts = await count(kind, payloads)
-        check_lengths(counts, key, monitor.max_tokens, single)
+        check_lengths(counts, key, monitor.max_tokens, single, request_limit=max_request_tokens)
         return list(await asyncio.gather(*batcher.submit(kind, payloads, counts)))
 
     @app.get("/healthz")
@@ -848,6 +980,14 @@ def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items
             data.append({"id": generator.model_name, "object": "model", "owned_by": "assay",
                          "monitored_by": monitor.name, "max_new_tokens": generator.max_new_tokens})
         return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=guarded)
+    async def model(model_id: str) -> dict[str, Any]:
+        found = next((m for m in (await models())["data"] if m["id"] == model_id), None)
+        if found is None:
+            raise APIError(404, f"no model {model_id!r} here; this server serves "
+                           f"{[m['id'] for m in (await models())['data']]}", code="model_not_found", param="model")
+        return found
 
     @app.post("/v1/moderations", dependencies=guarded)
     async def moderations(request: Request) -> dict[str, Any]:
@@ -974,14 +1114,30 @@ def _add_chat_route(app: FastAPI, ctx: ChatContext, guarded: list[Any]) -> None:
 
 
 def run(monitor: ScoringMonitor, host: str = "127.0.0.1", port: int = 8000, *,
-        api_key_env: str = "ASSAY_MONITOR_KEY", **app_options: Any) -> None:
+        api_key_env: str = "ASSAY_MONITOR_KEY", limit_concurrency: int = 256, timeout_keep_alive: int = 5,
+        **app_options: Any) -> None:
     """Serve `monitor` with uvicorn until interrupted; the bearer key comes from `$api_key_env` when set
     (an explicit `api_key=` wins). One process only: the model lives in this process's memory.
-    `app_options` go to `create_app` (`generator=` adds /v1/chat/completions)."""
+    At most `limit_concurrency` connections at once (more get a 503), idle keep-alive connections
+    closed after `timeout_keep_alive` seconds. `app_options` go to `create_app` (`generator=` adds
+    /v1/chat/completions)."""
     if app_options.get("api_key") is None:
         app_options["api_key"] = os.environ.get(api_key_env) or None
     if app_options["api_key"] is None and host not in LOOPBACK:
         log.warning("serving on %s without an API key: anyone who can reach the port can use the monitor; "
                     "set $%s", host, api_key_env)
     app = create_app(monitor, **app_options)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    logging.getLogger("uvicorn.access").addFilter(_drop_query)
+    uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=limit_concurrency,
+                timeout_keep_alive=timeout_keep_alive, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+
+
+GRACEFUL_SHUTDOWN_S = 30  # SIGTERM waits this long for requests in flight, then stops
+
+
+def _drop_query(record: logging.LogRecord) -> bool:
+    """The access log without query strings: a client that sends its key as `?api_key=...` must
+    not have it written to the log."""
+    if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+        record.args = (*record.args[:2], record.args[2].split("?", 1)[0], *record.args[3:])
+    return True

@@ -11,13 +11,14 @@ probe file cannot run code when loaded.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from assay import __version__
 from assay.fileio import atomic_path, write_json
@@ -104,9 +105,15 @@ def config_from_dict(config_cls: type, d: dict[str, Any]) -> Any:
     return config_cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
 
 
-def load_probe(path: str | Path, device: torch.device | str | None = None) -> Probe:
-    """Load any probe saved by `Probe.save`, whatever its method."""
+def load_probe(path: str | Path, device: torch.device | str | None = None,
+               sha256: dict[str, str] | None = None) -> Probe:
+    """Load any probe saved by `Probe.save`, whatever its method. Its files are read into memory
+    (not memory-mapped: a file copied over the saved one must not change a loaded probe, nor a
+    truncated one crash its reader), and with `sha256` ({file name: hex digest}) the bytes read are
+    the bytes checked. A tensor that is not finite is refused: such a probe scores NaN, which no
+    threshold flags."""
     from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
 
     from assay.errors import ConfigMismatchError, InputError
     from assay.probes.methods import METHODS
@@ -115,7 +122,16 @@ def load_probe(path: str | Path, device: torch.device | str | None = None) -> Pr
     if not (path / CONFIG_FILE).is_file():
         raise InputError(f"{path} is not a saved probe (no {CONFIG_FILE})")
     try:
-        spec = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        raw = {name: (path / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    except OSError as err:
+        raise ConfigMismatchError(f"{path}: the saved probe cannot be read ({err}); train it again") from None
+    for name, want in (sha256 or {}).items():
+        got = hashlib.sha256(raw.get(name, b"")).hexdigest()
+        if got != want:
+            raise ConfigMismatchError(f"{path / name} has sha256 {got[:16]}..., not the {str(want)[:16]}... recorded "
+                                      "for it: the probe changed after it was saved; restore it or build again")
+    try:
+        spec = json.loads(raw[CONFIG_FILE].decode("utf-8"))
         method = METHODS.get(spec.get("method")) if isinstance(spec, dict) else None
     except (ValueError, TypeError) as err:
         raise ConfigMismatchError(f"{path / CONFIG_FILE} is malformed ({err}); train the probe again") from None
@@ -128,9 +144,18 @@ def load_probe(path: str | Path, device: torch.device | str | None = None) -> Pr
         probe.method, probe.inputs = method.name, spec.get("inputs")
         probe.meta = spec.get("meta", {})
         probe.set_json_state(spec.get("state") or {})
-        tensors = load_file(str(path / WEIGHTS_FILE))
+        tensors = load_bytes(raw[WEIGHTS_FILE])
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"tensors {bad} hold NaN or infinite values")
         probe.set_state({k: v.to(device) if device else v for k, v in tensors.items()})
     except (OSError, SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ConfigMismatchError(f"{path}: the saved {method.name} probe is incomplete or does not match "
                                   f"{CONFIG_FILE} ({type(err).__name__}: {err}); train it again") from None
     return probe
+
+
+def probe_sha256(path: str | Path) -> dict[str, str]:
+    """{file name: sha256} of a saved probe's two files, for `load_probe(sha256=...)`."""
+    path = Path(path)
+    return {name: hashlib.sha256((path / name).read_bytes()).hexdigest() for name in (CONFIG_FILE, WEIGHTS_FILE)}
