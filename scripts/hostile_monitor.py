@@ -184,6 +184,7 @@ def bundle_cases(bundle: Path, fx: Fixtures, work: Path) -> list[Case]:
         ("identity-nulled", lambda b: _edit_json(b, lambda s: s["model"].__setitem__("weights_sha256", None))),
         ("layer-past-model", lambda b: _edit_json(b, lambda s: s.__setitem__("layer", 99))),
         ("no-probe-hash", lambda b: _edit_json(b, lambda s: s.pop("probe_sha256"))),
+        ("build-killed-between-renames", lambda b: os.replace(b, b.with_name(f".{b.name}.old1"))),
     ]
     out = [refuse_case(n, p, bundle, fx, work) for n, p in planted]
     out.append(refuse_case("threshold-typo", lambda b: None, bundle, fx, work, "--threshold", "fpr=2%"))

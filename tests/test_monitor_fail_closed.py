@@ -399,3 +399,43 @@ def test_a_full_or_read_only_disk_is_one_line_that_says_what_to_do():
     for code, says in ((errno.ENOSPC, "free some space"), (errno.EROFS, "read-only")):
         err = OSError(code, os.strerror(code), "/cache/acts.safetensors")
         assert isinstance(err, USER_ERRORS) and "/cache/acts.safetensors" in describe(err) and says in describe(err)
+
+
+def test_a_client_that_hangs_up_has_its_queued_items_dropped():
+    """Behind a busy worker, a request whose client goes away is taken off the queue: no forward
+    pass is spent on it."""
+    import time
+
+    import httpx
+    from test_monitor_server import live_server
+
+    from assay.monitor.server import create_app
+
+    class Counted(FakeMonitor):
+        def token_counter(self):  # counts on a thread of its own, as the real monitor does
+            return self
+
+    monitor = Counted(delay=0.8)
+    with live_server(create_app(monitor, workers=1, max_wait_ms=0)) as url:
+        import threading
+
+        busy = threading.Thread(target=lambda: httpx.post(f"{url}/v1/moderations", json={"input": "first"}, timeout=10))
+        busy.start()
+        time.sleep(0.1)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/moderations", json={"input": "gone bomb"}, timeout=0.2)
+        busy.join()
+        time.sleep(0.5)
+        after = httpx.post(f"{url}/v1/moderations", json={"input": "after"}, timeout=10)
+    assert after.status_code == 200
+    assert [b[1:] for b in monitor.batches] == [(1, 5), (1, 5)], monitor.batches  # "first" and "after" only
+
+
+def test_a_build_killed_between_its_renames_says_where_the_old_bundle_is(built, tmp_path):  # noqa: F811
+    from assay.errors import InputError
+    from assay.monitor.bundle import load_bundle
+
+    out, _, _ = built
+    shutil.copytree(out, tmp_path / ".b.old123")  # as `save_bundle` leaves it, killed after the first rename
+    with pytest.raises(InputError, match=r"a build was stopped while replacing it.*\.b\.old123"):
+        load_bundle(tmp_path / "b")

@@ -134,6 +134,10 @@ def load_bundle(path: str | Path, device: Any = None) -> Bundle:
 
     path = Path(path)
     if not (path / BUNDLE_FILE).is_file():
+        left = sorted(p for p in path.parent.glob(f".{path.name}.old*") if (p / BUNDLE_FILE).is_file())
+        if not path.exists() and left:  # `save_bundle` was killed between its two renames
+            raise InputError(f"{path} is missing: a build was stopped while replacing it, and the bundle before it "
+                             f"is at {left[-1]}; move that back to {path}, or run `assay monitor build` again")
         raise InputError(f"{path} is not a monitor bundle (no {BUNDLE_FILE}); build one with `assay monitor build`")
     try:
         spec = json.loads((path / BUNDLE_FILE).read_text(encoding="utf-8"), parse_constant=_no_constant)

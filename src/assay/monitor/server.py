@@ -64,6 +64,7 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTI
 MAX_QUEUE_TOKENS = 16 * 8192  # tokens waiting to be scored before new work gets a 429 (16 default batches)
 MAX_REQUEST_TOKENS = 16384  # one request's tokens in all: two default batches, so one client cannot hold every worker
 RETRY_AFTER_S = 1
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
 class ScoringMonitor(Protocol):
@@ -964,10 +965,24 @@ def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items
         except ValueError as err:  # the monitor's word on a bad input (e.g. a role its chat format lacks)
             raise APIError(400, f"invalid input: {err}", code="invalid_input") from None
 
-    async def verdicts(kind: str, payloads: list[Any], key: str, single: bool = False) -> list[Any]:
+    async def verdicts(request: Request, kind: str, payloads: list[Any], key: str, single: bool = False) -> list[Any]:
         counts = await count(kind, payloads)
         check_lengths(counts, key, monitor.max_tokens, single, request_limit=max_request_tokens)
-        return list(await asyncio.gather(*batcher.submit(kind, payloads, counts)))
+        futures = batcher.submit(kind, payloads, counts)
+        gathered = asyncio.gather(*futures)
+        # A client that hangs up while its items wait gets them dropped from the queue (the batcher
+        # skips a cancelled item), rather than a forward pass spent on an answer nobody reads.
+        while True:
+            done, _ = await asyncio.wait({gathered}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return list(gathered.result())
+            if await request.is_disconnected():
+                for f in futures:
+                    f.cancel()
+                with suppress(asyncio.CancelledError):
+                    await gathered
+                log.info("client went away; dropped its %d queued items", sum(f.cancelled() for f in futures))
+                raise APIError(499, "client closed the request", code="client_closed")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -997,7 +1012,7 @@ def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items
                            param="model")
         # `model` is accepted and ignored: clients written for OpenAI send their own model names.
         texts = parse_texts(body, "input", max_items)
-        results = await verdicts(TEXT, texts, "input")
+        results = await verdicts(request, TEXT, texts, "input")
         return {"id": f"modr-{uuid.uuid4().hex}", "model": monitor.name,
                 "results": [moderation_result(v, threshold) for v in results]}
 
@@ -1005,7 +1020,7 @@ def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items
     async def score(request: Request) -> dict[str, Any]:
         body = await read_json_object(request, max_body_bytes)
         kind, payloads, key = parse_score_request(body, max_items)
-        results = await verdicts(kind, payloads, key, single=key == "messages")
+        results = await verdicts(request, kind, payloads, key, single=key == "messages")
         return {"model": monitor.name, "results": [score_result(v) for v in results]}
 
     @app.get("/metrics", dependencies=guarded)
