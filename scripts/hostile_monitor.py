@@ -292,6 +292,26 @@ def traffic_cases(server: Server, keyed: Server, bundle: Path, fx: Fixtures, wor
             return "ok", f"statuses {sorted(results)}; a request after the burst answered 200"
         return "silent wrong", f"statuses {sorted(results)}, after {r.status_code}"
 
+    def idle_sockets() -> tuple[str, str]:
+        from assay.monitor.server import HEADER_TIMEOUT_S
+
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(200)]
+        served = scores(url) == scores(url)  # answered while they sit there
+        time.sleep(HEADER_TIMEOUT_S + 2)
+        closed = 0
+        for s in socks:
+            s.settimeout(0.05)
+            try:
+                closed += s.recv(1) == b""
+            except TimeoutError:
+                pass
+            except OSError:
+                closed += 1
+            s.close()
+        ok = served and closed == len(socks)
+        return ("ok" if ok else "silent wrong"), (f"{closed} of {len(socks)} idle sockets closed after "
+                                                   f"{HEADER_TIMEOUT_S + 2:.0f} s; answered meanwhile: {served}")
+
     deep = b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     cases = [
         expect("content-type-text-plain", raw(b'{"input": "bomb"}', "text/plain"), 415, "unsupported_media_type"),
@@ -313,6 +333,7 @@ def traffic_cases(server: Server, keyed: Server, bundle: Path, fx: Fixtures, wor
                "invalid_api_key"),
         Case("traffic", "metrics-random-methods", random_methods),
         Case("traffic", "queue-full-429", queue_full),
+        Case("traffic", "idle-sockets", idle_sockets),
     ]
     return cases
 

@@ -439,3 +439,42 @@ def test_a_build_killed_between_its_renames_says_where_the_old_bundle_is(built, 
     shutil.copytree(out, tmp_path / ".b.old123")  # as `save_bundle` leaves it, killed after the first rename
     with pytest.raises(InputError, match=r"a build was stopped while replacing it.*\.b\.old123"):
         load_bundle(tmp_path / "b")
+
+
+def test_a_connection_that_sends_no_request_is_closed():
+    """Idle and slowly trickling sockets are closed after the header deadline (uvicorn alone keeps
+    them open for good); a client that sends its request in time is answered."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from assay.monitor.server import create_app, header_deadline_protocol
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(FakeMonitor()), host="127.0.0.1", port=port, log_level="warning",
+                                        http=header_deadline_protocol(0.5)))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.01)
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        slow = socket.create_connection(("127.0.0.1", port))
+        for ch in b"POST ":  # a head trickled a byte at a time, never finished
+            slow.sendall(bytes([ch]))
+            time.sleep(0.05)
+        time.sleep(0.6)
+        for s in [*idle, slow]:
+            s.settimeout(1)
+            assert s.recv(1) == b""  # closed by the server
+        ok = httpx.post(f"http://127.0.0.1:{port}/v1/moderations", json={"input": "a"}, timeout=5)
+        assert ok.status_code == 200
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -104,6 +104,11 @@ def load_scores(path: Path) -> ScoreTable:
     from assay.errors import InputError
     from assay.experiment.study import Run
 
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would guess a pickle and suggest loading it unsafely
+        raise InputError(f"{path}: not a scores file written by a study (not an .npz archive); rerun "
+                         "`assay experiment harmful-intent` to write one")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
