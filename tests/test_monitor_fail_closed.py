@@ -478,3 +478,25 @@ def test_a_connection_that_sends_no_request_is_closed():
         srv.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def test_a_body_trickled_past_its_deadline_gets_a_408(monkeypatch):
+    import socket
+    import time
+
+    from test_monitor_server import live_server
+
+    from assay.monitor import server
+    from assay.monitor.server import create_app
+
+    monkeypatch.setattr(server, "BODY_TIMEOUT_S", 0.5)
+    with live_server(create_app(FakeMonitor())) as url:
+        port = int(url.rsplit(":", 1)[1])
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/moderations HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
+                  b"content-length: 100\r\n\r\n{\"input\": ")  # and the rest never comes
+        time.sleep(0.8)
+        s.settimeout(5)
+        answer = s.recv(4096).decode()
+        s.close()
+    assert answer.startswith("HTTP/1.1 408") and "body_timeout" in answer, answer

@@ -64,6 +64,7 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTI
 MAX_QUEUE_TOKENS = 16 * 8192  # tokens waiting to be scored before new work gets a 429 (16 default batches)
 MAX_REQUEST_TOKENS = 16384  # one request's tokens in all: two default batches, so one client cannot hold every worker
 RETRY_AFTER_S = 1
+BODY_TIMEOUT_S = 30.0  # a request body arrives within this, or the request gets a 408
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
@@ -520,10 +521,12 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+async def read_json_object(request: Request, max_bytes: int, timeout_s: float | None = None) -> dict[str, Any]:
     """The request body as a JSON object, or an APIError that says what is wrong with it. Only a
     body declared `application/json`: a browser sends `text/plain` cross-origin without asking
-    first, so accepting any type would let any web page a user opens drive the server."""
+    first, so accepting any type would let any web page a user opens drive the server. A body not
+    received within `timeout_s` (default `BODY_TIMEOUT_S`) is a 408: a client trickling bytes must
+    not hold a connection and a handler for good."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise APIError(415, f"send the body as JSON with `Content-Type: application/json` (got "
@@ -534,10 +537,15 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_big
     body = bytearray()
-    async for chunk in request.stream():  # streamed, so an oversized body is refused without holding it all
-        body += chunk
-        if len(body) > max_bytes:
-            raise too_big
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S if timeout_s is None else timeout_s):
+            async for chunk in request.stream():  # streamed: an oversized body is refused without holding it all
+                body += chunk
+                if len(body) > max_bytes:
+                    raise too_big
+    except TimeoutError:
+        raise APIError(408, f"request body not received within {BODY_TIMEOUT_S if timeout_s is None else timeout_s:g}"
+                       " s; send it at once", code="body_timeout") from None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
