@@ -500,3 +500,19 @@ def test_a_body_trickled_past_its_deadline_gets_a_408(monkeypatch):
         answer = s.recv(4096).decode()
         s.close()
     assert answer.startswith("HTTP/1.1 408") and "body_timeout" in answer, answer
+
+
+def test_a_bundle_built_from_a_relative_model_path_records_it_absolute(tiny, tmp_path, monkeypatch):
+    """So `serve` finds the model from any working directory."""
+    from test_monitor import toy_rows, write_jsonl
+
+    from assay.models.loading import LoadedModel
+    from assay.monitor.build import build_monitor
+
+    (tmp_path / "rel-model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    lm = LoadedModel(tiny.model, tiny.tokenizer, tiny.name, {**tiny.fingerprint, "weights_sha256": "a" * 64})
+    out = build_monitor(str(write_jsonl(tmp_path / "d.jsonl", toy_rows())), tmp_path / "b", model="rel-model", lm=lm,
+                        layers=[1], min_calibration=20, inner_k=2, progress=False)
+    source = json.loads((out / "bundle.json").read_text())["model"]["source"]
+    assert source == str((tmp_path / "rel-model").resolve())
