@@ -312,6 +312,34 @@ def traffic_cases(server: Server, keyed: Server, bundle: Path, fx: Fixtures, wor
         return ("ok" if ok else "silent wrong"), (f"{closed} of {len(socks)} idle sockets closed after "
                                                    f"{HEADER_TIMEOUT_S + 2:.0f} s; answered meanwhile: {served}")
 
+    def sigterm_drains() -> tuple[str, str]:
+        from assay.monitor.server import GRACEFUL_SHUTDOWN_S
+
+        slow = Server(bundle, fx, work, "--max-request-tokens", "1000000", "--max-batch-tokens", "64", "--workers", "1")
+        if not slow.wait():
+            return "crash", "did not start"
+        got: list = []
+        sender = threading.Thread(target=lambda: got.append(httpx.post(
+            f"{slow.url}/v1/score", json={"input": ["word " * 900] * 64}, timeout=120)))
+        sender.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        slow.proc.send_signal(signal.SIGTERM)
+        try:
+            code = slow.proc.wait(GRACEFUL_SHUTDOWN_S + 15)
+        except subprocess.TimeoutExpired:
+            slow.proc.kill()
+            return "hang", f"still running {GRACEFUL_SHUTDOWN_S + 15} s after SIGTERM"
+        secs = time.monotonic() - t0
+        sender.join(30)
+        answered = bool(got) and got[0].status_code == 200 and len(got[0].json()["results"]) == 64
+        in_flight = "Shutting down" in slow.text() and "Waiting for" in slow.text()
+        if "Traceback" in slow.text():
+            return "traceback", slow.text().strip().splitlines()[-1][:200]
+        # uvicorn re-raises the signal once it has shut down, so the exit status is -15 either way
+        return ("ok" if answered else "silent wrong"), (f"in-flight request answered: {answered} (uvicorn waited for "
+                                                        f"it: {in_flight}); exited {code} {secs:.1f} s after SIGTERM")
+
     deep = b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     cases = [
         expect("content-type-text-plain", raw(b'{"input": "bomb"}', "text/plain"), 415, "unsupported_media_type"),
@@ -334,6 +362,7 @@ def traffic_cases(server: Server, keyed: Server, bundle: Path, fx: Fixtures, wor
         Case("traffic", "metrics-random-methods", random_methods),
         Case("traffic", "queue-full-429", queue_full),
         Case("traffic", "idle-sockets", idle_sockets),
+        Case("traffic", "sigterm-drains", sigterm_drains),
     ]
     return cases
 
