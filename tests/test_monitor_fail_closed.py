@@ -516,3 +516,37 @@ def test_a_bundle_built_from_a_relative_model_path_records_it_absolute(tiny, tmp
                         layers=[1], min_calibration=20, inner_k=2, progress=False)
     source = json.loads((out / "bundle.json").read_text())["model"]["source"]
     assert source == str((tmp_path / "rel-model").resolve())
+
+
+def test_a_full_disk_while_scoring_is_one_line_naming_the_path(built, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """Through the CLI's own entry point: exit 1, the path and the cause, what to do, and neither a
+    traceback nor "this is a bug"."""
+    import contextlib
+    import errno
+    import sys
+
+    from test_monitor import write_jsonl
+
+    from assay import cli
+    from assay.monitor import cli as monitor_cli
+    from assay.monitor import evaluate
+    from assay.monitor.bundle import load_bundle
+    from assay.monitor.scorer import Monitor
+
+    out, _, lm = built
+    monkeypatch.setattr(monitor_cli, "_load", lambda *a, **k: Monitor(load_bundle(out), lm))
+
+    @contextlib.contextmanager
+    def full_disk(path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(evaluate, "atomic_path", full_disk)
+    data = write_jsonl(tmp_path / "in.jsonl", [{"text": "hello"}])
+    monkeypatch.setattr(sys, "argv", ["assay", "monitor", "score", str(out), "--input", str(data), "--out",
+                                      str(tmp_path / "scores.jsonl")])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "No space left on device" in err and "scores.jsonl" in err
+    assert "free some space" in err and "bug in assay" not in err and "Traceback" not in err
