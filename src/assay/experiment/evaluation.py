@@ -34,6 +34,15 @@ def is_primary(run: Any, cfg: Any) -> bool:
     return run.seed is None or run.seed == cfg.seed
 
 
+CONFIG_FIELDS = ("method", "features", "sae", "k", "selector", "seed")
+
+
+def same_config(a: Any, b: Any) -> bool:
+    """Whether two rows, refs or runs name the same configuration (method, features, SAE, k,
+    selector, seed), whatever else they carry (a split, metrics)."""
+    return all(getattr(a, f) == getattr(b, f) for f in CONFIG_FIELDS)
+
+
 def detailed(run: Any, cfg: Any) -> bool:
     """Whether a run's results carry intervals, curves and breakdowns: the primary seed of every
     configuration the tables and findings use (the k-sweep's other k and the extra seeds get point
@@ -176,15 +185,13 @@ class Evaluator:
 
         st, cfg = self.t, self.cfg
         dense = best.get("dense-logistic")
-        keys = ("method", "features", "sae", "k", "selector", "seed")
         rows = []
         for split in [s for s in ("calib", "ood") if s in st.idx]:
             i = np.asarray(st.idx[split])
             y, g, units = st.y[i], st.groups["group"][i], st.units[i]
             for kind in ("hard", "ordinary"):
                 for fam, ref in best.items():
-                    res = next((r for r in results if r.split == split and all(getattr(r, k) == getattr(ref, k)
-                                                                               for k in keys)), None)
+                    res = next((r for r in results if r.split == split and same_config(r, ref)), None)
                     sl = next((x for x in (res.hard_negatives if res else []) if x.kind == kind), None)
                     if sl is None:
                         continue

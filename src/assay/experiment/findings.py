@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from assay.experiment.evaluation import family_best
+from assay.experiment.evaluation import family_best, same_config
 from assay.experiment.saes import SAE_NAMES
 from assay.experiment.layers import mean_val_auroc, ranked_layers
 
@@ -143,15 +143,12 @@ def scale_notes(report: Any) -> list[str]:
 
 
 def find_result(report: Any, ref: Any, split: str) -> Any | None:
-    return next((r for r in report.results if r.split == split and _same(r, ref)), None)
+    return next((r for r in report.results if r.split == split and same_config(r, ref)), None)
 
 
 def find_comparison(report: Any, a: Any, b: Any, split: str) -> Any | None:
-    return next((c for c in report.comparisons if c.split == split and _same(c.a, a) and _same(c.b, b)), None)
-
-
-def _same(r: Any, ref: Any) -> bool:
-    return all(getattr(r, f) == getattr(ref, f) for f in ("method", "features", "sae", "k", "selector", "seed"))
+    return next((c for c in report.comparisons if c.split == split and same_config(c.a, a) and same_config(c.b, b)),
+                None)
 
 
 def _verdict(c: Any, better: str, worse: str, tie: str) -> str:

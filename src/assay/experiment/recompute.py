@@ -63,30 +63,30 @@ def _pairs(path: str, a: Any, b: Any) -> Iterator[tuple[str, Any, Any]]:
 def recompute(report: Any, table: Any) -> list[Section]:
     """Every number of `report` that the runs in `table` determine, recomputed and compared."""
     from assay.experiment.config import StudyConfig
-    from assay.experiment.evaluation import Evaluator, detailed, family_best, to_ref
+    from assay.experiment.evaluation import CONFIG_FIELDS, Evaluator, _run, detailed, family_best, to_ref
     from assay.report.evaluate import evaluate_method
 
     cfg = StudyConfig.model_validate(report.config)
     ev = Evaluator(table, cfg)
-    keys = ("method", "features", "sae", "k", "selector", "seed")
-    same = lambda r, run: all(getattr(r, f) == getattr(run, f) for f in keys)  # noqa: E731
+    key = lambda r: tuple(getattr(r, f) for f in CONFIG_FIELDS)  # noqa: E731
+    committed_rows = {(*key(r), r.split): r for r in report.results}
+    kinds = {key(r): r.kind for r in report.results}
 
     results, rows = Section("results"), []
     for run in table.scores:
-        committed = [r for r in report.results if same(r, run)]
-        if not committed:
+        if key(run) not in kinds:
             results.mismatches.append((run.id, "<no committed row>", "<scores>"))
             continue
         again = evaluate_method(run.method, table.split_scores(table.scores[run]), features=run.features,
                                 calibrate_on=cfg.calibrate_on, target_fpr=cfg.target_fpr, n_boot=cfg.n_boot,
-                                seed=cfg.seed, detail=detailed(run, cfg), kind=committed[0].kind, sae=run.sae,
+                                seed=cfg.seed, detail=detailed(run, cfg), kind=kinds[key(run)], sae=run.sae,
                                 k=run.k, selector=run.selector)
         for r in again:
             r.seed = run.seed
         rows += again
     ev._seed_summaries(rows)
     for r in rows:
-        c = next((c for c in report.results if same(c, r) and c.split == r.split), None)
+        c = committed_rows.get((*key(r), r.split))
         if c is None:
             results.mismatches.append((f"{to_ref(r)}/{r.split}", "<no committed row>", "<recomputed>"))
             continue
@@ -95,8 +95,6 @@ def recompute(report: Any, table: Any) -> list[Section]:
                         r.model_dump(mode="json", exclude=set(_PROVENANCE)))
 
     comparisons = Section("comparisons")
-    from assay.experiment.evaluation import _run
-
     for c in report.comparisons:
         a, b = _run(c.a), _run(c.b)
         if a in table.scores and b in table.scores:

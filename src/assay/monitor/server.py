@@ -238,7 +238,8 @@ class HostMiddleware:
         await self.app(scope, receive, send)
 
 
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# The loopback names as a Host header carries them (an IPv6 address in brackets).
+LOOPBACK_HOSTS = tuple(f"[{h}]" if ":" in h else h for h in LOOPBACK)
 
 
 # -- the micro-batcher ----------------------------------------------------------------------------
@@ -521,12 +522,12 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-async def read_json_object(request: Request, max_bytes: int, timeout_s: float | None = None) -> dict[str, Any]:
+async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     """The request body as a JSON object, or an APIError that says what is wrong with it. Only a
     body declared `application/json`: a browser sends `text/plain` cross-origin without asking
     first, so accepting any type would let any web page a user opens drive the server. A body not
-    received within `timeout_s` (default `BODY_TIMEOUT_S`) is a 408: a client trickling bytes must
-    not hold a connection and a handler for good."""
+    received within `BODY_TIMEOUT_S` is a 408: a client trickling bytes must not hold a connection
+    and a handler for good."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json":
         raise APIError(415, f"send the body as JSON with `Content-Type: application/json` (got "
@@ -538,14 +539,14 @@ async def read_json_object(request: Request, max_bytes: int, timeout_s: float | 
         raise too_big
     body = bytearray()
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_S if timeout_s is None else timeout_s):
+        async with asyncio.timeout(BODY_TIMEOUT_S):
             async for chunk in request.stream():  # streamed: an oversized body is refused without holding it all
                 body += chunk
                 if len(body) > max_bytes:
                     raise too_big
     except TimeoutError:
-        raise APIError(408, f"request body not received within {BODY_TIMEOUT_S if timeout_s is None else timeout_s:g}"
-                       " s; send it at once", code="body_timeout") from None
+        raise APIError(408, f"request body not received within {BODY_TIMEOUT_S:g} s; send it at once",
+                       code="body_timeout") from None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -924,8 +925,8 @@ def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items
     `threshold` names the operating point `flagged` means in /v1/moderations (default: the generator's,
     else the monitor's). With `generator` (built on `monitor`), /v1/chat/completions is served too.
     `workers` scoring threads share the model (default: `default_workers`). Past `max_queue_tokens`
-    waiting, new work gets a 429; a request of more than `max_request_tokens` in all, a 413. `allowed_hosts`: the Host names answered (default: any with a key,
-    loopback names only without one)."""
+    waiting, new work gets a 429; a request of more than `max_request_tokens` in all, a 413.
+    `allowed_hosts`: the Host names answered (default: any with a key, loopback names only without one)."""
     threshold = _resolve_threshold(monitor, threshold or getattr(generator, "threshold", None))
     _check_generator(monitor, generator, threshold)
     if workers is None:
