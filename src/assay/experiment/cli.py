@@ -276,7 +276,7 @@ def recompute_intervals(
     typer.echo(f"{scores_file}: {len(table.scores)} runs' scores on {sum(len(i) for i in table.idx.values())} rows "
                f"({', '.join(f'{s} {len(i)}' for s, i in table.idx.items())}); recomputing with "
                f"{report.config.get('n_boot')} resamples, seed {report.config.get('seed')} ...")
-    sections = recompute(report, table)
+    sections = recompute(report, table, progress=True)
     bad = 0
     for s in sections:
         typer.echo(f"  {s.name}: {s.values} numbers ({s.intervals} intervals) recomputed, max |difference| "

@@ -60,8 +60,11 @@ def _pairs(path: str, a: Any, b: Any) -> Iterator[tuple[str, Any, Any]]:
         yield path, a, b
 
 
-def recompute(report: Any, table: Any) -> list[Section]:
-    """Every number of `report` that the runs in `table` determine, recomputed and compared."""
+def recompute(report: Any, table: Any, progress: bool = False) -> list[Section]:
+    """Every number of `report` that the runs in `table` determine, recomputed and compared (a
+    progress bar over the runs with `progress`: the full study's 65 take about a minute)."""
+    from rich.progress import track
+
     from assay.experiment.config import StudyConfig
     from assay.experiment.evaluation import CONFIG_FIELDS, Evaluator, _run, detailed, family_best, to_ref
     from assay.report.evaluate import evaluate_method
@@ -73,7 +76,7 @@ def recompute(report: Any, table: Any) -> list[Section]:
     kinds = {key(r): r.kind for r in report.results}
 
     results, rows = Section("results"), []
-    for run in table.scores:
+    for run in track(list(table.scores), description="recomputing runs", disable=not progress):
         if key(run) not in kinds:
             results.mismatches.append((run.id, "<no committed row>", "<scores>"))
             continue
