@@ -20,6 +20,7 @@ Outcomes: `ok` (the expected answer), `clear` (refused with a clear error), `sil
 from __future__ import annotations
 
 import argparse
+import resource
 import json
 import os
 import shutil
@@ -53,11 +54,14 @@ def _free_port() -> int:
 class Server:
     """`assay monitor serve` in a subprocess, its log kept."""
 
-    def __init__(self, bundle: Path, fx: Fixtures, work: Path, *extra: str, env: dict[str, str] | None = None):
+    def __init__(self, bundle: Path, fx: Fixtures, work: Path, *extra: str, env: dict[str, str] | None = None,
+                 nofile: int | None = None):
         self.port, self.log = _free_port(), work / f"server-{time.monotonic_ns()}.log"
+        # a deployer's `ulimit -n`: the server's own file descriptors capped at `nofile`
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
         cmd = [sys.executable, "-m", "assay.cli", "monitor", "serve", str(bundle), "--model", str(fx.model),
                "--port", str(self.port), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, preexec_fn=limit,
                                      env={**os.environ, "ASSAY_CACHE": str(fx.cache), "HF_HUB_OFFLINE": "1",
                                           "TRANSFORMERS_OFFLINE": "1", **(env or {})})
         self.url = f"http://127.0.0.1:{self.port}"
@@ -192,6 +196,50 @@ def bundle_cases(bundle: Path, fx: Fixtures, work: Path) -> list[Case]:
     return out
 
 
+# -- a read-only disk -------------------------------------------------------------------------------
+def read_only_dir(work: Path) -> Path | None:
+    """A folder no process here can write: a read-only tmpfs where we may mount (root in a container
+    ignores file modes), else a 0555 folder for a normal user; None where neither holds."""
+    ro = work / "read-only"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+        return ro
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
+    return ro if done.returncode == 0 else None
+
+
+def disk_cases(bundle: Path, fx: Fixtures, work: Path) -> list[Case]:
+    prompts = work / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in PROMPTS))
+
+    def score(name: str, out: Callable[[Path], Path], cache: Callable[[Path], Path]) -> Case:
+        def run() -> tuple[str, str]:
+            (work / name).mkdir()
+            ro = read_only_dir(work / name)
+            if ro is None:
+                return "skipped", "no read-only folder can be made here (root without mount)"
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-m", "assay.cli", "monitor", "score", str(bundle), "--model", str(fx.model),
+                     "-i", str(prompts), "-o", str(out(ro))], capture_output=True, text=True, timeout=300,
+                    env={**os.environ, "ASSAY_CACHE": str(cache(ro)), "HF_HUB_OFFLINE": "1"})
+            finally:
+                subprocess.run(["umount", str(ro)], capture_output=True)
+            log = done.stdout + done.stderr
+            if "Traceback" in log or "bug in assay" in log:
+                return "traceback", log.strip().splitlines()[-1][:200]
+            if done.returncode == 0:
+                return "ok", "scored (nothing needed writing there)"
+            said = _message(log) or log.strip().splitlines()[-1]
+            clear = "read-only" in said and str(ro) in said
+            return ("clear" if clear else "silent wrong"), f"exit {done.returncode}: {said.strip()[:200]}"
+        return Case("disk", name, run)
+
+    return [score("read-only-out", lambda ro: ro / "scores.jsonl", lambda ro: fx.cache),
+            score("read-only-cache", lambda ro: work / "scores-ro-cache.jsonl", lambda ro: ro / "cache")]
+
+
 # -- files changed under a running server ----------------------------------------------------------
 def live_cases(bundle: Path, fx: Fixtures, work: Path) -> list[Case]:
     def under_server(name: str, change: Callable[[Path], None]) -> Case:
@@ -312,6 +360,43 @@ def traffic_cases(server: Server, keyed: Server, bundle: Path, fx: Fixtures, wor
         return ("ok" if ok else "silent wrong"), (f"{closed} of {len(socks)} idle sockets closed after "
                                                    f"{HEADER_TIMEOUT_S + 2:.0f} s; answered meanwhile: {served}")
 
+    def fd_limit() -> tuple[str, str]:
+        """`ulimit -n 128` and 125 idle sockets: new clients are served once the header deadline frees them,
+        and the log stays small (the issue saw 152 MB in 45 s)."""
+        from assay.monitor.server import HEADER_TIMEOUT_S
+
+        low = Server(bundle, fx, work, nofile=128)
+        if not low.wait():
+            return "crash", f"did not start under a 128-fd limit: {low.text()[-200:]}"
+        try:
+            socks = []
+            for _ in range(125):
+                try:
+                    socks.append(socket.create_connection(("127.0.0.1", low.port), timeout=2))
+                except OSError:
+                    break
+            log0, t0 = low.log.stat().st_size, time.monotonic()
+            answered, first = False, None
+            while time.monotonic() - t0 < HEADER_TIMEOUT_S + 20 and not answered:
+                try:
+                    answered = httpx.post(f"{low.url}/v1/score", json={"input": PROMPTS}, timeout=5).status_code == 200
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+                first = time.monotonic() - t0 if answered else None
+            time.sleep(max(0.0, HEADER_TIMEOUT_S + 2 - (time.monotonic() - t0)))
+            for s in socks:
+                s.close()
+            grown = (low.log.stat().st_size - log0) / 1e6
+            alive = low.proc.poll() is None and scores(low.url) == scores(url)
+        finally:
+            low.stop()
+        detail = (f"{len(socks)} idle sockets under a 128-fd limit; a new client answered after "
+                  f"{first if first is None else round(first, 1)} s; log grew {grown:.3f} MB; still serving the same "
+                  f"scores: {alive}")
+        if "Traceback" in low.text():
+            return "traceback", detail
+        return ("ok" if answered and alive and grown < 1 else "silent wrong"), detail
+
     def sigterm_drains() -> tuple[str, str]:
         from assay.monitor.server import GRACEFUL_SHUTDOWN_S
 
@@ -362,6 +447,7 @@ def traffic_cases(server: Server, keyed: Server, bundle: Path, fx: Fixtures, wor
         Case("traffic", "metrics-random-methods", random_methods),
         Case("traffic", "queue-full-429", queue_full),
         Case("traffic", "idle-sockets", idle_sockets),
+        Case("traffic", "fd-limit-128", fd_limit),
         Case("traffic", "sigterm-drains", sigterm_drains),
     ]
     return cases
@@ -411,7 +497,7 @@ def main() -> int:
             raise RuntimeError(f"the servers did not start on a good bundle:\n{server.text()[-2000:]}")
         baseline, rss0 = scores(server.url), server.rss_mb()
         cases = (bundle_cases(bundle, fx, work) + live_cases(bundle, fx, work)
-                 + traffic_cases(server, keyed, bundle, fx, work))
+                 + traffic_cases(server, keyed, bundle, fx, work) + disk_cases(bundle, fx, work))
         cases = [c for c in cases if not args.k or args.k in f"{c.group}/{c.name}"]
         if not cases:
             ap.error(f"-k {args.k!r} matches no case")
@@ -445,7 +531,7 @@ def main() -> int:
         tmp.write_text(json.dumps({"cases": len(rows), "outcomes": total, "rows": rows}, indent=2) + "\n")
         os.replace(tmp, args.out)
     shutil.rmtree(work, ignore_errors=True)
-    return 1 if any(r["outcome"] not in ("ok", "clear") for r in rows) else 0
+    return 1 if any(r["outcome"] not in ("ok", "clear", "skipped") for r in rows) else 0
 
 
 if __name__ == "__main__":

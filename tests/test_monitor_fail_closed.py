@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -170,6 +171,55 @@ def test_save_bundle_clears_what_a_killed_build_left_beside_it(built, tmp_path):
     (tmp_path / ".b.old456").mkdir()
     save_bundle(dst, b.spec, b.probe, "card")
     assert load_bundle(dst).spec["probe_sha256"] == b.spec["probe_sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_rebuilding_a_bundle_swaps_it_in_one_step(built, tmp_path, monkeypatch):  # noqa: F811
+    """Over an existing bundle, `save_bundle` exchanges the new folder with the old in one atomic
+    rename: `out` is never missing, so no rename of `out` itself happens."""
+    import assay.monitor.bundle as bundle_mod
+    from assay.fileio import exchange
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("a"), (b / "x").write_text("b")
+    assert exchange(a, b) and (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+
+    out, _, _ = built
+    dst = tmp_path / "bundle"
+    shutil.copytree(out, dst)
+    loaded = bundle_mod.load_bundle(dst)
+    real = os.replace
+
+    def no_gap(src, target):
+        assert os.fspath(src) != os.fspath(dst), "renamed `out` away: it would be missing until the next rename"
+        return real(src, target)
+
+    monkeypatch.setattr(bundle_mod.os, "replace", no_gap)
+    bundle_mod.save_bundle(dst, loaded.spec, loaded.probe, "new card")
+    assert (dst / "card.md").read_text() == "new card"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "bundle"]
+
+
+def test_a_rebuild_after_a_killed_one_puts_the_old_bundle_back_first(built, tmp_path):  # noqa: F811
+    """Killed between its renames (on a system without an atomic exchange), a build left `out`
+    missing and the bundle it replaced at `.out.old*`; the next build restores it before anything
+    else, so a rebuild that fails too leaves the old bundle where it was, not nothing."""
+    from assay.monitor.bundle import load_bundle, save_bundle
+
+    out, _, _ = built
+    b = load_bundle(out)
+    shutil.copytree(out, tmp_path / ".b.old123")
+
+    class Broken:
+        def save(self, path):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        save_bundle(tmp_path / "b", b.spec, Broken(), "card")
+    assert load_bundle(tmp_path / "b").spec["probe_sha256"] == b.spec["probe_sha256"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
@@ -550,3 +600,45 @@ def test_a_full_disk_while_scoring_is_one_line_naming_the_path(built, tmp_path, 
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and "No space left on device" in err and "scores.jsonl" in err
     assert "free some space" in err and "bug in assay" not in err and "Traceback" not in err
+
+
+def test_running_out_of_file_descriptors_logs_one_line_not_a_traceback_per_connection(caplog):
+    """CPython's selector loop reports EMFILE on accept once per pending connection per tick, with a
+    traceback (125 idle sockets under `ulimit -n 128` wrote 41 MB of log in 12 s); the server's handler
+    turns a burst of them into one line, and passes every other error on."""
+    import asyncio
+    import errno
+    import logging
+
+    from assay.monitor.server import AcceptErrorLog
+
+    passed = []
+    handler = AcceptErrorLog(lambda loop, ctx: passed.append(ctx))
+    loop = asyncio.new_event_loop()
+    try:
+        emfile = OSError(errno.EMFILE, "Too many open files")
+        with caplog.at_level(logging.WARNING, logger="assay.monitor.server"):
+            for _ in range(2048):
+                handler(loop, {"message": "socket.accept() out of system resource", "exception": emfile})
+            handler(loop, {"message": "Task exception was never retrieved", "exception": ValueError("x")})
+    finally:
+        loop.close()
+    lines = [r for r in caplog.records if "file descriptors" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is None and "ulimit -n" in lines[0].getMessage()
+    assert handler.suppressed == 2047
+    assert [c["message"] for c in passed] == ["Task exception was never retrieved"]
+
+
+def test_the_server_raises_its_soft_file_limit_to_the_hard_one():
+    import resource
+
+    from assay.monitor.server import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        got = raise_fd_limit()
+        assert got == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert got == (hard if hard != resource.RLIM_INFINITY else 1 << 16)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

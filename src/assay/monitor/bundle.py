@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from assay.errors import ConfigMismatchError, InputError
-from assay.fileio import write_json, write_text
+from assay.fileio import exchange, write_json, write_text
 
 BUNDLE_FILE = "bundle.json"
 PROBE_DIR = "probe"
@@ -102,6 +102,9 @@ def save_bundle(out: str | Path, spec: dict[str, Any], probe: Any, card_md: str)
     out = Path(out)
     if out.exists() and not (out / BUNDLE_FILE).is_file() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not a monitor bundle; pass an empty or new --out directory")
+    left = sorted(p for p in out.parent.glob(f".{out.name}.old*") if (p / BUNDLE_FILE).is_file())
+    if not out.exists() and left:  # a build killed between its two renames: put the bundle it replaced back first
+        os.replace(left[-1], out)
     # what an earlier build killed between its renames left beside `out` (a hidden temp or old copy)
     for stale in [*out.parent.glob(f".{out.name}.tmp*"), *out.parent.glob(f".{out.name}.old*")]:
         shutil.rmtree(stale, ignore_errors=True)
@@ -116,6 +119,9 @@ def save_bundle(out: str | Path, spec: dict[str, Any], probe: Any, card_md: str)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():
+        if exchange(tmp, out):  # one atomic swap: `out` is always a whole bundle, the old one or the new
+            shutil.rmtree(tmp, ignore_errors=True)
+            return out
         old = out.with_name(f".{out.name}.old{os.getpid()}")
         os.replace(out, old)
         os.replace(tmp, out)

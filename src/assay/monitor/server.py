@@ -24,9 +24,11 @@ so OpenAI clients raise their usual exceptions.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -940,6 +942,8 @@ def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrorLog(loop.get_exception_handler()))
         await batcher.start()
         log.info("serving monitor %s (flagged at %s, %d-token limit)%s", monitor.name, threshold, monitor.max_tokens,
                  f", generating with {generator.model_name}" if generator is not None else "")
@@ -1151,6 +1155,11 @@ def run(monitor: ScoringMonitor, host: str = "127.0.0.1", port: int = 8000, *,
         log.warning("serving on %s without an API key: anyone who can reach the port can use the monitor; "
                     "set $%s", host, api_key_env)
     app = create_app(monitor, **app_options)
+    fds = raise_fd_limit()
+    if fds < limit_concurrency + FD_RESERVE:
+        log.warning("the file-descriptor limit is %d, below %d connections (--limit-concurrency) + %d for the model "
+                    "and logs: past it new clients wait until idle ones time out; raise it with `ulimit -n`",
+                    fds, limit_concurrency, FD_RESERVE)
     logging.getLogger("uvicorn.access").addFilter(_drop_query)
     uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=limit_concurrency,
                 timeout_keep_alive=timeout_keep_alive, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
@@ -1204,6 +1213,57 @@ def header_deadline_protocol(seconds: float) -> type:
                 self.transport.close()
 
     return HeaderDeadline
+
+
+FD_RESERVE = 64  # descriptors the process holds besides client sockets (model files, logs, pipes), with room
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (as Go's runtime does at start), so
+    a default `ulimit -n` of 1024 does not cap connections the administrator allowed; the limit now."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no per-process limit to raise
+        return 1 << 16
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):  # a sandbox that refuses: keep the limit we have
+                pass
+    return soft
+
+
+class AcceptErrorLog:
+    """The event loop's exception handler, but one line per `every_s` for "out of file descriptors" on
+    accept. CPython's selector loop logs that error with a traceback once per pending connection per
+    tick (up to the listen backlog, 2048 under uvicorn): 125 idle sockets under `ulimit -n 128` wrote
+    41 MB of log in 12 s. Everything else goes to the handler it wraps."""
+
+    def __init__(self, inner: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], Any] | None,
+                 every_s: float = 10.0) -> None:
+        self.inner, self.every_s, self.suppressed, self._last = inner, every_s, 0, -math.inf
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        err = context.get("exception")
+        if isinstance(err, OSError) and err.errno in (errno.EMFILE, errno.ENFILE) and "accept" in context.get(
+                "message", ""):
+            now = time.monotonic()
+            if now - self._last >= self.every_s:
+                log.warning("out of file descriptors (%s; %d such errors since the last line): new connections "
+                            "wait until idle ones close (within %.0f s); raise `ulimit -n`", err.strerror,
+                            self.suppressed, HEADER_TIMEOUT_S)
+                self._last, self.suppressed = now, 0
+            else:
+                self.suppressed += 1
+            return
+        if self.inner is not None:
+            self.inner(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
 
 def _drop_query(record: logging.LogRecord) -> bool:
