@@ -91,7 +91,8 @@ def test_build_writes_a_bundle_with_nested_card(built):
     spec = b.spec
     sel = spec["card"]["selection"]
     assert sel["collections"] == ["group:g0", "group:g1", "group:g2", "group:g3"]
-    assert len(sel["candidates"]) == 12  # 2 methods x 2 layers x 3 aggregations; the toy has one mix (no val or ood)
+    # 2 pooled methods x 2 layers x 3 aggregations + located-logistic x 2 layers; one mix (no val or ood)
+    assert len(sel["candidates"]) == 14
     assert set(sel["nested"]) == set(sel["collections"])
     for c, r in sel["nested"].items():
         assert r["chosen"] in {x["name"] for x in sel["candidates"]}
@@ -259,6 +260,11 @@ def test_cli_bad_input_is_one_clear_error_before_any_model_loads(tmp_path, monke
          "not one of the calibrated fprs"),
         (["monitor", "build", "--data", "{tmp}/in.jsonl", "--out", "{tmp}/b", "--method", "nope"], "unknown method"),
         (["monitor", "build", "--data", "{tmp}/in.jsonl", "--out", "{tmp}/b"], "benign rows in a `calib` split"),
+        (["monitor", "build", "--data", "{tmp}/in.jsonl", "--out", "{tmp}/b", "--token-pooling", "rmax"],
+         "token pooling 'rmax'"),
+        (["monitor", "calibrate", "{tmp}", "--benign", "{tmp}/none.jsonl", "--out", "{tmp}/b"], "no such file"),
+        (["monitor", "calibrate", "{tmp}", "--benign", "{tmp}/in.jsonl", "--out", "{tmp}/b", "--min-benign", "1"],
+         "is not a monitor bundle"),
     ]
     for args, message in cases:
         res = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args], env={"COLUMNS": "400", "NO_COLOR": "1"})
@@ -273,6 +279,9 @@ def test_cli_bad_input_is_one_clear_error_before_any_model_loads(tmp_path, monke
     res = CliRunner().invoke(app, ["monitor", "serve", str(bundle)],
                              env={"COLUMNS": "400", "NO_COLOR": "1", "ASSAY_MONITOR_KEY": "has space"})
     assert res.exit_code == 2 and "printable ASCII" in res.output, res.output
+    res = CliRunner().invoke(app, ["monitor", "calibrate", str(bundle), "--benign", str(tmp_path / "in.jsonl"),
+                                   "--out", str(tmp_path / "b")], env={"COLUMNS": "400", "NO_COLOR": "1"})
+    assert res.exit_code == 2 and "need at least 100" in res.output, res.output
     res = CliRunner().invoke(app, ["monitor", "serve", str(tmp_path), "--generate", "--workers", "2"],
                              env={"COLUMNS": "400", "NO_COLOR": "1"})
     assert res.exit_code == 2 and "one scoring thread" in res.output, res.output
@@ -320,9 +329,11 @@ def test_mix_pools():
         build_monitor("x.jsonl", "out", mixes=["weird"], progress=False)
 
 
-def test_attention_bundle_scores_tokens_like_its_cache(tiny, tmp_path):
-    """The token-level path: an attention probe's live score equals its score on the cached tokens,
-    and each real token gets a score and its token string."""
+@pytest.mark.parametrize("method", ["attention", "located-logistic", "token-logistic"])
+def test_token_level_bundle_scores_tokens_like_its_cache(tiny, tmp_path, method):
+    """The token-level path: a probe's live score equals its score on the cached tokens, and each
+    real token gets a score and its token string (a located probe's token scores are each token's
+    share of the score: they sum to it, less the head's intercept)."""
     from assay.data import load_dataset
     from assay.monitor.build import build_monitor
     from assay.monitor.bundle import load_bundle
@@ -331,8 +342,8 @@ def test_attention_bundle_scores_tokens_like_its_cache(tiny, tmp_path):
     from assay.probes.inputs import token_inputs
 
     data = write_jsonl(tmp_path / "data.jsonl", toy_rows())
-    out = build_monitor(str(data), tmp_path / "bundle", lm=tiny, layers=[2], methods=["attention"],
-                        min_calibration=20, inner_k=2, progress=False)
+    out = build_monitor(str(data), tmp_path / "bundle", lm=tiny, layers=[2], methods=[method],
+                        token_poolings=["rmax10"], min_calibration=20, inner_k=2, progress=False)
     b = load_bundle(out)
     assert b.inputs["reads"] == "tokens"
     ds = load_dataset(data)
@@ -343,6 +354,8 @@ def test_attention_bundle_scores_tokens_like_its_cache(tiny, tmp_path):
     np.testing.assert_allclose([v.score for v in verdicts], b.probe.score(X[:6], M[:6]), rtol=1e-4, atol=1e-4)
     for v, m in zip(verdicts, M[:6]):
         assert len(v.token_scores) == len(v.tokens) == int(m.sum())
+        if method == "located-logistic":
+            assert sum(v.token_scores) + b.probe.head.intercept == pytest.approx(v.score, abs=1e-4)
 
 
 def test_residual_stream_keeps_each_threads_hooks_apart(tiny):
@@ -525,3 +538,56 @@ def test_selection_on_two_threads_is_the_sequential_one(built, tmp_path, monkeyp
     calls["n"] = 100
     _same_selection(load_bundle(build.build_monitor(str(data), tmp_path / "killed", **opts)).spec["card"]["selection"],
                     want)
+
+
+def test_recalibrating_on_your_own_benign_traffic_sets_thresholds_there(built, tmp_path):
+    """`recalibrate` puts each threshold where it flags its target share of the deployer's benign
+    prompts, records what it replaced and the FPR the old thresholds reached there, and the bundle
+    it writes loads, scores the same and says so in its card."""
+    from assay.monitor.bundle import load_bundle
+    from assay.monitor.calibrate import recalibrate
+    from assay.monitor.scorer import Monitor
+
+    out, _, lm = built
+    rng = np.random.default_rng(3)
+    benign = write_jsonl(tmp_path / "benign.jsonl", [{"text": " ".join(rng.choice(WORDS, 6)) + " cake"}
+                                                      for _ in range(200)])
+    mon = Monitor(load_bundle(out), lm)
+    new = recalibrate(mon, benign, tmp_path / "recal", progress=False)
+    b = load_bundle(new)
+    scores = np.array([v.score for v in Monitor(b, lm).score_texts([json.loads(x)["text"] for x in
+                                                                    benign.read_text().splitlines()])])
+    for name, t in b.thresholds.items():
+        target = b.spec["thresholds"][name]["target_fpr"]
+        assert np.mean(scores > t) <= target + 1e-9
+    cal = b.spec["calibration"]
+    assert cal["split"] is None and cal["n_benign"] == 200 and cal["replaced"]["thresholds"] == load_bundle(out).spec["thresholds"]
+    old_t = load_bundle(out).thresholds["fpr=1%"]
+    assert cal["fpr_of_replaced_thresholds"]["fpr=1%"] == pytest.approx(np.mean(scores > old_t))
+    card = (new / "card.md").read_text()
+    assert "## Recalibrated" in card and "200 benign prompts" in card
+    with pytest.raises(InputError, match="at least 100"):
+        recalibrate(mon, write_jsonl(tmp_path / "few.jsonl", [{"text": "a cake"}] * 5), tmp_path / "x", progress=False)
+
+
+def test_packed_tokens_hold_what_the_padded_tokens_hold(tiny, tmp_path):
+    """The token-level candidates' packed input is the attention probes' padded input without the
+    padding: the same last-N real tokens of every prompt, and a fixed sample drawn from them."""
+    import torch
+
+    from assay.data import load_dataset
+    from assay.monitor.features import monitor_activations
+    from assay.probes.inputs import PackedTokens, token_inputs
+
+    data = write_jsonl(tmp_path / "data.jsonl", toy_rows(n_per_group=6, n_calib=4))
+    ds = load_dataset(data)
+    acts = monitor_activations(tiny, ds, [2], tokens=True, progress=False)
+    X, M = token_inputs(acts, 2, 5)
+    packed = PackedTokens.read(acts, 2, 5)
+    Xp, Mp, Cp = packed.padded(range(len(ds)))
+    assert torch.equal(Mp, M) and torch.equal(Xp, X) and torch.equal(Cp, M)  # no spans: every real token
+    Xs, Ms, Cs = packed.sample(3, seed=0)
+    for i in range(len(ds)):
+        rows = Xs[i][Ms[i]]
+        assert len(rows) == min(3, int(M[i].sum()))
+        assert all(any(torch.equal(r, x) for x in X[i][M[i]]) for r in rows)

@@ -27,9 +27,15 @@ def test_quick_monitor_built_served_and_scored_like_its_cache(bundled, tmp_path)
     assert spec["model"]["weights_sha256"] and spec["layer"] == 9
 
     ds = load_or_build("quick")
-    acts = monitor_activations(bundled, ds, [9], aggregations=["all.mean", "resp-5"], progress=False)
+    tokens = spec["inputs"]["reads"] == "tokens"  # the selection may choose the token-level candidate
+    acts = monitor_activations(bundled, ds, [9], tokens=tokens, aggregations=["all.mean", "resp-5"], progress=False)
     rows = [i for i, e in enumerate(ds.examples) if e.split == "ood"][:24]
-    cached = bundle.probe.score(acts.pooled(9, spec["inputs"]["aggregation"]).float()[rows])
+    if tokens:
+        from assay.probes.inputs import PackedTokens
+
+        cached = PackedTokens.read(acts, 9, spec["inputs"]["max_tokens"]).score(bundle.probe, rows)
+    else:
+        cached = bundle.probe.score(acts.pooled(9, spec["inputs"]["aggregation"]).float()[rows])
 
     monitor = Monitor(bundle, bundled)
     with TestClient(create_app(monitor, max_wait_ms=20), base_url="http://localhost") as client:

@@ -121,8 +121,10 @@ def test_pooled_probe_rejects_token_input():
 
 def test_registry_has_the_papers_methods_and_each_is_what_it_says():
     assert list(METHODS) == ["dense-logistic", "diff-of-means", "diff-of-means-std", "lda", "attention",
-                             "max-rolling-attention", "tfidf", "minilm", "1-sparse", "k-sparse", "reconstruction",
-                             "error"]
+                             "max-rolling-attention", "token-logistic", "located-logistic", "tfidf", "minilm",
+                             "1-sparse", "k-sparse", "reconstruction", "error"]
+    # the study runs GDM's methods; the token-level monitor candidates only when named
+    assert [n for n, m in METHODS.items() if not m.study] == ["token-logistic", "located-logistic"]
     assert make_probe("lda").config.normalize == "whiten" and make_probe("diff-of-means").config.normalize == "none"
     assert make_probe("k-sparse", k=7, select="l1", seed=3).config.k == 7
     assert make_probe("attention", seed=3).config.seed == 3

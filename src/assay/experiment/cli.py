@@ -72,8 +72,8 @@ def harmful_intent(
         rprint(f"dtype {dtype} (matmul here: float32 {why['float32_gflops']} GFLOP/s, bfloat16 {why['bfloat16_gflops']} GFLOP/s)")
     from assay.probes.methods import METHODS
 
-    methods = [n for n, m in METHODS.items()
-               if not (no_attention and m.kind == "attention") and not (no_baselines and m.kind == "baseline")]
+    methods = [n for n, m in METHODS.items() if m.study
+               and not (no_attention and m.kind == "attention") and not (no_baselines and m.kind == "baseline")]
     # Flags left out keep the preset's value (the demo preset has its own data and subsample).
     given = {k: v for k, v in {"layer_stride": layer_stride, "n_seeds": seeds, "data": data,
                                "subsample": subsample}.items() if v is not None}

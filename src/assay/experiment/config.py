@@ -60,7 +60,7 @@ class StudyConfig(BaseModel):
         description="Aggregations every pooled probe reads: dense and SAE probes alike (all reported).",
     )
     methods: list[str] = Field(
-        default_factory=lambda: list(_methods()),
+        default_factory=lambda: [n for n, m in _methods().items() if m.study],
         description="Methods to run, by the registry's names (assay.probes.METHODS); the paper's set by default.")
     ks: list[int] = Field([1, 2, 5, 10, 20, 50], description="k values of the k-sparse SAE probes.")
     headline_k: int = Field(20, description="The k the headline comparisons quote (fixed in advance, never chosen).")

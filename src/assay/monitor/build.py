@@ -5,7 +5,10 @@
    Whether that helps is itself a choice: the data mix `all` against `id` (train and val only).
 2. Candidates (method x layer x aggregation x data mix) are compared by leave-one-collection-out
    (`select`); the one with the best mean held-out AUROC ships. The card's per-collection numbers
-   are nested, so no collection it reports chose anything.
+   are nested, so no collection it reports chose anything. Besides pooled probes, the candidates
+   include a token-level one (`located-logistic`): a locator taught where the request sits in the
+   benchmark's wrapped prompts (`assay.data.spans`) weights the tokens a dense head reads, so a
+   request inside a long jailbreak template is not diluted by it.
 3. The chosen probe is fitted on its mix's rows; thresholds at 0.1%, 1% and 5% FPR are set on
    the benign calibration prompts (never trained on).
 4. The card also reports the study's protocol (the same candidate trained on the ID `train` split
@@ -15,7 +18,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
+import threading
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -32,7 +38,7 @@ from assay.monitor.select import CARD_FPR, OPERATING_FPRS, Candidate, fpr_label,
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("dense-logistic", "diff-of-means-std")
+DEFAULT_METHODS = ("dense-logistic", "diff-of-means-std", "located-logistic")
 # Data mixes a candidate may train on (always within the rows a fold leaves it).
 MIXES = {"all": "every labelled row outside `calib` (train, val and ood)",
          "id": "the study's in-distribution splits only (train and val)"}
@@ -49,39 +55,69 @@ def default_layers(n_layers: int) -> list[int]:
 
 
 class Features:
-    """What each candidate reads, for every row of the dataset, computed once."""
+    """What each candidate reads, for every row of the dataset, computed once: pooled matrices,
+    padded tokens (attention probes), or packed tokens with a fixed per-prompt sample (token-level
+    probes, which never need a padded copy of every prompt)."""
 
-    def __init__(self, acts: Any, max_tokens: int = 512) -> None:
-        self.acts, self.max_tokens = acts, max_tokens
+    def __init__(self, acts: Any, max_tokens: int = 512, requests: Sequence[np.ndarray] | None = None,
+                 tokens_per_prompt: int = 16, seed: int = 0, progress: bool = False) -> None:
+        self.acts, self.max_tokens, self.requests = acts, max_tokens, requests
+        self.tokens_per_prompt, self.seed, self.progress = tokens_per_prompt, seed, progress
         self._memo: dict[tuple, Any] = {}
 
     def spec(self, c: Candidate, model: str) -> Any:
         from assay.probes.inputs import InputSpec
+        from assay.probes.methods import method
 
-        return InputSpec.for_method(c.method, aggregation=c.aggregation, layer=c.layer, model=model,
-                                    max_tokens=self.max_tokens)
+        pooled = method(c.method).reads == "pooled"
+        return InputSpec.for_method(c.method, aggregation=c.aggregation if pooled else None, layer=c.layer,
+                                    model=model, max_tokens=self.max_tokens)
 
-    def read(self, c: Candidate) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def packed(self, layer: int) -> Any:
+        from assay.probes.inputs import PackedTokens
+
+        key = ("packed", layer)
+        if key not in self._memo:
+            self._memo[key] = PackedTokens.read(self.acts, layer, self.max_tokens, self.requests, self.progress)
+        return self._memo[key]
+
+    def read(self, c: Candidate) -> tuple[torch.Tensor, ...]:
         from assay.probes.inputs import token_inputs
         from assay.probes.methods import method
 
-        reads = method(c.method).reads
-        key = (reads, c.layer, c.aggregation)
+        m = method(c.method)
+        key = ("sample" if m.token_sample else m.reads, c.layer, c.aggregation if m.reads == "pooled" else None)
         if key not in self._memo:
-            if reads == "pooled":
+            if m.token_sample:
+                self._memo[key] = self.packed(c.layer).sample(self.tokens_per_prompt, self.seed)
+            elif m.reads == "pooled":
                 self._memo[key] = (self.acts.pooled(c.layer, c.aggregation).float(), None)
-            elif reads == "tokens":
+            elif m.reads == "tokens":
                 self._memo[key] = token_inputs(self.acts, c.layer, self.max_tokens)
             else:
-                raise InputError(f"method {c.method!r} reads {reads}; a monitor serves probes on the model's "
-                                 "activations: pick a pooled or attention method")
+                raise InputError(f"method {c.method!r} reads {m.reads}; a monitor serves probes on the model's "
+                                 "activations: pick a pooled or token-level method")
         return self._memo[key]
+
+
+TOKEN_POOLINGS = ("rmax10", "rmax20")  # token-level candidates: max of rolling means over 10 and 20 tokens
+_POOLING = re.compile(r"^(rmax|max|mean)(\d*)$")
+
+
+def token_pooling(name: str) -> dict[str, Any]:
+    """`rmax10` -> {pool: rmax, window: 10}: a token-level candidate's pooling, as probe options."""
+    from assay.probes.token import TokenLogisticConfig
+
+    m = _POOLING.match(name)
+    if not m or (m.group(1) == "rmax") != bool(m.group(2)):
+        raise InputError(f"token pooling {name!r}: use rmaxN (max of rolling means over N tokens), max or mean")
+    return {"pool": m.group(1), "window": int(m.group(2) or TokenLogisticConfig.window)}
 
 
 def build_monitor(
     data: str, out: str | Path, *, model: str | None = None, layers: Sequence[int] | None = None,
     methods: Sequence[str] = DEFAULT_METHODS, aggregations: Sequence[str] = DEFAULT_AGGREGATIONS,
-    mixes: Sequence[str] = DEFAULT_MIXES,
+    mixes: Sequence[str] = DEFAULT_MIXES, token_poolings: Sequence[str] = TOKEN_POOLINGS,
     dtype: str = "auto", inner_k: int = 4, default_fpr: float = CARD_FPR, seed: int = 0,
     progress: bool = True, min_calibration: int = MIN_CALIBRATION, lm: Any = None,
 ) -> Path:
@@ -105,6 +141,8 @@ def build_monitor(
     unknown = [m for m in mixes if m not in MIXES]
     if unknown or not mixes:
         raise InputError(f"unknown data mix {unknown or mixes}; choose from {', '.join(MIXES)}")
+    for p in token_poolings:
+        token_pooling(p)
     for m in methods:
         if get_method(m).reads not in ("pooled", "tokens"):
             raise InputError(f"method {m!r} reads {get_method(m).reads}; a monitor serves probes on the model's "
@@ -136,9 +174,11 @@ def build_monitor(
     for L in layers:
         check_layer(L, lm.n_layers)
     pools = mix_pools(ds, mixes)
-    candidates = [Candidate(m, L, a if get_method(m).reads == "pooled" else None, mix)
-                  for mix in pools for m in methods for L in layers
-                  for a in (aggregations if get_method(m).reads == "pooled" else [None])]
+    def variants(m: str) -> Sequence[str | None]:  # what sets a method's candidates apart besides layer and mix
+        pools_tokens = "pool" in {f.name for f in dataclasses.fields(get_method(m).probe.Config)}
+        return aggregations if get_method(m).reads == "pooled" else token_poolings if pools_tokens else [None]
+
+    candidates = [Candidate(m, L, a, mix) for mix in pools for m in methods for L in layers for a in variants(m)]
     timings["model"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -146,10 +186,16 @@ def build_monitor(
     # Only the aggregations a candidate reads. The study's layer sweep pools these, and on the bundled
     # model (18 blocks) it reads 6, 9 and 12 too, so a monitor built on the study's data borrows its
     # activations prompt by prompt (`assay.activations.reuse`) instead of a third forward pass.
-    pooled = sorted({c.aggregation for c in candidates if c.aggregation is not None}) or ["all.mean"]
+    pooled = sorted({c.aggregation for c in candidates if get_method(c.method).reads == "pooled"}) or ["all.mean"]
     acts = monitor_activations(lm, ds, layers, tokens=tokens, aggregations=pooled, progress=progress)
-    feats = Features(acts)
+    requests = None
+    if any(get_method(m).token_sample for m in methods):
+        from assay.data.spans import request_token_masks
+
+        requests = request_token_masks(ds, lm.tokenizer)
+    feats = Features(acts, requests=requests, seed=seed, progress=progress)
     timings["activations"] = time.perf_counter() - t
+    shared = SharedFits()
 
     def fit(c: Candidate, rows: np.ndarray) -> Any:
         from assay.probes.methods import make_probe
@@ -157,15 +203,27 @@ def build_monitor(
         rows = rows[np.isin(rows, pools[c.mix])]
         if len(np.unique(y[rows])) < 2:
             return None  # this mix leaves one class in this fold: a probe that cannot be trained scores nothing
-        X, M = feats.read(c)
-        opts = {"Cs": DEFAULT_CS} if c.method == "dense-logistic" else {}
+        m = get_method(c.method)
+        opts = {"Cs": DEFAULT_CS} if c.method in ("dense-logistic", "located-logistic") else \
+            token_pooling(c.aggregation) if m.token_sample and c.aggregation else {}
         probe = make_probe(c.method, seed=seed, inputs=feats.spec(c, model).to_dict(), **opts)
         idx = torch.as_tensor(rows)
+        if m.token_sample:
+            X, M, C = feats.read(c)
+            if hasattr(probe, "fit_head"):  # the locator on the sample, the head on every token of the rows
+                probe.fit_locator(X[idx], M[idx], C[idx])
+                return probe.fit_head(feats.packed(c.layer).map(probe.pool, rows), y[rows])
+            # one fit per (method, layer, rows), whatever the pooling applied to its token logits
+            return shared.get((c.method, c.layer, rows.tobytes()), probe,
+                              lambda: probe.fit(X[idx], y[rows], mask=M[idx], carries=C[idx]))
+        X, M = feats.read(c)
         return probe.fit(X[idx], y[rows], mask=None if M is None else M[idx])
 
     def score(probe: Any, c: Candidate, rows: np.ndarray) -> np.ndarray:
         if probe is None:
             return np.zeros(len(rows))  # AUROC 0.5: no evidence either way
+        if get_method(c.method).token_sample:
+            return feats.packed(c.layer).score(probe, rows)
         X, M = feats.read(c)
         idx = torch.as_tensor(rows)
         return np.asarray(probe.score(X[idx], None if M is None else M[idx]), dtype=np.float64)
@@ -206,6 +264,7 @@ def build_monitor(
         "chat_format": list(lm.chat_affixes()),
         "max_tokens": acts.spec["max_tokens"],
         "method": chosen.method, "inputs": probe.inputs, "mix": chosen.mix,
+        "probe_config": dataclasses.asdict(probe.config),
         "thresholds": ths, "default_threshold": fpr_label(default_fpr),
         "calibration": {"split": CALIBRATION_SPLIT, "n_benign": n_calib_benign,
                         "fingerprint": _rows_fingerprint(ds, calib_benign)},
@@ -216,6 +275,27 @@ def build_monitor(
         "provenance": provenance(seed=seed, activations=acts.key),
     }
     return save_bundle(out, spec, probe, render_card(spec))
+
+
+class SharedFits:
+    """Token-level candidates that differ only in how token logits are pooled share one fit: the
+    first to ask fits it, the others get its weights under their own pooling (a lock per key, so
+    two selection workers never fit the same thing twice)."""
+
+    def __init__(self) -> None:
+        self._lock, self._fits, self._busy = threading.Lock(), {}, {}
+
+    def get(self, key: tuple, probe: Any, fit: Any) -> Any:
+        with self._lock:
+            busy = self._busy.setdefault(key, threading.Lock())
+        with busy:
+            if key not in self._fits:
+                self._fits[key] = fit()
+                return self._fits[key]
+        done = self._fits[key]
+        probe.set_state(done.state())
+        probe.meta = dict(done.meta)
+        return probe
 
 
 # The code a selection's numbers come from (its cache key holds their fingerprint, not the git
@@ -345,11 +425,11 @@ def selection_workers(candidates: Sequence[Candidate], device: Any) -> int:
     hundred rows and columns, too small to keep several cores busy: on 2 cores the quick
     benchmark's selection took 52 s as two single-threaded workers and 72 s as one two-threaded fit
     at a time (one run of each, back to back). Only where every candidate's fit is deterministic and
-    keeps no global state (pooled methods; the attention probe seeds torch's global generator), and
-    on a CPU."""
+    keeps no global state (not a seeded method: the attention probe seeds torch's global generator),
+    and on a CPU."""
     from assay.probes.methods import method as get_method
 
-    if torch.device(device).type != "cpu" or any(get_method(c.method).reads != "pooled" for c in candidates):
+    if torch.device(device).type != "cpu" or any(get_method(c.method).seeded for c in candidates):
         return 1
     return max(1, min(torch.get_num_threads(), MAX_SELECTION_WORKERS))
 

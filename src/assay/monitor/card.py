@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from assay.monitor.calibrate import recalibration_lines
+
 
 def fmt(x: Any, nd: int = 3) -> str:
     """A metric for a table: three decimals, a dash where it is undefined (None or NaN)."""
@@ -22,11 +24,15 @@ def render_card(spec: dict[str, Any]) -> str:
     lines = [
         f"# Monitor card: {spec['name']}", "",
         f"- Model: `{spec['model']['model']}` (weights sha256 {str(spec['model'].get('weights_sha256'))[:16]}), "
-        f"layer {spec['layer']}, {spec['dtype']}; probe `{spec['method']}` reading `{_reads(spec['inputs'])}`, "
+        f"layer {spec['layer']}, {spec['dtype']}; probe `{spec['method']}` reading `{_reads(spec['inputs'])}`"
+        f"{_pooling(spec.get('probe_config') or {})}, "
         f"trained on data mix `{spec.get('mix', 'all')}`.",
         f"- Trained on {spec['training']['n_rows']} prompts ({spec['training']['n_harmful']} harmful) from splits "
         f"{', '.join(spec['training']['splits'])} of `{spec['training']['data']}`; thresholds set on "
-        f"{spec['calibration']['n_benign']} benign prompts of the `{spec['calibration']['split']}` split, never trained on.",
+        + (f"{spec['calibration']['n_benign']} benign prompts of the `{spec['calibration']['split']}` split, never "
+           "trained on." if spec["calibration"].get("split") is not None else
+           f"{spec['calibration']['n_benign']} benign prompts of `{spec['calibration']['source']}` (recalibrated: "
+           "see the end of this card)."),
         f"- Chosen among {len(sel['candidates'])} candidates (method x layer x aggregation x data mix) by mean leave-one-collection-out AUROC over "
         f"{len(sel['collections'])} collections: {', '.join(f'{k} {fmt(v)}' for k, v in sel['mean_auroc'].items())}.",
         "",
@@ -74,13 +80,15 @@ def render_card(spec: dict[str, Any]) -> str:
               f"`flagged` means the score is above the `{default}` threshold unless the server is told otherwise.", "",
               "| name | logit threshold | resolvable with this calibration set | recall on calib harmful | FPR on calib benign |",
               "|---|---|---|---|---|"]
+    as_built = spec["calibration"].get("split") is not None  # else its calib numbers are at the old thresholds
     for k, t in spec["thresholds"].items():
         lines.append(f"| {k} | {t['threshold']:.4f} | {'yes' if t['resolvable'] else 'no: the highest benign score'} "
-                     f"| {fmt(cal[k]['recall'])} | {fmt(cal[k]['fpr'])} |")
+                     f"| {fmt(cal[k]['recall'] if as_built else None)} | {fmt(cal[k]['fpr'] if as_built else None)} |")
     lines += ["", f"Calibration-split AUROC: {fmt(cal['auroc'])} ({cal['n_pos']} harmful, {cal['n_neg']} benign; "
               "the benign rows set the thresholds, so their FPR is at most the target by construction).", "",
               f"Build time: {card['timings_seconds'].get('total')} s. Dtype chosen: {spec['dtype']} "
               f"({spec.get('dtype_choice')})."]
+    lines += recalibration_lines(spec)
     return "\n".join(lines) + "\n"
 
 
@@ -93,6 +101,18 @@ def _transfer_sentence(nested: dict[str, Any]) -> list[str]:
             "0.95) yet flags under 10% of the harmful ones at the 1% threshold: the whole collection scores lower than "
             "the calibration prompts, so a threshold set elsewhere does not transfer to it. Check a monitor on a sample "
             "of the new traffic (`assay monitor eval`) and recalibrate there before trusting its flags."]
+
+
+def _pooling(cfg: dict[str, Any]) -> str:
+    """How a token-level probe makes one score of a prompt's tokens, from its recorded config."""
+    if "sharpen" in cfg:
+        return (f" (a request locator weights each token by p^{cfg['sharpen']:g}, p its probability of being the "
+                "request; a logistic regression reads the weighted mean)")
+    if cfg.get("pool") == "rmax":
+        return f" (single-token logits, max over windows of {cfg['window']} tokens of their mean)"
+    if "pool" in cfg:
+        return f" (single-token logits, their {cfg['pool']})"
+    return ""
 
 
 def _reads(inputs: dict[str, Any]) -> str:

@@ -34,10 +34,13 @@ def build(
                                               "selection choose among several (default: a third, half and two "
                                               "thirds of the way up)."),
     method: Optional[List[str]] = typer.Option(None, "--method", help="Candidate method; repeat for several "
-                                               "(default: dense-logistic and diff-of-means-std). Pooled and attention "
-                                               "methods only."),
+                                               "(default: dense-logistic, diff-of-means-std and token-logistic). "
+                                               "Pooled, attention and token-level methods only."),
     aggregation: Optional[List[str]] = typer.Option(None, "--aggregation", "-a", help="Candidate aggregation for "
                                                     "pooled methods; repeat (default: resp-5, all.mean, all.max)."),
+    token_pooling: Optional[List[str]] = typer.Option(None, "--token-pooling", help="Candidate pooling of a "
+                                                      "token-level probe's token logits: rmaxN (max of rolling means "
+                                                      "over N tokens), max or mean; repeat (default: rmax10, rmax20)."),
     mix: Optional[List[str]] = typer.Option(None, "--mix", help="Candidate training data: 'all' (every split but "
                                             "calib) or 'id' (train and val); repeat (default: both)."),
     dtype: str = options.DTYPE,
@@ -49,10 +52,11 @@ def build(
     seed: int = options.SEED,
 ) -> None:
     """Train, choose by leave-one-collection-out, calibrate, and write a monitor bundle with its card."""
-    from assay.monitor.build import DEFAULT_AGGREGATIONS, DEFAULT_METHODS, DEFAULT_MIXES, build_monitor
+    from assay.monitor.build import DEFAULT_AGGREGATIONS, DEFAULT_METHODS, DEFAULT_MIXES, TOKEN_POOLINGS, build_monitor
 
     path = build_monitor(data, out, model=model, layers=layer or None, methods=method or DEFAULT_METHODS,
-                         aggregations=aggregation or DEFAULT_AGGREGATIONS, mixes=mix or DEFAULT_MIXES, dtype=dtype, inner_k=inner_k,
+                         aggregations=aggregation or DEFAULT_AGGREGATIONS, mixes=mix or DEFAULT_MIXES,
+                         token_poolings=token_pooling or TOKEN_POOLINGS, dtype=dtype, inner_k=inner_k,
                          default_fpr=default_fpr, seed=seed,
                          min_calibration=min_calibration)
     typer.echo((path / "card.md").read_text(encoding="utf-8"))
@@ -75,6 +79,30 @@ def score(
     read_prompts(input)  # a bad file fails before the model loads
     n = score_file(_load(bundle, model, dtype), input, out)
     typer.echo(f"scored {n} prompts -> {out}")
+
+
+@app.command()
+def calibrate(
+    bundle: Path = BUNDLE,
+    benign: Path = typer.Option(..., "--benign", help="Your own benign prompts (JSONL with a `text` field or CSV with "
+                                "a `text` column): the thresholds are set where they flag 0.1%, 1% and 5% of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write (may be BUNDLE itself: it is "
+                             "replaced atomically)."),
+    min_benign: int = typer.Option(100, "--min-benign", min=1, help="Fewest benign prompts to set thresholds on."),
+    model: Optional[str] = SERVE_MODEL,
+    dtype: Optional[str] = MONITOR_DTYPE,
+) -> None:
+    """Re-set a bundle's thresholds on your own benign traffic (no labels beyond 'benign')."""
+    from assay.monitor.calibrate import recalibrate
+    from assay.monitor.evaluate import read_prompts
+
+    n = len(read_prompts(benign))  # a bad file fails before the model loads
+    if n < min_benign:
+        raise typer.BadParameter(f"{benign} has {n} prompts; thresholds at 1% FPR need at least {min_benign}",
+                                 param_hint="--benign")
+    path = recalibrate(_load(bundle, model, dtype), benign, out, min_benign=min_benign)
+    typer.echo((path / "card.md").read_text(encoding="utf-8").split("## Recalibrated", 1)[-1].strip())
+    typer.echo(f"bundle written to {path}")
 
 
 @app.command("eval")

@@ -3,7 +3,7 @@
 Model selection fits many probes on the same prompts, so the pooled matrices of every candidate
 layer and aggregation (only those) are extracted in one forward pass (to the deepest candidate
 layer) and cached like any other extraction; per-token activations are stored only when a
-candidate reads tokens (attention probes), since they are hundreds of times larger.
+candidate reads tokens (attention and token-level probes), since they are hundreds of times larger.
 """
 
 from __future__ import annotations

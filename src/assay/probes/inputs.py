@@ -163,6 +163,85 @@ def token_inputs(acts: Any, layer: int, max_tokens: int, chunk: int = 256) -> tu
     return X, M
 
 
+@dataclass
+class PackedTokens:
+    """Every example's last `max_tokens` real tokens end to end, `x [N, d]` in the extraction dtype,
+    example i at `x[offsets[i]:offsets[i + 1]]`, and which tokens carry the prompt's label
+    (`carries [N]`, `assay.data.spans`). A padded `[n, longest, d]` copy of a benchmark with long
+    jailbreak templates is most padding; this is the token-level probes' input (1.35 GB for the
+    full benchmark's 1.05M tokens at d=640 in bf16)."""
+
+    x: torch.Tensor
+    offsets: np.ndarray
+    carries: torch.Tensor
+
+    @classmethod
+    def read(cls, acts: Any, layer: int, max_tokens: int, requests: Sequence[np.ndarray] | None = None,
+             progress: bool = False) -> "PackedTokens":
+        """From a cache entry that stores tokens; `requests` are `assay.data.spans.request_token_masks`
+        (None: every real token carries the label)."""
+        from assay.data.spans import label_carrying_tokens
+
+        dtype = _dtype_of(acts)
+        xs, cs, offsets = [], [], [0]
+        for i in _track(range(acts.n), progress, f"reading layer {layer} tokens"):
+            x, roles, _ = acts.example_tokens(layer, i)
+            keep = real_tokens(roles)
+            carry = label_carrying_tokens(roles, requests[i]) if requests is not None else keep
+            xs.append(x[keep][-max_tokens:].to(dtype))
+            cs.append(carry[keep][-max_tokens:])
+            offsets.append(offsets[-1] + len(xs[-1]))
+        return cls(torch.cat(xs), np.asarray(offsets), torch.cat(cs))
+
+    @property
+    def n(self) -> int:
+        return len(self.offsets) - 1
+
+    def padded(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(X [b, T, d], mask [b, T], carries [b, T])` of these examples, right-padded."""
+        lens = [int(self.offsets[i + 1] - self.offsets[i]) for i in rows]
+        X = torch.zeros(len(rows), max(lens, default=0), self.x.shape[1], dtype=self.x.dtype)
+        C = torch.zeros(X.shape[:2], dtype=torch.bool)
+        for j, i in enumerate(rows):
+            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+            X[j, : b - a], C[j, : b - a] = self.x[a:b], self.carries[a:b]
+        return X, torch.arange(X.shape[1])[None, :] < torch.tensor(lens)[:, None], C
+
+    def sample(self, n_tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A fixed sample of up to `n_tokens` tokens per example (`probes.token.sample_positions`), as
+        `padded` lays them out: what a token-level probe fits on, `n x n_tokens x d` in memory."""
+        from assay.probes.token import sample_positions
+
+        rng = np.random.default_rng(seed)
+        X = torch.zeros(self.n, n_tokens, self.x.shape[1], dtype=self.x.dtype)
+        M = torch.zeros(self.n, n_tokens, dtype=torch.bool)
+        C = torch.zeros(self.n, n_tokens, dtype=torch.bool)
+        for i in range(self.n):
+            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+            pos, car = sample_positions(np.ones(b - a, dtype=bool), self.carries[a:b].numpy(), n_tokens, rng)
+            X[i, : len(pos)], M[i, : len(pos)], C[i, : len(pos)] = self.x[a + torch.as_tensor(pos)], True, torch.as_tensor(car)
+        return X, M, C
+
+    def score(self, probe: Any, rows: Sequence[int], batch: int = 256) -> np.ndarray:
+        """`probe.score` over these examples' tokens, `batch` examples at a time (bounded memory)."""
+        out = self.map(lambda X, M: torch.as_tensor(np.asarray(probe.score(X, M), dtype=np.float64)), rows, batch)
+        return out.numpy()
+
+    def map(self, fn: Any, rows: Sequence[int], batch: int = 256) -> torch.Tensor:
+        """`fn(X, mask)` over these examples, `batch` at a time, concatenated."""
+        rows = list(rows)
+        out = [fn(*self.padded(rows[k:k + batch])[:2]) for k in range(0, len(rows), batch)]
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+def _track(it: Any, progress: bool, what: str) -> Any:
+    if not progress:
+        return it
+    from rich.progress import track
+
+    return track(it, description=what)
+
+
 def _dtype_of(acts: Any) -> torch.dtype:
     from assay.runtime import resolve_dtype
 

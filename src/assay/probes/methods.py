@@ -6,7 +6,7 @@ configuration that distinguishes it (`diff-of-means` and `lda` are one class), a
 reads (`assay.probes.inputs` turns that into tensors):
 
 - `pooled`: one vector per prompt, an aggregation of the residual stream (`all.max`, `resp-5`, ...)
-- `tokens`: the residual stream at every real token, with a mask (attention probes)
+- `tokens`: the residual stream at every real token, with a mask (attention and token-level probes)
 - `sae-latents` / `sae-reconstruction` / `sae-error`: an SAE's output per token, pooled alike
 - `text`: the prompt itself; `sentence-embedding`: MiniLM's embedding of it (text baselines)
 """
@@ -23,6 +23,7 @@ from assay.probes.base import Probe
 from assay.probes.linear import DiffMeanProbe, LogisticProbe
 from assay.probes.sparse import KSparseProbe, OneSparseProbe
 from assay.probes.tfidf import TfidfProbe
+from assay.probes.token import LocatedLogisticProbe, TokenLogisticProbe
 
 READS = ("pooled", "tokens", "sae-latents", "sae-reconstruction", "sae-error", "text", "sentence-embedding")
 
@@ -36,6 +37,8 @@ class Method:
     summary: str
     defaults: dict[str, Any] = field(default_factory=dict)  # config that sets this method apart
     seeded: bool = False  # stochastic fit: the study repeats it per seed
+    study: bool = True  # run by `assay experiment harmful-intent` by default (GDM's comparison)
+    token_sample: bool = False  # fits on a sample of single tokens (a build may pass a pre-drawn one)
 
     @property
     def reads_sae(self) -> bool:
@@ -60,6 +63,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            seeded=True),
     Method("max-rolling-attention", RollingAttentionProbe, "tokens", "attention",
            "GDM's max over windows of attention-weighted means", seeded=True),
+    # A monitor candidate (Kramar et al.'s lesson for jailbreaks and long contexts), not one of GDM's
+    # methods: the study leaves it out unless named.
+    Method("token-logistic", TokenLogisticProbe, "tokens", "token",
+           "logistic regression on single tokens, pooled by the max of rolling means", study=False,
+           token_sample=True),
+    Method("located-logistic", LocatedLogisticProbe, "tokens", "token",
+           "logistic regression on the mean of the tokens a locator takes for the request", study=False,
+           token_sample=True),
     Method("tfidf", TfidfProbe, "text", "baseline", "TF-IDF word and character n-grams + logistic regression"),
     Method("minilm", LogisticProbe, "sentence-embedding", "baseline",
            "all-MiniLM-L6-v2 sentence embedding + logistic regression", {"device": "cpu"}),

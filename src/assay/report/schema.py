@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "2"
 
-MethodKind = Literal["dense", "attention", "sae_sparse", "sae_reconstruction", "sae_error", "baseline", "other"]
+MethodKind = Literal["dense", "attention", "token", "sae_sparse", "sae_reconstruction", "sae_error", "baseline", "other"]
 
 
 def _f(title: str, description: str, default: Any = ..., **kw: Any) -> Any:
