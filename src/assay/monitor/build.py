@@ -204,8 +204,8 @@ def build_monitor(
         if len(np.unique(y[rows])) < 2:
             return None  # this mix leaves one class in this fold: a probe that cannot be trained scores nothing
         m = get_method(c.method)
-        opts = {"Cs": DEFAULT_CS} if c.method in ("dense-logistic", "located-logistic") else \
-            token_pooling(c.aggregation) if m.token_sample and c.aggregation else {}
+        fields = {f.name for f in dataclasses.fields(m.probe.Config)}
+        opts = {"Cs": DEFAULT_CS} if "Cs" in fields else token_pooling(c.aggregation) if "pool" in fields else {}
         probe = make_probe(c.method, seed=seed, inputs=feats.spec(c, model).to_dict(), **opts)
         idx = torch.as_tensor(rows)
         if m.token_sample:
