@@ -104,6 +104,13 @@ TOKEN_POOLINGS = ("rmax10", "rmax20")  # token-level candidates: max of rolling 
 _POOLING = re.compile(r"^(rmax|max|mean)(\d*)$")
 
 
+def options(method: str) -> set[str]:
+    """The config fields a method's probe takes (`Cs`, `pool`, ...): what the build may set on it."""
+    from assay.probes.methods import method as get_method
+
+    return {f.name for f in dataclasses.fields(get_method(method).probe.Config)}
+
+
 def token_pooling(name: str) -> dict[str, Any]:
     """`rmax10` -> {pool: rmax, window: 10}: a token-level candidate's pooling, as probe options."""
     from assay.probes.token import TokenLogisticConfig
@@ -175,8 +182,7 @@ def build_monitor(
         check_layer(L, lm.n_layers)
     pools = mix_pools(ds, mixes)
     def variants(m: str) -> Sequence[str | None]:  # what sets a method's candidates apart besides layer and mix
-        pools_tokens = "pool" in {f.name for f in dataclasses.fields(get_method(m).probe.Config)}
-        return aggregations if get_method(m).reads == "pooled" else token_poolings if pools_tokens else [None]
+        return aggregations if get_method(m).reads == "pooled" else token_poolings if "pool" in options(m) else [None]
 
     candidates = [Candidate(m, L, a, mix) for mix in pools for m in methods for L in layers for a in variants(m)]
     timings["model"] = time.perf_counter() - t0
@@ -203,8 +209,7 @@ def build_monitor(
         rows = rows[np.isin(rows, pools[c.mix])]
         if len(np.unique(y[rows])) < 2:
             return None  # this mix leaves one class in this fold: a probe that cannot be trained scores nothing
-        m = get_method(c.method)
-        fields = {f.name for f in dataclasses.fields(m.probe.Config)}
+        m, fields = get_method(c.method), options(c.method)
         opts = {"Cs": DEFAULT_CS} if "Cs" in fields else token_pooling(c.aggregation) if "pool" in fields else {}
         probe = make_probe(c.method, seed=seed, inputs=feats.spec(c, model).to_dict(), **opts)
         idx = torch.as_tensor(rows)

@@ -93,6 +93,11 @@ class Bundle:
                 f"model ({self.spec['model']['model']}) or build a new bundle for this model")
 
 
+def replaced_bundles(out: Path) -> list[Path]:
+    """The whole bundles a `save_bundle` killed between its two renames left beside `out`, oldest first."""
+    return sorted(p for p in out.parent.glob(f".{out.name}.old*") if (p / BUNDLE_FILE).is_file())
+
+
 def save_bundle(out: str | Path, spec: dict[str, Any], probe: Any, card_md: str) -> Path:
     """Write a bundle atomically: into a sibling temp directory, renamed over `out` at the end, so
     an interrupted build never leaves a half-written bundle where a server would load it. Records
@@ -102,7 +107,7 @@ def save_bundle(out: str | Path, spec: dict[str, Any], probe: Any, card_md: str)
     out = Path(out)
     if out.exists() and not (out / BUNDLE_FILE).is_file() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not a monitor bundle; pass an empty or new --out directory")
-    left = sorted(p for p in out.parent.glob(f".{out.name}.old*") if (p / BUNDLE_FILE).is_file())
+    left = replaced_bundles(out)
     if not out.exists() and left:  # a build killed between its two renames: put the bundle it replaced back first
         os.replace(left[-1], out)
     # what an earlier build killed between its renames left beside `out` (a hidden temp or old copy)
@@ -140,7 +145,7 @@ def load_bundle(path: str | Path, device: Any = None) -> Bundle:
 
     path = Path(path)
     if not (path / BUNDLE_FILE).is_file():
-        left = sorted(p for p in path.parent.glob(f".{path.name}.old*") if (p / BUNDLE_FILE).is_file())
+        left = replaced_bundles(path)
         if not path.exists() and left:  # `save_bundle` was killed between its two renames
             raise InputError(f"{path} is missing: a build was stopped while replacing it, and the bundle before it "
                              f"is at {left[-1]}; move that back to {path}, or run `assay monitor build` again")

@@ -34,7 +34,7 @@ def build(
                                               "selection choose among several (default: a third, half and two "
                                               "thirds of the way up)."),
     method: Optional[List[str]] = typer.Option(None, "--method", help="Candidate method; repeat for several "
-                                               "(default: dense-logistic, diff-of-means-std and token-logistic). "
+                                               "(default: dense-logistic, diff-of-means-std and located-logistic). "
                                                "Pooled, attention and token-level methods only."),
     aggregation: Optional[List[str]] = typer.Option(None, "--aggregation", "-a", help="Candidate aggregation for "
                                                     "pooled methods; repeat (default: resp-5, all.mean, all.max)."),

@@ -1226,14 +1226,13 @@ def raise_fd_limit() -> int:
     except ImportError:  # not POSIX: no per-process limit to raise
         return 1 << 16
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = 1 << 16 if hard == resource.RLIM_INFINITY else hard
-        if target > soft:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-                soft = target
-            except (ValueError, OSError):  # a sandbox that refuses: keep the limit we have
-                pass
+    target = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # a sandbox that refuses: keep the limit we have
+            pass
     return soft
 
 

@@ -294,12 +294,7 @@ def sae_outputs(
         longest = max(longest, n)
     if cur:
         batches.append(cur)
-    it = batches
-    if progress:
-        from rich.progress import track
-
-        it = track(batches, description="encoding tokens with the SAE")
-    for batch in it:
+    for batch in _track(batches, progress, "encoding tokens with the SAE"):
         x, roles = acts.token_batch_roles(layer, [indices[j] for j in batch])
         real = real_tokens(roles)
         flat = x[real].to(device)

@@ -9,10 +9,10 @@ wrapped in a template carries its label on the request's own tokens, while the t
 labelled benign, since the same templates wrap benign requests too. Without `carries` every real
 token carries its prompt's label.
 
-On the full benchmark it finds requests inside held-out jailbreak templates better than a probe on
-the prompt's mean (Pliny's family held out: 0.83 against 0.74 AUROC) but learns topic words, not
-intent: holding out a harmful source against topic-matched benign prompts it ranks at 0.49-0.71.
-`LocatedLogisticProbe` below keeps the first and not the second.
+On the full benchmark (benchmarks/results/token_probes.json) it finds requests inside held-out
+jailbreak templates better than a probe on the prompt's mean (Pliny's family held out: 0.81 against
+0.74 AUROC) but learns topic words, not intent: holding out a harmful source against topic-matched
+benign prompts it ranks at 0.49-0.67. `LocatedLogisticProbe` below keeps the first and not the second.
 
 Fitting reads a fixed sample of tokens per prompt (half from the label-carrying tokens), so memory is
 `prompts x tokens_per_prompt x d`, never a padded `[prompts, longest, d]` copy.
@@ -168,7 +168,8 @@ class LocatedLogisticProbe(Probe):
     p^`sharpen` (p: the locator's probability), and a dense probe reads that vector: what the
     prompt asks, whatever wraps it. Unlike a probe on single tokens, the head reads the request's
     tokens together, with their context (on the full benchmark a single-token probe ranked held-out
-    harmful sources against topic-matched benign prompts at 0.49-0.71 AUROC; this one 0.97-0.99).
+    harmful sources against topic-matched benign prompts at 0.49-0.67 AUROC; this one 0.95-0.99:
+    benchmarks/results/token_probes.json).
     """
 
     Config = LocatedConfig
