@@ -15,11 +15,14 @@ from assay.probes.token import pool_token_logits, sample_positions
 D, SPAN = 32, 8
 
 
-def _wrapped(n: int, template: torch.Tensor, rng: torch.Generator, plain: bool = False):
+def _wrapped(n: int, template: torch.Tensor, rng: torch.Generator, plain: bool = False, signal: bool = True):
     """n prompts, half harmful: an 8-token request (harmful or benign direction) inside `template`
-    (T tokens of its own direction plus per-token noise), at a random place; or the request alone."""
+    (T tokens of its own direction plus per-token noise), at a random place; or the request alone.
+    Without `signal` harmful and benign requests share one direction: nothing tells them apart."""
     harmful_dir, benign_dir = torch.zeros(D), torch.zeros(D)
     harmful_dir[0], benign_dir[1] = 3.0, 3.0
+    if not signal:
+        benign_dir = harmful_dir
     y = np.r_[np.zeros(n // 2), np.ones(n - n // 2)].astype(int)
     T = SPAN if plain else len(template)
     X = torch.randn(n, T, D, generator=rng) + (0 if plain else template)
@@ -137,3 +140,19 @@ def test_the_request_is_found_inside_a_template_as_fill_template_put_it():
     roles = torch.tensor([Role.TEMPLATE] * 3 + [Role.USER] * 5 + [Role.TEMPLATE] * 4)
     request_mask = np.array([False, True, True, False, False])
     assert label_carrying_tokens(roles, request_mask).tolist() == [False] * 4 + [True, True] + [False] * 6
+
+
+@pytest.mark.parametrize("method", ["token-logistic", "located-logistic"])
+def test_on_requests_that_carry_no_signal_a_token_level_probe_lands_at_chance(method):
+    """The chance control: the same construction with harmful and benign requests planted alike (spans
+    and templates kept), scored on fresh prompts, must rank at 0.5 within noise; with the signal
+    planted, well above it. (Shuffled labels are no control here: on a planted signal this strong any
+    small weight on it separates the classes, in whichever direction the shuffle happened to give.)"""
+    aurocs = {}
+    for signal in (False, True):
+        rng = torch.Generator().manual_seed(4)
+        X, M, C, y = _wrapped(400, _template(60, 0, rng), rng, signal=signal)
+        Xt, Mt, _, yt = _wrapped(400, _template(60, 0, rng), rng, signal=signal)
+        aurocs[signal] = auroc(make_probe(method).fit(X, y, mask=M, carries=C).score(Xt, Mt), yt)
+    assert abs(aurocs[False] - 0.5) < 0.08, aurocs
+    assert aurocs[True] > 0.95, aurocs
