@@ -46,7 +46,7 @@ def test_planted_question_mark_cue_is_ranked_first(bundled, tmp_path):
     Z = sae_outputs(acts, sae, layer, ["all.max"])["latents"]["all.max"]
     probe = make_probe("k-sparse", k=5, select="mean_diff").fit(Z, y)
     ranked = rank_probe_latents(Z, probe.meta["latents"], probe.head.direction().cpu().numpy())
-    reports = explain_latents(acts, sae, layer, ranked, texts, y, lm.tokenizer, top_n=5)
+    reports = explain_latents(acts, sae, layer, ranked, Z, texts, y, lm.tokenizer, top_n=5)
 
     top = reports[0]
     assert "question_mark" in top.flags, [(r.latent, r.flags, r.top_tokens[:3]) for r in reports]
@@ -101,8 +101,23 @@ def test_only_the_planted_cue_is_flagged_beside_a_real_signal():
     probe = make_probe("k-sparse", k=2, select="mean_diff", device="cpu").fit(Z, y)
     assert sorted(probe.meta["latents"]) == [0, 1]
     ranked = rank_probe_latents(Z, probe.meta["latents"], probe.head.direction().cpu().numpy())
-    reports = {r.latent: r for r in explain_latents(store, sae, 0, ranked, texts, y, store, top_n=5)}
+    reports = {r.latent: r for r in explain_latents(store, sae, 0, ranked, Z, texts, y, store, top_n=5)}
     assert reports[0].flags == ["question_mark"], reports[0]
     assert reports[0].weight < 0 and reports[0].token_cue_share["question_mark"] == 1.0
     assert reports[1].flags == [], reports[1]
     assert reports[1].weight > 0 and reports[1].token_cue_share["question_mark"] == 0.0
+
+
+def test_a_latents_per_prompt_activation_is_the_one_the_probe_read():
+    """A probe fitted on mean-pooled latents is explained with mean-pooled values, not a max over
+    tokens: "bomb" once among many fillers has max 1 but mean well under 1."""
+    vocab = ["bomb", "river", "stone", "."]
+    prompts = [["bomb"] + ["river"] * n + ["."] for n in (1, 5, 9)] + [["stone"] * n + ["."] for n in (2, 4, 6)]
+    store, sae = _Tokens(prompts, vocab), _Reader(vocab, [{"bomb"}])
+    y = np.array([1, 1, 1, 0, 0, 0])
+    Z = torch.stack([sae.encode(store.example_tokens(0, i)[0]).mean(0) for i in range(len(prompts))])
+    [rep] = explain_latents(store, sae, 0, [(0, 1.0)], Z, [" ".join(p) for p in prompts], y, store, top_n=2)
+    assert rep.mean_harmful == pytest.approx(float(Z[:3, 0].mean()))  # (1/3 + 1/7 + 1/11) / 3, not 1.0
+    assert rep.mean_harmful < 0.2
+    with pytest.raises(ValueError, match="rows"):
+        explain_latents(store, sae, 0, [(0, 1.0)], Z[:2], [" ".join(p) for p in prompts], y, store)

@@ -9,7 +9,6 @@ import torch
 from assay.activations import extract
 from assay.errors import InputError
 from assay.probes import METHODS, InputSpec, Inputs
-from assay.probes.inputs import sae_outputs
 from assay.sae import build_sae
 
 from conftest import PROMPTS
@@ -47,12 +46,19 @@ def test_inputs_read_what_the_spec_names(tiny, tmp_path):
     for i in range(len(PROMPTS)):
         want = full[i][fm[i]][-3:]
         assert int(m[i].sum()) == len(want) and torch.equal(X[i][m[i]].float(), want)
-    # SAE outputs: the same numbers the batched encoder gives, per aggregation and output
+    # SAE outputs against the SAE applied by hand (not against `sae_outputs`, which `read` calls):
+    # resp-5 pools one token, so its latents are that token's code, its reconstruction the code
+    # decoded, and its error what the decoding misses
     sae = build_sae("topk", d_in=tiny.d_model, d_sae=32, k=4).eval()
-    ref = sae_outputs(acts, sae, 1, ["all.max", "resp-5"])
+    x = acts.pooled(1, "resp-5")
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=torch.Generator().manual_seed(0))  # a bias that shows if dropped
+        z = sae.encode(x)
+        want = {"latents": z, "reconstruction": sae.decode(z), "error": x - sae.decode(z)}
+    assert (want["latents"] > 0).sum(1).eq(4).all() and want["error"].abs().max() > 0.1
     for method, output in (("1-sparse", "latents"), ("reconstruction", "reconstruction"), ("error", "error")):
         X, _ = inputs.read(InputSpec.for_method(method, aggregation="resp-5", layer=1, sae="s"), sae)
-        assert torch.equal(X, ref[output]["resp-5"]), method
+        torch.testing.assert_close(X, want[output], rtol=1e-5, atol=1e-5, msg=method)
     texts, _ = inputs.read(InputSpec.for_method("tfidf"))
     assert isinstance(texts, np.ndarray) and texts.tolist() == PROMPTS
 
@@ -75,3 +81,39 @@ def test_topk_codes_are_shortlisted_in_bf16_exactly_where_the_activations_are_bf
     assert seen == [search] and X.shape == (2, 3)
     assert search_dtype_for(dtype) == (None if search is None else "bfloat16")
     assert search_dtype_for(torch.bfloat16) == "bfloat16" and search_dtype_for("bf16") == "bfloat16"
+
+
+def test_a_spec_reads_its_own_layer_and_a_live_batch_reads_as_the_cache(tiny, tmp_path):
+    """One `Inputs` serves specs at several layers (the layer sweep, a monitor's candidates), and
+    `read_live` gives a residual batch's pooled and per-token inputs exactly as the cache gives them
+    (the live monitor's path)."""
+    from assay.activations.extraction import pad_prompts
+    from assay.activations.forward import residual_stream
+    from assay.models.chat import format_prompts
+    from assay.probes.inputs import read_live
+
+    acts = extract(tiny, PROMPTS, [0, 2], root=tmp_path, progress=False, aggregations=["all.mean", "resp-5"])
+    inputs = Inputs(acts, PROMPTS)  # no layer of its own
+    for layer in (0, 2):
+        X, _ = inputs.read(InputSpec.for_method("dense-logistic", aggregation="all.mean", layer=layer))
+        assert torch.equal(X, acts.pooled(layer, "all.mean")), layer
+    assert not torch.equal(inputs.read(InputSpec.for_method("dense-logistic", aggregation="all.mean", layer=0))[0],
+                           inputs.read(InputSpec.for_method("dense-logistic", aggregation="all.mean", layer=2))[0])
+    with pytest.raises(ValueError, match="names no layer"):
+        inputs.read(InputSpec(reads="pooled", aggregation="all.mean"))
+
+    prompts = format_prompts(tiny.tokenizer, PROMPTS)
+    ids, attn, roles, _ = pad_prompts(prompts, tiny.tokenizer.pad_token_id, tiny.device)
+    h = residual_stream(tiny, ids, attn, [2])[2]
+    pooled = InputSpec.for_method("dense-logistic", aggregation="resp-5", layer=2)
+    X, m, kept = read_live(pooled, h, roles)
+    assert m is None and kept is None
+    torch.testing.assert_close(X, inputs.read(pooled)[0], rtol=1e-4, atol=1e-4)
+    tokens = InputSpec.for_method("attention", layer=2, max_tokens=3)
+    X, m, kept = read_live(tokens, h, roles)
+    Xc, mc = inputs.read(tokens)
+    assert torch.equal(m, mc) and all(len(k) == int(mc[j].sum()) for j, k in enumerate(kept))
+    torch.testing.assert_close(X[m].float(), Xc[mc].float(), rtol=1e-4, atol=1e-4)
+    assert [k.tolist() for k in kept] == [list(range(len(p.input_ids)))[-3:] for p in prompts]
+    with pytest.raises(InputError, match="not read from the model"):
+        read_live(InputSpec.for_method("tfidf"), h, roles)

@@ -67,7 +67,8 @@ def latents_cmd(
     probe = make_probe("k-sparse", k=k, select=select).fit(Z, y[idx])
     chosen = [int(i) for i in probe.meta["latents"]]
     ranked = rank_probe_latents(Z, chosen, probe.head.direction().cpu().numpy())
-    reports = explain_latents(acts, sae, layer, ranked, ds.texts, y, lm.tokenizer, indices=idx.tolist(), top_n=top)
+    reports = explain_latents(acts, sae, layer, ranked, Z, ds.texts, y, lm.tokenizer, indices=idx.tolist(),
+                              top_n=top)
     table = Table("rank", "latent", "weight", "mean harmful", "mean benign", "top tokens", "flags",
                   title=f"{k}-sparse probe ({select}, {aggregation}) on {split}")
     for r in reports:

@@ -74,6 +74,7 @@ def explain_latents(
     sae: Any,
     layer: int,
     ranked: Sequence[tuple[int, float]],
+    Z: torch.Tensor,
     texts: Sequence[str],
     labels: Sequence[int],
     tokenizer: Any,
@@ -82,16 +83,22 @@ def explain_latents(
     token_share: float = 0.5,
     prompt_auroc: float = 0.9,
 ) -> list[LatentReport]:
-    """Reports for the `ranked` latents (from `rank_probe_latents`) over the examples `indices`."""
+    """Reports for the `ranked` latents (from `rank_probe_latents`) over the examples `indices`.
+
+    `Z [len(indices), d_sae]` are the latents the probe read, pooled by its own aggregation
+    (`Inputs.read` of its spec): a latent's per-prompt activation, its class means, top examples
+    and cue strengths all use them, so they describe what the probe saw. The SAE is applied to each
+    token again only to find the tokens a latent fires on."""
     indices = list(range(len(texts))) if indices is None else list(indices)
     ids = [i for i, _ in ranked]
+    if Z.shape[0] != len(indices):
+        raise ValueError(f"Z has {Z.shape[0]} rows for {len(indices)} examples; pass the rows of `indices`")
     dev = sae.W_enc.device
     per_token: list[tuple[int, int, str, int, torch.Tensor]] = []  # (example, position, token, role, acts[k])
-    maxes = torch.zeros(len(indices), len(ids))
-    for row, i in enumerate(indices):
+    maxes = Z[:, ids].float().cpu()  # the pooled value, whatever the aggregation (named for the default, all.max)
+    for i in indices:
         x, roles, tok_ids = acts.example_tokens(layer, i)
         z = sae.encode(x.to(dev)).float().cpu()[:, ids]
-        maxes[row] = z.max(0).values if len(z) else 0
         toks = tokenizer.convert_ids_to_tokens(tok_ids.tolist())
         for p in range(len(z)):
             if (z[p] > 0).any():

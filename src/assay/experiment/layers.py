@@ -172,11 +172,11 @@ def _run_sweep(study: Any, layers: list[int]) -> dict[str, Any]:
                    progress=study.progress)
     scores: dict[tuple[Any, str], np.ndarray] = {}
     rows = []
-    inputs = {layer: Inputs(acts, study.ds.texts, layer=layer) for layer in layers}
+    inputs = Inputs(acts, study.ds.texts)  # each spec names its layer
 
     def read(layer: int, agg: str) -> torch.Tensor:
         spec = InputSpec.for_method("dense-logistic", aggregation=agg, layer=layer, model=cfg.model)
-        return inputs[layer].read(spec)[0]
+        return inputs.read(spec)[0]
 
     def fit(name: Any, agg: str, X: torch.Tensor) -> None:
         s, _ = study.fit_probe(make_probe("dense-logistic", seed=cfg.seed), X)
@@ -186,6 +186,7 @@ def _run_sweep(study: Any, layers: list[int]) -> dict[str, Any]:
     for layer in _progress(layers, study.progress):
         for agg in cfg.aggregations:
             fit(layer, agg, read(layer, agg))
+        inputs.release()  # every layer's matrices at once would be the sweep's largest memory
     middle = lm.n_layers // 2
     chosen = choose_layer(rows)
     concat = best_layers(rows, CONCAT_LAYERS)

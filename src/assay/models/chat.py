@@ -85,19 +85,42 @@ def format_prompts(
     # The user's words stay words: a "<end_of_turn>" they type must not become the control token
     # (it would forge a turn for the probe and for generation).
     contents = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    out, n_truncated = [], 0
-    for ids in contents:
-        truncated = budget is not None and len(ids) > budget
-        if truncated:
-            ids, n_truncated = ids[:budget], n_truncated + 1
-        out.append(FormattedPrompt(
-            input_ids=pre_ids + ids + suf_ids,
-            roles=pre_roles + [int(Role.USER)] * len(ids) + [int(Role.TEMPLATE)] * len(suf_ids),
-            truncated=truncated,
-        ))
+    out = [cut_prompt(FormattedPrompt(input_ids=pre_ids + ids + suf_ids,
+                                      roles=pre_roles + [int(Role.USER)] * len(ids) + [int(Role.TEMPLATE)] * len(suf_ids)),
+                      max_tokens) for ids in contents]
+    n_truncated = sum(p.truncated for p in out)
     if n_truncated:
         log.warning("%d of %d texts exceeded %d tokens and were truncated", n_truncated, len(texts), max_tokens)
     return out
+
+
+def cut_prompt(prompt: FormattedPrompt, max_tokens: int | None) -> FormattedPrompt:
+    """A one-turn prompt over `max_tokens` with the end of the user's text cut, the template kept:
+    the one cut, whether a prompt is formatted with its limit or (a server, which tokenises once
+    and checks the uncut length first) cut after."""
+    over = 0 if max_tokens is None else len(prompt.input_ids) - max_tokens
+    if over <= 0:
+        return prompt
+    user = [i for i, r in enumerate(prompt.roles) if r == int(Role.USER)]
+    if len(user) <= over:
+        from assay.errors import InputError
+
+        raise InputError(f"max_tokens={max_tokens} leaves no room for the user's text after the chat template's "
+                         f"{len(prompt.input_ids) - len(user)} tokens; use a larger limit")
+    end = user[-1] + 1
+    return FormattedPrompt(input_ids=prompt.input_ids[: end - over] + prompt.input_ids[end:],
+                           roles=prompt.roles[: end - over] + prompt.roles[end:], truncated=True)
+
+
+def check_conversation(prompt: FormattedPrompt, max_tokens: int | None) -> FormattedPrompt:
+    """A conversation over `max_tokens` is an error: cutting it would silently drop the turn the
+    monitor is asked about."""
+    if max_tokens is not None and len(prompt.input_ids) > max_tokens:
+        from assay.errors import InputError
+
+        raise InputError(f"the conversation is {len(prompt.input_ids)} tokens, over the limit of {max_tokens}; "
+                         "send fewer or shorter messages")
+    return prompt
 
 
 def _bos(tokenizer: Any) -> list[int]:
@@ -146,10 +169,7 @@ def format_conversation(tokenizer: Any, messages: Sequence[dict], max_tokens: in
         if ids and ids[0] == tokenizer.bos_token_id:
             roles[0] = int(Role.SPECIAL)
         p = FormattedPrompt(input_ids=ids, roles=roles)
-    if max_tokens is not None and len(p.input_ids) > max_tokens:
-        raise InputError(f"the conversation is {len(p.input_ids)} tokens, over the limit of {max_tokens}; "
-                         "send fewer or shorter messages")
-    return p
+    return check_conversation(p, max_tokens)
 
 
 def _conversation_pieces(tokenizer: Any, messages: Sequence[dict]) -> list[tuple[str, Role, bool]]:

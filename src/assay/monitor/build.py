@@ -54,50 +54,20 @@ def default_layers(n_layers: int) -> list[int]:
     return sorted({n_layers // 3, n_layers // 2, (2 * n_layers) // 3})
 
 
-class Features:
-    """What each candidate reads, for every row of the dataset, computed once: pooled matrices,
-    padded tokens (attention probes), or packed tokens with a fixed per-prompt sample (token-level
-    probes, which never need a padded copy of every prompt)."""
+TOKENS_PER_PROMPT = 16  # a token-level candidate fits on this fixed sample of each prompt's tokens
 
-    def __init__(self, acts: Any, max_tokens: int = 512, requests: Sequence[np.ndarray] | None = None,
-                 tokens_per_prompt: int = 16, seed: int = 0, progress: bool = False) -> None:
-        self.acts, self.max_tokens, self.requests = acts, max_tokens, requests
-        self.tokens_per_prompt, self.seed, self.progress = tokens_per_prompt, seed, progress
-        self._memo: dict[tuple, Any] = {}
 
-    def spec(self, c: Candidate, model: str) -> Any:
-        from assay.probes.inputs import InputSpec
-        from assay.probes.methods import method
+def candidate_spec(c: Candidate, model: str, max_tokens: int = 512) -> Any:
+    """The input a candidate's probe reads (saved in its `probe.json`, layer included)."""
+    from assay.probes.inputs import InputSpec
+    from assay.probes.methods import method
 
-        pooled = method(c.method).reads == "pooled"
-        return InputSpec.for_method(c.method, aggregation=c.aggregation if pooled else None, layer=c.layer,
-                                    model=model, max_tokens=self.max_tokens)
-
-    def packed(self, layer: int) -> Any:
-        from assay.probes.inputs import PackedTokens
-
-        key = ("packed", layer)
-        if key not in self._memo:
-            self._memo[key] = PackedTokens.read(self.acts, layer, self.max_tokens, self.requests, self.progress)
-        return self._memo[key]
-
-    def read(self, c: Candidate) -> tuple[torch.Tensor, ...]:
-        from assay.probes.inputs import token_inputs
-        from assay.probes.methods import method
-
-        m = method(c.method)
-        key = ("sample" if m.token_sample else m.reads, c.layer, c.aggregation if m.reads == "pooled" else None)
-        if key not in self._memo:
-            if m.token_sample:
-                self._memo[key] = self.packed(c.layer).sample(self.tokens_per_prompt, self.seed)
-            elif m.reads == "pooled":
-                self._memo[key] = (self.acts.pooled(c.layer, c.aggregation).float(), None)
-            elif m.reads == "tokens":
-                self._memo[key] = token_inputs(self.acts, c.layer, self.max_tokens)
-            else:
-                raise InputError(f"method {c.method!r} reads {m.reads}; a monitor serves probes on the model's "
-                                 "activations: pick a pooled or token-level method")
-        return self._memo[key]
+    reads = method(c.method).reads
+    if reads not in ("pooled", "tokens"):
+        raise InputError(f"method {c.method!r} reads {reads}; a monitor serves probes on the model's "
+                         "activations: pick a pooled or token-level method")
+    return InputSpec.for_method(c.method, aggregation=c.aggregation if reads == "pooled" else None, layer=c.layer,
+                                model=model, max_tokens=max_tokens)
 
 
 TOKEN_POOLINGS = ("rmax10", "rmax20")  # token-level candidates: max of rolling means over 10 and 20 tokens
@@ -136,6 +106,7 @@ def build_monitor(
     from assay.monitor.bundle import model_identity, save_bundle
     from assay.monitor.card import render_card
     from assay.monitor.features import monitor_activations
+    from assay.probes.inputs import Inputs
     from assay.probes.methods import method as get_method
     from assay.provenance import code_fingerprint, provenance
     from assay.runtime import choose_dtype, set_torch_threads, threads_per_worker
@@ -199,7 +170,14 @@ def build_monitor(
         from assay.data.spans import request_token_masks
 
         requests = request_token_masks(ds, lm.tokenizer)
-    feats = Features(acts, requests=requests, seed=seed, progress=progress)
+    inputs = Inputs(acts, requests=requests, progress=progress)
+    specs = {c: candidate_spec(c, model) for c in candidates}
+
+    def read(c: Candidate) -> tuple[torch.Tensor, ...]:
+        if get_method(c.method).token_sample:
+            return inputs.sample(specs[c], TOKENS_PER_PROMPT, seed)
+        return inputs.read(specs[c])
+
     timings["activations"] = time.perf_counter() - t
     shared = SharedFits()
 
@@ -211,25 +189,25 @@ def build_monitor(
             return None  # this mix leaves one class in this fold: a probe that cannot be trained scores nothing
         m, fields = get_method(c.method), options(c.method)
         opts = {"Cs": DEFAULT_CS} if "Cs" in fields else token_pooling(c.aggregation) if "pool" in fields else {}
-        probe = make_probe(c.method, seed=seed, inputs=feats.spec(c, model).to_dict(), **opts)
+        probe = make_probe(c.method, seed=seed, inputs=specs[c].to_dict(), **opts)
         idx = torch.as_tensor(rows)
         if m.token_sample:
-            X, M, C = feats.read(c)
+            X, M, C = read(c)
             if hasattr(probe, "fit_head"):  # the locator on the sample, the head on every token of the rows
                 probe.fit_locator(X[idx], M[idx], C[idx])
-                return probe.fit_head(feats.packed(c.layer).map(probe.pool, rows), y[rows])
+                return probe.fit_head(inputs.packed(specs[c]).map(probe.pool, rows), y[rows])
             # one fit per (method, layer, rows), whatever the pooling applied to its token logits
             return shared.get((c.method, c.layer, rows.tobytes()), probe,
                               lambda: probe.fit(X[idx], y[rows], mask=M[idx], carries=C[idx]))
-        X, M = feats.read(c)
+        X, M = read(c)
         return probe.fit(X[idx], y[rows], mask=None if M is None else M[idx])
 
     def score(probe: Any, c: Candidate, rows: np.ndarray) -> np.ndarray:
         if probe is None:
             return np.zeros(len(rows))  # AUROC 0.5: no evidence either way
         if get_method(c.method).token_sample:
-            return feats.packed(c.layer).score(probe, rows)
-        X, M = feats.read(c)
+            return inputs.packed(specs[c]).score(probe, rows)
+        X, M = read(c)
         idx = torch.as_tensor(rows)
         return np.asarray(probe.score(X[idx], None if M is None else M[idx]), dtype=np.float64)
 
@@ -240,7 +218,7 @@ def build_monitor(
                                       "Cs": DEFAULT_CS, "code": code_fingerprint(*SELECTION_CODE)})
     workers = selection_workers(candidates, lm.device)
     for c in candidates:  # read once, before any worker thread asks
-        feats.read(c)
+        read(c)
     with _bar(progress, n_fits(len(candidates), len(folds), inner_k), "leave-one-collection-out") as advance:
         selection = loco(candidates, folds, y, fit, score, inner_k=inner_k, ds=ds, advance=advance,
                          done=checkpoint.done, on_fold=checkpoint.save, workers=workers,

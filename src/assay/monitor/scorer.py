@@ -1,10 +1,13 @@
 """`Monitor`: a loaded bundle and its model, scoring prompts live exactly as they were scored offline.
 
-A prompt goes through the same code as extraction: the same chat formatting, right padding and a
-forward pass that stops after the probe's layer (`activations.forward`), then the same pooling
-(`activations.aggregation`), so a live score equals the score of the cached activations the
+A prompt goes through the same code as extraction: the same chat formatting and cut
+(`models.chat`), right padding and a forward pass that stops after the probe's layer
+(`activations.forward`), then the probe's input read from the residual batch as the cache is read
+(`probes.inputs.read_live`), so a live score equals the score of the cached activations the
 thresholds were set on (tests hold it to that). `verdicts_from_residual` is the one step from
 activations to a verdict, shared with `monitor.generate`, whose probe reads a generation's prefill.
+A server tokenises each prompt once, on its counting thread (`TokenCounter`), and scores the
+formatted prompts (`score_formatted`).
 """
 
 from __future__ import annotations
@@ -13,18 +16,20 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from assay.activations.aggregation import Aggregation, pool_roles, real_tokens
 from assay.activations.batching import length_order, token_budget_batches
 from assay.activations.extraction import default_token_budget, pad_prompts
 from assay.activations.forward import residual_stream
 from assay.errors import ConfigMismatchError, InputError, ScoringError
-from assay.models.chat import FormattedPrompt, chat_affixes, format_conversation, format_prompts
+from assay.models.chat import (FormattedPrompt, chat_affixes, check_conversation, cut_prompt, format_conversation,
+                               format_prompts)
 from assay.monitor.bundle import Bundle, load_bundle
+from assay.probes.inputs import InputSpec, read_live
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,30 @@ class Verdict:
         return out
 
 
+class Formats:
+    """Prompts formatted as the monitor reads them, with `self.tokenizer`: texts uncut
+    (`Monitor.score_formatted` cuts them to the bundle's limit, so a server can check the uncut
+    length first), conversations refused over `self.token_limit` (cutting one would drop turns)."""
+
+    tokenizer: Any
+    token_limit: int | None
+
+    def format_texts(self, texts: Sequence[str]) -> list[FormattedPrompt]:
+        """Each text as one user turn."""
+        return format_prompts(self.tokenizer, list(texts), chat=True) if len(texts) else []
+
+    def format_conversations(self, conversations: Sequence[Sequence[dict]]) -> list[FormattedPrompt]:
+        return [check_conversation(format_conversation(self.tokenizer, c), self.token_limit) for c in conversations]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(p.input_ids) for p in self.format_texts(texts)]
+
+    def count_tokens_messages(self, conversations: Sequence[Sequence[dict]]) -> list[int]:
+        return [len(p.input_ids) for p in self.format_conversations(conversations)]
+
+
 @dataclass
-class Monitor:
+class Monitor(Formats):
     """A bundle ready to score: `score_texts` for prompts, `score_messages` for conversations.
     Not thread-safe (its tokenizer is not): a second thread scores through a `replica()`."""
 
@@ -60,7 +87,7 @@ class Monitor:
     lm: Any
     max_tokens: int = SERVE_MAX_TOKENS
     token_budget: int | None = None
-    _spec: dict = field(init=False, repr=False)
+    _spec: InputSpec = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.bundle.check_model(self.lm)
@@ -68,9 +95,9 @@ class Monitor:
         if recorded is not None and list(chat_affixes(self.lm.tokenizer)) != list(recorded):
             raise ConfigMismatchError(f"the tokenizer's chat format differs from the one bundle {self.bundle.path} "
                                       "was calibrated with; use the bundle's model and tokenizer")
-        self._spec = self.bundle.inputs
-        if self._spec["reads"] not in ("pooled", "tokens"):
-            raise InputError(f"bundle {self.bundle.path} reads {self._spec['reads']!r}; a monitor serves probes on "
+        self._spec = InputSpec.from_dict({**self.bundle.inputs, "layer": self.bundle.layer})
+        if self._spec.reads not in ("pooled", "tokens"):
+            raise InputError(f"bundle {self.bundle.path} reads {self._spec.reads!r}; a monitor serves probes on "
                              "the model's activations (pooled or tokens)")
         self.token_budget = self.token_budget or default_token_budget(self.lm.device)
         self._check_probe_fits()
@@ -83,7 +110,7 @@ class Monitor:
         if not 0 <= layer < self.lm.n_layers:
             raise ConfigMismatchError(f"bundle {self.bundle.path} reads layer {layer}, but the model has "
                                       f"{self.lm.n_layers} blocks; use the bundle's model")
-        x = torch.zeros(1, d) if self._spec["reads"] == "pooled" else torch.zeros(1, 1, d)
+        x = torch.zeros(1, d) if self._spec.reads == "pooled" else torch.zeros(1, 1, d)
         try:
             z = self.bundle.probe.score(x) if x.ndim == 2 else self.bundle.probe.score(x, torch.ones(1, 1, dtype=torch.bool))
             ok = np.isfinite(np.asarray(z, dtype=np.float64)).all() and np.asarray(z).size == 1
@@ -135,11 +162,14 @@ class Monitor:
                 "inputs": s["inputs"], "thresholds": s["thresholds"], "default_threshold": s["default_threshold"],
                 "card": s.get("card", {}), "max_tokens": self.max_tokens}
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return TokenCounter.count(self.lm.tokenizer, texts)
+    @property
+    def tokenizer(self) -> Any:
+        return self.lm.tokenizer
 
-    def count_tokens_messages(self, conversations: Sequence[Sequence[dict]]) -> list[int]:
-        return TokenCounter.count_messages(self.lm.tokenizer, conversations)
+    @property
+    def token_limit(self) -> int | None:
+        """The bundle's: its prompts were cut to this many tokens when the thresholds were set."""
+        return self.bundle.spec.get("max_tokens")
 
     def replica(self) -> "Monitor":
         """A scorer for another thread: the same weights and probe, its own copy of the tokenizer
@@ -151,26 +181,32 @@ class Monitor:
 
     def token_counter(self) -> "TokenCounter":
         """Counts with a private copy of the tokenizer, for a thread other than the scoring one."""
-        return TokenCounter(self.lm.tokenizer)
+        return TokenCounter(self.lm.tokenizer, self.token_limit)
 
     def score_texts(self, texts: Sequence[str]) -> list[Verdict]:
         """Verdicts for prompts, each formatted as one user turn (cut to the bundle's token limit,
         as extraction cut them)."""
-        return self._score(self._format(texts, limit=self.bundle.spec.get("max_tokens")))
+        return self.score_formatted(self.format_texts(texts))
 
     def score_messages(self, conversations: Sequence[Sequence[dict]]) -> list[Verdict]:
-        return self._score([self.format_messages(c) for c in conversations])
+        return self.score_formatted(self.format_conversations(conversations), conversations=True)
+
+    def score_formatted(self, prompts: Sequence[FormattedPrompt], *, conversations: bool = False) -> list[Verdict]:
+        """Verdicts for prompts formatted uncut (`format_texts`, `format_conversations`, or a
+        `TokenCounter` on another thread): a prompt over the bundle's token limit has the end of its
+        user text cut, as extraction cut it; a conversation over it is an error (`check_conversation`)."""
+        limit = self.token_limit
+        fit = partial(check_conversation, max_tokens=limit) if conversations else partial(cut_prompt, max_tokens=limit)
+        prompts = [fit(p) for p in prompts]
+        if n_cut := sum(p.truncated for p in prompts):
+            log.warning("%d of %d texts exceeded %d tokens and were truncated", n_cut, len(prompts), limit)
+        return self._score(prompts)
 
     def format_messages(self, conversation: Sequence[dict]) -> FormattedPrompt:
         """A conversation as the probe reads it (over the bundle's token limit is an error, not a cut)."""
-        return format_conversation(self.lm.tokenizer, conversation, self.bundle.spec.get("max_tokens"))
+        return self.format_conversations([conversation])[0]
 
     # -- the forward pass -------------------------------------------------------------------
-    def _format(self, texts: Sequence[str], limit: int | None) -> list[FormattedPrompt]:
-        if not len(texts):
-            return []
-        return format_prompts(self.lm.tokenizer, list(texts), max_tokens=limit, chat=True)
-
     def _score(self, prompts: list[FormattedPrompt]) -> list[Verdict]:
         if not prompts:
             return []
@@ -199,15 +235,13 @@ class Monitor:
             raise ValueError(f"residual stream {tuple(h.shape)}, roles {tuple(roles.shape)} and {len(prompts)} "
                              "prompts do not line up; pass [b, T, d], [b, T] and b prompts")
         probe = self.bundle.probe
-        if self._spec["reads"] == "pooled":
-            agg = Aggregation.parse(self._spec["aggregation"])
-            scores = probe.score(pool_roles(h, roles, [agg])[agg.name].cpu())
-            return [self._verdict(float(z), p) for z, p in zip(scores, prompts, strict=True)]
-        X, M, kept = _last_real_tokens(h.cpu(), roles.cpu(), int(self._spec["max_tokens"]))
+        X, M, kept = read_live(self._spec, h, roles)
+        if kept is None:
+            return [self._verdict(float(z), p) for z, p in zip(probe.score(X), prompts, strict=True)]
         scores, token_scores = probe.score(X, M), probe.token_scores(X, M)
         out = []
         for j, p in enumerate(prompts):
-            ids_j = [p.input_ids[t] for t in kept[j]]
+            ids_j = [p.input_ids[t] for t in kept[j].tolist()]
             out.append(self._verdict(float(scores[j]), p, [float(v) for v in token_scores[j][: len(ids_j)]],
                                      self.lm.tokenizer.convert_ids_to_tokens(ids_j)))
         return out
@@ -222,42 +256,15 @@ class Monitor:
                        tokens=tokens)
 
 
-class TokenCounter:
-    """Prompt lengths in tokens, as the monitor formats them, with a private copy of the tokenizer:
-    a Hugging Face fast tokenizer must not be used from two threads at once, and a server that
-    counts on its scoring thread makes every request wait behind a forward pass before it can even
-    join the next batch (measured: half-empty micro-batches at 32 concurrent clients)."""
+class TokenCounter(Formats):
+    """Formats prompts as the monitor does, with a private copy of the tokenizer, for the server's
+    counting thread: a Hugging Face fast tokenizer must not be used from two threads at once, and a
+    server that counts on its scoring thread makes every request wait behind a forward pass before
+    it can even join the next batch (measured: half-empty micro-batches at 32 concurrent clients).
+    The formatted prompts are what the scoring thread reads: each prompt is tokenised once."""
 
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = copy.deepcopy(tokenizer)
-
-    @staticmethod
-    def count(tokenizer: Any, texts: Sequence[str]) -> list[int]:
-        return [len(p.input_ids) for p in format_prompts(tokenizer, list(texts), chat=True)] if len(texts) else []
-
-    @staticmethod
-    def count_messages(tokenizer: Any, conversations: Sequence[Sequence[dict]]) -> list[int]:
-        return [len(format_conversation(tokenizer, c).input_ids) for c in conversations]
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.count(self.tokenizer, texts)
-
-    def count_tokens_messages(self, conversations: Sequence[Sequence[dict]]) -> list[int]:
-        return self.count_messages(self.tokenizer, conversations)
-
-
-def _last_real_tokens(h: torch.Tensor, roles: torch.Tensor, max_tokens: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-    """Each prompt's last `max_tokens` real tokens, left-aligned `[b, T, d]` with their mask and
-    positions: what `probes.inputs.token_inputs` reads from the cache."""
-    real = real_tokens(roles)
-    kept = [torch.nonzero(real[j]).squeeze(1)[-max_tokens:].tolist() for j in range(len(h))]
-    T = max((len(k) for k in kept), default=0)
-    X = torch.zeros(len(h), T, h.shape[-1], dtype=h.dtype)
-    for j, k in enumerate(kept):
-        X[j, : len(k)] = h[j, k]
-    M = torch.arange(T)[None, :] < torch.tensor([len(k) for k in kept])[:, None]
-    return X, M, kept
+    def __init__(self, tokenizer: Any, token_limit: int | None = None) -> None:
+        self.tokenizer, self.token_limit = copy.deepcopy(tokenizer), token_limit
 
 
 def _sigmoid(z: float) -> float:

@@ -1,13 +1,15 @@
 """The one place that turns (dataset, model, layer, input spec) into what a probe reads.
 
-The study, `assay probe train | eval`, the debugger and the monitor all read through `Inputs`, so
+The study, `assay probe train | eval`, the debugger and the monitor's build all read cached
+activations through `Inputs`, and the live monitor reads a residual batch through `read_live`, so
 a probe is fed the same tensors wherever it is fitted or deployed. An `InputSpec` (saved in every
-probe's `probe.json`) names the input; `Inputs.read` returns `(X, mask)` over every example of
-the dataset, computed once and reused:
+probe's `probe.json`) names the input, its layer included; `Inputs.read` returns `(X, mask)` over
+every example of the dataset, computed once and reused:
 
 - `pooled`: `acts.pooled(layer, aggregation)` `[n, d]`, mask None;
 - `tokens`: the last `max_tokens` real tokens of each prompt `[n, T, d]` (the extraction dtype)
-  with their mask `[n, T]`;
+  with their mask `[n, T]` (`last_real_positions`: the one cut, cached or live); token-level
+  probes fit on a fixed per-prompt sample of them instead (`Inputs.sample`, `PackedTokens`);
 - `sae-latents | sae-reconstruction | sae-error`: the SAE applied to every real token, then pooled
   by the aggregation's own mask (`all.max` latents are the max over tokens of each latent);
 - `text`: the prompts (an object array); `sentence-embedding`: MiniLM embeddings `[n, 384]`.
@@ -21,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from assay.activations.aggregation import Aggregation, pool_tokens, real_tokens, token_mask
+from assay.activations.aggregation import Aggregation, pool_roles, pool_tokens, real_tokens, token_mask
 
 DEFAULT_MAX_TOKENS = 512  # attention probes read at most the last N tokens of a prompt
 SAE_OUTPUTS = ("latents", "reconstruction", "error")
@@ -91,29 +93,40 @@ class InputSpec:
 class Inputs:
     """What probes read, for every example of one dataset, each input computed once.
 
-    `acts` is the dataset's activation cache entry (`assay.activations.extract`) at `layer`;
-    `texts` its prompts. SAE outputs are computed for every aggregation in `aggregations` in one
-    pass over the tokens, and only the last SAE's are kept (they are the largest thing here).
+    `acts` is the dataset's activation cache entry (`assay.activations.extract`); a spec's own
+    `layer` is read where it names one, `layer` otherwise; `texts` are its prompts. SAE outputs are
+    computed for every aggregation in `aggregations` in one pass over the tokens, and only the last
+    SAE's are kept (they are the largest thing here). `requests` (`assay.data.spans.
+    request_token_masks`) say which tokens carry a prompt's label, for the token-level probes' sample.
     """
 
     def __init__(self, acts: Any = None, texts: Sequence[str] | None = None, *, layer: int | None = None,
-                 aggregations: Sequence[str] = (), dtype: str = "float32", progress: bool = False) -> None:
+                 aggregations: Sequence[str] = (), dtype: str = "float32", progress: bool = False,
+                 requests: Sequence[np.ndarray] | None = None) -> None:
         self.acts, self.texts, self.layer = acts, texts, layer
         self.aggregations = list(aggregations)
-        self.dtype, self.progress = dtype, progress
+        self.dtype, self.progress, self.requests = dtype, progress, requests
         self._memo: dict[tuple, Any] = {}
         self._sae_key: Any = None
         self._sae_outputs: dict[str, dict[str, torch.Tensor]] = {}
 
+    def _layer(self, spec: InputSpec) -> int:
+        layer = self.layer if spec.layer is None else spec.layer
+        if layer is None:
+            raise ValueError(f"input {spec.label!r} names no layer and these inputs have none; set one")
+        return layer
+
     def read(self, spec: InputSpec, sae: Any = None) -> tuple[Any, torch.Tensor | None]:
         """`(X, mask)` over every example; `sae` is the loaded SAE of an `sae-*` spec."""
         if spec.reads == "pooled":
-            return self.acts.pooled(self.layer, spec.aggregation), None
+            key = ("pooled", self._layer(spec), spec.aggregation)
+            if key not in self._memo:  # a monitor's selection reads one matrix for hundreds of fits
+                self._memo[key] = self.acts.pooled(key[1], spec.aggregation)
+            return self._memo[key], None
         if spec.reads == "tokens":
-            key = ("tokens", spec.max_tokens)
-            if key not in self._memo:
-                self._memo = {k: v for k, v in self._memo.items() if k[0] != "tokens"}
-                self._memo[key] = token_inputs(self.acts, self.layer, spec.max_tokens)
+            key = ("tokens", self._layer(spec), spec.max_tokens)
+            if key not in self._memo:  # the largest input: the study calls `release` between stages
+                self._memo[key] = token_inputs(self.acts, key[1], spec.max_tokens)
             return self._memo[key]
         if spec.reads == "text":
             return np.array(list(self.texts), dtype=object), None
@@ -128,23 +141,73 @@ class Inputs:
         if spec.reads.startswith("sae-"):
             if sae is None:
                 raise ValueError(f"{spec.reads} needs the SAE at {spec.sae}")
-            if self._sae_key is not sae:
+            layer = self._layer(spec)
+            if self._sae_key is None or self._sae_key[0] is not sae or self._sae_key[1] != layer:
                 self._sae_outputs.clear()  # free the last SAE's outputs before computing these
                 aggs = list(dict.fromkeys([*self.aggregations, spec.aggregation]))
-                self._sae_outputs = sae_outputs(self.acts, sae, self.layer, aggs, search_dtype=_search_dtype(self.acts),
+                self._sae_outputs = sae_outputs(self.acts, sae, layer, aggs, search_dtype=_search_dtype(self.acts),
                                                 progress=self.progress)
-                self._sae_key = sae
+                self._sae_key = (sae, layer)  # the SAE itself, not its id: an id is reused once freed
             out = self._sae_outputs[spec.reads.removeprefix("sae-")]
             if spec.aggregation not in out:
                 raise ValueError(f"{spec.aggregation} was not among the aggregations encoded ({', '.join(out)})")
             return out[spec.aggregation], None
         raise ValueError(f"unknown input {spec.reads!r}")
 
+    def packed(self, spec: InputSpec) -> "PackedTokens":
+        """Every example's last `spec.max_tokens` tokens end to end, with which carry the label."""
+        key = ("packed", self._layer(spec), spec.max_tokens)
+        if key not in self._memo:
+            self._memo[key] = PackedTokens.read(self.acts, key[1], int(spec.max_tokens), self.requests, self.progress)
+        return self._memo[key]
+
+    def sample(self, spec: InputSpec, n_tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A fixed sample of up to `n_tokens` of each example's tokens `(X, mask, carries)`: what a
+        token-level probe fits on (`PackedTokens.sample`)."""
+        key = ("sample", self._layer(spec), spec.max_tokens, n_tokens, seed)
+        if key not in self._memo:
+            self._memo[key] = self.packed(spec).sample(n_tokens, seed)
+        return self._memo[key]
+
     def release(self) -> None:
         """Drop every computed input (the study calls it between stages to bound memory)."""
         self._memo.clear()
         self._sae_outputs.clear()
         self._sae_key = None
+
+
+def last_real_positions(real: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """Positions of a prompt's last `max_tokens` real tokens (`real [T]`, bool): the one cut every
+    per-token input makes, from the cache or from a live batch, so a served prompt is read as the
+    thresholds' prompts were."""
+    return torch.nonzero(real).squeeze(1)[-max_tokens:]
+
+
+@torch.inference_mode()
+def read_live(spec: InputSpec, h: torch.Tensor, roles: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
+    """What a probe reading `spec` is fed from a live residual batch: `h [b, T, d]` after
+    `spec.layer` for right-padded prompts with `roles [b, T]` (-1 on padding).
+
+    `(X, mask, positions)`: pooled inputs `[b, d]` (float32, `activations.aggregation`, as
+    extraction pooled them) with no mask or positions; per-token inputs the last `max_tokens` real
+    tokens `[b, T', d]` left-aligned, their mask and each prompt's positions in the batch.
+    """
+    from assay.errors import InputError
+
+    if spec.reads == "pooled":
+        agg = Aggregation.parse(spec.aggregation)
+        return pool_roles(h, roles, [agg])[agg.name].cpu(), None, None
+    if spec.reads != "tokens":
+        raise InputError(f"input {spec.reads!r} is not read from the model's activations; a monitor serves "
+                         "pooled or per-token probes")
+    h, real = h.cpu(), real_tokens(roles.cpu())
+    kept = [last_real_positions(real[j], int(spec.max_tokens)) for j in range(len(h))]
+    lens = torch.tensor([len(k) for k in kept], dtype=torch.long)
+    X = torch.zeros(len(h), int(lens.max()) if len(h) else 0, h.shape[-1], dtype=h.dtype)
+    for j, k in enumerate(kept):
+        X[j, : len(k)] = h[j, k]
+    return X, torch.arange(X.shape[1])[None, :] < lens[:, None], kept
 
 
 def token_inputs(acts: Any, layer: int, max_tokens: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +221,7 @@ def token_inputs(acts: Any, layer: int, max_tokens: int, chunk: int = 256) -> tu
     for start in range(0, n, chunk):
         x, m = acts.token_batch(layer, list(range(start, min(start + chunk, n))), mask="all")
         for j in range(len(x)):
-            keep = x[j][m[j]][-max_tokens:]
+            keep = x[j][last_real_positions(m[j], max_tokens)]
             X[start + j, : len(keep)] = keep
     return X, M
 
@@ -186,10 +249,11 @@ class PackedTokens:
         xs, cs, offsets = [], [], [0]
         for i in _track(range(acts.n), progress, f"reading layer {layer} tokens"):
             x, roles, _ = acts.example_tokens(layer, i)
-            keep = real_tokens(roles)
-            carry = label_carrying_tokens(roles, requests[i]) if requests is not None else keep
-            xs.append(x[keep][-max_tokens:].to(dtype))
-            cs.append(carry[keep][-max_tokens:])
+            real = real_tokens(roles)
+            keep = last_real_positions(real, max_tokens)
+            carry = label_carrying_tokens(roles, requests[i]) if requests is not None else real
+            xs.append(x[keep].to(dtype))
+            cs.append(carry[keep])
             offsets.append(offsets[-1] + len(xs[-1]))
         return cls(torch.cat(xs), np.asarray(offsets), torch.cat(cs))
 
