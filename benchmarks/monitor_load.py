@@ -308,17 +308,14 @@ class NoForward:
         self.name, self.thresholds = monitor.name, monitor.thresholds
         self.default_threshold, self.max_tokens = monitor.default_threshold, monitor.max_tokens
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return self.m.count_tokens(texts)
+    def format_texts(self, texts: list[str]) -> list[Any]:
+        return self.m.format_texts(texts)
 
-    def count_tokens_messages(self, conversations: list) -> list[int]:
-        return self.m.count_tokens_messages(conversations)
+    def format_conversations(self, conversations: list) -> list[Any]:
+        return self.m.format_conversations(conversations)
 
-    def score_texts(self, texts: list[str]) -> list[Verdict]:
-        return [Verdict(0.0, 0.5, {k: False for k in self.thresholds}, 1) for _ in texts]
-
-    def score_messages(self, conversations: list) -> list[Verdict]:
-        return self.score_texts(conversations)
+    def score_formatted(self, prompts: list[Any], *, conversations: bool = False) -> list[Verdict]:
+        return [Verdict(0.0, 0.5, {k: False for k in self.thresholds}, len(p.input_ids)) for p in prompts]
 
     def describe(self) -> dict:
         return self.m.describe()

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from assay.activations import extract
 from assay.data.dataset import Dataset, Example
 from assay.errors import ConfigMismatchError, InputError
 from assay.monitor.folds import calibration_rows, collections_of, fold, list_collections, trainable
@@ -107,7 +108,7 @@ def test_build_writes_a_bundle_with_nested_card(built):
     assert "group:g0" in card and spec["name"] in card
 
 
-def test_live_scores_equal_cached_scores(built):
+def test_live_scores_equal_cached_scores(built, tmp_path):
     """The server's forward (format, pad, stop at the layer, pool) gives the scores of the cached
     activations the thresholds were set on."""
     from assay.data import load_dataset
@@ -134,6 +135,20 @@ def test_live_scores_equal_cached_scores(built):
     assert counter.tokenizer is not lm.tokenizer
     assert counter.count_tokens(ds.texts[:5]) == mon.count_tokens(ds.texts[:5]) == [v.n_tokens for v in
                                                                                     mon.score_texts(ds.texts[:5])]
+    # A server tokenises once: the counting thread's uncut prompts are what the worker scores, a
+    # prompt over the bundle's limit cut there exactly as extraction cut it.
+    limit = b.spec["max_tokens"]
+    long_text = "please explain, step by step, " * (limit // 4)
+    [uncut] = counter.format_texts([long_text])
+    assert len(uncut.input_ids) > limit
+    [served] = mon.score_formatted([uncut])
+    agg = b.inputs["aggregation"]
+    offline = extract(lm, [long_text], [b.layer], root=tmp_path, progress=False, aggregations=[agg], max_tokens=limit)
+    [offline] = b.probe.score(offline.pooled(b.layer, agg))
+    assert served.n_tokens == limit and served.score == pytest.approx(float(offline), abs=1e-4)
+    conversation = [{"role": "user", "content": long_text}]
+    with pytest.raises(InputError, match="over the limit"):
+        mon.score_formatted(counter.format_conversations([conversation]), conversations=True)
 
 
 def test_bundle_refuses_another_model(built, tiny):
@@ -178,18 +193,35 @@ def test_bundle_load_errors(tmp_path, built):
 
 
 def test_conversation_roles(tokenizer):
+    """Conversations against Gemma's chat format spelled out by hand (the bundled tokenizer has no
+    chat template): one user message is the prompt `format_prompts` gives, and in a longer
+    conversation only the user's words are `Role.USER` (Gemma has no system turn: its text goes in a
+    user turn, as template)."""
     from assay.models.chat import Role, format_conversation, format_prompts
 
+    def spelled(*pieces):  # (text, role) pieces, each tokenised apart, as the user's words are
+        ids, roles = [], []
+        for text, role in pieces:
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids, roles = ids + piece, roles + [int(role)] * len(piece)
+        return ids, roles
+
+    S, T, U = Role.SPECIAL, Role.TEMPLATE, Role.USER
+    end = ("<end_of_turn>\n<start_of_turn>model\n", T)
+    one = spelled(("<bos>", S), ("<start_of_turn>user\n", T), ("hello there", U), end)
+    assert one[0][0] == tokenizer.bos_token_id and len(one[0]) == 11
     [p] = format_prompts(tokenizer, ["hello there"])
     q = format_conversation(tokenizer, [{"role": "user", "content": "hello there"}])
-    assert q.input_ids == p.input_ids and q.roles == p.roles
+    assert (q.input_ids, q.roles) == one == (p.input_ids, p.roles)
     c = format_conversation(tokenizer, [{"role": "system", "content": "be brief"},
                                         {"role": "user", "content": "hello there"},
                                         {"role": "assistant", "content": "hi"},
                                         {"role": "user", "content": "bye"}])
+    next_user = ("<end_of_turn>\n<start_of_turn>user\n", T)
+    assert (c.input_ids, c.roles) == spelled(("<bos>", S), ("<start_of_turn>user\n", T), ("be brief", T), next_user,
+                                             ("hello there", U), end, ("hi", T), next_user, ("bye", U), end)
     user = tokenizer.decode([t for t, r in zip(c.input_ids, c.roles) if r == Role.USER])
     assert user.replace(" ", "") == "hellotherebye"
-    assert c.input_ids[-len(p.input_ids[-3:]):] == p.input_ids[-3:]  # ends with the generation prompt
     for bad in ([], [{"role": "robot", "content": "x"}], [{"role": "user", "content": 3}]):
         with pytest.raises(InputError):
             format_conversation(tokenizer, bad)
@@ -418,9 +450,14 @@ def test_two_scoring_workers_serve_the_offline_scores(built):
 
         with ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(lambda t: client.post("/v1/moderations", json={"input": t}), texts))
+        # a conversation over the bundle's limit is refused on its own (400), found when it is
+        # tokenised, before it can fail a batch it shares with others
+        too_long = [{"role": "user", "content": "word " * (2 * mon.token_limit)}]
+        refused = client.post("/v1/score", json={"messages": too_long})
     assert all(r.status_code == 200 for r in replies)
     served = [r.json()["results"][0]["assay"]["score"] for r in replies]
     np.testing.assert_allclose(served, offline, rtol=1e-4, atol=1e-4)
+    assert refused.status_code == 400 and "over the limit" in refused.json()["error"]["message"], refused.text
 
 
 def test_scoring_workers_options(built):

@@ -225,7 +225,7 @@ def test_a_rebuild_after_a_killed_one_puts_the_old_bundle_back_first(built, tmp_
 
 # -- traffic ---------------------------------------------------------------------------------------
 class NaNMonitor(FakeMonitor):
-    def score_texts(self, texts):
+    def score_formatted(self, prompts, *, conversations=False):
         from assay.errors import ScoringError
 
         raise ScoringError("the probe gave a score of nan")
@@ -399,9 +399,10 @@ class TwoWorkerFake(FakeMonitor):
     def token_counter(self):  # counts on a thread of its own, as the real monitor does
         return self
 
-    def score_texts(self, texts):
+    def score_formatted(self, prompts, *, conversations=False):
         import time
 
+        texts = [p.text for p in prompts]
         time.sleep(0.002 * sum(self.count_tokens_unlocked(texts)))
         self.batches.append(("text", len(texts), sum(self.count_tokens_unlocked(texts))))
         return [self._verdict(t) for t in texts]
@@ -536,10 +537,10 @@ def test_a_body_trickled_past_its_deadline_gets_a_408(monkeypatch):
 
     from test_monitor_server import live_server
 
-    from assay.monitor import server
+    from assay.monitor import parsing
     from assay.monitor.server import create_app
 
-    monkeypatch.setattr(server, "BODY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(parsing, "BODY_TIMEOUT_S", 0.5)
     with live_server(create_app(FakeMonitor())) as url:
         port = int(url.rsplit(":", 1)[1])
         s = socket.create_connection(("127.0.0.1", port))

@@ -34,6 +34,17 @@ class FakeVerdict:
     tokens: list[str] | None = None
 
 
+@dataclass
+class FakePrompt:
+    """A formatted prompt: its text, and 4 template tokens around a token per word."""
+
+    text: str
+
+    @property
+    def input_ids(self) -> range:
+        return range(len(self.text.split()) + 4)
+
+
 def bombs(text: str) -> int:
     return len(re.findall(r"\bbomb\b", text.lower()))
 
@@ -66,31 +77,26 @@ class FakeMonitor:
         finally:
             self._inside -= 1
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
+    def format_texts(self, texts: list[str]) -> list[FakePrompt]:
         with self._exclusive():
-            return [len(t.split()) + 4 for t in texts]
+            return [FakePrompt(t) for t in texts]
 
-    def count_tokens_messages(self, conversations: list[list[dict[str, str]]]) -> list[int]:
+    def format_conversations(self, conversations: list[list[dict[str, str]]]) -> list[FakePrompt]:
         with self._exclusive():
             for chat in conversations:
                 if not any(m["role"] == "user" for m in chat):
                     raise ValueError("a conversation needs at least one user message")
-            return [len(_chat_text(c).split()) + 4 for c in conversations]
+            return [FakePrompt(_chat_text(c)) for c in conversations]
 
-    def score_texts(self, texts: list[str]) -> list[FakeVerdict]:
+    def score_formatted(self, prompts: list[FakePrompt], *, conversations: bool = False) -> list[FakeVerdict]:
+        texts = [p.text for p in prompts]
         with self._exclusive():
-            if any("EXPLODE" in t for t in texts):
+            if not conversations and any("EXPLODE" in t for t in texts):
                 raise RuntimeError("simulated scoring failure")
             time.sleep(self.delay)
-            self.batches.append(("text", len(texts), sum(self.count_tokens_unlocked(texts))))
-            return [self._verdict(t) for t in texts]
-
-    def score_messages(self, conversations: list[list[dict[str, str]]]) -> list[FakeVerdict]:
-        with self._exclusive():
-            time.sleep(self.delay)
-            texts = [_chat_text(c) for c in conversations]
-            self.batches.append(("messages", len(texts), sum(self.count_tokens_unlocked(texts))))
-            return [self._verdict(t, token_level=True) for t in texts]
+            self.batches.append(("messages" if conversations else "text", len(texts),
+                                 sum(self.count_tokens_unlocked(texts))))
+            return [self._verdict(t, token_level=conversations) for t in texts]
 
     @staticmethod
     def count_tokens_unlocked(texts: list[str]) -> list[int]:
