@@ -1,5 +1,6 @@
 """The command-line grammar every `assay` command shares: one flag name, default and help text
-for the dataset, the model, the layer, the aggregation, the dtype and the seed.
+for the dataset, the model, the layer, the aggregation, the dtype, the seed and a k-sparse probe's
+k and selector.
 
 Each is a typer `OptionInfo`, used as a parameter default (`model: str = options.MODEL`), so a
 command cannot spell one differently. A layer of None means the model's middle block, resolved by
@@ -53,6 +54,10 @@ def check_compile(compile_: bool, device_map: str | None, device: str | None = N
         check_can_compile(device)
 
 
+K = typer.Option(20, "--k", help="Latents a k-sparse probe may use (20: the k the study's headline quotes).")
+SELECT = typer.Option("mean_diff", "--select", help="How a k-sparse probe chooses its latents: mean_diff | l1.")
+LAST_TOKENS = typer.Option(512, "--last-tokens", help="Probes that read tokens (attention) read at most the last "
+                           "N tokens of a prompt.")
 SEED = typer.Option(0, "--seed", help="Seed of every random choice (data sampling, initialisation, bootstrap).")
 
 

@@ -20,8 +20,8 @@ def latents_cmd(
     model: str = options.MODEL,
     layer: Optional[int] = options.LAYER,
     dtype: str = options.DTYPE,
-    k: int = typer.Option(10, help="Latents the sparse probe may use."),
-    select: str = typer.Option("mean_diff", help="mean_diff | l1"),
+    k: int = options.K,
+    select: str = options.SELECT,
     aggregation: Optional[str] = options.AGGREGATION,
     split: str = typer.Option("train", help="Split the probe is fitted and the latents are explained on."),
     top: int = typer.Option(5, help="Top tokens and examples shown per latent."),
@@ -38,6 +38,7 @@ def latents_cmd(
     from assay.fileio import write_json
     from assay.models import load
     from assay.probes import InputSpec, Inputs, make_probe
+    from assay.probes.sparse import SELECTORS
     from assay.sae import load_sae
 
     from assay.activations.aggregation import Aggregation
@@ -45,7 +46,7 @@ def latents_cmd(
 
     if k < 1 or top < 1:
         raise typer.BadParameter(f"--k {k} / --top {top}: use at least 1")
-    if select not in ("mean_diff", "l1"):
+    if select not in SELECTORS:
         raise typer.BadParameter(f"{select!r}: use mean_diff or l1", param_hint="--select")
     aggregation = str(Aggregation.parse(aggregation or "all.max"))
     sae = load_sae(sae_dir)  # a broken SAE fails before the model loads

@@ -63,10 +63,10 @@ def train(
     model: str = options.MODEL,
     layer: Optional[int] = options.LAYER,
     sae: Optional[str] = typer.Option(None, help="SAE directory, for methods on SAE latents, reconstruction or error."),
-    k: int = typer.Option(20, help="Latents of a k-sparse probe."),
-    select: str = typer.Option("mean_diff", help="How a k-sparse probe chooses latents: mean_diff | l1."),
+    k: int = options.K,
+    select: str = options.SELECT,
     window: int = typer.Option(10, help="Window of the max-rolling-attention probe."),
-    max_tokens: int = typer.Option(512, help="Attention probes read at most the last N tokens of a prompt."),
+    last_tokens: int = options.LAST_TOKENS,
     train_split: str = typer.Option("train", help="Split to fit on."),
     val_split: str = typer.Option("val", help="Split that chooses hyperparameters ('' for none)."),
     seed: int = options.SEED,
@@ -79,20 +79,21 @@ def train(
     from assay.probes.base import CONFIG_FILE, WEIGHTS_FILE
     from assay.probes.inputs import InputSpec
     from assay.probes.methods import make_probe, method as get_method
+    from assay.probes.sparse import SELECTORS
     from assay.provenance import provenance
     from assay.sae.io import load_sae
 
     for hint, ok, why in (("--k", k >= 1, f"{k} latents: use at least 1"),
-                          ("--select", select in ("mean_diff", "l1"), f"{select!r}: use mean_diff or l1"),
+                          ("--select", select in SELECTORS, f"{select!r}: use mean_diff or l1"),
                           ("--window", window >= 1, f"{window}: use at least 1"),
-                          ("--max-tokens", max_tokens >= 1, f"{max_tokens}: use at least 1")):
+                          ("--last-tokens", last_tokens >= 1, f"{last_tokens}: use at least 1")):
         if not ok:
             raise typer.BadParameter(why, param_hint=hint)
     m = get_method(method)
     if sae is not None and not (Path(sae) / "cfg.json").is_file():
         raise typer.BadParameter(f"{sae} is not a saved SAE (no cfg.json)", param_hint="--sae")
     reads_activations = m.reads not in ("text", "sentence-embedding")  # text methods never touch the model
-    spec = InputSpec.for_method(method, aggregation=aggregation, model=model, sae=sae, max_tokens=max_tokens,
+    spec = InputSpec.for_method(method, aggregation=aggregation, model=model, sae=sae, max_tokens=last_tokens,
                                 layer=options.resolve_layer(model, layer) if reads_activations else None)
     dtype = options.resolve_dtype_choice(dtype) if spec.model else "float32"
     takes = {f.name for f in dataclasses.fields(m.probe.Config)}
