@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from assay.experiment.saes import SAE_NAMES
+from assay.probes.names import KINDS, REFERENCE, family_names, in_family, info, label
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,8 @@ log = logging.getLogger(__name__)
 _DROP_META = ("l1_path", "selection", "computed_by", "history", "top10")
 
 
-def _sort_key(run: Any) -> tuple:
-    from assay.probes.methods import KINDS
-
-    return (KINDS.index(run.kind), run.sae or "", run.method, run.features,
+def _sort_key(run: Any) -> tuple:  # by kind, the methods on an SAE after the others
+    return (bool(run.sae), KINDS.index(run.kind), run.sae or "", run.method, run.features,
             run.selector or "", run.k or 0, -1 if run.seed is None else run.seed)
 
 
@@ -47,7 +46,7 @@ def detailed(run: Any, cfg: Any) -> bool:
     """Whether a run's results carry intervals, curves and breakdowns: the primary seed of every
     configuration the tables and findings use (the k-sweep's other k and the extra seeds get point
     metrics)."""
-    return is_primary(run, cfg) and (run.method != "k-sparse" or run.k == cfg.headline_k)
+    return is_primary(run, cfg) and (not info(run.method).sweeps_k or run.k == cfg.headline_k)
 
 
 def to_ref(run: Any) -> Any:
@@ -159,16 +158,15 @@ class Evaluator:
 
         cfg, st = self.cfg, self.t
         out = []
-        dense = {agg: Run("dense-logistic", agg) for agg in cfg.aggregations}
+        dense = {agg: Run(REFERENCE, agg) for agg in cfg.aggregations}
         for run in sorted(st.scores, key=_sort_key):
-            if run.sae and is_primary(run, cfg) and (run.method != "k-sparse" or run.k == cfg.headline_k) \
-                    and dense.get(run.features) in st.scores:
+            if run.sae and detailed(run, cfg) and dense.get(run.features) in st.scores:
                 out += [self.compare(dense[run.features], run, s, "same_aggregation") for s in st.splits]
         best = family_best(results, cfg)
-        ref = best.get("dense-logistic")
+        ref = best.get(REFERENCE)
         if ref is not None:
             for fam, run_ref in best.items():
-                if fam == "dense-logistic":
+                if fam == REFERENCE:
                     continue
                 out += [self.compare(_run(ref), _run(run_ref), s, "family_best") for s in st.splits]
         return out, {"family_best": {f: r.model_dump() for f, r in best.items()},
@@ -184,7 +182,7 @@ class Evaluator:
         from assay.report.breakdown import HARD_NEGATIVES, ORDINARY_NEGATIVES
 
         st, cfg = self.t, self.cfg
-        dense = best.get("dense-logistic")
+        dense = best.get(REFERENCE)
         rows = []
         for split in [s for s in ("calib", "ood") if s in st.idx]:
             i = np.asarray(st.idx[split])
@@ -198,7 +196,7 @@ class Evaluator:
                     row = {"family": fam, **ref.model_dump(), "split": split, "negatives": kind, "groups": sl.groups,
                            "n_pos": sl.n_pos, "n_neg": sl.n_neg, "auroc": sl.auroc,
                            "auroc_ci": [sl.auroc_ci.low, sl.auroc_ci.high] if sl.auroc_ci else [float("nan")] * 2}
-                    if dense is not None and fam != "dense-logistic":
+                    if dense is not None and fam != REFERENCE:
                         sel = (y == 1) | np.isin(g, sl.groups)
                         d = paired_auroc_diff(st.scores[_run(dense)][i][sel], st.scores[_run(ref)][i][sel], y[sel],
                                               units[sel].tolist(), n_boot=cfg.n_boot, seed=cfg.seed)
@@ -221,13 +219,13 @@ class Evaluator:
         cfg, st = self.cfg, self.t
         best = family_best(results, cfg)
         k = cfg.headline_k
-        pre_ref, dense_ref = best.get(f"k-sparse k={k} [pretrain]"), best.get("dense-logistic")
+        pre_ref, dense_ref = best.get(family_key("k-sparse", "pretrain", k)), best.get(REFERENCE)
         if pre_ref is None or dense_ref is None:
             return []
         out = []
         for rule in ("pretrain_config", "own_config"):
             for other in (n for n in SAE_NAMES if n != "pretrain"):
-                other_ref = pre_ref if rule == "pretrain_config" else best.get(f"k-sparse k={k} [{other}]")
+                other_ref = pre_ref if rule == "pretrain_config" else best.get(family_key("k-sparse", other, k))
                 if other_ref is None:
                     continue
                 for split in ("calib", "ood"):
@@ -275,7 +273,7 @@ class Evaluator:
 
         cfg, st = self.cfg, self.t
         best = family_best(results, cfg)
-        dense_ref = best.get("dense-logistic")
+        dense_ref = best.get(REFERENCE)
         if dense_ref is None or not all(s in st.idx for s in ("calib", "ood")):
             return []
         i_cal, i_ood = np.asarray(st.idx["calib"]), np.asarray(st.idx["ood"])
@@ -287,7 +285,7 @@ class Evaluator:
             W_ood = cluster_weights(st.units[i_ood].tolist(), cfg.n_boot, cfg.seed)
         out = []
         for sae in SAE_NAMES:
-            ref = best.get(f"k-sparse k={cfg.headline_k} [{sae}]")
+            ref = best.get(family_key("k-sparse", sae, cfg.headline_k))
             if ref is None or _run(ref) not in st.scores or _run(dense_ref) not in st.scores:
                 continue
             d, s = st.scores[_run(dense_ref)], st.scores[_run(ref)]
@@ -312,20 +310,19 @@ class Evaluator:
         beside the validation AUROC of each variant."""
         from assay.metrics import auroc
         from assay.experiment.study import Run
-        from assay.probes.methods import METHODS
 
         st, cfg = self.study, self.cfg
         tr, va = st.idx["train"], st.idx["val"]
         out = []
         for agg in cfg.aggregations:
-            X = st.inputs.read(st.spec("dense-logistic", agg))[0].double().numpy()[tr]  # what the dense probes read
+            X = st.inputs.read(st.spec(REFERENCE, agg))[0].double().numpy()[tr]  # what the dense probes read
             y = st.y[tr]
             var = X.var(0)
             top = np.argsort(-var)[:8]
             d = X[y == 1].mean(0) - X[y == 0].mean(0)
             row = {"aggregation": agg, "top_dims": top.tolist(), "top8_variance_share": float(var[top].sum() / var.sum()),
                    "top8_mean_diff_share": float(np.square(d[top]).sum() / np.square(d).sum())}
-            for name in [n for n in cfg.methods if METHODS[n].kind == "dense"]:
+            for name in [n for n in cfg.methods if info(n).kind == "dense"]:
                 run = Run(name, agg)
                 if run in st.scores:
                     row[f"val_auroc:{name}"] = auroc(st.scores[run][va], st.y[va])
@@ -350,23 +347,21 @@ def _run(ref: Any, **override: Any) -> Any:
 
 
 # --- families: shared with the findings, which work from a report alone -----------------------------
+def family_key(family: str, sae: str | None = None, k: int | None = None) -> str:
+    """A family's key in `family_best`: its name, k where it sweeps k, the SAE in brackets."""
+    return label({"method": family, "k": k, "sae": sae}, sae=" [{}]")
+
+
 def families(cfg_like: dict[str, Any] | Any) -> dict[str, Callable[[Any], bool]]:
-    """Method families of the headline, each a predicate over primary result rows."""
+    """Method families of the headline (the names table's), each a predicate over primary result
+    rows: the families on the model's activations or the text, then those on each SAE (a family
+    that sweeps k at the headline k)."""
     k = cfg_like["headline_k"] if isinstance(cfg_like, dict) else cfg_like.headline_k
-    saes = SAE_NAMES
-    fams: dict[str, Callable[[Any], bool]] = {
-        "dense-logistic": lambda r: r.method == "dense-logistic",
-        "diff-of-means": lambda r: r.method in ("diff-of-means", "diff-of-means-std", "lda"),
-        "attention": lambda r: r.method in ("attention", "max-rolling-attention"),
-        "tfidf": lambda r: r.method == "tfidf",
-        "minilm": lambda r: r.method == "minilm",
-    }
-    for sae in saes:
-        fams[f"1-sparse [{sae}]"] = lambda r, s=sae: r.method == "1-sparse" and r.sae == s
-        fams[f"k-sparse k={k} [{sae}]"] = lambda r, s=sae: r.method == "k-sparse" and r.sae == s and r.k == k
-        fams[f"reconstruction [{sae}]"] = lambda r, s=sae: r.method == "reconstruction" and r.sae == s
-        fams[f"error [{sae}]"] = lambda r, s=sae: r.method == "error" and r.sae == s
-    return fams
+
+    def member(family: str, sae: str | None) -> Callable[[Any], bool]:
+        return lambda r: in_family(r.method, family) and r.sae == sae and (r.k == k or not info(r.method).sweeps_k)
+
+    return {family_key(f, sae, k): member(f, sae) for sae in (None, *SAE_NAMES) for f in family_names(sae is not None)}
 
 
 def family_best(results: list[Any], cfg_like: dict[str, Any] | Any) -> dict[str, Any]:

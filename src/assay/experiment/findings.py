@@ -9,21 +9,17 @@ alone, so `assay report readme` can regenerate the prose from `report.json`.
 from __future__ import annotations
 
 import statistics
+from functools import partial
 from typing import Any
 
-from assay.experiment.evaluation import family_best, same_config
+from assay.experiment.evaluation import family_best, family_key, same_config
 from assay.experiment.saes import SAE_NAMES
 from assay.experiment.layers import mean_val_auroc, ranked_layers
+from assay.probes import names
 
 _CMP_SPLITS = ("calib", "ood")
 
-
-def label(ref: Any) -> str:
-    """How a configuration is named in prose: method, k and selector, aggregation, SAE."""
-    k = f" k={ref.k}" if ref.k is not None and ref.method == "k-sparse" else ""
-    sel = f" ({ref.selector})" if ref.selector else ""
-    sae = f" on the {ref.sae} SAE" if ref.sae else ""
-    return f"{ref.method}{k}{sel} [{ref.features}]{sae}"
+label = partial(names.label, sae=" on the {} SAE")  # how prose names a configuration
 
 
 def f3(x: float) -> str:
@@ -160,13 +156,13 @@ def _verdict(c: Any, better: str, worse: str, tie: str) -> str:
 def findings(report: Any) -> list[Any]:
     cfg = report.config
     best = family_best(report.results, cfg)
-    dense = best.get("dense-logistic")
+    dense = best.get(names.REFERENCE)
     if dense is None:
         return []
     w = _Writer(report)
     out = []
     k = cfg["headline_k"]
-    saes = [s for s in SAE_NAMES if f"k-sparse k={k} [{s}]" in best]
+    saes = [s for s in SAE_NAMES if family_key("k-sparse", s, k) in best]
 
     # 1. The dense probe.
     near_perfect = (find_result(report, dense, "ood").auroc or 0) >= 0.98
@@ -200,13 +196,13 @@ def findings(report: Any) -> list[Any]:
         out.append(ksparse_finding(report, w, best, dense, k))
 
     # 4. Reconstruction and error probes.
-    for what, claim in (("reconstruction", "Probes on the SAE reconstruction lose the signal (worse OOD)."),
-                        ("error", "")):
-        parts, worse, better = _against_dense(w, best, dense, saes, what, "ood")
+    for fam, what_txt, claim in (
+            ("reconstruction", "a dense probe on the SAE's reconstruction",
+             "Probes on the SAE reconstruction lose the signal (worse OOD)."),
+            ("error", "a dense probe on the SAE's error term (x - x_hat)", "")):
+        parts, worse, better = _against_dense(w, best, dense, saes, fam, "ood")
         if not parts:
             continue
-        what_txt = ("a dense probe on the SAE's reconstruction" if what == "reconstruction"
-                    else "a dense probe on the SAE's error term (x - x_hat)")
         n_worse = sum(worse)
         out.append(w.finding(
             claim, f"With {what_txt} (aggregation chosen on validation): " + "; ".join(parts) + f". Worse than the "
@@ -391,7 +387,7 @@ def ksparse_finding(report: Any, w: "_Writer", best: dict[str, Any], dense: Any,
     rows = report.diagnostics["ksparse_gaps"]
     parts, holds, fits = [], [], []
     for i, g in enumerate(rows):
-        ks = best.get(f"k-sparse k={k} [{g['sae']}]")
+        ks = best.get(family_key("k-sparse", g["sae"], k))
         if ks is None:
             continue
         fit, c_fit = w.diff(_dense_at(dense, ks.features), ks, "train")
@@ -527,7 +523,7 @@ def hard_negatives_finding(hn: dict[str, Any], w: "_Writer | None" = None, split
                  + (f"Better than the dense probe on them beyond noise: {', '.join(better)}. " if better else
                     "No family beats the dense probe on them beyond noise. ")
                  + (f"Worse beyond noise: {', '.join(worse)}." if worse else ""))
-    dense_hard = at.get(("dense-logistic", "hard"))
+    dense_hard = at.get((names.REFERENCE, "hard"))
     holds = None if dense_hard is None else rows[dense_hard]["auroc_ci"][0] >= 0.95
     return w.finding("Dense probes stay near perfect out of distribution, on the negatives that test intent too.",
                      text.strip(), holds)
@@ -638,7 +634,7 @@ def _against_dense(w: _Writer, best: dict[str, Any], dense: Any, saes: list[str]
     probe is better than the dense one beyond noise."""
     parts, worse, better = [], [], []
     for sae in saes:
-        ref = best.get(f"{family} [{sae}]")
+        ref = best.get(family_key(family, sae))
         if ref is None:
             continue
         d, c = w.diff(_dense_at(dense, ref.features), ref, split)

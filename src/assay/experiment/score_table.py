@@ -58,15 +58,16 @@ def headline_runs(table: ScoreTable, results: list[Any], cfg: Any) -> list[Any]:
     validation (every seed), the dense probe at every aggregation (the same-aggregation comparisons
     the findings cite), and the pretraining SAE's k-sparse configuration on every other SAE (the
     gap-closed rule that fixes it)."""
-    from assay.experiment.evaluation import _run, family_best
+    from assay.experiment.evaluation import _run, family_best, family_key
     from assay.experiment.saes import SAE_NAMES
+    from assay.probes.names import REFERENCE
 
     best = family_best(results, cfg)
     refs = [_run(ref) for ref in best.values()]
-    pre = best.get(f"k-sparse k={cfg.headline_k} [pretrain]")
+    pre = best.get(family_key("k-sparse", "pretrain", cfg.headline_k))
     if pre is not None:
         refs += [_run(pre, sae=s) for s in SAE_NAMES if s != "pretrain"]
-    refs += [_run({"method": "dense-logistic", "features": a}) for a in cfg.aggregations]
+    refs += [_run({"method": REFERENCE, "features": a}) for a in cfg.aggregations]
     out: list[Any] = []
     for run in refs:
         for r in ([run] if run.seed is None else [_run(run.__dict__, seed=s) for s in cfg.seeds]):

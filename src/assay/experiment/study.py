@@ -26,6 +26,7 @@ import torch
 from assay.errors import InputError
 from assay.experiment.config import StudyConfig
 from assay.fileio import atomic_path, read_json, sha256_json, write_json
+from assay.probes.names import info
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ STUDY_VERSION = 4
 # The code whose numbers every part records; its source is hashed into the part's key, with the
 # module of the part's probe class (and the SAE code for a probe on an SAE).
 _COMMON = ("assay.experiment.study", "assay.experiment.config", "assay.probes.base", "assay.probes.methods",
-           "assay.probes.inputs", "assay.probes.linear", "assay.probes.logistic", "assay.activations.aggregation",
-           "assay.metrics")
+           "assay.probes.names", "assay.probes.inputs", "assay.probes.linear", "assay.probes.logistic",
+           "assay.activations.aggregation", "assay.metrics")
 
 
 def part_code(method: str) -> tuple[str, ...]:
@@ -68,9 +69,7 @@ class Run:
 
     @property
     def kind(self) -> str:
-        from assay.probes.methods import METHODS
-
-        return METHODS[self.method].kind
+        return info(self.method).kind
 
     def without_seed(self) -> "Run":
         return Run(**{**asdict(self), "seed": None})
@@ -244,10 +243,10 @@ class Study:
         cfg = self.cfg
         if sae is not None:
             name, seed = sae
-            if m.name == "k-sparse":
+            if info(m.name).sweeps_k:
                 return [Run(m.name, a, name, k, sel, seed) for a in cfg.aggregations for sel in cfg.selectors
                         for k in cfg.ks]
-            return [Run(m.name, a, name, 1 if m.name == "1-sparse" else None, None, seed) for a in cfg.aggregations]
+            return [Run(m.name, a, name, info(m.name).k, None, seed) for a in cfg.aggregations]
         aggs = cfg.aggregations if m.reads == "pooled" else [None]
         return [Run(m.name, self.spec(m.name, a).label, seed=s) for a in aggs
                 for s in (cfg.seeds if m.seeded else [None])]
@@ -287,7 +286,7 @@ class Study:
         cfg = self.cfg
         X, mask = self.read(run)
         seed = cfg.seed if run.seed is None else run.seed
-        if run.method != "k-sparse":
+        if not info(run.method).sweeps_k:
             return self.fit_probe(make_probe(run.method, seed=seed), X, mask)
         ranking, path = self._rankings[(run.features, run.selector)]
         scores, meta = self.fit_probe(make_probe(run.method, seed=seed, k=run.k, select=run.selector), X,
@@ -303,7 +302,7 @@ class Study:
         from assay.probes.sparse import selection_order
 
         tr, ks = self.idx["train"], self.cfg.ks
-        wanted = sorted({(r.features, r.selector): r for r in runs if r.method == "k-sparse"}.items())
+        wanted = sorted({(r.features, r.selector): r for r in runs if info(r.method).sweeps_k}.items())
         Z = {key: self.read(r)[0][tr] for key, r in wanted}
         ranked = parallel_map(selection_order, {key: (Z[key].numpy(), self.y[tr], key[1], ks) for key, _ in wanted
                                                 if key[1] == "l1"})

@@ -27,9 +27,10 @@ def probe_latents(study: Any, sae: str, seed: int) -> tuple[list[int], dict[str,
     """The latents of the headline k-sparse probe on (`sae`, `seed`) whose configuration is best on
     validation AUROC, in selection order, and that configuration."""
     from assay.metrics import auroc
+    from assay.probes.names import info
 
     cfg, va = study.cfg, study.idx["val"]
-    runs = [r for r in study.scores if r.method == "k-sparse" and r.sae == sae and r.seed == seed
+    runs = [r for r in study.scores if info(r.method).sweeps_k and r.sae == sae and r.seed == seed
             and r.k == cfg.headline_k and "stability" in study.meta.get(r, {})]
     if not runs:
         return [], None

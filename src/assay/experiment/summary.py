@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from assay.probes import names
 from assay.report.render import finding_status
 from assay.report.schema import Report
 
@@ -80,8 +81,7 @@ def readme_section(reports: list[tuple[Path, Report]]) -> str:
         cmp = next((c for c in main.comparisons if c.kind == "family_best" and c.split == "ood"
                     and all(getattr(c.b, k) == ref.get(k) for k in ("method", "features", "sae", "k", "selector"))), None)
         diff = "–" if cmp is None else f"{cmp.diff:+.3f} [{cmp.ci.low:+.3f}, {cmp.ci.high:+.3f}]"
-        label = f"{fam}: `{ref['method']}{' k=' + str(ref['k']) if ref['method'] == 'k-sparse' else ''}" \
-                f"{' (' + ref['selector'] + ')' if ref.get('selector') else ''} [{ref['features']}]`"
+        label = f"{fam}: `{names.label(ref, sae='')}`"
         hard, ordinary = hn.get((fam, "hard")), hn.get((fam, "ordinary"))
         dm = (hard or {}).get("dense_minus")
         row = [label, _cell(_find(main, ref, "calib")), _cell(_find(main, ref, "ood")), diff, _slice(hard),

@@ -1,7 +1,8 @@
 """The one registry of methods, under the paper's names: what each fits and what it reads.
 
-Every caller that names a method uses this table: the study's loop, `assay probe train`, the
-report's tables, plots and findings, the debugger and the monitor. A method is a probe class, the
+Every caller that names a method uses this table or, without torch, its names table
+(`assay.probes.names`: kind, family, k): the study's loop, `assay probe train`, the report's
+tables, plots and findings, the debugger and the monitor. A method is a probe class, the
 configuration that distinguishes it (`diff-of-means` and `lda` are one class), and the input it
 reads (`assay.probes.inputs` turns that into tensors):
 
@@ -21,6 +22,7 @@ from assay.errors import InputError
 from assay.probes.attention import AttentionProbe, RollingAttentionProbe
 from assay.probes.base import Probe
 from assay.probes.linear import DiffMeanProbe, LogisticProbe
+from assay.probes.names import NAMES
 from assay.probes.sparse import KSparseProbe, OneSparseProbe
 from assay.probes.tfidf import TfidfProbe
 from assay.probes.token import LocatedLogisticProbe, TokenLogisticProbe
@@ -33,12 +35,16 @@ class Method:
     name: str
     probe: type[Probe]
     reads: str
-    kind: str  # the report's grouping: dense | attention | baseline | sae_sparse | sae_reconstruction | sae_error
     summary: str
     defaults: dict[str, Any] = field(default_factory=dict)  # config that sets this method apart
     seeded: bool = False  # stochastic fit: the study repeats it per seed
     study: bool = True  # run by `assay experiment harmful-intent` by default (GDM's comparison)
     token_sample: bool = False  # fits on a sample of single tokens (a build may pass a pre-drawn one)
+
+    @property
+    def kind(self) -> str:
+        """The report's grouping, from the names table (`assay.probes.names`)."""
+        return NAMES[self.name].kind
 
     @property
     def reads_sae(self) -> bool:
@@ -51,38 +57,37 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("dense-logistic", LogisticProbe, "pooled", "dense",
+    Method("dense-logistic", LogisticProbe, "pooled",
            "logistic regression on pooled activations, L2 strength chosen on validation"),
-    Method("diff-of-means", DiffMeanProbe, "pooled", "dense", "projection on the raw class-mean difference",
+    Method("diff-of-means", DiffMeanProbe, "pooled", "projection on the raw class-mean difference",
            {"normalize": "none"}),
-    Method("diff-of-means-std", DiffMeanProbe, "pooled", "dense",
-           "class-mean difference of standardised activations", {"normalize": "standardize"}),
-    Method("lda", DiffMeanProbe, "pooled", "dense", "class-mean difference after whitening (LDA, shrunk covariance)",
+    Method("diff-of-means-std", DiffMeanProbe, "pooled", "class-mean difference of standardised activations",
+           {"normalize": "standardize"}),
+    Method("lda", DiffMeanProbe, "pooled", "class-mean difference after whitening (LDA, shrunk covariance)",
            {"normalize": "whiten"}),
-    Method("attention", AttentionProbe, "tokens", "attention", "attention-weighted mean over tokens",
-           seeded=True),
-    Method("max-rolling-attention", RollingAttentionProbe, "tokens", "attention",
+    Method("attention", AttentionProbe, "tokens", "attention-weighted mean over tokens", seeded=True),
+    Method("max-rolling-attention", RollingAttentionProbe, "tokens",
            "GDM's max over windows of attention-weighted means", seeded=True),
     # A monitor candidate (Kramar et al.'s lesson for jailbreaks and long contexts), not one of GDM's
     # methods: the study leaves it out unless named.
-    Method("token-logistic", TokenLogisticProbe, "tokens", "token",
+    Method("token-logistic", TokenLogisticProbe, "tokens",
            "logistic regression on single tokens, pooled by the max of rolling means", study=False,
            token_sample=True),
-    Method("located-logistic", LocatedLogisticProbe, "tokens", "token",
+    Method("located-logistic", LocatedLogisticProbe, "tokens",
            "logistic regression on the mean of the tokens a locator takes for the request", study=False,
            token_sample=True),
-    Method("tfidf", TfidfProbe, "text", "baseline", "TF-IDF word and character n-grams + logistic regression"),
-    Method("minilm", LogisticProbe, "sentence-embedding", "baseline",
+    Method("tfidf", TfidfProbe, "text", "TF-IDF word and character n-grams + logistic regression"),
+    Method("minilm", LogisticProbe, "sentence-embedding",
            "all-MiniLM-L6-v2 sentence embedding + logistic regression", {"device": "cpu"}),
-    Method("1-sparse", OneSparseProbe, "sae-latents", "sae_sparse", "the single SAE latent best on train"),
-    Method("k-sparse", KSparseProbe, "sae-latents", "sae_sparse",
+    Method("1-sparse", OneSparseProbe, "sae-latents", "the single SAE latent best on train"),
+    Method("k-sparse", KSparseProbe, "sae-latents",
            "logistic regression on k SAE latents chosen by mean difference or an L1 path", seeded=True),
-    Method("reconstruction", LogisticProbe, "sae-reconstruction", "sae_reconstruction",
+    Method("reconstruction", LogisticProbe, "sae-reconstruction",
            "logistic regression on the SAE's reconstruction, pooled", seeded=True),
-    Method("error", LogisticProbe, "sae-error", "sae_error",
+    Method("error", LogisticProbe, "sae-error",
            "logistic regression on the SAE's error (activation minus reconstruction), pooled", seeded=True),
 )}
-KINDS = tuple(dict.fromkeys(m.kind for m in METHODS.values()))  # report order
+assert list(METHODS) == list(NAMES) and all(m.reads_sae == NAMES[m.name].on_sae for m in METHODS.values())
 
 
 def method(name: str) -> Method:

@@ -12,15 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from assay.probes.names import REFERENCE, in_family, info, label  # noqa: E402
 from assay.report.schema import MethodResult, Report  # noqa: E402
-
-
-def row_label(r: MethodResult) -> str:
-    """How a method is named in tables and legends: method, k and selector, features, SAE."""
-    k = f" k={r.k}" if r.k is not None and r.method not in ("1-sparse",) else ""
-    sel = f" ({r.selector})" if getattr(r, "selector", None) else ""
-    label = f"{r.method}{k}{sel} [{r.features}]"
-    return f"{label} on {r.sae}" if r.sae else label
 
 
 def primary(report: Report) -> list[MethodResult]:
@@ -45,7 +38,7 @@ def roc_figure(report: Report, split: str, max_curves: int = 12):
     rows = [r for r in primary(report) if r.split == split and r.roc is not None and r.auroc is not None]
     rows = sorted(rows, key=lambda r: -val_auroc(report, r))[:max_curves]  # which to show: chosen on val
     for r in rows:
-        ax.plot(r.roc.fpr, r.roc.tpr, lw=1.4, label=f"{row_label(r)}  AUROC {r.auroc:.3f}")
+        ax.plot(r.roc.fpr, r.roc.tpr, lw=1.4, label=f"{label(r)}  AUROC {r.auroc:.3f}")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
     if rows:
         ax.axvline(rows[0].target_fpr, ls="--", color="grey", lw=0.8)
@@ -72,7 +65,7 @@ def histogram_figure(result: MethodResult):
             ax.axvline(result.threshold, color="black", ls="--", lw=0.8)
         ax.set_ylabel(g, rotation=0, ha="right", fontsize=7)
         ax.tick_params(labelsize=6)
-    axes[0, 0].set_title(f"{row_label(result)}: scores on {result.split} (dashed: threshold)", fontsize=8)
+    axes[0, 0].set_title(f"{label(result)}: scores on {result.split} (dashed: threshold)", fontsize=8)
     axes[-1, 0].set_xlabel("score (logit)")
     from matplotlib.patches import Patch
 
@@ -87,7 +80,7 @@ def k_sweep_figure(report: Report):
     """AUROC vs k of the k-sparse SAE probes, one panel per split, one line per SAE (its selector
     and aggregation: the configuration best on validation at the headline k), with the dense
     logistic probe best on validation as a dashed line; None if no k-sparse results."""
-    rows = [r for r in primary(report) if r.method == "k-sparse" and r.k is not None and r.auroc is not None]
+    rows = [r for r in primary(report) if info(r.method).sweeps_k and r.k is not None and r.auroc is not None]
     if not rows:
         return None
     head_k = report.diagnostics.get("headline_k") or max(r.k for r in rows)
@@ -96,7 +89,7 @@ def k_sweep_figure(report: Report):
     for r in sorted(val_at_k, key=lambda r: (r.auroc, r.features, r.selector or "")):
         chosen[r.sae] = (r.selector, r.features)  # the last (highest val AUROC) wins
     splits = [s for s in report.splits() if any(r.split == s for r in rows)]
-    dense_val = [r for r in primary(report) if r.method == "dense-logistic" and r.split == "val" and r.auroc is not None]
+    dense_val = [r for r in primary(report) if in_family(r.method, REFERENCE) and r.split == "val" and r.auroc is not None]
     best = max(dense_val, key=lambda r: r.auroc) if dense_val else None
     colours = {sae: plt.cm.tab10(i) for i, sae in enumerate(sorted(chosen))}
     fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.8), sharey=True, squeeze=False)

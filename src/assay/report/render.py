@@ -116,7 +116,7 @@ def figure_key(report: Report) -> str:
     """What decides a report's figures: the fields they read and the code that draws them."""
     from assay.provenance import code_fingerprint
 
-    return sha256_json({"inputs": figure_inputs(report), "code": code_fingerprint("assay.report.plots")})
+    return sha256_json({"inputs": figure_inputs(report), "code": code_fingerprint("assay.report.plots", "assay.probes.names")})
 
 
 def _kept_figures(out: Path, key: str) -> dict[str, bytes] | None:

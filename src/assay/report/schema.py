@@ -11,9 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from assay.probes.names import KINDS
+
 SCHEMA_VERSION = "2"
 
-MethodKind = Literal["dense", "attention", "token", "sae_sparse", "sae_reconstruction", "sae_error", "baseline", "other"]
+MethodKind = Literal[KINDS + ("other",)]  # the names table's kinds, and one for a method it does not know
 
 
 def _f(title: str, description: str, default: Any = ..., **kw: Any) -> Any:

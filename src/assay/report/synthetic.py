@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from assay.probes.names import info
 from assay.report.evaluate import SplitScores, evaluate_method
 from assay.report.published import gdm_published
 from assay.report.schema import Provenance, Report, SAEQuality
@@ -25,14 +26,15 @@ def _split(rng: np.random.Generator, n: int, sep: float, ood: bool) -> SplitScor
 
 def synthetic_report(seed: int = 0, n: int = 400, n_boot: int = 200) -> Report:
     rng = np.random.default_rng(seed)
-    methods = [("dense-logistic", "dense", "all.max", None, None, 4.0), ("diff-of-means", "dense", "all.mean", None, None, 2.5),
-               ("tfidf", "baseline", "text", None, None, 2.0), ("1-sparse", "sae_sparse", "all.max", "chat-sae", 1, 1.0)]
-    methods += [("k-sparse", "sae_sparse", "all.max", "chat-sae", k, 1.0 + np.log(k)) for k in (2, 5, 20)]
+    methods = [("dense-logistic", "all.max", None, None, 4.0), ("diff-of-means", "all.mean", None, None, 2.5),
+               ("tfidf", "text", None, None, 2.0), ("1-sparse", "all.max", "chat-sae", 1, 1.0)]
+    methods += [("k-sparse", "all.max", "chat-sae", k, 1.0 + np.log(k)) for k in (2, 5, 20)]
     results = []
-    for method, kind, feats, sae, k, sep in methods:
+    for method, feats, sae, k, sep in methods:
         splits = {"val": _split(rng, n, sep, False), "ood": _split(rng, n, sep * 0.8, True)}
-        results += evaluate_method(method, splits, features=feats, n_boot=n_boot, seed=seed, kind=kind, sae=sae, k=k,
-                                   selector="l1" if method == "k-sparse" else None, model="synthetic", layer=9,
+        m = info(method)
+        results += evaluate_method(method, splits, features=feats, n_boot=n_boot, seed=seed, kind=m.kind, sae=sae, k=k,
+                                   selector="l1" if m.sweeps_k else None, model="synthetic", layer=9,
                                    latents=list(range(k)) if k else None)
     return Report(
         title="assay report (synthetic scores)",

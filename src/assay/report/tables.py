@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from assay.report.plots import primary, row_label
+from assay.probes.names import REFERENCE, info, label
+from assay.report.plots import primary
 from assay.report.schema import Interval, MethodResult, Report
 
 
@@ -31,8 +32,8 @@ def _by_label(report: Report) -> dict[str, dict[str, MethodResult]]:
     """Primary-seed rows with intervals (the k-sweep's other k live in their own table)."""
     out: dict[str, dict[str, MethodResult]] = {}
     for r in primary(report):
-        if r.auroc_ci is not None or r.method != "k-sparse":
-            out.setdefault(row_label(r), {})[r.split] = r
+        if r.auroc_ci is not None or not info(r.method).sweeps_k:
+            out.setdefault(label(r), {})[r.split] = r
     return out
 
 
@@ -115,7 +116,7 @@ def breakdown_tables(report: Report, split: str, max_methods: int = 8) -> list[T
                 line.append("; ".join(parts) + f" (n={g.n_pos + g.n_neg})")
             body.append(line)
         tables.append(Table(
-            f"{split}: by {by}", [by] + [row_label(r) for r in rows_], body,
+            f"{split}: by {by}", [by] + [label(r) for r in rows_], body,
             "Recall for harmful groups, FPR for benign groups, at the calibrated threshold; AUROC within "
             "the group, or of the group against the other class of the split when it has one class.",
             f"table-{split}-{by}",
@@ -153,7 +154,7 @@ def family_table(report: Report) -> Table | None:
     """Each family's configuration chosen on validation, with its paired difference to the dense
     probe's on the held-out splits."""
     chosen = report.diagnostics.get("family_best") or {}
-    dense = chosen.get("dense-logistic")
+    dense = chosen.get(REFERENCE)
     if not chosen or dense is None:
         return None
     keys = ("method", "features", "sae", "k", "selector")
@@ -163,7 +164,7 @@ def family_table(report: Report) -> Table | None:
         by_split = {r.split: r for r in primary(report) if all(getattr(r, k) == ref.get(k) for k in keys)}
         if not by_split:
             continue
-        line = [fam, row_label(next(iter(by_split.values())))]
+        line = [fam, label(next(iter(by_split.values())))]
         line += [fmt_ci(by_split[s].auroc, by_split[s].auroc_ci) if s in by_split else "–" for s in splits]
         for s in ("calib", "ood"):
             c = next((c for c in report.comparisons if c.kind == "family_best" and c.split == s
@@ -187,10 +188,8 @@ def same_aggregation_tables(report: Report) -> list[Table]:
             continue
         rows: dict[str, dict[str, str]] = {}
         for c in cmp:
-            b = c.b
-            name = f"{b.method}{f' k={b.k}' if b.method == 'k-sparse' else ''}{f' ({b.selector})' if b.selector else ''} on {b.sae}"
-            rows.setdefault(name, {})[c.a.features] = (f"{c.b_auroc:.3f} ({c.diff:+.3f} [{c.ci.low:+.3f}, "
-                                                      f"{c.ci.high:+.3f}]{' *' if c.outside_noise else ''})")
+            rows.setdefault(label(c.b, features=False), {})[c.a.features] = (
+                f"{c.b_auroc:.3f} ({c.diff:+.3f} [{c.ci.low:+.3f}, {c.ci.high:+.3f}]{' *' if c.outside_noise else ''})")
         out.append(Table(
             f"{split}: SAE probes vs the dense probe on the same aggregation", ["SAE method"] + aggs,
             [[n] + [cells.get(a, "–") for a in aggs] for n, cells in rows.items()],
@@ -200,7 +199,7 @@ def same_aggregation_tables(report: Report) -> list[Table]:
 
 
 def k_sweep_table(report: Report, split: str = "ood") -> Table | None:
-    rows_ = [r for r in primary(report) if r.method == "k-sparse" and r.split == split and r.auroc is not None]
+    rows_ = [r for r in primary(report) if info(r.method).sweeps_k and r.split == split and r.auroc is not None]
     if not rows_:
         return None
     ks = sorted({r.k for r in rows_})
