@@ -43,7 +43,8 @@ def write_inputs() -> None:
 
     from assay.data import build_benchmark
     from assay.models import format_prompts
-    from assay.models.loading import DEFAULT_MODEL, _resolve
+    from assay.models.loading import DEFAULT_MODEL
+    from assay.models.resolve import _resolve
 
     source, _ = _resolve(DEFAULT_MODEL, None)
     CONFIG.write_text(json.dumps(json.loads((Path(source) / "config.json").read_text()), indent=1) + "\n")

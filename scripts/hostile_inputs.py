@@ -94,7 +94,8 @@ class Fixtures:
         import torch
         from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-        from assay.models.loading import DEFAULT_MODEL, _resolve
+        from assay.models.loading import DEFAULT_MODEL
+        from assay.models.resolve import _resolve
 
         self.root.mkdir(parents=True, exist_ok=True)
         tok = AutoTokenizer.from_pretrained(_resolve(DEFAULT_MODEL, None)[0])

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from assay.models.loading import DEFAULT_MODEL, LoadedModel, _resolve
+from assay.models.loading import DEFAULT_MODEL, LoadedModel
+from assay.models.resolve import _resolve
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,8 @@ import assay.models
 from assay import distributed
 from assay.experiment import SAESpec, StudyConfig
 from assay.experiment.study_saes import run_study_saes
-from assay.models.loading import DEFAULT_MODEL, _resolve
+from assay.models.loading import DEFAULT_MODEL
+from assay.models.resolve import _resolve
 from conftest import tiny_gemma3
 
 

@@ -9,7 +9,9 @@ from collections import Counter
 import pytest
 
 from assay.data import build_benchmark, donotanswer, load_dataset, sources
-from assay.data.benchmark import GROUPS, donotanswer_requests, harmful_near_pairs, request_texts, sharegpt_requests
+from assay.data.benchmark import GROUPS
+from assay.data.benchmark_requests import donotanswer_requests, request_texts, sharegpt_requests
+from assay.data.benchmark_splits import harmful_near_pairs
 from assay.data.dataset import Dataset, Example, fingerprint, read_jsonl_examples, write_jsonl_examples
 from assay.data.jailbreaks import UNFILLED_PLACEHOLDER, families, families_for, fill_template
 from assay.data.normalize import normalize_text

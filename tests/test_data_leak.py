@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from assay.data import benchmark
-from assay.data.benchmark import build_examples, donotanswer_requests, harmful_requests, request_texts
+from assay.data import benchmark_splits
+from assay.data.benchmark import build_examples
+from assay.data.benchmark_requests import donotanswer_requests, harmful_requests, request_texts
 from assay.data.dataset import Dataset
 from assay.data.splits import near_duplicate_pairs
 
@@ -101,9 +102,9 @@ def test_leak_measure_flags_the_old_bigram_only_clustering(monkeypatch):
     def by_split(hs) -> dict[str, list[str]]:
         return {s: [r.text for r in reqs] for s, reqs in hs.by_split.items()}
 
-    new = tfidf_cross_split_pairs(by_split(benchmark.split_harmful(harmful, dna, seed)), fit_on=_harmful_reference())
-    monkeypatch.setattr(benchmark, "harmful_near_pairs", lambda texts: near_duplicate_pairs(texts, 0.5, ks=(2,)))
-    old = tfidf_cross_split_pairs(by_split(benchmark.split_harmful(harmful, dna, seed)), fit_on=_harmful_reference())
+    new = tfidf_cross_split_pairs(by_split(benchmark_splits.split_harmful(harmful, dna, seed)), fit_on=_harmful_reference())
+    monkeypatch.setattr(benchmark_splits, "harmful_near_pairs", lambda texts: near_duplicate_pairs(texts, 0.5, ks=(2,)))
+    old = tfidf_cross_split_pairs(by_split(benchmark_splits.split_harmful(harmful, dna, seed)), fit_on=_harmful_reference())
     assert not new, new[:5]
     assert len(old) >= 30, old[:5]
     assert any("insider trading" in p[2] and "insider trading" in p[4] for p in old)

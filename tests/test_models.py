@@ -149,23 +149,23 @@ def test_weights_digest_covers_the_whole_file_and_is_cached(tmp_path, monkeypatc
     stale activations. Every byte counts now, and an unchanged file is not read twice."""
     import os
 
-    import assay.models.loading as loading
+    import assay.models.fingerprints as fingerprints
 
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
     d = tmp_path / "m"
     d.mkdir()
     (d / "config.json").write_text("{}")
     (d / "model.safetensors").write_bytes(os.urandom(5 << 20))
-    first = loading._weights_digest(d)
+    first = fingerprints._weights_digest(d)
     reads = []
-    monkeypatch.setattr(loading, "sha256_file", lambda p: reads.append(p) or "x")
-    assert loading._weights_digest(d) == first and reads == []  # served from the digest cache
+    monkeypatch.setattr(fingerprints, "sha256_file", lambda p: reads.append(p) or "x")
+    assert fingerprints._weights_digest(d) == first and reads == []  # served from the digest cache
     monkeypatch.undo()
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
     _middle_edit(d / "model.safetensors")
-    assert loading._weights_digest(d) != first
+    assert fingerprints._weights_digest(d) != first
     (tmp_path / "cache" / "file-digests.json").write_text("{garbage")  # a corrupt digest cache is ignored
-    assert loading._weights_digest(d) != first
+    assert fingerprints._weights_digest(d) != first
 
 
 class _FakeTokenizer:
@@ -178,7 +178,7 @@ def test_damaged_dequantised_copy_is_found_and_converted_again(tiny, tmp_path, m
     """The dequantised copy of a GGUF was never checked: damaged weights gave wrong activations
     under the usual key. Now its files are checked against the sha256 recorded at conversion, a
     damaged copy is converted again, and the key follows the verified files."""
-    import assay.models.loading as loading
+    from assay.models import dequantise, resolve
 
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
     gguf, sha = tmp_path / "x.gguf", "ab" * 32
@@ -190,18 +190,18 @@ def test_damaged_dequantised_copy_is_found_and_converted_again(tiny, tmp_path, m
 
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", convert)
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: _FakeTokenizer())
-    out, fp = loading._from_gguf("x", gguf, sha)
-    assert len(converted) == 1 and loading.verify_saved(Path(out)) == []
-    assert loading._from_gguf("x", gguf, sha) == (out, fp) and len(converted) == 1  # intact: reused
+    out, fp = resolve._from_gguf("x", gguf, sha)
+    assert len(converted) == 1 and dequantise.verify_saved(Path(out)) == []
+    assert resolve._from_gguf("x", gguf, sha) == (out, fp) and len(converted) == 1  # intact: reused
     _middle_edit(Path(out) / "model.safetensors")
-    assert loading.verify_saved(Path(out)) == ["model.safetensors"]
-    assert loading._from_gguf("x", gguf, sha) == (out, fp) and len(converted) == 2  # rebuilt, same content
-    assert loading.verify_saved(Path(out)) == []
+    assert dequantise.verify_saved(Path(out)) == ["model.safetensors"]
+    assert resolve._from_gguf("x", gguf, sha) == (out, fp) and len(converted) == 2  # rebuilt, same content
+    assert dequantise.verify_saved(Path(out)) == []
     # a copy whose verified files differ (another converter, a repaired bad one) gets another key
     (Path(out) / "model.safetensors").unlink()
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained",
                         lambda *a, **k: converted.append(1) or tiny_gemma3(tiny.tokenizer, seed=1).model)
-    out2, fp2 = loading._from_gguf("x", gguf, sha)
+    out2, fp2 = resolve._from_gguf("x", gguf, sha)
     assert len(converted) == 3 and out2 == out and fp2["weights_sha256"] == sha
     assert fp2["dequantised_sha256"] != fp["dequantised_sha256"]
 
@@ -210,7 +210,7 @@ def test_a_conversion_finished_by_another_process_meanwhile_is_kept(tiny, tmp_pa
     """Two torchrun ranks on an empty cache both convert the GGUF. The one that finishes second keeps
     the first one's copy instead of deleting it while the first reads it (a CI run caught a rank
     reading `assay-complete.json` from the folder the other had just removed)."""
-    import assay.models.loading as loading
+    import assay.models.dequantise as dequantise
 
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
     gguf, sha = tmp_path / "x.gguf", "ab" * 32
@@ -220,32 +220,32 @@ def test_a_conversion_finished_by_another_process_meanwhile_is_kept(tiny, tmp_pa
     def convert(*a, **k):  # while this process converts, another one finishes the same conversion
         if not first:
             first["started"] = True
-            first["out"] = loading._dequantised(gguf, sha)
+            first["out"] = dequantise._dequantised(gguf, sha)
             first["inode"] = (first["out"] / "assay-complete.json").stat().st_ino
         return copy.deepcopy(tiny.model)
 
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", convert)
-    out = loading._dequantised(gguf, sha)
+    out = dequantise._dequantised(gguf, sha)
     assert out == first["out"] and (out / "assay-complete.json").stat().st_ino == first["inode"]
-    assert loading.verify_saved(out) == [] and not list(out.parent.glob("*.tmp*"))
+    assert dequantise.verify_saved(out) == [] and not list(out.parent.glob("*.tmp*"))
 
 
 def test_copy_from_before_checksums_is_converted_again(tmp_path):
-    import assay.models.loading as loading
+    import assay.models.dequantise as dequantise
     from assay.fileio import write_json
 
     write_json(tmp_path / "assay-complete.json", {"gguf": "x.gguf", "gguf_sha256": "ab" * 32})
-    assert loading.verify_saved(tmp_path) != []
+    assert dequantise.verify_saved(tmp_path) != []
     (tmp_path / "assay-complete.json").write_text("{torn")
-    assert loading.verify_saved(tmp_path) != []
+    assert dequantise.verify_saved(tmp_path) != []
 
 
 def test_unreachable_hub_id_fails_fast(monkeypatch):
     import time
 
-    import assay.models.loading as loading
+    import assay.models.resolve as resolve
 
-    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(resolve, "_hub_reachable", lambda timeout=3.0: False)
     t0 = time.perf_counter()
     with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache and the Hub cannot be reached"):
         load("some-org/some-model-that-is-not-cached")
@@ -335,14 +335,14 @@ def test_damaged_bundled_package_is_a_clear_error(monkeypatch, tmp_path):
     import sys
     import types
 
-    import assay.models.loading as loading
+    import assay.models.bundled as bundled
 
     def assemble(target, overwrite=False):
         raise ValueError("Assembled file sha256 did not match expected value")
 
     fake = types.SimpleNamespace(MODEL_NAME="m.gguf", EXPECTED_SHA256="0" * 64, assemble=assemble)
     monkeypatch.setitem(sys.modules, "fake_bundled_pkg", fake)
-    monkeypatch.setitem(loading._BUNDLED, "fake-model", "fake_bundled_pkg")
+    monkeypatch.setitem(bundled._BUNDLED, "fake-model", "fake_bundled_pkg")
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))
     with pytest.raises(ModelLoadError, match="force-reinstall fake-bundled-pkg"):
         load("fake-model")
@@ -355,7 +355,7 @@ def test_bundled_gguf_is_checked_without_rereading_it_and_reassembled_when_damag
     import sys
     import types
 
-    import assay.models.loading as loading
+    import assay.models.bundled as bundled
 
     content, calls = b"GGUF and some weights", []
 
@@ -367,30 +367,30 @@ def test_bundled_gguf_is_checked_without_rereading_it_and_reassembled_when_damag
     fake = types.SimpleNamespace(MODEL_NAME="m.gguf", EXPECTED_SHA256=hashlib.sha256(content).hexdigest(),
                                  assemble=assemble, verify_chunks=lambda: None)
     monkeypatch.setitem(sys.modules, "fake_bundled_pkg", fake)
-    monkeypatch.setitem(loading._BUNDLED, "fake-model", "fake_bundled_pkg")
+    monkeypatch.setitem(bundled._BUNDLED, "fake-model", "fake_bundled_pkg")
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))
-    path, sha = loading._bundled_gguf("fake-model")
+    path, sha = bundled._bundled_gguf("fake-model")
     assert path.read_bytes() == content and sha == fake.EXPECTED_SHA256 and len(calls) == 1
-    assert loading._bundled_gguf("fake-model") == (path, sha) and len(calls) == 1
+    assert bundled._bundled_gguf("fake-model") == (path, sha) and len(calls) == 1
     path.write_bytes(b"GGUF and other weights")
-    assert loading._bundled_gguf("fake-model") == (path, sha) and len(calls) == 2
+    assert bundled._bundled_gguf("fake-model") == (path, sha) and len(calls) == 2
     assert path.read_bytes() == content
 
 
 def test_hub_check_is_offline_aware(monkeypatch):
     import socket
 
-    import assay.models.loading as loading
+    import assay.models.resolve as resolve
 
     def no_network(*a, **k):
         raise AssertionError("must not touch the network")
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert loading._hub_reachable() is False
+    assert resolve._hub_reachable() is False
     # a cached id with no Hub loads from the cache alone instead of retrying the network
-    monkeypatch.setattr(loading, "_hub_cached", lambda name, revision: True)
-    assert loading._resolve("some-org/cached-model", None)[1]["_offline"] is True
+    monkeypatch.setattr(resolve, "_hub_cached", lambda name, revision: True)
+    assert resolve._resolve("some-org/cached-model", None)[1]["_offline"] is True
 
 
 def test_layer_peek_leaves_a_contradictory_config_to_load(tmp_path):
@@ -460,7 +460,7 @@ def test_processes_that_assemble_the_bundled_model_at_once_all_get_it_whole(monk
     from concurrent.futures import ThreadPoolExecutor
 
     from assay.fileio import sha256_file
-    from assay.models.loading import DEFAULT_MODEL, _bundled_gguf
+    from assay.models.bundled import DEFAULT_MODEL, _bundled_gguf
 
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path))
     with ThreadPoolExecutor(3) as pool:
@@ -527,14 +527,14 @@ def test_the_study_converts_the_model_in_another_process_while_its_data_builds(t
     from assay.errors import InputError
     from assay.experiment import StudyConfig
     from assay.experiment.study import Study
-    from assay.models import loading
+    from assay.models import background
     from conftest import toy_benchmark
 
     events = tmp_path / "events.txt"
     monkeypatch.setenv("EVENTS", str(events))
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))  # the bundled model not converted yet
     # the child as the real one is started, doing a slow stand-in for the conversion
-    monkeypatch.setattr(loading.BackgroundConversion, "_CHILD",
+    monkeypatch.setattr(background.BackgroundConversion, "_CHILD",
                         "import os, sys, time\n"
                         "log = lambda s: open(os.environ['EVENTS'], 'a').write(s + '\\n')\n"
                         "log(f'convert {sys.argv[1]} {os.getpid()}')\n"
@@ -563,7 +563,7 @@ def test_the_study_converts_the_model_in_another_process_while_its_data_builds(t
     real_data = assay.data.load_or_build
     monkeypatch.setattr("assay.data.load_or_build", data)
     monkeypatch.setattr("assay.models.load", load)
-    assert loading.convert_in_background(str(tmp_path)) is None  # a model directory: nothing to convert
+    assert background.convert_in_background(str(tmp_path)) is None  # a model directory: nothing to convert
     cfg = StudyConfig(model="gemma-3-270m", data=str(toy_benchmark(tmp_path)), layer=1, layer_sweep=False)
     study = Study(cfg, tmp_path / "out", progress=False)
     started = time.monotonic()
@@ -581,7 +581,7 @@ def test_the_study_converts_the_model_in_another_process_while_its_data_builds(t
 
 def test_an_interrupted_conversion_leaves_no_partial_copy(tmp_path, monkeypatch):
     """What a cancelled background conversion does in its process: the half-written copy goes."""
-    from assay.models import loading
+    from assay.models import dequantise
 
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
 
@@ -590,9 +590,9 @@ def test_an_interrupted_conversion_leaves_no_partial_copy(tmp_path, monkeypatch)
         (tmp / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loading, "_convert_gguf", interrupted)
+    monkeypatch.setattr(dequantise, "_convert_gguf", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        loading._dequantised(tmp_path / "m.gguf", "ab" * 32)
+        dequantise._dequantised(tmp_path / "m.gguf", "ab" * 32)
     assert list((tmp_path / "cache" / "models").iterdir()) == []
 
 
@@ -606,11 +606,11 @@ def test_a_copy_left_by_a_killed_conversion_is_removed_and_one_being_written_is_
     import sys
     import time
 
-    from assay.models import loading
+    from assay.models import dequantise
 
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cache"))
-    out = loading._dequantised_dir("ab" * 32)
-    writer = ("import sys, time; from pathlib import Path; from assay.models.loading import _held\n"
+    out = dequantise._dequantised_dir("ab" * 32)
+    writer = ("import sys, time; from pathlib import Path; from assay.models.dequantise import _held\n"
               "with _held(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)")
     writers = {}
     try:
@@ -623,8 +623,8 @@ def test_a_copy_left_by_a_killed_conversion_is_removed_and_one_being_written_is_
         writers["killed"].send_signal(signal.SIGKILL)
         writers["killed"].wait()
         out.with_name(f"{out.name}.tmp-new").mkdir()  # as if between another writer's mkdir and its lock
-        monkeypatch.setattr(loading, "_convert_gguf", lambda gguf, sha, tmp: (tmp / "model.safetensors").write_bytes(b"x"))
-        assert loading._dequantised(tmp_path / "m.gguf", "ab" * 32) == out
+        monkeypatch.setattr(dequantise, "_convert_gguf", lambda gguf, sha, tmp: (tmp / "model.safetensors").write_bytes(b"x"))
+        assert dequantise._dequantised(tmp_path / "m.gguf", "ab" * 32) == out
         assert sorted(p.name for p in out.parent.iterdir()) == [out.name, f"{out.name}.tmp-alive", f"{out.name}.tmp-new"]
     finally:
         for w in writers.values():
@@ -637,12 +637,12 @@ def test_a_failed_background_conversion_says_why_and_load_meets_the_error_itself
     fails, `wait()` is False and warns with the child's own error, and `load` raises it clearly."""
     import logging
 
-    from assay.models import loading
+    from assay.models import background
 
     bad = tmp_path / "magic.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
-    conversion = loading.convert_in_background(str(bad))
-    with caplog.at_level(logging.WARNING, logger="assay.models.loading"):
+    conversion = background.convert_in_background(str(bad))
+    with caplog.at_level(logging.WARNING, logger="assay.models.background"):
         assert conversion.wait() is False and conversion.wait() is False
     assert "background process failed" in caplog.text and "could not convert GGUF file" in caplog.text
     with pytest.raises(ModelLoadError, match="could not convert GGUF file"):
@@ -653,21 +653,21 @@ def test_only_a_model_not_yet_converted_gets_a_background_conversion(bundled_dir
     """A warm cache starts no child (a cached rerun would pay its imports); a cold cache, a new GGUF
     file or a damaged copy does; a model directory, a missing file and a hub id never do."""
     from assay.fileio import write_json
-    from assay.models import loading
+    from assay.models import background, fingerprints
     from assay.models.loading import DEFAULT_MODEL
 
-    assert loading.convert_in_background(DEFAULT_MODEL) is None  # `bundled_dir` converted it
+    assert background.convert_in_background(DEFAULT_MODEL) is None  # `bundled_dir` converted it
     monkeypatch.setenv("ASSAY_CACHE", str(tmp_path / "cold"))
-    assert loading._needs_conversion(DEFAULT_MODEL)
+    assert background._needs_conversion(DEFAULT_MODEL)
     gguf = tmp_path / "x.gguf"
     gguf.write_bytes(b"GGUF" + b"\x00" * 64)
-    assert loading._needs_conversion(str(gguf))
-    out = tmp_path / "cold" / "models" / loading.file_digest(gguf)[:16]
+    assert background._needs_conversion(str(gguf))
+    out = tmp_path / "cold" / "models" / fingerprints.file_digest(gguf)[:16]
     out.mkdir(parents=True)
     (out / "config.json").write_text("{}")
-    write_json(out / "assay-complete.json", {"files_sha256": {"config.json": loading.file_digest(out / "config.json")}})
-    assert not loading._needs_conversion(str(gguf))
+    write_json(out / "assay-complete.json", {"files_sha256": {"config.json": fingerprints.file_digest(out / "config.json")}})
+    assert not background._needs_conversion(str(gguf))
     (out / "config.json").write_text('{"damaged": 1}')
-    assert loading._needs_conversion(str(gguf))
+    assert background._needs_conversion(str(gguf))
     for name in (bundled_dir, str(tmp_path / "missing.gguf"), "google/gemma-3-270m"):
-        assert not loading._needs_conversion(name)
+        assert not background._needs_conversion(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from assay.data import build_benchmark, sources
-from assay.data.benchmark import sharegpt_requests
+from assay.data.benchmark_requests import sharegpt_requests
 from assay.data.normalize import normalize_text
 from assay.sae.corpus import render_conversation, training_texts
 

@@ -42,7 +42,7 @@ def request_token_masks(ds: Any, tokenizer: Any) -> list[np.ndarray]:
     out = [np.ones(len(ids), dtype=bool) for ids in enc["input_ids"]]
     if not wrapped:
         return out
-    from assay.data.benchmark import request_texts
+    from assay.data.benchmark_requests import request_texts
     from assay.data.dataset import Dataset
 
     requests = request_texts(Dataset([ds.examples[i] for i in wrapped]))

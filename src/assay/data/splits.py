@@ -9,7 +9,7 @@ Near-duplication is a union of rules, each catching what the others miss: Jaccar
 content-word *bigrams* (word order: "hack into a database" vs "database to hack into" differs),
 of content-word *unigrams* (reworded templates: "Provide a tutorial on X" / "Write a guide to X"),
 and, for harmful requests, cosine similarity of sentence embeddings (paraphrase with other words:
-"build a bomb" / "construct an explosive device"); see `benchmark.py`. Two requests are one
+"build a bomb" / "construct an explosive device"); see `benchmark_splits.py`. Two requests are one
 behaviour when any rule links them, transitively (connected components).
 """
 

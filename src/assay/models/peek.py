@@ -10,7 +10,10 @@ from assay.errors import InputError
 def n_layers(name: str, revision: str | None = None) -> int | None:
     """Decoder blocks of model `name` from its config.json, or None where that is not cheap to read
     (a GGUF file not yet converted, a Hub id not in the local cache): `load` then checks."""
-    from assay.models.loading import _BUNDLED, _load_errors, _resolve, config_file_fields
+    from assay.models.bundled import _BUNDLED
+    from assay.models.load_errors import _load_errors
+    from assay.models.loaded_model import config_file_fields
+    from assay.models.resolve import _resolve
 
     path = Path(name).expanduser()
     if name in _BUNDLED:
