@@ -1,6 +1,6 @@
 """The study's SAE recipe held to a known answer: on activations built from a planted dictionary,
 with a massive-activation dimension and residual-stream-sized norms like Gemma 3's, the recipe the
-full preset trains with (`assay.experiment.saes.recipe`) recovers the dictionary and reconstructs
+full preset trains with (`assay.sae.recipe.train_config`) recovers the dictionary and reconstructs
 held-out tokens. A recipe change that breaks convergence fails here, not only in a reviewer's eye
 on a curve: the same check is shown to fail when the input normalisation is folded into the saved
 weights the wrong way round.
@@ -12,9 +12,9 @@ the bounds below leave room for that, not for a broken recipe."""
 import pytest
 
 from assay.experiment.config import StudyConfig
-from assay.experiment.saes import recipe
 from assay.sae.base import build_sae
 from assay.sae.metrics import reconstruction_stats
+from assay.sae.recipe import train_config
 from assay.sae.synthetic import PlantedDictionary, max_cosine
 from assay.sae.trainer import Trainer
 
@@ -32,7 +32,8 @@ def _known_answer() -> tuple[float, float]:
     """Train with the full preset's recipe; (held-out FVU, mean best cosine of each planted feature
     with a decoder row) of the SAE as saved."""
     spec = StudyConfig.preset_config("full").sae.model_copy(update={"epochs": 1})
-    cfg = recipe(spec, n_tokens=500 * spec.batch_size, seed=0)
+    cfg = train_config(500 * spec.batch_size, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=0,
+                       curve_points=spec.curve_points)
     data = PlantedDictionary(**DATA)
     trainer = Trainer({"sae": build_sae(spec.arch, d_in=32, d_sae=128, k=3)}, cfg)
     trainer.fit(data.stream(cfg.total_tokens, chunk=4096))

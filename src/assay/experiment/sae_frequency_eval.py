@@ -28,7 +28,8 @@ def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names:
     from assay.provenance import code_fingerprint
     from assay.sae.corpus import held_out_texts, training_texts
     from assay.sae.io import load_sae
-    from assay.sae.metrics import DENSE_FREQ, ce_recovered, reconstruction_stats, text_batches
+    from assay.sae.metrics import DENSE_FREQ, text_batches
+    from assay.sae.recipe import evaluate_saes, outlier_dims_of
 
     key = sha256_json([cfg.eval_tokens, cfg.ce_texts, cfg.ce_max_tokens, cfg.max_tokens, cfg.seed,
                        code_fingerprint(*EVAL_CODE)])[:10]
@@ -49,19 +50,20 @@ def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names:
                    aggregations=("all.mean",), store_tokens=True, chat=False, max_tokens=cfg.max_tokens,
                    progress=progress)
     tokens = [c.to(lm.device) for c in acts.iter_tokens(layer, 8192, mask="all")]
-    # FVU is also reported without the few massive-activation dimensions, which can hold most of
-    # a residual stream's variance (as the study's SAE quality does).
-    outliers = torch.cat(tokens).double().var(0).argsort(descending=True)[:N_OUTLIER_DIMS].tolist()
+    outliers = outlier_dims_of(tokens)  # FVU also without them, as the study's SAE quality reports it
+    saes = {name: load_sae(names[name], device=str(lm.device)).eval() for name, _, _ in sweep(cfg)}
+    log.info("LM loss with %d reconstructions spliced in, on %d held-out documents", len(saes), len(ce_src))
+    records = evaluate_saes(saes, tokens, outlier_dims=outliers, lm=lm, layer=layer, seed=cfg.seed,
+                            ce_batches=list(text_batches(lm.tokenizer, ce_src, cfg.ce_max_tokens, 8, lm.device)))
     controls = read_json(root / "l0_control.json")
-    rows, freqs, saes, fired = [], {}, {}, {}
+    rows, freqs, fired = [], {}, {}
     for (name, v, target) in sweep(cfg):
-        sae = load_sae(names[name], device=str(lm.device)).eval()
-        stats = reconstruction_stats(sae, tokens, outlier_dims=outliers)
+        stats = records[name]
         freqs[name] = stats.pop("freq")
-        fired[name] = block_firing(sae, tokens)
+        fired[name] = block_firing(saes[name], tokens)
         l0 = stats["l0"]
         control = controls.get(name, {})
-        rows.append({
+        rows.append({  # `architecture` and `d_sae` here hold their place in the row; `stats` has them too
             "sae": name, "variant": v.name, "label": v.label, "architecture": v.arch, "omega_0": v.omega_0,
             "target_l0": target, "l0_relative_error": l0 / target - 1, "l0_matched": abs(l0 / target - 1) <= TOLERANCE,
             "coefficient_name": {"gated": "l1_coefficient", "topk": "k"}.get(v.arch, "l0_coefficient"),
@@ -69,12 +71,6 @@ def evaluate_sweep(lm: Any, layer: int, cfg: FrequencyConfig, root: Path, names:
             "initial_coefficient": control.get("initial_coefficient"),
             "dense_share": stats["dense"] / cfg.width, "dense_freq": DENSE_FREQ, "d_sae": cfg.width,
             "path": str(names[name]), "outlier_dims": outliers, **stats})
-        saes[name] = sae
-    texts_batches = list(text_batches(lm.tokenizer, ce_src, cfg.ce_max_tokens, 8, lm.device))
-    log.info("LM loss with %d reconstructions spliced in, on %d held-out documents", len(saes), len(ce_src))
-    ce = ce_recovered(lm, saes, layer, texts_batches, seed=cfg.seed)
-    for row in rows:
-        row.update(ce[row["sae"]])
     n = sum(len(t) for t in tokens)
     blocks = {"fired": fired, "block_tokens": torch.tensor([min(BLOCK_TOKENS, n - s) for s in range(0, n, BLOCK_TOKENS)])}
     write_json(cache, {"rows": rows})
@@ -98,8 +94,8 @@ def block_firing(sae: Any, tokens: list[torch.Tensor]) -> torch.Tensor:
 
 # The code whose numbers the cache holds (the SAEs' own code keys the sweep's directory): an edit to
 # any of it measures again, so a report never shows numbers an older version computed.
-EVAL_CODE = ("assay.experiment.sae_frequency_eval", "assay.experiment.sae_frequency_match", "assay.sae.metrics")
-N_OUTLIER_DIMS = 8
+EVAL_CODE = ("assay.experiment.sae_frequency_eval", "assay.experiment.sae_frequency_match", "assay.sae.metrics",
+             "assay.sae.recipe")
 
 
 def with_atomic_torch_save(obj: Any, path: Path) -> None:

@@ -21,13 +21,12 @@ import torch
 
 from assay.errors import InputError
 from assay.fileio import sha256_json
-from assay.runtime import search_dtype_for
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 0.10  # |L0 / target - 1| within which an SAE counts as matched
 CODE = ("assay.sae.base", "assay.sae.trainer", "assay.sae.buffer", "assay.sae.sparse", "assay.sae.architectures",
-        "assay.sae.io", "assay.sae.calibrate", "assay.experiment.sae_frequency_train")
+        "assay.sae.io", "assay.sae.calibrate", "assay.sae.recipe", "assay.experiment.sae_frequency_train")
 
 
 @dataclass(frozen=True)
@@ -143,8 +142,7 @@ def train_sweep(lm: Any, layer: int, cfg: FrequencyConfig, progress: bool = True
     from assay.sae.base import build_sae, sparsity_kwargs
     from assay.sae.calibrate import CalibratingTrainer, L0Controller, start_near_target_
     from assay.sae.corpus import training_texts
-    from assay.sae.recipe import sae_metadata
-    from assay.sae.trainer import TrainConfig
+    from assay.sae.recipe import sae_metadata, train_config
 
     texts = training_texts(cfg.corpus, lm, cfg.train_tokens, cfg.max_tokens, cfg.seed)
     train_fields = {k: v for k, v in asdict(cfg).items() if k not in ("preset", "eval_tokens", "ce_texts",
@@ -173,13 +171,12 @@ def train_sweep(lm: Any, layer: int, cfg: FrequencyConfig, progress: bool = True
     stream = (chunk.to(lm.device) for epoch in range(cfg.epochs)
               for chunk in acts.iter_tokens(layer, 8192, mask="all", shuffle_seed=1000 * cfg.seed + epoch))
     n_tokens = sum(len(c) for c in acts.iter_tokens(layer, 1 << 16, mask="all"))
-    train_cfg = TrainConfig(total_tokens=n_tokens * cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                            progress=progress, buffer_tokens=1 << 15,
-                            search_dtype=search_dtype_for(lm.dtype))
     # About ten checkpoints a run: each writes every SAE of the sweep with its Adam state (at every 25
     # steps, the old demo preset's 15 SAEs x 937 small steps spent about 15% of this stage, 11% of the
-    # whole command, writing 37 of them).
-    train_cfg = replace(train_cfg, checkpoint_every=max(25, train_cfg.total_steps // 10))
+    # whole command, writing 37 of them). A fixed 100-step warm-up, as the committed sweeps trained.
+    train_cfg = train_config(n_tokens, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                             lm_dtype=lm.dtype, warmup=100, checkpoint_every=(10, 25), progress=progress,
+                             buffer_tokens=1 << 15)
     controller = L0Controller(saes, targets, train_cfg.total_steps, control_fraction=cfg.control_fraction)
     meta = sae_metadata(lm, layer, cfg.corpus, cfg.max_tokens, experiment="sae-frequency", seed=cfg.seed)
     log.info("training %d SAEs (%d latents) on %d %s tokens x %d epochs into %s", len(saes), cfg.width,

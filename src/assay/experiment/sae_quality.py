@@ -35,52 +35,47 @@ def sae_quality(lm: LoadedModel, cfg: StudyConfig, paths: dict[tuple[str, int], 
     record says which run computed it."""
     from assay.provenance import code_fingerprint, git_commit
     from assay.sae.io import load_sae
-    from assay.sae.metrics import ce_recovered
-    from assay.sae.recipe import evaluate_sae
+    from assay.sae.recipe import evaluate_saes, outlier_dims_of
 
     spec = cfg.sae
-    var = _dim_variance(val_tokens)
-    outliers = torch.argsort(var, descending=True)[:N_OUTLIER_DIMS]
+    outliers = outlier_dims_of(val_tokens)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    todo_ce: dict[tuple[str, int], dict[str, Any]] = {}
+    todo: dict[tuple[str, int], Path] = {}  # those to measure: their record's file
     for (name, seed), path in paths.items():
         key = sha256_json([cfg.preset, cfg.seed, cfg.layer, spec.eval_texts, spec.eval_max_tokens, val_key,
                            sum(len(t) for t in val_tokens), seed == cfg.seed, code_fingerprint(*QUALITY_CODE)])[:10]
         cache = path / f"study-quality-{key}.json"
         if cache.exists():
             rows[(name, seed)] = read_json(cache)
-            continue
-        sae = load_sae(path, device=str(lm.device))
-        stats = evaluate_sae(sae, val_tokens, path / "freq_hist.png", f"{name} (seed {seed}): latent firing frequency",
-                             outlier_dims=outliers)
-        training = read_json(path / "training.json")
-        stats.update(sae=name, seed=seed, corpus=by_name(name).corpus, path=str(path),
-                     dead_in_training=(training.get("dead_in_training") or {}).get(name),
-                     training_tokens=training.get("tokens"), outlier_dims=outliers.tolist(),
-                     computed_by={"git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                  "unix": time.time()})
-        rows[(name, seed)] = stats
-        todo_ce[(name, seed)] = {"sae": sae, "cache": cache}
+        else:
+            todo[(name, seed)] = cache
     for corpus in ("pretrain", "chat"):
-        names = [k for k in todo_ce if by_name(k[0]).corpus == corpus]
+        names = [k for k in todo if by_name(k[0]).corpus == corpus]
         if not names:
             continue
-        fns = {}
-        for name, seed in names:
-            fns[f"{name}@{seed}"] = todo_ce[(name, seed)]["sae"]
-            if name == "pretrain" and seed == cfg.seed:  # the control for the error's size: one SAE is enough to tell
-                fns["random"] = _matched_noise(fns[f"{name}@{seed}"], seed=cfg.seed)
+        saes = {f"{n}@{s}": load_sae(paths[(n, s)], device=str(lm.device)) for n, s in names}
+        plots = {f"{n}@{s}": (paths[(n, s)] / "freq_hist.png", f"{n} (seed {s}): latent firing frequency")
+                 for n, s in names}
+        first = saes.get(f"pretrain@{cfg.seed}")  # the control for the error's size: one SAE is enough to tell
         batches = held_out_batches(lm, cfg, corpus, exclude)
-        log.info("LM loss with %d reconstructions spliced in, on %d held-out %s documents", len(fns),
+        log.info("LM loss with %d reconstructions spliced in, on %d held-out %s documents", len(saes),
                  sum(len(b[0]) for b in batches), corpus)
-        ce = ce_recovered(lm, fns, cfg.layer, batches, seed=cfg.seed)
+        records = evaluate_saes(
+            saes, val_tokens, plots, outlier_dims=outliers, lm=lm, layer=cfg.layer, ce_batches=batches, seed=cfg.seed,
+            controls={"random": _matched_noise(first, seed=cfg.seed)} if first is not None else None)
         for name, seed in names:
-            stats = rows[(name, seed)]
-            stats.update(ce[f"{name}@{seed}"])
+            training = read_json(paths[(name, seed)] / "training.json")
+            stats = rows[(name, seed)] = records[f"{name}@{seed}"]
+            stats.update(sae=name, seed=seed, corpus=corpus, path=str(paths[(name, seed)]),
+                         dead_in_training=(training.get("dead_in_training") or {}).get(name),
+                         training_tokens=training.get("tokens"), outlier_dims=outliers,
+                         computed_by={"git_commit": git_commit(),
+                                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                      "unix": time.time()})
             if name == "pretrain" and seed == cfg.seed:
-                stats["random_same_norm_delta_lm_loss"] = ce["random"]["delta_lm_loss"]
+                stats["random_same_norm_delta_lm_loss"] = records["random"]["delta_lm_loss"]
             stats["meets_bar"] = meets_bar(stats)
-            write_json(todo_ce[(name, seed)]["cache"], stats)
+            write_json(todo[(name, seed)], stats)
     return [rows[k] for k in paths]
 
 
@@ -138,12 +133,12 @@ def held_out_lm_loss(lm: LoadedModel, cfg: StudyConfig, corpus: str, exclude: fr
 def curve_evaluator(val_tokens: list[torch.Tensor], lm_loss: Any = None):
     """`evaluate(saes)` for `Trainer`: L0, FVU, dead and dense latents on `val_tokens`, and delta
     LM loss with each reconstruction spliced in when `lm_loss` (a `HeldOutLMLoss`) is given."""
-    from assay.sae.metrics import reconstruction_stats
+    from assay.sae.recipe import evaluate_sae
 
     def evaluate(saes: dict[str, Any]) -> dict[str, dict[str, float]]:
         out = {}
         for name, sae in saes.items():
-            st = reconstruction_stats(sae, val_tokens)
+            st = evaluate_sae(sae, val_tokens)
             out[name] = {k: st[k] for k in ("l0", "fvu", "dead", "dense")}
             if lm_loss is not None:
                 out[name]["delta_lm_loss"] = lm_loss.delta(sae)
@@ -152,16 +147,10 @@ def curve_evaluator(val_tokens: list[torch.Tensor], lm_loss: Any = None):
     return evaluate
 
 
-N_OUTLIER_DIMS = 8  # residual dimensions reported apart: Gemma's massive-activation dimensions
 # The code whose numbers a record holds, part of its key: an edit to it measures again, so a report
 # never shows numbers an older version computed. (The code that trains and loads an SAE, `evaluate_sae`
 # in `assay.sae.recipe` among it, already keys the SAE's own directory.)
 QUALITY_CODE = ("assay.experiment.sae_quality", "assay.sae.metrics")
-
-
-def _dim_variance(batches: list[torch.Tensor]) -> torch.Tensor:
-    x = torch.cat([b.double() for b in batches])
-    return x.var(0)
 
 
 def _matched_noise(sae: Any, seed: int):

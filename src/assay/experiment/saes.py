@@ -22,15 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from assay.experiment.config import SAESpec, StudyConfig
+from assay.experiment.config import StudyConfig
 from assay.fileio import sha256_json, write_json
-from assay.runtime import cache_dir, search_dtype_for
+from assay.runtime import cache_dir
 
 if TYPE_CHECKING:  # torch-free at import: the findings read the SAE names from here
     import torch
 
     from assay.models.loading import LoadedModel
-    from assay.sae.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
     `sae_quality` measures it on (so a curve's last point is the SAE's quality record)."""
     from assay.distributed import is_main
     from assay.sae.base import sparsity_kwargs
-    from assay.sae.recipe import initial_saes, sae_metadata, train_saes
+    from assay.sae.recipe import initial_saes, sae_metadata, train_config, train_saes
     from assay.experiment.sae_quality import curve_evaluator, held_out_lm_loss
     from assay.provenance import git_commit
 
@@ -160,7 +159,8 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
             meta = sae_metadata(lm, cfg.layer, sae.corpus, spec.max_tokens, study_sae=sae.name, seed=seed,
                                 finetuned_from=str(out[(sae.parent, seed)]) if sae.parent else None,
                                 excluded_benchmark_requests=len(exclude))
-            train_cfg = recipe(spec, n_tokens, seed, search_dtype_for(lm.dtype), progress)
+            train_cfg = train_config(n_tokens, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=seed,
+                                     lm_dtype=lm.dtype, curve_points=spec.curve_points, progress=progress)
             evaluate = None
             if train_cfg.eval_every_tokens and val_tokens is not None and is_main():
                 if seed == cfg.seed and sae.corpus not in lm_losses:
@@ -182,26 +182,6 @@ def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str],
                                                "unix": time.time()})
             (path / "checkpoint.pt").unlink(missing_ok=True)
     return out
-
-
-def recipe(spec: SAESpec, n_tokens: int, seed: int, search_dtype: str | None = None,
-           progress: bool = False) -> TrainConfig:
-    """How a study SAE trains on `n_tokens` unique tokens (`spec`: a `SAESpec`): `spec.epochs`
-    passes at `spec.batch_size` and `spec.lr`, warm-up and the trainer's linear decay, inputs scaled
-    to unit mean squared norm and `b_dec` started at their mean (`Trainer`), `spec.curve_points`
-    held-out evaluations (the curve; evaluation never changes the weights). `tests/test_sae_recipe.py`
-    holds it to a known answer."""
-    from assay.sae.trainer import TrainConfig
-
-    total = n_tokens * spec.epochs
-    steps = max(1, total // spec.batch_size)
-    return TrainConfig(total_tokens=total, batch_size=spec.batch_size, lr=spec.lr, seed=seed,
-                       checkpoint_every=max(50, steps // 20), progress=progress,
-                       # a finetune warms up too: Adam's first steps at the full rate, before its
-                       # moments settle, knock a converged SAE off its optimum
-                       lr_warmup_steps=min(100, max(1, steps // 10)), search_dtype=search_dtype,
-                       # the same on every rank (they wait for the main rank's evaluations)
-                       eval_every_tokens=max(spec.batch_size, total // spec.curve_points) if spec.curve_points else 0)
 
 
 def sae_provenance(paths: dict[tuple[str, int], Path], started: float) -> list[dict[str, Any]]:

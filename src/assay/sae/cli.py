@@ -102,12 +102,10 @@ def train(
     from assay.distributed import is_main, join, world_size
     from assay.models import load
     from assay.models.loading import check_layer
-    from assay.runtime import cache_dir, search_dtype_for
+    from assay.runtime import cache_dir
     from assay.sae.checks import check_sae_fits
     from assay.sae.corpus import activation_stream
-    from assay.sae.metrics import reconstruction_stats
-    from assay.sae.recipe import initial_saes, sae_metadata, train_saes
-    from assay.sae.trainer import TrainConfig
+    from assay.sae.recipe import evaluate_sae, initial_saes, sae_metadata, train_config, train_saes
 
     archs = [a.strip() for a in arch.split(",") if a.strip()]
     n_tokens = int(tokens)
@@ -143,7 +141,7 @@ def train(
             sample.append(chunk.to(lm.device))
             if sum(len(c) for c in sample) >= 65536:
                 break
-        return reconstruction_stats(sae, sample)["freq"]
+        return evaluate_sae(sae, sample)["freq"]
 
     saes = initial_saes(lm.d_model, archs, width, seed, {a: _arch_kwargs(a, k, l1, l0_coeff, omega) for a in archs}
                         if not finetune_from else {}, finetune_from=finetune_from, resample=resample,
@@ -154,11 +152,9 @@ def train(
         typer.echo(f"re-initialised {int(round(resample * next(iter(saes.values())).cfg.d_sae))} latents ({resample_how})")
     meta = sae_metadata(lm, layer, corpus, max_tokens, finetuned_from=str(finetune_from) if finetune_from else None,
                         resampled_fraction=resample, **({"activations_compiled": True} if compile_ else {}))
-    # Where the model runs in bfloat16 (`--dtype auto` picks it only where bf16 matmuls are faster),
-    # TopK SAEs shortlist each token's top k in bf16 and compute it exactly in fp32, as the study's do.
-    cfg = TrainConfig(total_tokens=n_tokens * epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      sparsity_warmup_steps=sparsity_warmup, checkpoint_every=checkpoint_every,
-                      search_dtype=search_dtype_for(lm.dtype))
+    cfg = train_config(n_tokens, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, lm_dtype=lm.dtype,
+                       warmup=100, checkpoint_every=checkpoint_every, progress=True,
+                       sparsity_warmup_steps=sparsity_warmup)
     torch.manual_seed(seed)
     trainer = train_saes(saes, stream(), out, cfg, meta, device=lm.device, resume=resume)
     if not is_main():
@@ -184,18 +180,16 @@ def evaluate(
     seed: int = typer.Option(0),
 ) -> None:
     """L0, FVU, MSE, CE loss recovered, dead/dense latents and plots; writes DIR/eval.json."""
+    from assay.errors import ConfigMismatchError
     from assay.fileio import write_json
     from assay.models import load
+    from assay.models.peek import check_layers
     from assay.provenance import provenance
-    from assay.sae.corpus import activation_stream, held_out_texts
+    from assay.sae.checks import check_sae_fits, sae_layer
+    from assay.sae.corpus import CORPORA, activation_stream, held_out_texts
     from assay.sae.io import load_sae
     from assay.sae.metrics import plot_sweep, text_batches
-    from assay.sae.recipe import evaluate_sae
-
-    from assay.errors import ConfigMismatchError
-    from assay.models.peek import check_layers
-    from assay.sae.checks import check_sae_fits, sae_layer
-    from assay.sae.corpus import CORPORA
+    from assay.sae.recipe import evaluate_saes
 
     if tokens < 1 or ce_texts < 0:
         raise typer.BadParameter(f"--tokens {tokens} must be >= 1 and --ce-texts {ce_texts} >= 0")
@@ -221,8 +215,9 @@ def evaluate(
         if ce_texts:
             ce_src = held_out_texts(corp, lm.tokenizer, ce_texts * 129, 128, seed=seed, skip=len(texts))[:ce_texts]
             ce_batches = text_batches(lm.tokenizer, ce_src, 128, 8, lm.device)
-        stats = evaluate_sae(sae, [c.to(lm.device) for c in held], d / "freq_hist.png", f"{sae.architecture} L{layer}",
-                             lm=lm, layer=layer, ce_batches=ce_batches)
+        stats = evaluate_saes({"sae": sae}, [c.to(lm.device) for c in held],
+                              {"sae": (d / "freq_hist.png", f"{sae.architecture} L{layer}")}, lm=lm, layer=layer,
+                              ce_batches=ce_batches)["sae"]
         write_json(d / "eval.json", provenance(sae=str(d), layer=layer, corpus=corp, **stats))
         typer.echo(f"{d}: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
         points.append({"arch": sae.architecture, **stats})
