@@ -307,6 +307,7 @@ class NoForward:
         self.m = monitor
         self.name, self.thresholds = monitor.name, monitor.thresholds
         self.default_threshold, self.max_tokens = monitor.default_threshold, monitor.max_tokens
+        self.token_limit = monitor.token_limit
 
     def format_texts(self, texts: list[str]) -> list[Any]:
         return self.m.format_texts(texts)

@@ -450,14 +450,15 @@ def test_two_scoring_workers_serve_the_offline_scores(built):
 
         with ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(lambda t: client.post("/v1/moderations", json={"input": t}), texts))
-        # a conversation over the bundle's limit is refused on its own (400), found when it is
+        # a conversation over the bundle's limit is refused on its own (413), found when it is
         # tokenised, before it can fail a batch it shares with others
         too_long = [{"role": "user", "content": "word " * (2 * mon.token_limit)}]
         refused = client.post("/v1/score", json={"messages": too_long})
     assert all(r.status_code == 200 for r in replies)
     served = [r.json()["results"][0]["assay"]["score"] for r in replies]
     np.testing.assert_allclose(served, offline, rtol=1e-4, atol=1e-4)
-    assert refused.status_code == 400 and "over the limit" in refused.json()["error"]["message"], refused.text
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "too_many_tokens", refused.text
+    assert f"limit of {mon.token_limit} tokens" in refused.json()["error"]["message"]
 
 
 def test_scoring_workers_options(built):

@@ -204,11 +204,12 @@ def test_generation_and_scoring_share_the_one_worker(monitor, extremes):
     """Chats, moderations and scores sent together all run on one thread, never two at once."""
     gen = Generator(monitor, max_new_tokens=N)
     seen: set[int] = set()
-    inside, overlapped = [0], [False]
+    inside, overlapped, called = [0], [False], []
 
     def exclusive(fn):
         def wrapped(*args, **kwargs):
             seen.add(threading.get_ident())
+            called.append(fn.__name__)
             inside[0] += 1
             overlapped[0] |= inside[0] > 1
             try:
@@ -219,7 +220,7 @@ def test_generation_and_scoring_share_the_one_worker(monitor, extremes):
         return wrapped
 
     spy = dataclasses.replace(monitor)
-    spy.score_texts, spy.score_messages = exclusive(monitor.score_texts), exclusive(monitor.score_messages)
+    spy.score_formatted = exclusive(monitor.score_formatted)  # what the server's scoring worker calls
     spied = dataclasses.replace(gen, monitor=spy)
     spied.stream = exclusive(gen.stream)
 
@@ -236,7 +237,7 @@ def test_generation_and_scoring_share_the_one_worker(monitor, extremes):
         responses = asyncio.run(fire(url))
     assert [r.status_code for r in responses] == [200] * 4
     assert responses[2].text.rstrip().endswith("data: [DONE]")
-    assert len(seen) == 1 and not overlapped[0]
+    assert len(seen) == 1 and not overlapped[0] and {"score_formatted", "stream"} <= set(called)
 
 
 def test_cli_serve_generate(monitor, monkeypatch):

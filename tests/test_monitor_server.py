@@ -59,6 +59,7 @@ class FakeMonitor:
     thresholds: ClassVar[dict[str, float]] = {"fpr=1%": 0.0, "fpr=5%": -1.0}
     default_threshold = "fpr=1%"
     max_tokens = 50
+    token_limit = None  # conversations: no limit of the probe's own below max_tokens
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay  # seconds per scoring call, to let requests pile up behind it

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from assay.monitor.api_errors import APIError
 from assay.monitor.batcher import MESSAGES, Batcher
-from assay.monitor.parsing import ChatRequest, check_lengths, parse_chat_request, read_json_object
+from assay.monitor.parsing import ChatRequest, check_lengths, length_limit, parse_chat_request, read_json_object
 from assay.monitor.protocols import ChatGenerator, ScoringMonitor
 from assay.monitor.telemetry import Metrics
 
@@ -123,7 +123,7 @@ def add_chat_route(app: FastAPI, ctx: ChatContext, guarded: list[Any]) -> None:
         body = await read_json_object(request, ctx.max_body_bytes)
         req = parse_chat_request(body, ctx.generator.max_new_tokens)
         [n] = await ctx.count(MESSAGES, [req.messages])
-        check_lengths([n], "messages", ctx.monitor.max_tokens, single=True)
+        check_lengths([n], "messages", length_limit(ctx.monitor, MESSAGES), single=True)
         check_context(n, req.max_tokens, ctx.generator.context_length)
         params = SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                                 stop=req.stop, seed=req.seed)

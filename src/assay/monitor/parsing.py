@@ -160,6 +160,13 @@ def _check_count(n: int, key: str, max_items: int) -> None:
                        "split it into several requests", code="too_many_items", param=key)
 
 
+def length_limit(monitor: Any, kind: str) -> int:
+    """The longest item of `kind` a monitor takes: its server's limit; for a conversation also its
+    probe's (a text over that is cut, as its calibration prompts were; a conversation is refused)."""
+    conversation = monitor.token_limit if kind == MESSAGES else None
+    return min(monitor.max_tokens, conversation) if conversation else monitor.max_tokens
+
+
 def check_lengths(counts: Sequence[int], key: str, limit: int, single: bool = False,
                   request_limit: int | None = None) -> None:
     for i, n in enumerate(counts):

@@ -18,6 +18,8 @@ class ScoringMonitor(Protocol):
     def default_threshold(self) -> str: ...
     @property
     def max_tokens(self) -> int: ...
+    @property
+    def token_limit(self) -> int | None: ...  # the longest conversation its probe reads (None: max_tokens)
 
     # A prompt is tokenised once: formatted on the counting thread (each has `input_ids`, whose
     # length the server checks and batches by), then scored as formatted on a scoring thread.

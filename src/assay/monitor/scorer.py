@@ -57,9 +57,9 @@ class Verdict:
 
 
 class Formats:
-    """Prompts formatted as the monitor reads them, with `self.tokenizer`: texts uncut
-    (`Monitor.score_formatted` cuts them to the bundle's limit, so a server can check the uncut
-    length first), conversations refused over `self.token_limit` (cutting one would drop turns)."""
+    """Prompts formatted as the monitor reads them, with `self.tokenizer`, uncut: `Monitor.
+    score_formatted` cuts a text to the bundle's limit and refuses a conversation over it (cutting
+    one would drop turns), so a server can check the uncut length first."""
 
     tokenizer: Any
     token_limit: int | None
@@ -69,7 +69,7 @@ class Formats:
         return format_prompts(self.tokenizer, list(texts), chat=True) if len(texts) else []
 
     def format_conversations(self, conversations: Sequence[Sequence[dict]]) -> list[FormattedPrompt]:
-        return [check_conversation(format_conversation(self.tokenizer, c), self.token_limit) for c in conversations]
+        return [format_conversation(self.tokenizer, c) for c in conversations]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(p.input_ids) for p in self.format_texts(texts)]
@@ -204,7 +204,7 @@ class Monitor(Formats):
 
     def format_messages(self, conversation: Sequence[dict]) -> FormattedPrompt:
         """A conversation as the probe reads it (over the bundle's token limit is an error, not a cut)."""
-        return self.format_conversations([conversation])[0]
+        return check_conversation(format_conversation(self.tokenizer, conversation), self.token_limit)
 
     # -- the forward pass -------------------------------------------------------------------
     def _score(self, prompts: list[FormattedPrompt]) -> list[Verdict]:

@@ -52,7 +52,7 @@ except ImportError as err:  # the serve extra is optional: say how to get it rat
 from assay.monitor.api_errors import APIError, error_response, install_error_handlers  # noqa: E402
 from assay.monitor.batcher import MAX_QUEUE_TOKENS, TEXT, Batcher, default_workers  # noqa: E402
 from assay.monitor.chat import ChatContext, add_chat_route  # noqa: E402
-from assay.monitor.parsing import (check_lengths, json_type, moderation_result, parse_score_request,  # noqa: E402
+from assay.monitor.parsing import (check_lengths, json_type, length_limit, moderation_result, parse_score_request,  # noqa: E402
                                    parse_texts, read_json_object, score_result)
 from assay.monitor.protocols import ChatGenerator, ScoringMonitor  # noqa: E402
 from assay.monitor.telemetry import Metrics, MetricsMiddleware  # noqa: E402
@@ -212,10 +212,13 @@ def create_app(monitor: ScoringMonitor, *, api_key: str | None = None, max_items
         except ValueError as err:  # the monitor's word on a bad input (e.g. a role its chat format lacks)
             raise APIError(400, f"invalid input: {err}", code="invalid_input") from None
 
+    async def count(kind: str, payloads: list[Any]) -> list[int]:  # the chat route's (its generator formats again)
+        return [len(p.input_ids) for p in await prepare(kind, payloads)]
+
     async def verdicts(request: Request, kind: str, payloads: list[Any], key: str, single: bool = False) -> list[Any]:
         prompts = await prepare(kind, payloads)
         counts = [len(p.input_ids) for p in prompts]
-        check_lengths(counts, key, monitor.max_tokens, single, request_limit=max_request_tokens)
+        check_lengths(counts, key, length_limit(monitor, kind), single, request_limit=max_request_tokens)
         futures = batcher.submit(kind, prompts, counts)
         gathered = asyncio.gather(*futures)
         # A client that hangs up while its items wait gets them dropped from the queue (the batcher
