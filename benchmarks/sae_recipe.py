@@ -86,7 +86,7 @@ def benchmark_val_tokens(dtype: str) -> list[torch.Tensor]:
                                     dtype=dtype)
     study = Study(cfg, "runs/sae-recipe-study", progress=False)
     study.prepare()
-    return list(study.benchmark_activations(study.idx["val"]).iter_tokens(study.cfg.layer, 8192, mask="all"))
+    return list(study.benchmark_activations(study.data.idx["val"]).iter_tokens(study.cfg.layer, 8192, mask="all"))
 
 
 def run(name: str, settings: dict, lm, acts, layer: int, bench: list[torch.Tensor]) -> dict:

@@ -90,3 +90,47 @@ def test_the_monitor_assembles_no_inputs():
                "PackedTokens.read(", "pool_roles(", "pool_tokens(")
     hits = [f"{p.name}: {r}" for p in (SRC / "monitor").glob("*.py") for r in readers if r in p.read_text()]
     assert not hits, hits
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while comp[-1:] != [v]:
+                comp.append(stack.pop())
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_inside_the_experiment_package():
+    """The study's modules form a tree of imports (lazy ones included): a stage takes typed
+    objects (`StudyData`, `PartCache`), never the study that calls it."""
+    mods = {m: src for m, src in _library_modules().items() if m.startswith("assay.experiment.")}
+    graph = {m: {t for t in _imports(src) if t in mods} for m, src in mods.items()}
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check can fail
+
+
+def test_no_library_module_over_500_lines():
+    long = {p.relative_to(SRC).as_posix(): n for p in SRC.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, long

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from assay.experiment import run_study
-from assay.experiment.study import subsample, with_calibration_split
+from assay.experiment.context import subsample, with_calibration_split
 
 
 @pytest.mark.slow
@@ -112,7 +112,7 @@ def _resolve(report, cite):
 def test_every_number_in_the_findings_is_the_row_it_names(smoke_cfg, smoke_run):
     """Each quoted number equals the value of the row, comparison or record it cites; the text shows
     it (rounded) and names that row; k-sparse citations are at the headline k, never another."""
-    from assay.experiment.findings import label
+    from assay.experiment.writing import label
 
     report, _ = smoke_run
     assert sum(len(f.cites) for f in report.findings) > 20
@@ -132,7 +132,7 @@ def test_no_choice_looks_at_ood(smoke_run):
     """Scrambling every OOD number changes no configuration the findings choose or cite."""
     import random
 
-    from assay.experiment.evaluation import family_best
+    from assay.experiment.families import family_best
     from assay.experiment.findings import findings
 
     report, _ = smoke_run

@@ -100,7 +100,7 @@ def test_study_reads_the_layer_its_sweep_chose(tmp_path, monkeypatch, tiny):
     # a study that reuses the sweep's file reads the layer it chose, reports where the sweep came
     # from, and refuses a file of another setting, naming what differs
     from assay.errors import InputError
-    from assay.experiment.findings import layer_finding
+    from assay.experiment.diagnostic_findings import layer_finding
 
     cfg = cfg.model_copy(update={"layer": None})
     write_sweep(sweeps[None], tmp_path / "chosen", cfg, {"layer sweep": 1.0})

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from assay.experiment.config import StudyConfig
-from assay.experiment.evaluation import Evaluator, detailed, family_best
+from assay.experiment.evaluation import Evaluator
+from assay.experiment.families import detailed, family_best
 from assay.experiment.recompute import recompute
-from assay.experiment.saes import SAE_NAMES
+from assay.experiment.config import SAE_NAMES
 from assay.experiment.score_table import ScoreTable, headline_runs, load_scores, save_scores
-from assay.experiment.study import Run
+from assay.experiment.parts import Run
 from assay.report.evaluate import evaluate_method
 from assay.report.schema import Provenance, Report
 from assay.provenance import provenance

@@ -45,9 +45,10 @@ def _check_cites(f, ai):
 
 
 def test_finding_cites_the_numbers_and_says_what_the_controls_and_the_small_lm_show():
-    from assay.experiment.findings import autointerp_finding, _Writer
+    from assay.experiment.diagnostic_findings import autointerp_finding
+    from assay.experiment.writing import Writer
 
-    f = autointerp_finding(AI, _Writer(None))
+    f = autointerp_finding(AI, Writer(None))
     _check_cites(f, AI)
     assert "pretrain 0.710 / 0.620; chat 0.900 / 0.550" in f.text
     assert "within 0.5 +/- 0.05" in f.text and "shuffled uniform 0.500" in f.text and "Off chance" not in f.text
@@ -62,11 +63,12 @@ def test_finding_cites_the_numbers_and_says_what_the_controls_and_the_small_lm_s
 
 
 def test_finding_refuses_a_ranking_when_a_chance_control_is_off():
-    from assay.experiment.findings import autointerp_finding, _Writer
+    from assay.experiment.diagnostic_findings import autointerp_finding
+    from assay.experiment.writing import Writer
 
     ai = _ai(_row("pretrain", "rule", (0.71, 0.62), (0.80, 0.70), (0.68, 0.60), unstructured=0.61),
              _row("chat", "rule", (0.90, 0.55), (0.85, 0.50), (0.92, 0.57)))
-    f = autointerp_finding(ai, _Writer(None))
+    f = autointerp_finding(ai, Writer(None))
     _check_cites(f, ai)
     assert "Off chance: pretrain (unstructured_uniform)" in f.text and "rank nothing" in f.text
     assert "No ranking: a chance control is off chance." in f.text and "Largest" not in f.text
@@ -85,7 +87,7 @@ def test_table_and_figure():
 def test_probe_latents_come_from_the_configuration_best_on_validation_never_ood():
     """Two k-sparse configurations at the headline k: the one better on val is read, however the
     OOD scores fall; configurations at other k or seeds are ignored."""
-    from assay.experiment.study import Run
+    from assay.experiment.parts import Run
     from assay.experiment.study_autointerp import probe_latents
 
     y = np.array([0, 1] * 10)
@@ -96,10 +98,10 @@ def test_probe_latents_come_from_the_configuration_best_on_validation_never_ood(
     a, b, c = run("all.max"), run("user.mean"), run("resp-5", k=5)
     meta = {a: {"stability": {"pick_rate": {"7": 1.0, "3": 0.5}}}, b: {"stability": {"pick_rate": {"9": 1.0}}},
             c: {"stability": {"pick_rate": {"1": 1.0}}}}
-    study = SimpleNamespace(cfg=SimpleNamespace(headline_k=20), idx=idx, y=y, meta=meta,
-                            scores={a: bad, b: good, c: good})
-    ids, config = probe_latents(study, "pretrain", 0)
+    data = SimpleNamespace(cfg=SimpleNamespace(headline_k=20), idx=idx, y=y)
+    parts = SimpleNamespace(meta=meta, scores={a: bad, b: good, c: good})
+    ids, config = probe_latents(data, parts, "pretrain", 0)
     assert ids == [9] and config["aggregation"] == "user.mean" and config["val_auroc"] == 1.0
-    study.scores = {a: good, b: bad, c: good}
-    assert probe_latents(study, "pretrain", 0)[0] == [7, 3]  # in selection order
-    assert probe_latents(study, "chat", 0) == ([], None)
+    parts.scores = {a: good, b: bad, c: good}
+    assert probe_latents(data, parts, "pretrain", 0)[0] == [7, 3]  # in selection order
+    assert probe_latents(data, parts, "chat", 0) == ([], None)

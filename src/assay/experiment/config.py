@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -30,6 +31,37 @@ class SAESpec(BaseModel):
     eval_max_tokens: int = Field(128, description="Tokens per held-out document at most.")
     curve_points: int = Field(8, ge=0, description="Held-out evaluations during each SAE's training (its curve: "
                               "FVU on the benchmark's validation tokens, and delta LM loss for the first seed); 0: none.")
+
+
+# The study's SAEs: what each is trained on and from, by name (the findings and the report read
+# the names; `experiment.saes` trains them).
+@dataclass(frozen=True)
+class StudySAE:
+    name: str
+    corpus: str  # what it is trained on: "pretrain" or "chat"
+    parent: str | None  # the SAE it continues from
+    description: str
+
+
+STUDY_SAES = (
+    StudySAE("pretrain", "pretrain", None, "pretraining text (Wikipedia and a dictionary)"),
+    StudySAE("chat", "chat", None, "chat (ShareGPT conversations)"),
+    StudySAE("pretrain+chat-ft", "chat", "pretrain", "pretraining SAE finetuned on chat"),
+    StudySAE("pretrain+pretrain-ft", "pretrain", "pretrain", "pretraining SAE trained on as many more fresh "
+             "pretraining tokens (equal-steps control for the chat finetune)"),
+)
+
+
+def study_saes_for(cfg: StudyConfig) -> list[StudySAE]:
+    return [s for s in STUDY_SAES if cfg.sae.control or s.name != "pretrain+pretrain-ft"]
+
+
+SAE_NAMES = tuple(s.name for s in STUDY_SAES)
+
+
+def by_name(name: str) -> StudySAE:
+    return next(s for s in STUDY_SAES if s.name == name)
+
 
 
 class StudyConfig(BaseModel):

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
-from assay.experiment.saes import SAE_NAMES
-from assay.probes.names import KINDS, REFERENCE, family_names, in_family, info, label
+from assay.experiment.context import StudyData
+from assay.experiment.families import detailed, family_best, family_key, run_of, same_config, sort_key, to_ref
+from assay.experiment.parts import PartCache, Run
+from assay.experiment.config import SAE_NAMES
+from assay.probes.names import REFERENCE, info
 
 log = logging.getLogger(__name__)
 
@@ -24,50 +28,22 @@ log = logging.getLogger(__name__)
 _DROP_META = ("l1_path", "selection", "computed_by", "history", "top10")
 
 
-def _sort_key(run: Any) -> tuple:  # by kind, the methods on an SAE after the others
-    return (bool(run.sae), KINDS.index(run.kind), run.sae or "", run.method, run.features,
-            run.selector or "", run.k or 0, -1 if run.seed is None else run.seed)
-
-
-def is_primary(run: Any, cfg: Any) -> bool:
-    return run.seed is None or run.seed == cfg.seed
-
-
-CONFIG_FIELDS = ("method", "features", "sae", "k", "selector", "seed")
-
-
-def same_config(a: Any, b: Any) -> bool:
-    """Whether two rows, refs or runs name the same configuration (method, features, SAE, k,
-    selector, seed), whatever else they carry (a split, metrics)."""
-    return all(getattr(a, f) == getattr(b, f) for f in CONFIG_FIELDS)
-
-
-def detailed(run: Any, cfg: Any) -> bool:
-    """Whether a run's results carry intervals, curves and breakdowns: the primary seed of every
-    configuration the tables and findings use (the k-sweep's other k and the extra seeds get point
-    metrics)."""
-    return is_primary(run, cfg) and (not info(run.method).sweeps_k or run.k == cfg.headline_k)
-
-
-def to_ref(run: Any) -> Any:
-    from assay.report.schema import RowRef
-
-    return RowRef(method=run.method, features=run.features, sae=run.sae, k=run.k, selector=run.selector, seed=run.seed)
-
-
 class Evaluator:
     """Every number of the report that is computed from per-example scores, read from a
     `ScoreTable`: the study's own (`for_study`), or the committed headline scores
     (`assay experiment recompute`), which must give the same numbers."""
 
-    def __init__(self, table: Any, cfg: Any, study: Any = None):
-        self.t, self.cfg, self.study = table, cfg, study
+    def __init__(self, table: Any, cfg: Any, *, meta: dict[Any, dict[str, Any]] | None = None,
+                 memo: Path | None = None, dataset_fingerprint: str | None = None) -> None:
+        self.t, self.cfg, self.meta = table, cfg, meta or {}
+        self.memo, self.dataset_fingerprint = memo, dataset_fingerprint
 
     @classmethod
-    def for_study(cls, study: Any) -> "Evaluator":
-        from assay.experiment.score_table import from_study
+    def for_study(cls, data: StudyData, parts: PartCache) -> "Evaluator":
+        from assay.experiment.score_table import score_table
 
-        return cls(from_study(study), study.cfg, study)
+        return cls(score_table(data, parts.scores), data.cfg, meta=parts.meta,
+                   memo=data.out / "parts" / "evaluation.json", dataset_fingerprint=data.ds.fingerprint)
 
     def evaluate(self) -> list[Any]:
         """MethodResults of every run on every split. Full detail (clustered intervals, curves,
@@ -75,23 +51,23 @@ class Evaluator:
         metrics for the k-sweep's other k and the extra seeds."""
         from assay.report.evaluate import evaluate_method
 
-        cfg, st = self.cfg, self.study
-        memo = EvaluationMemo(st.out / "parts" / "evaluation.json", self.layout())
+        cfg, scores = self.cfg, self.t.scores
+        memo = EvaluationMemo(self.memo, self.layout())
         rows = []
-        for run in sorted(st.scores, key=_sort_key):
-            meta = st.meta.get(run, {})
+        for run in sorted(scores, key=sort_key):
+            meta = self.meta.get(run, {})
             detail = detailed(run, cfg)
             computed = meta.get("computed_by", {})
             kwargs = dict(features=run.features, calibrate_on=cfg.calibrate_on, target_fpr=cfg.target_fpr,
                           n_boot=cfg.n_boot, seed=cfg.seed, detail=detail, kind=run.kind, sae=run.sae, k=run.k,
                           selector=run.selector, latents=meta.get("latents"), model=cfg.model, layer=cfg.layer,
-                          dataset_fingerprint=st.ds.fingerprint,
+                          dataset_fingerprint=self.dataset_fingerprint,
                           config={k: v for k, v in meta.items() if k not in _DROP_META},
                           computed_by=f"{computed.get('git_commit')} (code {computed.get('code')})" if computed else None)
-            key = memo.key(run.method, st.scores[run], kwargs)
+            key = memo.key(run.method, scores[run], kwargs)
             res = memo.get(key)
             if res is None:
-                res = evaluate_method(run.method, self.t.split_scores(st.scores[run]), **kwargs)
+                res = evaluate_method(run.method, self.t.split_scores(scores[run]), **kwargs)
                 memo.put(key, res)
             for r in res:
                 r.seed = run.seed
@@ -154,12 +130,11 @@ class Evaluator:
     def comparisons(self, results: list[Any]) -> tuple[list[Any], dict[str, Any]]:
         """Each SAE method against the dense probe on the same aggregation, and each family's
         configuration chosen on validation against the dense family's, on every split."""
-        from assay.experiment.study import Run
 
         cfg, st = self.cfg, self.t
         out = []
         dense = {agg: Run(REFERENCE, agg) for agg in cfg.aggregations}
-        for run in sorted(st.scores, key=_sort_key):
+        for run in sorted(st.scores, key=sort_key):
             if run.sae and detailed(run, cfg) and dense.get(run.features) in st.scores:
                 out += [self.compare(dense[run.features], run, s, "same_aggregation") for s in st.splits]
         best = family_best(results, cfg)
@@ -168,7 +143,7 @@ class Evaluator:
             for fam, run_ref in best.items():
                 if fam == REFERENCE:
                     continue
-                out += [self.compare(_run(ref), _run(run_ref), s, "family_best") for s in st.splits]
+                out += [self.compare(run_of(ref), run_of(run_ref), s, "family_best") for s in st.splits]
         return out, {"family_best": {f: r.model_dump() for f, r in best.items()},
                      "hard_negatives": self.hard_negatives(best, results)}
 
@@ -198,7 +173,7 @@ class Evaluator:
                            "auroc_ci": [sl.auroc_ci.low, sl.auroc_ci.high] if sl.auroc_ci else [float("nan")] * 2}
                     if dense is not None and fam != REFERENCE:
                         sel = (y == 1) | np.isin(g, sl.groups)
-                        d = paired_auroc_diff(st.scores[_run(dense)][i][sel], st.scores[_run(ref)][i][sel], y[sel],
+                        d = paired_auroc_diff(st.scores[run_of(dense)][i][sel], st.scores[run_of(ref)][i][sel], y[sel],
                                               units[sel].tolist(), n_boot=cfg.n_boot, seed=cfg.seed)
                         row["dense_minus"] = {"diff": d["diff"], "ci": [d["low"], d["high"]],
                                               "outside_noise": bool(d["low"] > 0 or d["high"] < 0)}
@@ -230,7 +205,7 @@ class Evaluator:
                     continue
                 for split in ("calib", "ood"):
                     i = st.idx.get(split)
-                    runs = {"dense": _run(dense_ref), "pre": _run(pre_ref), "other": _run(other_ref, sae=other)}
+                    runs = {"dense": run_of(dense_ref), "pre": run_of(pre_ref), "other": run_of(other_ref, sae=other)}
                     if i is None or any(r not in st.scores for r in runs.values()):
                         continue
                     W = cluster_weights(st.units[i].tolist(), cfg.n_boot, cfg.seed)
@@ -243,7 +218,7 @@ class Evaluator:
                     g_lo, g_hi = _percentile(boot_gap, 0.95)
                     per_seed = []
                     for seed in cfg.seeds:
-                        pre_s, other_s = _run(pre_ref, seed=seed), _run(other_ref, sae=other, seed=seed)
+                        pre_s, other_s = run_of(pre_ref, seed=seed), run_of(other_ref, sae=other, seed=seed)
                         if pre_s in st.scores and other_s in st.scores:
                             p = {n: auroc(st.scores[r][i], st.y[i]) for n, r in
                                  (("dense", runs["dense"]), ("pre", pre_s), ("other", other_s))}
@@ -286,9 +261,9 @@ class Evaluator:
         out = []
         for sae in SAE_NAMES:
             ref = best.get(family_key("k-sparse", sae, cfg.headline_k))
-            if ref is None or _run(ref) not in st.scores or _run(dense_ref) not in st.scores:
+            if ref is None or run_of(ref) not in st.scores or run_of(dense_ref) not in st.scores:
                 continue
-            d, s = st.scores[_run(dense_ref)], st.scores[_run(ref)]
+            d, s = st.scores[run_of(dense_ref)], st.scores[run_of(ref)]
             gaps, boot = {}, {}
             for name, i, Wi in (("calib", i_cal, W_cal), ("ood", i_ood, W_ood)):
                 gaps[name] = auroc(d[i], st.y[i]) - auroc(s[i], st.y[i])
@@ -304,30 +279,31 @@ class Evaluator:
             out.append(row)
         return out
 
-    def diff_of_means_diagnostic(self) -> list[dict[str, Any]]:
-        """Why the raw difference of means sits near chance: how much of the variance and of the
-        class-mean difference the few highest-variance residual dimensions hold (train split),
-        beside the validation AUROC of each variant."""
-        from assay.metrics import auroc
-        from assay.experiment.study import Run
 
-        st, cfg = self.study, self.cfg
-        tr, va = st.idx["train"], st.idx["val"]
-        out = []
-        for agg in cfg.aggregations:
-            X = st.inputs.read(st.spec(REFERENCE, agg))[0].double().numpy()[tr]  # what the dense probes read
-            y = st.y[tr]
-            var = X.var(0)
-            top = np.argsort(-var)[:8]
-            d = X[y == 1].mean(0) - X[y == 0].mean(0)
-            row = {"aggregation": agg, "top_dims": top.tolist(), "top8_variance_share": float(var[top].sum() / var.sum()),
-                   "top8_mean_diff_share": float(np.square(d[top]).sum() / np.square(d).sum())}
-            for name in [n for n in cfg.methods if info(n).kind == "dense"]:
-                run = Run(name, agg)
-                if run in st.scores:
-                    row[f"val_auroc:{name}"] = auroc(st.scores[run][va], st.y[va])
-            out.append(row)
-        return out
+def diff_of_means_diagnostic(data: StudyData, inputs: Any, scores: dict[Run, np.ndarray]) -> list[dict[str, Any]]:
+    """Why the raw difference of means sits near chance: how much of the variance and of the
+    class-mean difference the few highest-variance residual dimensions hold (train split), beside
+    the validation AUROC of each variant. `inputs` are the study's (`probes.inputs.Inputs`)."""
+    from assay.experiment.runs import input_spec
+    from assay.metrics import auroc
+
+    cfg = data.cfg
+    tr, va = data.idx["train"], data.idx["val"]
+    out = []
+    for agg in cfg.aggregations:
+        X = inputs.read(input_spec(cfg, REFERENCE, agg))[0].double().numpy()[tr]  # what the dense probes read
+        y = data.y[tr]
+        var = X.var(0)
+        top = np.argsort(-var)[:8]
+        d = X[y == 1].mean(0) - X[y == 0].mean(0)
+        row = {"aggregation": agg, "top_dims": top.tolist(), "top8_variance_share": float(var[top].sum() / var.sum()),
+               "top8_mean_diff_share": float(np.square(d[top]).sum() / np.square(d).sum())}
+        for name in [n for n in cfg.methods if info(n).kind == "dense"]:
+            run = Run(name, agg)
+            if run in scores:
+                row[f"val_auroc:{name}"] = auroc(scores[run][va], data.y[va])
+        out.append(row)
+    return out
 
 
 def _seed_pairs(a: list[Any], b: list[Any]) -> Iterable[tuple[Any, Any]]:
@@ -336,52 +312,6 @@ def _seed_pairs(a: list[Any], b: list[Any]) -> Iterable[tuple[Any, Any]]:
         return [(a[0], rb) for rb in b]
     by_seed = {r.seed: r for r in a}
     return [(by_seed[rb.seed], rb) for rb in b if rb.seed in by_seed]
-
-
-def _run(ref: Any, **override: Any) -> Any:
-    from assay.experiment.study import Run
-
-    d = ref if isinstance(ref, dict) else ref.model_dump()
-    d = {**d, **override}
-    return Run(d["method"], d["features"], d.get("sae"), d.get("k"), d.get("selector"), d.get("seed"))
-
-
-# --- families: shared with the findings, which work from a report alone -----------------------------
-def family_key(family: str, sae: str | None = None, k: int | None = None) -> str:
-    """A family's key in `family_best`: its name, k where it sweeps k, the SAE in brackets."""
-    return label({"method": family, "k": k, "sae": sae}, sae=" [{}]")
-
-
-def families(cfg_like: dict[str, Any] | Any) -> dict[str, Callable[[Any], bool]]:
-    """Method families of the headline (the names table's), each a predicate over primary result
-    rows: the families on the model's activations or the text, then those on each SAE (a family
-    that sweeps k at the headline k)."""
-    k = cfg_like["headline_k"] if isinstance(cfg_like, dict) else cfg_like.headline_k
-
-    def member(family: str, sae: str | None) -> Callable[[Any], bool]:
-        return lambda r: in_family(r.method, family) and r.sae == sae and (r.k == k or not info(r.method).sweeps_k)
-
-    return {family_key(f, sae, k): member(f, sae) for sae in (None, *SAE_NAMES) for f in family_names(sae is not None)}
-
-
-def family_best(results: list[Any], cfg_like: dict[str, Any] | Any) -> dict[str, Any]:
-    """Each family's configuration with the highest *validation* AUROC (primary seed), as a RowRef.
-    Ties break on the configuration's name, so the choice never depends on another split."""
-    from assay.report.schema import RowRef
-
-    seed = cfg_like["seed"] if isinstance(cfg_like, dict) else cfg_like.seed
-    val = [r for r in results if r.split == "val" and r.auroc is not None and r.seed in (None, seed)]
-    out = {}
-    for fam, member in families(cfg_like).items():
-        cands = [r for r in val if member(r)]
-        if cands:
-            b = max(cands, key=lambda r: (r.auroc, _name(r)))
-            out[fam] = RowRef(method=b.method, features=b.features, sae=b.sae, k=b.k, selector=b.selector, seed=b.seed)
-    return out
-
-
-def _name(r: Any) -> str:
-    return "/".join(str(v) for v in (r.method, r.features, r.sae, r.k, r.selector))
 
 
 # The code a run's MethodResults come from: the memo's keys hold its fingerprint.
@@ -394,7 +324,7 @@ class EvaluationMemo:
     take seconds, and a rerun that refits nothing would only compute the same numbers again. Holds
     the keys of the last evaluation only; written atomically."""
 
-    def __init__(self, path: Path, layout: str) -> None:
+    def __init__(self, path: Path | None, layout: str) -> None:  # None: nothing kept between runs
         from assay.fileio import read_json
         from assay.provenance import code_fingerprint
 
@@ -402,7 +332,7 @@ class EvaluationMemo:
         self.saved: dict[str, Any] = {}
         self.used: dict[str, Any] = {}
         try:
-            saved = read_json(path) if path.exists() else {}
+            saved = read_json(path) if path is not None and path.exists() else {}
             self.saved = saved if isinstance(saved, dict) else {}
         except (OSError, ValueError):
             log.warning("ignoring an unreadable evaluation memo %s", path)
@@ -436,22 +366,35 @@ class EvaluationMemo:
     def save(self) -> None:
         from assay.fileio import write_text
 
-        if set(self.used) != set(self.saved):
+        if self.path is not None and set(self.used) != set(self.saved):
             write_text(self.path, json.dumps(self.used, separators=(",", ":")) + "\n")
 
 
-def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
+@dataclass
+class StudyRecord:
+    """What a study's report records beside its scores: stage times, the activation cache it read,
+    and the diagnostics of the stages that ran (each None or empty where that stage did not)."""
+
+    timings: dict[str, float]
+    activation_cache: str
+    layer_sweep: dict[str, Any] | None = None
+    autointerp: dict[str, Any] | None = None
+    sae_provenance: list[dict[str, Any]] = field(default_factory=list)
+    diff_of_means: list[dict[str, Any]] = field(default_factory=list)  # `diff_of_means_diagnostic`
+
+
+def build_report(data: StudyData, parts: PartCache, quality: list[dict[str, Any]], record: StudyRecord) -> Any:
     from assay.report.published import gdm_published
     from assay.report.render import write_report
     from assay.report.schema import Interval, Provenance, Report, SAEQuality
     from assay.experiment.findings import attach as attach_findings
     from assay.experiment.score_table import SCORES_FILE, headline_runs, save_scores
     from assay.experiment.sae_quality import meets_bar
-    from assay.experiment.saes import STUDY_SAES
+    from assay.experiment.config import STUDY_SAES
     from assay.provenance import provenance
 
-    cfg = study.cfg
-    ev = Evaluator.for_study(study)
+    cfg = data.cfg
+    ev = Evaluator.for_study(data, parts)
     results = ev.evaluate()
     comparisons, chosen = ev.comparisons(results)
     describe = {s.name: s.description for s in STUDY_SAES}
@@ -470,30 +413,30 @@ def build_report(study: Any, quality: list[dict[str, Any]]) -> Any:
             meets_bar=meets_bar(q),
             eval_split="L0, FVU, dead, dense: benchmark val tokens; LM losses: held-out documents of the SAE's corpus"))
     stability = [{"sae": run.sae, "features": run.features, "selector": run.selector, "k": run.k,
-                  **study.meta[run]["stability"]} for run in sorted(study.scores, key=_sort_key)
-                 if "stability" in study.meta.get(run, {})]
-    prov = provenance(model=cfg.model, layer=cfg.layer, dataset_fingerprint=study.ds.fingerprint, seed=cfg.seed,
-                      seeds=cfg.seeds, model_fingerprint=study.lm.fingerprint, dtype=cfg.dtype,
-                      model_description=model_description(cfg.model, study.lm),
-                      timings_seconds={k: round(v, 1) for k, v in study.timings.items()},
-                      activation_cache=study.acts.key, calibrate_on=cfg.calibrate_on,
-                      splits={s: {"rows": int(len(i)), "units": int(len(set(study.units[i].tolist())))}
-                              for s, i in study.idx.items()})
+                  **parts.meta[run]["stability"]} for run in sorted(parts.scores, key=sort_key)
+                 if "stability" in parts.meta.get(run, {})]
+    prov = provenance(model=cfg.model, layer=cfg.layer, dataset_fingerprint=data.ds.fingerprint, seed=cfg.seed,
+                      seeds=cfg.seeds, model_fingerprint=data.lm.fingerprint, dtype=cfg.dtype,
+                      model_description=model_description(cfg.model, data.lm),
+                      timings_seconds={k: round(v, 1) for k, v in record.timings.items()},
+                      activation_cache=record.activation_cache, calibrate_on=cfg.calibrate_on,
+                      splits={s: {"rows": int(len(i)), "units": int(len(set(data.units[i].tolist())))}
+                              for s, i in data.idx.items()})
     report = Report(
         title=f"Harmful-intent probing: dense probes vs SAE probes ({short_model(cfg.model)}, layer {cfg.layer}, "
               f"{cfg.preset} preset, {cfg.dtype})",
         provenance=Provenance(**prov), config=cfg.model_dump(), results=results, sae_quality=sae_rows,
         published=gdm_published(), comparisons=comparisons,
         diagnostics={"headline_k": cfg.headline_k, **chosen,
-                     **({"layer_sweep": study.layer_sweep} if getattr(study, "layer_sweep", None) else {}),
-                     **({"autointerp": study.autointerp} if getattr(study, "autointerp", None) else {}),
-                     **({"sae_provenance": study.sae_provenance} if getattr(study, "sae_provenance", None) else {}),
+                     **({"layer_sweep": record.layer_sweep} if record.layer_sweep else {}),
+                     **({"autointerp": record.autointerp} if record.autointerp else {}),
+                     **({"sae_provenance": record.sae_provenance} if record.sae_provenance else {}),
                      "related": RELATED,
                      "gap_closed": ev.gap_closed(results), "ksparse_gaps": ev.ksparse_gaps(results),
-                     "diff_of_means": ev.diff_of_means_diagnostic(), "latent_stability": stability},
+                     "diff_of_means": record.diff_of_means, "latent_stability": stability},
     )
-    write_report(attach_findings(report), study.out)
-    save_scores(study.out / SCORES_FILE, ev.t, headline_runs(ev.t, results, cfg))
+    write_report(attach_findings(report), data.out)
+    save_scores(data.out / SCORES_FILE, ev.t, headline_runs(ev.t, results, cfg))
     return report
 
 

@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from assay.experiment.context import StudyData
+from assay.experiment.diagnostic_findings import layer_finding, ranked_layers
 from assay.fileio import atomic_path, read_json, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
 CONCAT_LAYERS = 3  # how many of the best validation layers the concatenated probe reads
-SWEEP_CODE = ("assay.experiment.layers", "assay.probes.linear", "assay.probes.logistic", "assay.probes.inputs",
+SWEEP_CODE = ("assay.experiment.layers", "assay.experiment.runs", "assay.probes.linear", "assay.probes.logistic", "assay.probes.inputs",
               "assay.activations.aggregation", "assay.metrics", "assay.metrics.bootstrap")
 
 
@@ -58,22 +60,6 @@ def sweep_layers(n_layers: int, stride: int = 1) -> list[int]:
     return layers if layers[-1] == n_layers - 1 else layers + [n_layers - 1]
 
 
-def mean_val_auroc(rows: list[dict[str, Any]]) -> dict[int, float]:
-    """Each single layer's validation AUROC averaged over the aggregations (the score the study's
-    layer is chosen by). Reads `val_auroc` only."""
-    by_layer: dict[int, list[float]] = {}
-    for r in rows:
-        if isinstance(r["layer"], int):
-            by_layer.setdefault(r["layer"], []).append(r["val_auroc"])
-    return {layer: float(np.mean(v)) for layer, v in by_layer.items()}
-
-
-def ranked_layers(rows: list[dict[str, Any]]) -> list[int]:
-    """Layers by validation AUROC averaged over aggregations, best first; ties to the shallower."""
-    score = mean_val_auroc(rows)
-    return sorted(score, key=lambda layer: (-score[layer], layer))
-
-
 def choose_layer(rows: list[dict[str, Any]]) -> int:
     """The layer with the highest validation AUROC averaged over aggregations; ties go to the
     shallower layer."""
@@ -85,28 +71,28 @@ def best_layers(rows: list[dict[str, Any]], n: int) -> list[int]:
     return sorted(ranked_layers(rows)[:n])
 
 
-def layer_sweep(study: Any) -> dict[str, Any]:
-    """The sweep for `study` (data, model and splits loaded), from its cache when it has one."""
+def layer_sweep(data: StudyData) -> dict[str, Any]:
+    """The sweep for a study's data, model and splits, from its cache when it has one."""
     from assay.provenance import code_fingerprint
 
-    cfg, lm = study.cfg, study.lm
+    cfg, lm = data.cfg, data.lm
     # the middle block (the default before sweeping) and a given layer are always read, so both
     # can be compared with the others like for like whatever the stride
     extra = {lm.n_layers // 2} | ({cfg.layer} if cfg.layer is not None else set())
     layers = sorted(set(sweep_layers(lm.n_layers, cfg.layer_stride)) | extra)
-    key = sha256_json({"data": study.ds.fingerprint, "model": lm.fingerprint, "dtype": cfg.dtype, "layers": layers,
+    key = sha256_json({"data": data.ds.fingerprint, "model": lm.fingerprint, "dtype": cfg.dtype, "layers": layers,
                        "aggregations": cfg.aggregations, "seed": cfg.seed, "target_fpr": cfg.target_fpr,
                        "calibrate_on": cfg.calibrate_on, "n_boot": cfg.n_boot, "given_layer": cfg.layer,
                        "code": code_fingerprint(*SWEEP_CODE)})[:12]
-    path = study.out / f"layer_sweep-{key}.json"
+    path = data.out / f"layer_sweep-{key}.json"
     if path.exists():
         return read_json(path)
-    sweep = _run_sweep(study, layers)
+    sweep = _run_sweep(data, layers)
     write_json(path, sweep)
     return sweep
 
 
-def load_sweep(path: Any, study: Any) -> dict[str, Any]:
+def load_sweep(path: Any, data: StudyData) -> dict[str, Any]:
     """A sweep written by `assay experiment layers` (its layer_sweep.json), for a study that reuses
     it instead of sweeping again: the full preset's sweep alone takes longer than the rest of the
     study's budget, so it is run once as its own command.
@@ -119,7 +105,7 @@ def load_sweep(path: Any, study: Any) -> dict[str, Any]:
 
     from assay.errors import InputError
 
-    path, cfg = Path(path), study.cfg
+    path, cfg = Path(path), data.cfg
     try:
         sweep = read_json(path)
         prov = sweep["provenance"]
@@ -133,15 +119,15 @@ def load_sweep(path: Any, study: Any) -> dict[str, Any]:
                          f"`assay experiment layers --preset {cfg.preset} --out DIR` and pass DIR/layer_sweep.json") from e
     diff = {k: f"the sweep has {found[k]!r}, this study {v!r}" for k, v in expected.items() if found[k] != v}
     for k, v in (("aggregations", list(cfg.aggregations)), ("target_fpr", cfg.target_fpr),
-                 ("n_layers", study.lm.n_layers)):
+                 ("n_layers", data.lm.n_layers)):
         if k in sweep and sweep[k] != v:
             diff[k] = f"the sweep has {sweep[k]!r}, this study {v!r}"
-    for k, v in (("dataset_fingerprint", study.ds.fingerprint), ("model_fingerprint", study.lm.fingerprint)):
+    for k, v in (("dataset_fingerprint", data.ds.fingerprint), ("model_fingerprint", data.lm.fingerprint)):
         if k in sweep and sweep[k] != v:
             diff[k.replace("_", " ")] = "differs (another benchmark, subsample or split)" if k.startswith(
                 "dataset") else "differs (other weights, dtype or tokenizer)"
     if "dataset_fingerprint" not in sweep:
-        n_units = {s: len(np.unique(study.units[study.idx[s]])) for s in study.idx}
+        n_units = {s: len(np.unique(data.units[data.idx[s]])) for s in data.idx}
         for c in sweep["comparisons"]:
             if c["split"] in n_units and c.get("n_units") != n_units[c["split"]]:
                 diff[f"clusters in {c['split']}"] = f"the sweep has {c.get('n_units')}, this study {n_units[c['split']]}"
@@ -156,34 +142,35 @@ def load_sweep(path: Any, study: Any) -> dict[str, Any]:
             "source": {"path": str(path), "checked": checked, "provenance": prov}}
 
 
-def _run_sweep(study: Any, layers: list[int]) -> dict[str, Any]:
+def _run_sweep(data: StudyData, layers: list[int]) -> dict[str, Any]:
     from assay.activations import extract
+    from assay.experiment.runs import fit_probe
     from assay.probes.inputs import InputSpec, Inputs
     from assay.probes.methods import make_probe
 
-    cfg, lm = study.cfg, study.lm
-    size = token_bytes(lm, study.ds.texts, len(layers))
+    cfg, lm = data.cfg, data.lm
+    size = token_bytes(lm, data.ds.texts, len(layers))
     keep = size <= SWEEP_TOKEN_BYTES
     log.info("layer sweep: per-token activations of %d layers would take %.2f GB: %s", len(layers), size / 1e9,
              "kept, so the study's extraction at the chosen layer reads them" if keep else
              f"over {SWEEP_TOKEN_BYTES / 1e9:.1f} GB, so pooled only (the study extracts its layer again)")
-    acts = extract(lm, study.ds.texts, layers, dataset_fingerprint=study.ds.fingerprint,
+    acts = extract(lm, data.ds.texts, layers, dataset_fingerprint=data.ds.fingerprint,
                    aggregations=sorted(set(cfg.aggregations)), store_tokens=keep, token_budget=cfg.token_budget,
-                   progress=study.progress)
+                   progress=data.progress)
     scores: dict[tuple[Any, str], np.ndarray] = {}
     rows = []
-    inputs = Inputs(acts, study.ds.texts)  # each spec names its layer
+    inputs = Inputs(acts, data.ds.texts)  # each spec names its layer
 
     def read(layer: int, agg: str) -> torch.Tensor:
         spec = InputSpec.for_method("dense-logistic", aggregation=agg, layer=layer, model=cfg.model)
         return inputs.read(spec)[0]
 
     def fit(name: Any, agg: str, X: torch.Tensor) -> None:
-        s, _ = study.fit_probe(make_probe("dense-logistic", seed=cfg.seed), X)
+        s, _ = fit_probe(data, make_probe("dense-logistic", seed=cfg.seed), X)
         scores[(name, agg)] = np.asarray(s, np.float64).ravel()
-        rows.append({"layer": name, "aggregation": agg, **_metrics(study, scores[(name, agg)])})
+        rows.append({"layer": name, "aggregation": agg, **_metrics(data, scores[(name, agg)])})
 
-    for layer in _progress(layers, study.progress):
+    for layer in _progress(layers, data.progress):
         for agg in cfg.aggregations:
             fit(layer, agg, read(layer, agg))
         inputs.release()  # every layer's matrices at once would be the sweep's largest memory
@@ -199,12 +186,12 @@ def _run_sweep(study: Any, layers: list[int]) -> dict[str, Any]:
         for a, b in pairs:
             for split in (cfg.calibrate_on, "ood"):
                 comparisons.append({"a": a, "b": b, "aggregation": agg, "split": split,
-                                    **_paired(study, scores[(a, agg)], scores[(b, agg)], split)})
+                                    **_paired(data, scores[(a, agg)], scores[(b, agg)], split)})
     return {"layers": layers, "aggregations": list(cfg.aggregations), "chosen": chosen, "used": used,
             "how": "given" if cfg.layer is not None else "validation", "middle": middle, "concat_layers": concat,
             "n_layers": lm.n_layers, "dtype": cfg.dtype, "target_fpr": cfg.target_fpr, "method": "dense-logistic",
             "rule": "highest validation AUROC averaged over the aggregations; ties to the shallower layer",
-            "rows": rows, "comparisons": comparisons, "dataset_fingerprint": study.ds.fingerprint,
+            "rows": rows, "comparisons": comparisons, "dataset_fingerprint": data.ds.fingerprint,
             "model_fingerprint": lm.fingerprint}
 
 
@@ -212,7 +199,6 @@ def write_sweep(sweep: dict[str, Any], out: Any, cfg: Any, timings: dict[str, fl
     """`layer_sweep.json`, `.png` and `.md` in `out` (the sweep run on its own); returns the finding's text."""
     from pathlib import Path
 
-    from assay.experiment.findings import layer_finding
     from assay.fileio import write_text
     from assay.provenance import provenance
     from assay.report.plots import layer_sweep_figure, png_bytes
@@ -233,18 +219,18 @@ def write_sweep(sweep: dict[str, Any], out: Any, cfg: Any, timings: dict[str, fl
     return text
 
 
-def _metrics(study: Any, s: np.ndarray) -> dict[str, Any]:
+def _metrics(data: StudyData, s: np.ndarray) -> dict[str, Any]:
     """Validation and OOD AUROC (clustered intervals), and recall at the target FPR with the
     threshold set on the calibration split's benign prompts."""
     from assay.metrics import auroc, fpr_at_threshold, recall_at_fpr, threshold_at_fpr
     from assay.metrics.bootstrap import cluster_auroc_ci
 
-    cfg, y, units = study.cfg, study.y, study.units
-    cal = study.idx[cfg.calibrate_on]
+    cfg, y, units = data.cfg, data.y, data.units
+    cal = data.idx[cfg.calibrate_on]
     threshold = threshold_at_fpr(s[cal][y[cal] == 0], cfg.target_fpr)
     out: dict[str, Any] = {"threshold": float(threshold)}
     for split in ("val", "ood"):
-        i = study.idx[split]
+        i = data.idx[split]
         out[f"{split}_auroc"] = auroc(s[i], y[i])
         out[f"{split}_auroc_ci"] = list(cluster_auroc_ci(s[i], y[i], units[i], n_boot=cfg.n_boot, seed=cfg.seed))
         out[f"{split}_recall"] = recall_at_fpr(s[i], y[i], threshold)
@@ -252,11 +238,11 @@ def _metrics(study: Any, s: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def _paired(study: Any, a: np.ndarray, b: np.ndarray, split: str) -> dict[str, Any]:
+def _paired(data: StudyData, a: np.ndarray, b: np.ndarray, split: str) -> dict[str, Any]:
     from assay.metrics.bootstrap import paired_auroc_diff
 
-    i = study.idx[split]
-    return paired_auroc_diff(a[i], b[i], study.y[i], study.units[i], n_boot=study.cfg.n_boot, seed=study.cfg.seed)
+    i = data.idx[split]
+    return paired_auroc_diff(a[i], b[i], data.y[i], data.units[i], n_boot=data.cfg.n_boot, seed=data.cfg.seed)
 
 
 def _progress(layers: list[int], enabled: bool):

@@ -66,7 +66,8 @@ def recompute(report: Any, table: Any, progress: bool = False) -> list[Section]:
     from rich.progress import track
 
     from assay.experiment.config import StudyConfig
-    from assay.experiment.evaluation import CONFIG_FIELDS, Evaluator, _run, detailed, family_best, to_ref
+    from assay.experiment.evaluation import Evaluator
+    from assay.experiment.families import CONFIG_FIELDS, detailed, family_best, run_of, to_ref
     from assay.report.evaluate import evaluate_method
 
     cfg = StudyConfig.model_validate(report.config)
@@ -99,7 +100,7 @@ def recompute(report: Any, table: Any, progress: bool = False) -> list[Section]:
 
     comparisons = Section("comparisons")
     for c in report.comparisons:
-        a, b = _run(c.a), _run(c.b)
+        a, b = run_of(c.a), run_of(c.b)
         if a in table.scores and b in table.scores:
             comparisons.compare(f"{c.kind}/{c.split}/{a.id} vs {b.id}", c.model_dump(mode="json"),
                                 ev.compare(a, b, c.split, c.kind).model_dump(mode="json"))

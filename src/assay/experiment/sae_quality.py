@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from assay.experiment.config import StudyConfig
-from assay.experiment.saes import by_name
+from assay.experiment.config import by_name
 from assay.fileio import read_json, sha256_json, write_json
 from assay.models.loading import LoadedModel
 

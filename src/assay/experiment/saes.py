@@ -18,15 +18,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from assay.experiment.config import StudyConfig
+from assay.experiment.config import StudyConfig, StudySAE, by_name, study_saes_for
 from assay.fileio import sha256_json, write_json
 from assay.runtime import cache_dir
 
-if TYPE_CHECKING:  # torch-free at import: the findings read the SAE names from here
+if TYPE_CHECKING:  # torch-free at import: the commands that import this may never train
     import torch
 
     from assay.models.loading import LoadedModel
@@ -35,30 +34,6 @@ log = logging.getLogger(__name__)
 
 SAE_CODE = ("assay.sae.base", "assay.sae.trainer", "assay.sae.buffer", "assay.sae.sparse", "assay.sae.architectures",
             "assay.sae.corpus", "assay.sae.io", "assay.sae.resample", "assay.sae.recipe", "assay.experiment.saes")
-
-
-@dataclass(frozen=True)
-class StudySAE:
-    name: str
-    corpus: str  # what it is trained on: "pretrain" or "chat"
-    parent: str | None  # the SAE it continues from
-    description: str
-
-
-STUDY_SAES = (
-    StudySAE("pretrain", "pretrain", None, "pretraining text (Wikipedia and a dictionary)"),
-    StudySAE("chat", "chat", None, "chat (ShareGPT conversations)"),
-    StudySAE("pretrain+chat-ft", "chat", "pretrain", "pretraining SAE finetuned on chat"),
-    StudySAE("pretrain+pretrain-ft", "pretrain", "pretrain", "pretraining SAE trained on as many more fresh "
-             "pretraining tokens (equal-steps control for the chat finetune)"),
-)
-
-
-def study_saes_for(cfg: StudyConfig) -> list[StudySAE]:
-    return [s for s in STUDY_SAES if cfg.sae.control or s.name != "pretrain+pretrain-ft"]
-
-
-SAE_NAMES = tuple(s.name for s in STUDY_SAES)
 
 
 class Corpora:
@@ -112,16 +87,16 @@ class Corpora:
 
 
 def sae_key(lm: LoadedModel, cfg: StudyConfig, sae: StudySAE, seed: int, corpora_fp: str) -> str:
+    """Everything that changes an SAE's weights: its activations' extraction version among them, so
+    an SAE trained on activations extraction now computes differently is trained again."""
+    from assay.activations.extraction import EXTRACTION_VERSION
     from assay.provenance import code_fingerprint
 
     spec = cfg.sae.model_dump(exclude={"eval_texts", "eval_max_tokens", "control", "curve_points"})
     parent = sae_key(lm, cfg, by_name(sae.parent), seed, corpora_fp) if sae.parent else None
     return sha256_json({"model": lm.fingerprint, "layer": cfg.layer, "seed": seed, "name": sae.name, "sae": spec,
-                        "corpora": corpora_fp, "parent": parent, "code": code_fingerprint(*SAE_CODE)})[:16]
-
-
-def by_name(name: str) -> StudySAE:
-    return next(s for s in STUDY_SAES if s.name == name)
+                        "corpora": corpora_fp, "parent": parent, "code": code_fingerprint(*SAE_CODE),
+                        "extraction": EXTRACTION_VERSION})[:16]
 
 
 def train_study_saes(lm: LoadedModel, cfg: StudyConfig, exclude: frozenset[str], progress: bool = True,

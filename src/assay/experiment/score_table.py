@@ -45,11 +45,12 @@ class ScoreTable:
                                units=self.units[i].tolist()) for s, i in self.idx.items()}
 
 
-def from_study(study: Any) -> ScoreTable:
-    ex = study.ds.examples
-    return ScoreTable(scores=study.scores, idx=study.idx, y=np.asarray(study.y), units=np.asarray(study.units),
+def score_table(data: Any, scores: dict[Any, np.ndarray]) -> ScoreTable:
+    """The study's runs' `scores` over its rows (`data`: a `StudyData`)."""
+    ex = data.ds.examples
+    return ScoreTable(scores=scores, idx=data.idx, y=np.asarray(data.y), units=np.asarray(data.units),
                       groups={f: np.array([getattr(e, f) for e in ex], dtype=object) for f in GROUP_FIELDS},
-                      splits=list(study.splits),
+                      splits=list(data.splits),
                       text_sha256=np.array([hashlib.sha256(e.text.encode()).hexdigest()[:16] for e in ex]))
 
 
@@ -58,19 +59,19 @@ def headline_runs(table: ScoreTable, results: list[Any], cfg: Any) -> list[Any]:
     validation (every seed), the dense probe at every aggregation (the same-aggregation comparisons
     the findings cite), and the pretraining SAE's k-sparse configuration on every other SAE (the
     gap-closed rule that fixes it)."""
-    from assay.experiment.evaluation import _run, family_best, family_key
-    from assay.experiment.saes import SAE_NAMES
+    from assay.experiment.families import family_best, family_key, run_of
+    from assay.experiment.config import SAE_NAMES
     from assay.probes.names import REFERENCE
 
     best = family_best(results, cfg)
-    refs = [_run(ref) for ref in best.values()]
+    refs = [run_of(ref) for ref in best.values()]
     pre = best.get(family_key("k-sparse", "pretrain", cfg.headline_k))
     if pre is not None:
-        refs += [_run(pre, sae=s) for s in SAE_NAMES if s != "pretrain"]
-    refs += [_run({"method": REFERENCE, "features": a}) for a in cfg.aggregations]
+        refs += [run_of(pre, sae=s) for s in SAE_NAMES if s != "pretrain"]
+    refs += [run_of({"method": REFERENCE, "features": a}) for a in cfg.aggregations]
     out: list[Any] = []
     for run in refs:
-        for r in ([run] if run.seed is None else [_run(run.__dict__, seed=s) for s in cfg.seeds]):
+        for r in ([run] if run.seed is None else [run_of(run.__dict__, seed=s) for s in cfg.seeds]):
             if r in table.scores and r not in out:
                 out.append(r)
     return out
@@ -103,7 +104,7 @@ def save_scores(path: Path, table: ScoreTable, runs: list[Any]) -> Path:
 def load_scores(path: Path) -> ScoreTable:
     """The `ScoreTable` `save_scores` wrote (rows in split order); a clear error on any other file."""
     from assay.errors import InputError
-    from assay.experiment.study import Run
+    from assay.experiment.parts import Run
 
     import zipfile
 

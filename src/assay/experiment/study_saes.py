@@ -42,7 +42,7 @@ def _run_study_saes(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> di
         study.prepare()
     val_tokens = None
     if distributed.is_main():  # the main rank alone measures (the curves during training, then quality)
-        val = study.stage("validation activations", lambda: study.benchmark_activations(study.idx["val"]))
+        val = study.stage("validation activations", lambda: study.benchmark_activations(study.data.idx["val"]))
         val_tokens = list(val.iter_tokens(study.cfg.layer, 8192, mask="all"))
     study.stage("SAEs", lambda: study.train_saes(val_tokens))
     if not distributed.is_main():
@@ -66,8 +66,8 @@ def _run_study_saes(cfg: StudyConfig, out_dir: str | Path, progress: bool) -> di
         "layer_source": (study.layer_sweep or {}).get("source", {}).get("path") if study.layer_sweep else None,
         "saes": rows, "bar": {"bounds": QUALITY_BAR, "text": bar_text(rows), "curves": curve_notes(curves, rows)},
         "curves": curves,
-        "provenance": provenance(model=cfg.model, layer=cfg.layer, dataset_fingerprint=study.ds.fingerprint,
-                                 seed=cfg.seed, seeds=cfg.seeds, model_fingerprint=study.lm.fingerprint, dtype=cfg.dtype,
+        "provenance": provenance(model=cfg.model, layer=cfg.layer, dataset_fingerprint=study.data.ds.fingerprint,
+                                 seed=cfg.seed, seeds=cfg.seeds, model_fingerprint=study.data.lm.fingerprint, dtype=cfg.dtype,
                                  preset=cfg.preset, timings_seconds={k: round(v, 1) for k, v in study.timings.items()}),
     }
     write_json(study.out / "saes.json", result)
@@ -131,7 +131,7 @@ def cost_text(rows: list[dict[str, Any]]) -> str:
 def training_curves(paths: dict[tuple[str, int], Path]) -> list[dict[str, Any]]:
     """Each SAE's held-out curve from its `training.json`, on one token axis: a finetune's points
     are offset by its parent's training tokens, so it continues its parent's curve."""
-    from assay.experiment.saes import by_name
+    from assay.experiment.config import by_name
 
     runs = {key: read_json(p / "training.json") for key, p in paths.items() if (p / "training.json").exists()}
     out = []
