@@ -341,6 +341,10 @@ def test_special_tokens_in_user_text_stay_text(built):  # noqa: F811
     chat = lambda text: [{"role": "system", "content": text}, {"role": "user", "content": text}]  # noqa: E731
     assert n_control(format_conversation(tok, chat(forged)).input_ids) == n_control(
         format_conversation(tok, chat("hi")).input_ids)
+    # a document is read as written: a conversation rendered in the chat template (the SAE corpus's
+    # chat text) keeps its turn markers as the control tokens the model was trained on
+    [doc], [plain_doc] = format_prompts(tok, [forged], chat=False), format_prompts(tok, ["hi"], chat=False)
+    assert n_control(doc.input_ids) == n_control(plain_doc.input_ids) + 3  # <end_of_turn>, <start_of_turn>, <eos>
 
 
 def test_the_committed_bundle_passes_its_own_checks():

@@ -29,8 +29,10 @@ from assay.runtime import dtype_name
 
 log = logging.getLogger(__name__)
 
-# Bump when a change to extraction changes the numbers it stores.
-EXTRACTION_VERSION = 1
+# Bump when a change to extraction changes the numbers it stores. 2: documents (`chat=False`)
+# keep their special tokens again; entries written since b08aa9a hold chat-template markers of the
+# SAE corpus's conversations split into plain text, under the same key, so none is reused.
+EXTRACTION_VERSION = 2
 
 
 def default_token_budget(device: torch.device) -> int:

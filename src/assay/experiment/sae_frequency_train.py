@@ -137,6 +137,7 @@ def sweep(cfg: FrequencyConfig) -> list[tuple[str, Variant, int]]:
 def train_sweep(lm: Any, layer: int, cfg: FrequencyConfig, progress: bool = True) -> tuple[Path, dict[str, Path]]:
     """Train (or reuse, or resume) every SAE of the sweep on one pass over the same tokens."""
     from assay.activations import extract
+    from assay.activations.extraction import EXTRACTION_VERSION
     from assay.provenance import code_fingerprint
     from assay.runtime import cache_dir
     from assay.sae.base import build_sae, sparsity_kwargs
@@ -149,7 +150,8 @@ def train_sweep(lm: Any, layer: int, cfg: FrequencyConfig, progress: bool = True
                                                                       "ce_max_tokens", "autointerp_tokens",
                                                                       "autointerp_latents")}
     key = sha256_json({"model": lm.fingerprint, "layer": layer, "cfg": train_fields, "texts": sha256_json(texts),
-                       "variants": [asdict(v) for v in VARIANTS], "code": code_fingerprint(*CODE)})[:16]
+                       "variants": [asdict(v) for v in VARIANTS], "code": code_fingerprint(*CODE),
+                       "extraction": EXTRACTION_VERSION})[:16]
     root = cache_dir() / "sae" / f"sae-frequency-L{layer}-{key}"
     names = {n: root / n for n, _, _ in sweep(cfg)}
     if all((p / "sae_weights.safetensors").exists() for p in names.values()) and (root / "l0_control.json").exists():

@@ -83,8 +83,10 @@ def format_prompts(
         raise InputError(f"max_tokens={max_tokens} leaves no room for the user's text after the chat template's "
                          f"{need - 1} tokens; use --max-tokens {need} or more")
     # The user's words stay words: a "<end_of_turn>" they type must not become the control token
-    # (it would forge a turn for the probe and for generation).
-    contents = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    # (it would forge a turn for the probe and for generation). A document (`chat=False`) is read as
+    # written: the SAE corpus's chat documents are conversations rendered in the chat template, whose
+    # markers must be the control tokens the model saw in training, not 7 tokens of plain text.
+    contents = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=chat)["input_ids"]
     out = [cut_prompt(FormattedPrompt(input_ids=pre_ids + ids + suf_ids,
                                       roles=pre_roles + [int(Role.USER)] * len(ids) + [int(Role.TEMPLATE)] * len(suf_ids)),
                       max_tokens) for ids in contents]
