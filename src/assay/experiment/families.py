@@ -43,7 +43,7 @@ def to_ref(run: Any) -> Any:
 
 
 def run_of(ref: Any, **override: Any) -> Any:
-
+    """The `Run` a result row, RowRef or dict names (with `override`n fields)."""
     d = ref if isinstance(ref, dict) else ref.model_dump()
     d = {**d, **override}
     return Run(d["method"], d["features"], d.get("sae"), d.get("k"), d.get("selector"), d.get("seed"))

@@ -87,12 +87,16 @@ def format_prompts(
     # written: the SAE corpus's chat documents are conversations rendered in the chat template, whose
     # markers must be the control tokens the model saw in training, not 7 tokens of plain text.
     contents = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=chat)["input_ids"]
-    out = [cut_prompt(FormattedPrompt(input_ids=pre_ids + ids + suf_ids,
-                                      roles=pre_roles + [int(Role.USER)] * len(ids) + [int(Role.TEMPLATE)] * len(suf_ids)),
-                      max_tokens) for ids in contents]
-    n_truncated = sum(p.truncated for p in out)
-    if n_truncated:
-        log.warning("%d of %d texts exceeded %d tokens and were truncated", n_truncated, len(texts), max_tokens)
+    return cut_prompts([FormattedPrompt(input_ids=pre_ids + ids + suf_ids,
+                                        roles=pre_roles + [int(Role.USER)] * len(ids) + [int(Role.TEMPLATE)] * len(suf_ids))
+                        for ids in contents], max_tokens)
+
+
+def cut_prompts(prompts: Sequence[FormattedPrompt], max_tokens: int | None) -> list[FormattedPrompt]:
+    """`cut_prompt` of each, and a warning that counts the prompts it cut."""
+    out = [cut_prompt(p, max_tokens) for p in prompts]
+    if n_truncated := sum(p.truncated for p in out):
+        log.warning("%d of %d texts exceeded %d tokens and were truncated", n_truncated, len(out), max_tokens)
     return out
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from assay.models.chat import CHAT_ROLES
 from assay.monitor.api_errors import APIError
 from assay.monitor.batcher import MESSAGES, TEXT
 
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
     from fastapi import Request
 
 CATEGORY = "harmful_intent"
-ROLES = ("system", "user", "assistant")
 BODY_TIMEOUT_S = 30.0  # a request body arrives within this, or the request gets a 408
 
 def json_type(value: Any) -> str:
@@ -120,8 +120,8 @@ def parse_conversation(value: Any, where: str) -> list[dict[str, str]]:
         if extra:  # dropping fields silently would score something other than what the caller sent
             raise APIError(400, f"`{at}` has unsupported fields {extra}; send only `role` and `content`",
                            code="invalid_messages", param=at)
-        if message.get("role") not in ROLES:
-            raise APIError(400, f"`{at}.role` must be one of {list(ROLES)}, got {message.get('role')!r}",
+        if message.get("role") not in CHAT_ROLES:
+            raise APIError(400, f"`{at}.role` must be one of {list(CHAT_ROLES)}, got {message.get('role')!r}",
                            code="invalid_role", param=f"{at}.role")
         if not isinstance(message.get("content"), str):
             raise APIError(400, f"`{at}.content` must be a string, got {json_type(message.get('content'))}",

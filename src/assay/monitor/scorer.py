@@ -16,7 +16,6 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ from assay.activations.batching import length_order, token_budget_batches
 from assay.activations.extraction import default_token_budget, pad_prompts
 from assay.activations.forward import residual_stream
 from assay.errors import ConfigMismatchError, InputError, ScoringError
-from assay.models.chat import (FormattedPrompt, chat_affixes, check_conversation, cut_prompt, format_conversation,
+from assay.models.chat import (FormattedPrompt, chat_affixes, check_conversation, cut_prompts, format_conversation,
                                format_prompts)
 from assay.monitor.bundle import Bundle, load_bundle
 from assay.probes.inputs import InputSpec, read_live
@@ -62,7 +61,6 @@ class Formats:
     one would drop turns), so a server can check the uncut length first."""
 
     tokenizer: Any
-    token_limit: int | None
 
     def format_texts(self, texts: Sequence[str]) -> list[FormattedPrompt]:
         """Each text as one user turn."""
@@ -73,9 +71,6 @@ class Formats:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(p.input_ids) for p in self.format_texts(texts)]
-
-    def count_tokens_messages(self, conversations: Sequence[Sequence[dict]]) -> list[int]:
-        return [len(p.input_ids) for p in self.format_conversations(conversations)]
 
 
 @dataclass
@@ -181,7 +176,7 @@ class Monitor(Formats):
 
     def token_counter(self) -> "TokenCounter":
         """Counts with a private copy of the tokenizer, for a thread other than the scoring one."""
-        return TokenCounter(self.lm.tokenizer, self.token_limit)
+        return TokenCounter(self.lm.tokenizer)
 
     def score_texts(self, texts: Sequence[str]) -> list[Verdict]:
         """Verdicts for prompts, each formatted as one user turn (cut to the bundle's token limit,
@@ -195,16 +190,13 @@ class Monitor(Formats):
         """Verdicts for prompts formatted uncut (`format_texts`, `format_conversations`, or a
         `TokenCounter` on another thread): a prompt over the bundle's token limit has the end of its
         user text cut, as extraction cut it; a conversation over it is an error (`check_conversation`)."""
-        limit = self.token_limit
-        fit = partial(check_conversation, max_tokens=limit) if conversations else partial(cut_prompt, max_tokens=limit)
-        prompts = [fit(p) for p in prompts]
-        if n_cut := sum(p.truncated for p in prompts):
-            log.warning("%d of %d texts exceeded %d tokens and were truncated", n_cut, len(prompts), limit)
-        return self._score(prompts)
+        if conversations:
+            return self._score([check_conversation(p, self.token_limit) for p in prompts])
+        return self._score(cut_prompts(prompts, self.token_limit))
 
     def format_messages(self, conversation: Sequence[dict]) -> FormattedPrompt:
         """A conversation as the probe reads it (over the bundle's token limit is an error, not a cut)."""
-        return check_conversation(format_conversation(self.tokenizer, conversation), self.token_limit)
+        return format_conversation(self.tokenizer, conversation, self.token_limit)
 
     # -- the forward pass -------------------------------------------------------------------
     def _score(self, prompts: list[FormattedPrompt]) -> list[Verdict]:
@@ -263,8 +255,8 @@ class TokenCounter(Formats):
     it can even join the next batch (measured: half-empty micro-batches at 32 concurrent clients).
     The formatted prompts are what the scoring thread reads: each prompt is tokenised once."""
 
-    def __init__(self, tokenizer: Any, token_limit: int | None = None) -> None:
-        self.tokenizer, self.token_limit = copy.deepcopy(tokenizer), token_limit
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = copy.deepcopy(tokenizer)
 
 
 def _sigmoid(z: float) -> float:

@@ -203,11 +203,8 @@ def read_live(spec: InputSpec, h: torch.Tensor, roles: torch.Tensor
                          "pooled or per-token probes")
     h, real = h.cpu(), real_tokens(roles.cpu())
     kept = [last_real_positions(real[j], int(spec.max_tokens)) for j in range(len(h))]
-    lens = torch.tensor([len(k) for k in kept], dtype=torch.long)
-    X = torch.zeros(len(h), int(lens.max()) if len(h) else 0, h.shape[-1], dtype=h.dtype)
-    for j, k in enumerate(kept):
-        X[j, : len(k)] = h[j, k]
-    return X, torch.arange(X.shape[1])[None, :] < lens[:, None], kept
+    X, mask = _padded([h[j, k] for j, k in enumerate(kept)], h[:, 0])
+    return X, mask, kept
 
 
 def token_inputs(acts: Any, layer: int, max_tokens: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,13 +260,9 @@ class PackedTokens:
 
     def padded(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(X [b, T, d], mask [b, T], carries [b, T])` of these examples, right-padded."""
-        lens = [int(self.offsets[i + 1] - self.offsets[i]) for i in rows]
-        X = torch.zeros(len(rows), max(lens, default=0), self.x.shape[1], dtype=self.x.dtype)
-        C = torch.zeros(X.shape[:2], dtype=torch.bool)
-        for j, i in enumerate(rows):
-            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-            X[j, : b - a], C[j, : b - a] = self.x[a:b], self.carries[a:b]
-        return X, torch.arange(X.shape[1])[None, :] < torch.tensor(lens)[:, None], C
+        spans = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in rows]
+        X, mask = _padded([self.x[s] for s in spans], self.x)
+        return X, mask, _padded([self.carries[s] for s in spans], self.carries)[0]
 
     def sample(self, n_tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A fixed sample of up to `n_tokens` tokens per example (`probes.token.sample_positions`), as
@@ -296,6 +289,18 @@ class PackedTokens:
         rows = list(rows)
         out = [fn(*self.padded(rows[k:k + batch])[:2]) for k in range(0, len(rows), batch)]
         return torch.cat(out) if out else torch.zeros(0)
+
+
+def _padded(seqs: Sequence[torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length sequences `[t_i, *]` right-padded with zeros to `[b, max t_i, *]`, and the
+    mask of their real positions `[b, max t_i]`; no sequences give an empty batch of `like`'s
+    dtype and trailing shape."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    if not len(seqs):
+        return like.new_zeros(0, 0, *like.shape[1:]), torch.zeros(0, 0, dtype=torch.bool)
+    X = pad_sequence(list(seqs), batch_first=True)
+    return X, torch.arange(X.shape[1])[None, :] < torch.tensor([len(s) for s in seqs])[:, None]
 
 
 def _track(it: Any, progress: bool, what: str) -> Any:
